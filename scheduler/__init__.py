@@ -1,0 +1,1 @@
+"""A Redis-backed DurableTask TaskHubSidecarService with exact delayed starts."""

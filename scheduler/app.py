@@ -1,0 +1,113 @@
+"""Composition root: builds the parts of one replica and starts/stops them in order."""
+from __future__ import annotations
+
+import logging
+
+import grpc
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from . import errors
+from ._proto import orchestrator_service_pb2 as pb
+from ._proto import orchestrator_service_pb2_grpc as pb_grpc
+from .config import Config
+from .keys import HubKeys
+from .notify import Notifier
+from .promoter import Promoter
+from .redis_conn import connect
+from .server import Servicer
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TaskHubSidecarService"].full_name
+HUB_REFRESH_SECONDS = 2.0
+HEALTH_CHECK_SECONDS = 1.0
+
+
+class App:
+    """One replica: gRPC surface, store, promoters (one per task hub) and housekeeping."""
+
+    def __init__(self, config: Config, redis=None) -> None:
+        self.config = config
+        self.redis = redis if redis is not None else connect(config.redis_url, config.redis_cluster)
+        self.store = Store(self.redis, config.key_prefix, config.partitions)
+        self.notifier = Notifier(self.redis, self.store.channel)
+        self.notifier.on_due = self._on_due
+        self.promoters: dict[str, Promoter] = {}
+        self.health = health.aio.HealthServicer()
+        self.housekeeping = AsyncIOScheduler()
+        self.server: grpc.aio.Server | None = None
+        self.port: int | None = None
+
+    async def start(self) -> int:
+        """Start everything; returns the bound gRPC port."""
+        try:
+            await self.store.load_scripts()
+            self._ensure_promoter(await self.store.hub(self.config.task_hub))
+        except errors.StoreUnavailable as exc:
+            log.warning("Redis is not reachable yet (%s); serving UNAVAILABLE until it is", exc)
+        self.notifier.start()
+        await self._refresh_hubs()
+        self.housekeeping.add_job(self._refresh_hubs, "interval", seconds=HUB_REFRESH_SECONDS, max_instances=1)
+        self.housekeeping.add_job(self._check_health, "interval", seconds=HEALTH_CHECK_SECONDS, max_instances=1)
+        self.housekeeping.start()
+
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        pb_grpc.add_TaskHubSidecarServiceServicer_to_server(
+            Servicer(self.store, self.notifier, self.config, on_hub=self._ensure_promoter), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), self.server)
+        self.port = self.server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        await self.server.start()
+        await self._check_health()
+        return self.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop taking requests, let running ones finish, then stop background work."""
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+        if self.housekeeping.running:
+            self.housekeeping.shutdown(wait=False)
+        for promoter in self.promoters.values():
+            await promoter.stop()
+        await self.notifier.stop()
+        await self.redis.aclose()
+
+    async def wait_closed(self) -> None:
+        if self.server is not None:
+            await self.server.wait_for_termination()
+
+    # -- background ------------------------------------------------------------------------
+
+    def _ensure_promoter(self, hub: HubKeys) -> None:
+        if hub.hub not in self.promoters:
+            promoter = Promoter(self.store, hub, self.config.promote_batch)
+            self.promoters[hub.hub] = promoter
+            promoter.start()
+
+    def _on_due(self, hub_name: str, due_ms: int) -> None:
+        promoter = self.promoters.get(hub_name)
+        if promoter is not None:
+            promoter.due_at(due_ms)
+
+    async def _refresh_hubs(self) -> None:
+        """Run a promoter for every hub registered on this Redis, whichever replica created it."""
+        try:
+            for name in await self.store.known_hubs():
+                if name not in self.promoters:
+                    self._ensure_promoter(await self.store.hub(name))
+        except errors.StoreUnavailable as exc:
+            log.debug("hub refresh skipped: %s", exc)
+
+    async def _check_health(self) -> None:
+        """SERVING only while Redis answers."""
+        try:
+            await self.store.ping()
+            status = health_pb2.HealthCheckResponse.SERVING
+        except errors.StoreUnavailable:
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)

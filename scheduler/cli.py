@@ -1,0 +1,72 @@
+"""Command line: ``dt-scheduler serve`` runs a replica, ``dt-scheduler inspect`` shows a hub's queues."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from . import config as config_mod
+from .inspector import inspect_hubs
+
+log = logging.getLogger("scheduler")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dt-scheduler", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run one replica of the TaskHubSidecarService")
+    config_mod.add_arguments(serve)
+    insp = sub.add_parser("inspect", help="print, per task hub, instances by status and the due/ready queues")
+    config_mod.add_arguments(insp)
+    insp.add_argument("--all-hubs", action="store_true", help="every hub on this Redis, not only --task-hub")
+    insp.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="repeat every SECONDS until Ctrl-C")
+    return parser
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # optional: plain asyncio works too
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _serve(cfg: config_mod.Config) -> None:
+    from .app import App  # the gRPC stack is only needed to serve
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    app = App(cfg)
+    port = await app.start()
+    store = f"Redis at {cfg.redis_url}" if cfg.redis_url else "the EMBEDDED store"
+    log.info("serving TaskHubSidecarService on %s:%d (task hub %r, %s)", cfg.host, port, cfg.task_hub, store)
+    # A line for scripts and tests that start us with --port 0.
+    print(f"READY {cfg.host}:{port}", flush=True)
+    await stop.wait()
+    log.info("shutting down")
+    await app.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = config_mod.from_args(args)
+    except ValueError as exc:
+        print(f"dt-scheduler: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
+    _use_uvloop()
+    if args.command == "serve":
+        asyncio.run(_serve(cfg))
+        return 0
+    return asyncio.run(inspect_hubs(cfg, all_hubs=args.all_hubs, watch=args.watch))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Service configuration: one typed object, read once from flags and the environment.
+
+Every other module receives a :class:`Config`; nothing else reads ``os.environ``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 4001  # where the DurableTask SDKs look by default
+DEFAULT_TASK_HUB = "default"
+DEFAULT_PARTITIONS = 16
+DEFAULT_PREFIX = "dt"
+DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+
+# Task hub names and the key prefix become part of Redis key names and of the
+# glob patterns used to delete a hub, so they are restricted to characters that
+# are neither glob syntax nor key separators.
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    redis_url: str | None = None  # None: the embedded in-process store
+    redis_cluster: bool = False
+    task_hub: str = DEFAULT_TASK_HUB
+    partitions: int = DEFAULT_PARTITIONS
+    key_prefix: str = DEFAULT_PREFIX
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    log_level: str = "INFO"
+    promote_batch: int = 1000  # entries moved per promote call (bounded scripts)
+    metrics_port: int | None = None
+
+    def __post_init__(self) -> None:
+        if not NAME_RE.match(self.task_hub):
+            raise ValueError(f"task hub name {self.task_hub!r} must match {NAME_RE.pattern}")
+        if not NAME_RE.match(self.key_prefix):
+            raise ValueError(f"key prefix {self.key_prefix!r} must match {NAME_RE.pattern}")
+        if not 1 <= self.partitions <= 1024:
+            raise ValueError(f"partitions must be between 1 and 1024, got {self.partitions}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be between 0 and 65535, got {self.port}")
+        if self.max_payload_bytes < 1:
+            raise ValueError("max payload size must be positive")
+
+
+# (flag, environment variable, type, default, help)
+_OPTIONS = [
+    ("--host", "DT_HOST", str, DEFAULT_HOST, "address to listen on"),
+    ("--port", "DT_PORT", int, DEFAULT_PORT, "gRPC port (0 picks a free one)"),
+    ("--redis-url", "DT_REDIS_URL", str, None,
+     "redis:// or rediss:// URL; unset runs the embedded in-process store (nothing survives a restart)"),
+    ("--task-hub", "DT_TASK_HUB", str, DEFAULT_TASK_HUB, "default task hub (clients may name one with the 'taskhub' metadata key)"),
+    ("--partitions", "DT_PARTITIONS", int, DEFAULT_PARTITIONS, "partitions of a task hub created by this replica"),
+    ("--key-prefix", "DT_KEY_PREFIX", str, DEFAULT_PREFIX, "prefix of every Redis key"),
+    ("--max-payload-bytes", "DT_MAX_PAYLOAD_BYTES", int, DEFAULT_MAX_PAYLOAD_BYTES, "largest accepted input payload"),
+    ("--log-level", "DT_LOG_LEVEL", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    ("--metrics-port", "DT_METRICS_PORT", int, None, "serve Prometheus metrics on this port"),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every option; each flag falls back to its environment variable, then to its default."""
+    for flag, env, typ, default, help_text in _OPTIONS:
+        parser.add_argument(flag, type=typ, default=None, help=f"{help_text} (env {env}, default {default})")
+    parser.add_argument("--redis-cluster", action="store_true", default=None,
+                        help="connect to a Redis Cluster (env DT_REDIS_CLUSTER=1)")
+
+
+def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    values = {}
+    for flag, env, typ, default, _ in _OPTIONS:
+        name = flag[2:].replace("-", "_")
+        value = getattr(args, name, None)
+        if value is None and environ.get(env):
+            value = typ(environ[env])
+        values[name] = default if value is None else value
+    cluster = args.redis_cluster if getattr(args, "redis_cluster", None) else environ.get("DT_REDIS_CLUSTER", "") in ("1", "true", "yes")
+    values["log_level"] = str(values["log_level"]).upper()
+    return Config(redis_cluster=bool(cluster), **values)

@@ -1,0 +1,118 @@
+"""Translation between protocol messages and what the store keeps.
+
+The instance hash holds scalar fields as plain strings so that ``HGETALL`` is
+readable: ``name``, ``version``, ``status`` (``PENDING``, ``RUNNING``, ...),
+``input``, ``output``, ``custom_status``, ``execution_id``, ``parent_instance_id``,
+``tags`` (JSON), ``created_ms``/``updated_ms``/``completed_ms`` (epoch ms),
+``scheduled_start`` and ``request_time`` (RFC 3339, exactly as given) and
+``failure`` (serialized TaskFailureDetails).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+
+from google.protobuf import timestamp_pb2, wrappers_pb2
+
+from ._proto import orchestrator_service_pb2 as pb
+from .store import NewInstance
+
+STATUS_PREFIX = "ORCHESTRATION_STATUS_"
+
+
+def status_name(value: int) -> str:
+    """``pb.ORCHESTRATION_STATUS_PENDING`` -> ``"PENDING"``; ValueError for an unknown number."""
+    return pb.OrchestrationStatus.Name(value)[len(STATUS_PREFIX):]
+
+
+def status_value(name: str) -> int:
+    return pb.OrchestrationStatus.Value(STATUS_PREFIX + name)
+
+
+def due_ms(ts: timestamp_pb2.Timestamp) -> int:
+    """Epoch ms of a timestamp, rounded up so that nothing due at it can be promoted early."""
+    return ts.seconds * 1000 + math.ceil(ts.nanos / 1_000_000)
+
+
+def _ts_from_ms(ms: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+
+
+def _ts_from_text(text: bytes) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromJsonString(text.decode())
+    return ts
+
+
+def new_instance(req: pb.CreateInstanceRequest, instance_id: str) -> NewInstance:
+    """Build the store record of a validated CreateInstanceRequest."""
+    execution_id = req.executionId.value if req.HasField("executionId") and req.executionId.value else uuid.uuid4().hex
+    fields: dict[str, str | bytes] = {"name": req.name, "execution_id": execution_id}
+    if req.HasField("version"):
+        fields["version"] = req.version.value
+    if req.HasField("input"):
+        fields["input"] = req.input.value
+    if req.tags:
+        fields["tags"] = json.dumps(dict(req.tags), separators=(",", ":"), sort_keys=True)
+    if req.HasField("scheduledStartTimestamp"):
+        fields["scheduled_start"] = req.scheduledStartTimestamp.ToJsonString()
+    if req.HasField("requestTime"):
+        fields["request_time"] = req.requestTime.ToJsonString()
+
+    started = pb.ExecutionStartedEvent(
+        name=req.name,
+        orchestrationInstance=pb.OrchestrationInstance(
+            instanceId=instance_id, executionId=wrappers_pb2.StringValue(value=execution_id)),
+        tags=req.tags,
+    )
+    for name in ("version", "input", "scheduledStartTimestamp", "parentTraceContext"):
+        if req.HasField(name):
+            getattr(started, name).CopyFrom(getattr(req, name))
+    event = pb.HistoryEvent(eventId=-1, executionStarted=started)
+    if req.HasField("requestTime"):
+        event.timestamp.CopyFrom(req.requestTime)
+    else:
+        event.timestamp.FromNanoseconds(time.time_ns())
+
+    return NewInstance(
+        instance_id=instance_id,
+        fields=fields,
+        start_event=event.SerializeToString(),
+        due_ms=due_ms(req.scheduledStartTimestamp) if req.HasField("scheduledStartTimestamp") else None,
+        replaceable=tuple(status_name(s) for s in req.orchestrationIdReusePolicy.replaceableStatus),
+    )
+
+
+_OPTIONAL_TEXT = (("version", "version"), ("execution_id", "executionId"), ("parent_instance_id", "parentInstanceId"))
+_PAYLOADS = (("input", "input"), ("output", "output"))
+
+
+def orchestration_state(instance_id: str, h: dict[str, bytes], include_payloads: bool) -> pb.OrchestrationState:
+    """The OrchestrationState of a stored instance hash."""
+    state = pb.OrchestrationState(
+        instanceId=instance_id,
+        name=h["name"].decode(),
+        orchestrationStatus=status_value(h["status"].decode()),
+        createdTimestamp=_ts_from_ms(int(h["created_ms"])),
+        lastUpdatedTimestamp=_ts_from_ms(int(h["updated_ms"])),
+    )
+    for field, attr in _OPTIONAL_TEXT:
+        if field in h:
+            getattr(state, attr).value = h[field].decode()
+    if include_payloads:
+        for field, attr in _PAYLOADS:
+            if field in h:
+                getattr(state, attr).value = h[field].decode()
+        if "custom_status" in h:
+            state.customStatus.value = h["custom_status"].decode()
+    if "scheduled_start" in h:
+        state.scheduledStartTimestamp.CopyFrom(_ts_from_text(h["scheduled_start"]))
+    if "completed_ms" in h:
+        state.completedTimestamp.CopyFrom(_ts_from_ms(int(h["completed_ms"])))
+    if "failure" in h:
+        state.failureDetails.ParseFromString(h["failure"])
+    if "tags" in h:
+        state.tags.update(json.loads(h["tags"]))
+    return state

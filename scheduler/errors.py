@@ -1,0 +1,36 @@
+"""Domain errors of the store; the servicer maps each to one gRPC status in one place."""
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of every expected store outcome that is not success."""
+
+
+class InstanceExists(StoreError):
+    def __init__(self, instance_id: str, status: str) -> None:
+        super().__init__(f"orchestration instance '{instance_id}' already exists with status {status}")
+        self.instance_id = instance_id
+        self.status = status
+
+
+class InstanceNotFound(StoreError):
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(f"orchestration instance '{instance_id}' was not found")
+        self.instance_id = instance_id
+
+
+class StoreUnavailable(StoreError):
+    """Redis did not answer (down, unreachable, loading, timed out). Retry later."""
+
+
+class InvalidRequest(Exception):
+    """A request field is malformed; the message names the field and the rule."""
+
+
+class PayloadTooLarge(InvalidRequest):
+    """A payload is over the configured limit."""
+
+
+# Codes that scripts return as their first element.
+OK = 0
+EXISTS = 1

@@ -1,0 +1,53 @@
+"""Operator view: per task hub, instances by status, the due set and the ready queue."""
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+from .config import Config
+from .errors import StoreUnavailable
+from .redis_conn import connect
+from .store import HubStats, Store
+
+
+def _when(ms: int | None, now_ms: int) -> str:
+    if ms is None:
+        return "-"
+    at = datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+    delta = (ms - now_ms) / 1000
+    return f"{at} (in {delta:.3f}s)" if delta >= 0 else f"{at} ({-delta:.3f}s ago)"
+
+
+def render(stats: HubStats) -> str:
+    statuses = ", ".join(f"{status}={count}" for status, count in stats.statuses.items()) or "none"
+    oldest = "-" if stats.oldest_ready_ms is None else f"{(stats.now_ms - stats.oldest_ready_ms) / 1000:.3f}s"
+    return "\n".join([
+        f"task hub {stats.hub!r} ({stats.partitions} partitions)",
+        f"  instances by status: {statuses}",
+        f"  due set: {stats.due} entries, next due {_when(stats.next_due_ms, stats.now_ms)}",
+        f"  ready queue: {stats.ready} entries, oldest waiting {oldest}",
+    ])
+
+
+async def inspect_hubs(cfg: Config, all_hubs: bool = False, watch: float | None = None) -> int:
+    if cfg.redis_url is None:
+        print("inspect needs --redis-url (the embedded store lives inside the serving process)")
+        return 2
+    redis = connect(cfg.redis_url, cfg.redis_cluster)
+    store = Store(redis, cfg.key_prefix, cfg.partitions)
+    try:
+        while True:
+            names = await store.known_hubs() if all_hubs else [cfg.task_hub]
+            for name in names:
+                print(render(await store.hub_stats(await store.hub(name))), flush=True)
+            if watch is None:
+                return 0
+            await asyncio.sleep(watch)
+            print()
+    except StoreUnavailable as exc:
+        print(f"inspect: {exc}")
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return 0
+    finally:
+        await redis.aclose()

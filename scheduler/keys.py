@@ -1,0 +1,113 @@
+"""Every Redis key name of the store, built in one place.
+
+All keys of one instance, and the queues of its partition, share the hash tag
+``{H:p}`` so that each script touches one Redis Cluster slot. Scripts receive
+their keys as KEYS and never build or scan key names themselves.
+
+=====================================  ======  ===============================================
+key                                    type    holds
+=====================================  ======  ===============================================
+``<prefix>:hubs``                      set     names of the task hubs created on this Redis
+``<prefix>:events``                    pubsub  wake-ups: "<hub> due <ms>" and "<hub> status <id>"
+``<prefix>:{H}:meta``                  hash    partitions, schema version, created time (ms)
+``<prefix>:{H:p}:inst:<id>``           hash    one instance's scalar fields (see store.py)
+``<prefix>:{H:p}:inbox:<id>``          list    new events (serialized HistoryEvent) not yet given to a worker
+``<prefix>:{H:p}:hist:<id>``           list    the instance's history, one serialized HistoryEvent each
+``<prefix>:{H:p}:due``                 zset    instance ids that become ready at a time; score = due epoch ms
+``<prefix>:{H:p}:ready``               zset    instance ids with work to dispatch; score = ready since (ms)
+``<prefix>:{H:p}:by-created``          zset    instance ids by creation time (ms)
+``<prefix>:{H:p}:stats``               hash    instance count per status name
+=====================================  ======  ===============================================
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+
+def partition_of(instance_id: str, partitions: int) -> int:
+    """Stable partition of an instance id (CRC-32, the same on every replica and Python version)."""
+    return zlib.crc32(instance_id.encode("utf-8")) % partitions
+
+
+@dataclass(frozen=True)
+class PartitionKeys:
+    """Keys of one partition of one hub; all share the hash tag ``{hub:p}``."""
+
+    base: str  # "<prefix>:{<hub>:<p>}:"
+
+    @property
+    def due(self) -> str:
+        return self.base + "due"
+
+    @property
+    def ready(self) -> str:
+        return self.base + "ready"
+
+    @property
+    def by_created(self) -> str:
+        return self.base + "by-created"
+
+    @property
+    def stats(self) -> str:
+        return self.base + "stats"
+
+    def instance(self, instance_id: str) -> str:
+        return self.base + "inst:" + instance_id
+
+    def inbox(self, instance_id: str) -> str:
+        return self.base + "inbox:" + instance_id
+
+    def history(self, instance_id: str) -> str:
+        return self.base + "hist:" + instance_id
+
+
+@dataclass(frozen=True)
+class HubKeys:
+    """Keys of one task hub with a fixed number of partitions."""
+
+    prefix: str
+    hub: str
+    partitions: int
+
+    @property
+    def meta(self) -> str:
+        return meta_key(self.prefix, self.hub)
+
+    def partition(self, p: int) -> PartitionKeys:
+        return PartitionKeys(f"{self.prefix}:{{{self.hub}:{p}}}:")
+
+    def for_instance(self, instance_id: str) -> PartitionKeys:
+        return self.partition(partition_of(instance_id, self.partitions))
+
+    def all_partitions(self) -> list[PartitionKeys]:
+        return [self.partition(p) for p in range(self.partitions)]
+
+    def scan_patterns(self) -> list[str]:
+        """Glob patterns that match every key of this hub (hub names hold no glob characters)."""
+        return [f"{self.prefix}:{{{self.hub}}}:*", f"{self.prefix}:{{{self.hub}:*}}:*"]
+
+    def owns(self, key: str) -> bool:
+        """True only for keys of this hub: guards deletion against look-alike hubs and foreign keys."""
+        head = f"{self.prefix}:{{{self.hub}"
+        if not key.startswith(head):
+            return False
+        rest = key[len(head):]
+        if rest.startswith("}:"):
+            return True
+        if not rest.startswith(":"):
+            return False
+        digits, sep, _ = rest[1:].partition("}:")
+        return bool(sep) and digits.isdigit()
+
+
+def meta_key(prefix: str, hub: str) -> str:
+    return f"{prefix}:{{{hub}}}:meta"
+
+
+def hubs_key(prefix: str) -> str:
+    return f"{prefix}:hubs"
+
+
+def events_channel(prefix: str) -> str:
+    return f"{prefix}:events"

@@ -1,0 +1,60 @@
+-- create_instance: StartInstance's one atomic write.
+--
+-- Writes the instance hash (status PENDING), its first event into the inbox, its
+-- creation index and stats, and makes it ready now or puts it on the due set at
+-- its scheduled start. An existing instance is replaced only when its status is
+-- one of the replaceable ones; otherwise nothing is written.
+--
+-- KEYS[1] inst        instance hash
+-- KEYS[2] inbox       instance inbox list
+-- KEYS[3] hist        instance history list
+-- KEYS[4] due         partition due zset
+-- KEYS[5] ready       partition ready zset
+-- KEYS[6] by_created  partition creation index zset
+-- KEYS[7] stats       partition status counts hash
+-- ARGV[1] instance_id
+-- ARGV[2] due_ms       scheduled start in epoch ms rounded up, or "" to start now
+-- ARGV[3] start_event  serialized ExecutionStarted HistoryEvent
+-- ARGV[4] replaceable  space-separated status names that may be replaced
+-- ARGV[5] channel      pub/sub channel for wake-ups
+-- ARGV[6] hub          task hub name (for the wake-up message)
+-- ARGV[7..] field, value pairs of the instance hash
+-- Returns {0, created_ms} on success, {1, existing_status} if the id is taken.
+local inst_key, inbox_key, hist_key = KEYS[1], KEYS[2], KEYS[3]
+local due_key, ready_key, created_key, stats_key = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local instance_id = ARGV[1]
+local due_ms = tonumber(ARGV[2])
+local start_event = ARGV[3]
+local replaceable = ' ' .. ARGV[4] .. ' '
+local channel, hub = ARGV[5], ARGV[6]
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local old_status = redis.call('HGET', inst_key, 'status')
+if old_status then
+  if not string.find(replaceable, ' ' .. old_status .. ' ', 1, true) then
+    return {1, old_status}
+  end
+  redis.call('DEL', inst_key, inbox_key, hist_key)
+  redis.call('ZREM', due_key, instance_id)
+  redis.call('ZREM', ready_key, instance_id)
+  redis.call('HINCRBY', stats_key, old_status, -1)
+end
+
+redis.call('HSET', inst_key, 'status', 'PENDING', 'created_ms', now, 'updated_ms', now,
+  unpack(ARGV, 7))
+redis.call('RPUSH', inbox_key, start_event)
+redis.call('ZADD', created_key, now, instance_id)
+redis.call('HINCRBY', stats_key, 'PENDING', 1)
+
+if due_ms and due_ms > now then
+  local head = redis.call('ZRANGE', due_key, 0, 0, 'WITHSCORES')
+  redis.call('ZADD', due_key, due_ms, instance_id)
+  if not head[2] or due_ms < tonumber(head[2]) then
+    redis.call('PUBLISH', channel, hub .. ' due ' .. due_ms)
+  end
+else
+  redis.call('ZADD', ready_key, 'NX', now, instance_id)
+end
+return {0, now}

@@ -1,0 +1,106 @@
+"""Wake-ups across replicas over one Redis pub/sub channel.
+
+Scripts publish ``"<hub> due <ms>"`` when they add an entry that is due before
+everything else in its partition, and ``"<hub> status <instance id>"`` when an
+instance's status changes. Each replica keeps one subscription and routes the
+messages to its promoters and to local waiters. Pub/sub is only a wake-up: the
+instance hash is the truth, so a missed message costs latency, never
+correctness (waiters re-check on a slow timer, promoters sleep at most a second).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+
+from redis.asyncio.cluster import RedisCluster
+
+from .loops import MAX_BACKOFF, MIN_BACKOFF
+
+log = logging.getLogger(__name__)
+
+
+def _subscriber_client(redis):
+    """A client that can SUBSCRIBE: on a Cluster, any node hears every PUBLISH."""
+    if isinstance(redis, RedisCluster):
+        import redis.asyncio as aioredis
+
+        node = redis.get_default_node()
+        return aioredis.Redis(host=node.host, port=node.port, **redis.connection_kwargs) \
+            if hasattr(redis, "connection_kwargs") else aioredis.Redis(host=node.host, port=node.port)
+    return redis
+
+
+class Notifier:
+    def __init__(self, redis, channel: str) -> None:
+        self._redis = _subscriber_client(redis)
+        self.channel = channel
+        self.on_due: Callable[[str, int], None] = lambda hub, ms: None
+        self._waiters: dict[tuple[str, str], set[asyncio.Event]] = defaultdict(set)
+        self._task: asyncio.Task | None = None
+        self.connected = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="notifier")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @contextlib.contextmanager
+    def watch(self, hub: str, instance_id: str) -> Iterator[asyncio.Event]:
+        """An event set whenever the instance's status may have changed (register before reading)."""
+        event = asyncio.Event()
+        key = (hub, instance_id)
+        self._waiters[key].add(event)
+        try:
+            yield event
+        finally:
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[key]
+
+    def _dispatch(self, data: bytes) -> None:
+        hub, kind, arg = data.decode("utf-8", "replace").split(" ", 2)
+        if kind == "due":
+            self.on_due(hub, int(arg))
+        elif kind == "status":
+            for event in self._waiters.get((hub, arg), ()):
+                event.set()
+
+    def _wake_all(self) -> None:
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
+
+    async def _run(self) -> None:
+        backoff = MIN_BACKOFF
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self.connected.set()
+                backoff = MIN_BACKOFF
+                self._wake_all()  # anything may have happened while we were not listening
+                async for message in pubsub.listen():
+                    if message and message.get("type") == "message":
+                        try:
+                            self._dispatch(message["data"])
+                        except ValueError:
+                            log.warning("ignoring malformed wake-up %r", message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reconnect whatever went wrong
+                self.connected.clear()
+                log.warning("pub/sub subscription lost (%s); reconnecting in %.2fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()

@@ -1,0 +1,177 @@
+"""The gRPC surface: translate TaskHubSidecarService requests to store calls and back.
+
+It validates input, maps domain errors to gRPC status codes in one place
+(:func:`_status_of`) and never builds Redis commands itself.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import grpc
+from google.protobuf import empty_pb2
+
+from . import convert, errors, validation
+from ._proto import orchestrator_service_pb2 as pb
+from ._proto import orchestrator_service_pb2_grpc as pb_grpc
+from .config import NAME_RE, Config
+from .keys import HubKeys
+from .notify import Notifier
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+TASK_HUB_METADATA_KEY = "taskhub"
+# Waiters re-read the instance at least this often, in case a wake-up was missed.
+WAIT_RECHECK_SECONDS = 5.0
+
+
+def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
+    """The one mapping from domain errors to gRPC status codes."""
+    if isinstance(exc, errors.PayloadTooLarge):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    if isinstance(exc, errors.InvalidRequest):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, errors.InstanceExists):
+        return grpc.StatusCode.ALREADY_EXISTS, str(exc)
+    if isinstance(exc, errors.InstanceNotFound):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, errors.StoreUnavailable):
+        return grpc.StatusCode.UNAVAILABLE, f"{exc}; retry later"
+    return None
+
+
+def _rpc(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
+    """Run an RPC handler; expected errors become their gRPC status."""
+
+    @functools.wraps(method)
+    async def handler(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return await method(self, request, context)
+        except (errors.StoreError, errors.InvalidRequest) as exc:
+            code, message = _status_of(exc)
+            await context.abort(code, message)
+
+    return handler
+
+
+class Servicer(pb_grpc.TaskHubSidecarServiceServicer):
+    def __init__(self, store: Store, notifier: Notifier, config: Config,
+                 on_hub: Callable[[HubKeys], None] = lambda hub: None) -> None:
+        self.store = store
+        self.notifier = notifier
+        self.config = config
+        self._on_hub = on_hub
+
+    async def _hub(self, context: grpc.aio.ServicerContext) -> HubKeys:
+        """The task hub the caller names with the ``taskhub`` metadata key, else the default one."""
+        name = self._hub_name(context)
+        hub = await self.store.hub(name)
+        self._on_hub(hub)
+        return hub
+
+    def _hub_name(self, context: grpc.aio.ServicerContext) -> str:
+        for key, value in context.invocation_metadata() or ():
+            if key == TASK_HUB_METADATA_KEY:
+                if not NAME_RE.match(value):
+                    raise errors.InvalidRequest(
+                        f"task hub name {value!r} (metadata '{TASK_HUB_METADATA_KEY}') must match {NAME_RE.pattern}")
+                return value
+        return self.config.task_hub
+
+    # -- RPCs ------------------------------------------------------------------------------
+
+    async def Hello(self, request, context):
+        return empty_pb2.Empty()
+
+    @_rpc
+    async def StartInstance(self, request: pb.CreateInstanceRequest, context):
+        instance_id = request.instanceId or uuid.uuid4().hex
+        validation.check_identifier("instanceId", instance_id)
+        validation.check_name("name", request.name)
+        if request.HasField("executionId") and request.executionId.value:
+            validation.check_identifier("executionId", request.executionId.value)
+        if request.HasField("version"):
+            validation.check_identifier("version", request.version.value)
+        for field in ("scheduledStartTimestamp", "requestTime"):
+            if request.HasField(field):
+                validation.check_timestamp(field, getattr(request, field))
+        if request.HasField("input"):
+            validation.check_payload("input", request.input.value, self.config.max_payload_bytes)
+        for status in request.orchestrationIdReusePolicy.replaceableStatus:
+            if status not in pb.OrchestrationStatus.values():
+                raise errors.InvalidRequest(
+                    f"orchestrationIdReusePolicy.replaceableStatus holds unknown status {status}")
+        hub = await self._hub(context)
+        await self.store.create_instance(hub, convert.new_instance(request, instance_id))
+        return pb.CreateInstanceResponse(instanceId=instance_id)
+
+    @_rpc
+    async def GetInstance(self, request: pb.GetInstanceRequest, context):
+        hub = await self._hub(context)
+        return await self._instance_response(hub, request)
+
+    @_rpc
+    async def WaitForInstanceStart(self, request: pb.GetInstanceRequest, context):
+        return await self._wait(request, context, lambda status: status != b"PENDING", "start")
+
+    @_rpc
+    async def CreateTaskHub(self, request: pb.CreateTaskHubRequest, context):
+        hub = await self.store.create_task_hub(self._hub_name(context), request.recreateIfExists)
+        self._on_hub(hub)
+        return pb.CreateTaskHubResponse()
+
+    @_rpc
+    async def DeleteTaskHub(self, request: pb.DeleteTaskHubRequest, context):
+        await self.store.delete_task_hub(self._hub_name(context))
+        return pb.DeleteTaskHubResponse()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _instance_response(self, hub: HubKeys, request: pb.GetInstanceRequest,
+                                 h: dict[str, bytes] | None = None) -> pb.GetInstanceResponse:
+        if h is None:
+            h = await self.store.get_instance(hub, request.instanceId)
+        if h is None:
+            return pb.GetInstanceResponse(exists=False)
+        state = convert.orchestration_state(request.instanceId, h, request.getInputsAndOutputs)
+        return pb.GetInstanceResponse(exists=True, orchestrationState=state)
+
+    async def _wait(self, request: pb.GetInstanceRequest, context, done: Callable[[bytes], bool], what: str):
+        """Return the instance once ``done(status)`` holds; DEADLINE_EXCEEDED at the caller's deadline."""
+        hub = await self._hub(context)
+        with self.notifier.watch(hub.hub, request.instanceId) as changed:
+            while True:
+                changed.clear()
+                h = await self.store.get_instance(hub, request.instanceId)
+                if h is not None and done(h["status"]):
+                    return await self._instance_response(hub, request, h)
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    if h is None:
+                        return pb.GetInstanceResponse(exists=False)
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                        f"timed out waiting for instance '{request.instanceId}' to {what}")
+                timeout = WAIT_RECHECK_SECONDS if remaining is None else min(remaining, WAIT_RECHECK_SECONDS)
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+
+
+def _unimplemented(name: str):
+    async def handler(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by this server yet")
+
+    handler.__name__ = name
+    return handler
+
+
+# Every RPC of the contract that this server does not implement yet answers
+# UNIMPLEMENTED naming itself (instead of the generated "Method not implemented!").
+for _method in pb.DESCRIPTOR.services_by_name["TaskHubSidecarService"].methods:
+    if _method.name not in Servicer.__dict__:
+        setattr(Servicer, _method.name, _unimplemented(_method.name))

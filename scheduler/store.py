@@ -1,0 +1,247 @@
+"""The store: the only code that knows Redis.
+
+One method per domain operation, each a single round trip (a Lua script from
+``lua/`` or a pipeline). Keys come from :mod:`scheduler.keys`; expected outcomes
+come back as codes and leave here as :mod:`scheduler.errors` exceptions.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+
+import redis.exceptions as rexc
+
+from . import errors, keys
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_DELETE_BATCH = 500
+
+
+def _load_lua(name: str) -> str:
+    return (resources.files("scheduler") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _unavailable_on_redis_errors(fn):
+    """Turn "Redis did not answer" into StoreUnavailable; everything else passes through."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await fn(*args, **kwargs)
+        except (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, rexc.ClusterDownError,
+                rexc.TryAgainError, OSError) as exc:
+            raise errors.StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class NewInstance:
+    """What StartInstance writes: the instance hash fields, its first event and where it goes."""
+
+    instance_id: str
+    fields: dict[str, str | bytes]
+    start_event: bytes
+    due_ms: int | None = None  # None: ready now
+    replaceable: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """Result of one promote call over a hub's partitions."""
+
+    now_ms: int
+    next_due_ms: int | None
+    promoted_due_ms: list[int]
+    more: bool  # a partition filled its batch: call again at once
+
+
+@dataclass
+class PartitionStats:
+    statuses: dict[str, int] = field(default_factory=dict)
+    due: int = 0
+    next_due_ms: int | None = None
+    ready: int = 0
+    oldest_ready_ms: int | None = None
+
+
+@dataclass
+class HubStats:
+    hub: str
+    partitions: int
+    now_ms: int
+    per_partition: list[PartitionStats]
+
+    @property
+    def statuses(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for p in self.per_partition:
+            for status, count in p.statuses.items():
+                total[status] = total.get(status, 0) + count
+        return {s: n for s, n in sorted(total.items()) if n}
+
+    @property
+    def due(self) -> int:
+        return sum(p.due for p in self.per_partition)
+
+    @property
+    def next_due_ms(self) -> int | None:
+        return min((p.next_due_ms for p in self.per_partition if p.next_due_ms is not None), default=None)
+
+    @property
+    def ready(self) -> int:
+        return sum(p.ready for p in self.per_partition)
+
+    @property
+    def oldest_ready_ms(self) -> int | None:
+        return min((p.oldest_ready_ms for p in self.per_partition if p.oldest_ready_ms is not None), default=None)
+
+
+def _score(value) -> int:
+    return int(float(value))
+
+
+class Store:
+    """Domain operations over one Redis (standalone, Cluster or embedded)."""
+
+    SCRIPTS = ("create_instance", "promote_due", "ensure_hub")
+
+    def __init__(self, redis, prefix: str = "dt", default_partitions: int = 16) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.default_partitions = default_partitions
+        self.channel = keys.events_channel(prefix)
+        self._scripts = {name: redis.register_script(_load_lua(name)) for name in self.SCRIPTS}
+        self._hubs: dict[str, keys.HubKeys] = {}
+
+    async def load_scripts(self) -> None:
+        """Load every script once at start-up; fail fast naming the script that Redis rejects."""
+        for name, script in self._scripts.items():
+            try:
+                await self.redis.script_load(script.script)
+            except rexc.ResponseError as exc:
+                raise RuntimeError(f"Redis rejected Lua script {name}.lua: {exc}") from exc
+
+    @_unavailable_on_redis_errors
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    @_unavailable_on_redis_errors
+    async def server_time_ms(self) -> int:
+        seconds, micros = await self.redis.time()
+        return seconds * 1000 + micros // 1000
+
+    # -- task hubs -------------------------------------------------------------------------
+
+    @_unavailable_on_redis_errors
+    async def hub(self, name: str) -> keys.HubKeys:
+        """The hub's keys; creates its metadata (fixing its partition count) on first use."""
+        cached = self._hubs.get(name)
+        if cached is not None:
+            return cached
+        meta = keys.meta_key(self.prefix, name)
+        partitions, _, _ = await self._scripts["ensure_hub"](keys=[meta], args=[self.default_partitions, SCHEMA_VERSION])
+        # The registry lets every replica's promoter find the hub. It is a separate,
+        # idempotent single-key write (another slot on a Cluster): repeating it is harmless.
+        await self.redis.sadd(keys.hubs_key(self.prefix), name)
+        hub = keys.HubKeys(self.prefix, name, int(partitions))
+        self._hubs[name] = hub
+        return hub
+
+    @_unavailable_on_redis_errors
+    async def known_hubs(self) -> list[str]:
+        return sorted(m.decode() for m in await self.redis.smembers(keys.hubs_key(self.prefix)))
+
+    async def create_task_hub(self, name: str, recreate_if_exists: bool) -> keys.HubKeys:
+        if recreate_if_exists:
+            await self.delete_task_hub(name)
+        return await self.hub(name)
+
+    @_unavailable_on_redis_errors
+    async def delete_task_hub(self, name: str) -> int:
+        """Remove every key of the hub in bounded batches; returns how many keys went."""
+        self._hubs.pop(name, None)
+        hub = keys.HubKeys(self.prefix, name, 0)
+        deleted = 0
+        for pattern in hub.scan_patterns():
+            batch: list[bytes] = []
+            async for key in self.redis.scan_iter(match=pattern, count=_DELETE_BATCH):
+                if hub.owns(key.decode("utf-8", "replace")):
+                    batch.append(key)
+                if len(batch) >= _DELETE_BATCH:
+                    deleted += await self.redis.unlink(*batch)
+                    batch = []
+            if batch:
+                deleted += await self.redis.unlink(*batch)
+        await self.redis.srem(keys.hubs_key(self.prefix), name)
+        return deleted
+
+    # -- instances -------------------------------------------------------------------------
+
+    @_unavailable_on_redis_errors
+    async def create_instance(self, hub: keys.HubKeys, new: NewInstance) -> int:
+        """Write a new instance (see create_instance.lua); returns its creation time in ms."""
+        pk = hub.for_instance(new.instance_id)
+        iid = new.instance_id
+        args: list = [iid, "" if new.due_ms is None else new.due_ms, new.start_event,
+                      " ".join(new.replaceable), self.channel, hub.hub]
+        for name, value in new.fields.items():
+            args.append(name)
+            args.append(value)
+        code, value = await self._scripts["create_instance"](
+            keys=[pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.due, pk.ready, pk.by_created, pk.stats],
+            args=args)
+        if code == errors.EXISTS:
+            raise errors.InstanceExists(iid, value.decode())
+        return int(value)
+
+    @_unavailable_on_redis_errors
+    async def get_instance(self, hub: keys.HubKeys, instance_id: str) -> dict[str, bytes] | None:
+        """The instance hash (field name -> raw value), or None if there is no such instance."""
+        raw = await self.redis.hgetall(hub.for_instance(instance_id).instance(instance_id))
+        if not raw:
+            return None
+        return {k.decode(): v for k, v in raw.items()}
+
+    # -- scheduler worker ------------------------------------------------------------------
+
+    @_unavailable_on_redis_errors
+    async def promote_due(self, hub: keys.HubKeys, limit: int) -> Promotion:
+        """Promote what is due in every partition of the hub, in one pipelined round trip."""
+        script = self._scripts["promote_due"]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pk in hub.all_partitions():
+                await script(keys=[pk.due, pk.ready], args=[limit], client=pipe)
+            results = await pipe.execute()
+        now_ms = max(int(r[0]) for r in results)
+        next_due = [_score(r[1]) for r in results if _score(r[1]) >= 0]
+        promoted = [_score(s) for r in results for s in r[2:]]
+        more = any(len(r) - 2 >= limit for r in results)
+        return Promotion(now_ms, min(next_due) if next_due else None, promoted, more)
+
+    # -- operator view ---------------------------------------------------------------------
+
+    @_unavailable_on_redis_errors
+    async def hub_stats(self, hub: keys.HubKeys) -> HubStats:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            for pk in hub.all_partitions():
+                pipe.hgetall(pk.stats)
+                pipe.zcard(pk.due)
+                pipe.zrange(pk.due, 0, 0, withscores=True)
+                pipe.zcard(pk.ready)
+                pipe.zrange(pk.ready, 0, 0, withscores=True)
+            results = await pipe.execute()
+        seconds, micros = results[0]
+        parts = []
+        for i in range(hub.partitions):
+            statuses, due, due_head, ready, ready_head = results[1 + 5 * i: 6 + 5 * i]
+            parts.append(PartitionStats(
+                statuses={k.decode(): int(v) for k, v in statuses.items()},
+                due=due, next_due_ms=_score(due_head[0][1]) if due_head else None,
+                ready=ready, oldest_ready_ms=_score(ready_head[0][1]) if ready_head else None))
+        return HubStats(hub.hub, hub.partitions, seconds * 1000 + micros // 1000, parts)

@@ -1,0 +1,89 @@
+"""Run the service and a throwaway redis-server as subprocesses (tests and benchmarks).
+
+Needs the ``test`` extra (pytest-redis) for :func:`redis_server`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def redis_server(port: int | None = None) -> Iterator[str]:
+    """A fresh redis-server bound to 127.0.0.1 on a free port; yields its URL."""
+    from pytest_redis.executor import RedisExecutor
+
+    executable = shutil.which("redis-server") or "/usr/bin/redis-server"
+    with tempfile.TemporaryDirectory(prefix="dt-redis-") as datadir:
+        executor = RedisExecutor(executable, databases=4, redis_timeout=30, loglevel="warning",
+                                 host="127.0.0.1", port=port or free_port(), datadir=__import__("pathlib").Path(datadir))
+        executor.start()
+        try:
+            yield f"redis://127.0.0.1:{executor.port}/0"
+        finally:
+            executor.stop()
+
+
+@dataclass
+class ServerProcess:
+    """A ``dt-scheduler serve`` subprocess."""
+
+    proc: subprocess.Popen
+    address: str  # host:port
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 15) -> int:
+        """SIGTERM (graceful shutdown), then SIGKILL if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def start_server(redis_url: str | None, *extra_args: str, env: dict[str, str] | None = None,
+                 startup_timeout: float = 30.0, log_level: str = "WARNING") -> ServerProcess:
+    """Start ``python -m scheduler serve`` on a free port and wait for its READY line."""
+    args = [sys.executable, "-m", "scheduler", "serve", "--host", "127.0.0.1", "--port", "0",
+            "--log-level", log_level, *extra_args]
+    if redis_url is not None:
+        args += ["--redis-url", redis_url]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=None, text=True,
+                            env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + startup_timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"server exited before it was ready (code {proc.wait()})")
+        if line.startswith("READY "):
+            return ServerProcess(proc, line.split()[1])
+    proc.kill()
+    raise RuntimeError(f"server not ready within {startup_timeout}s")
