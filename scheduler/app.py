@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 import grpc
+import prometheus_client
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -61,6 +62,8 @@ class App:
         reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), self.server)
         self.port = self.server.add_insecure_port(f"{self.config.host}:{self.config.port}")
         await self.server.start()
+        if self.config.metrics_port is not None:
+            prometheus_client.start_http_server(self.config.metrics_port, addr=self.config.host)
         await self._check_health()
         return self.port
 
