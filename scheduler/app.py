@@ -16,7 +16,7 @@ from .config import Config
 from .keys import HubKeys
 from .notify import Notifier
 from .promoter import Promoter
-from .redis_conn import connect
+from .redis_conn import connect, connect_fast
 from .server import Servicer
 from .store import Store
 
@@ -33,7 +33,8 @@ class App:
     def __init__(self, config: Config, redis=None) -> None:
         self.config = config
         self.redis = redis if redis is not None else connect(config.redis_url, config.redis_cluster)
-        self.store = Store(self.redis, config.key_prefix, config.partitions)
+        fast = connect_fast(config.redis_url, config.redis_cluster) if redis is None else None
+        self.store = Store(self.redis, config.key_prefix, config.partitions, fast=fast)
         self.notifier = Notifier(self.redis, self.store.channel)
         self.notifier.on_due = self._on_due
         self.promoters: dict[str, Promoter] = {}
@@ -77,7 +78,7 @@ class App:
         for promoter in self.promoters.values():
             await promoter.stop()
         await self.notifier.stop()
-        await self.redis.aclose()
+        await self.store.aclose()
 
     async def wait_closed(self) -> None:
         if self.server is not None:

@@ -57,6 +57,8 @@ class Promoter:
             self._count.inc(len(result.promoted_due_ms))
             for due in result.promoted_due_ms:
                 self._lag.observe((result.now_ms - due) / 1000)
+            log.info("task hub %r: promoted %d due instance(s), lag up to %d ms", self.hub.hub,
+                     len(result.promoted_due_ms), result.now_ms - min(result.promoted_due_ms))
             if self.on_promoted is not None:
                 self.on_promoted(result)
         self._next_due_ms = result.next_due_ms

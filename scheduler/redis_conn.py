@@ -19,6 +19,15 @@ EMBEDDED_WARNING = (
 _CLIENT_OPTIONS = dict(socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=15)
 
 
+def connect_fast(url: str | None, cluster: bool = False):
+    """The auto-pipelining connection for the request path, where the deployment allows one."""
+    if url is None or cluster:
+        return None
+    from .pipelining import PipelinedConnection
+
+    return PipelinedConnection(url)
+
+
 def connect(url: str | None, cluster: bool = False):
     """Return an asyncio Redis client for the URL (or the embedded store when ``url`` is None)."""
     if url is None:

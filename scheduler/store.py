@@ -14,6 +14,7 @@ from importlib import resources
 import redis.exceptions as rexc
 
 from . import errors, keys
+from .batching import Batcher
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +111,26 @@ class Store:
 
     SCRIPTS = ("create_instance", "promote_due", "ensure_hub")
 
-    def __init__(self, redis, prefix: str = "dt", default_partitions: int = 16) -> None:
+    def __init__(self, redis, prefix: str = "dt", default_partitions: int = 16, fast=None) -> None:
+        """``fast``: a :class:`~scheduler.pipelining.PipelinedConnection` for the request path of a
+        standalone Redis; without one (embedded store, Cluster) requests are batched over ``redis``."""
         self.redis = redis
         self.prefix = prefix
         self.default_partitions = default_partitions
         self.channel = keys.events_channel(prefix)
         self._scripts = {name: redis.register_script(_load_lua(name)) for name in self.SCRIPTS}
         self._hubs: dict[str, keys.HubKeys] = {}
+        self._execute = fast.execute if fast is not None else Batcher(redis).execute
+        self._fast = fast
+
+    async def _eval(self, name: str, keys_: list[str], args: list):
+        """Run a registered script through the batcher; reload it once if Redis lost it (restart, flush)."""
+        script = self._scripts[name]
+        try:
+            return await self._execute("EVALSHA", script.sha, len(keys_), *keys_, *args)
+        except rexc.NoScriptError:
+            await self.redis.script_load(script.script)
+            return await self._execute("EVALSHA", script.sha, len(keys_), *keys_, *args)
 
     async def load_scripts(self) -> None:
         """Load every script once at start-up; fail fast naming the script that Redis rejects."""
@@ -125,6 +139,11 @@ class Store:
                 await self.redis.script_load(script.script)
             except rexc.ResponseError as exc:
                 raise RuntimeError(f"Redis rejected Lua script {name}.lua: {exc}") from exc
+
+    async def aclose(self) -> None:
+        if self._fast is not None:
+            await self._fast.aclose()
+        await self.redis.aclose()
 
     @_unavailable_on_redis_errors
     async def ping(self) -> None:
@@ -192,9 +211,9 @@ class Store:
         for name, value in new.fields.items():
             args.append(name)
             args.append(value)
-        code, value = await self._scripts["create_instance"](
-            keys=[pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.due, pk.ready, pk.by_created, pk.stats],
-            args=args)
+        code, value = await self._eval(
+            "create_instance",
+            [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.due, pk.ready, pk.by_created, pk.stats], args)
         if code == errors.EXISTS:
             raise errors.InstanceExists(iid, value.decode())
         return int(value)
@@ -202,10 +221,12 @@ class Store:
     @_unavailable_on_redis_errors
     async def get_instance(self, hub: keys.HubKeys, instance_id: str) -> dict[str, bytes] | None:
         """The instance hash (field name -> raw value), or None if there is no such instance."""
-        raw = await self.redis.hgetall(hub.for_instance(instance_id).instance(instance_id))
+        raw = await self._execute("HGETALL", hub.for_instance(instance_id).instance(instance_id))
         if not raw:
             return None
-        return {k.decode(): v for k, v in raw.items()}
+        if isinstance(raw, dict):  # redis-py's pipeline already paired the fields
+            return {k.decode(): v for k, v in raw.items()}
+        return {raw[i].decode(): raw[i + 1] for i in range(0, len(raw), 2)}
 
     # -- scheduler worker ------------------------------------------------------------------
 
