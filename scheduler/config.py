@@ -16,6 +16,8 @@ DEFAULT_PARTITIONS = 16
 DEFAULT_PREFIX = "dt"
 DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 # Task hub names and the key prefix become part of Redis key names and of the
 # glob patterns used to delete a hub, so they are restricted to characters that
 # are neither glob syntax nor key separators.
@@ -45,6 +47,10 @@ class Config:
             raise ValueError(f"partitions must be between 1 and 1024, got {self.partitions}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log level {self.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
+        if self.promote_batch < 1:
+            raise ValueError(f"promote batch must be at least 1, got {self.promote_batch}")
         if self.max_payload_bytes < 1:
             raise ValueError("max payload size must be positive")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -69,8 +68,10 @@ class Servicer(pb_grpc.TaskHubSidecarServiceServicer):
     async def _hub(self, context: grpc.aio.ServicerContext) -> HubKeys:
         """The task hub the caller names with the ``taskhub`` metadata key, else the default one."""
         name = self._hub_name(context)
-        hub = await self.store.hub(name)
-        self._on_hub(hub)
+        hub = self.store.cached_hub(name)
+        if hub is None:
+            hub = await self.store.hub(name)
+            self._on_hub(hub)
         return hub
 
     def _hub_name(self, context: grpc.aio.ServicerContext) -> str:
@@ -89,7 +90,7 @@ class Servicer(pb_grpc.TaskHubSidecarServiceServicer):
 
     @_rpc
     async def StartInstance(self, request: pb.CreateInstanceRequest, context):
-        instance_id = request.instanceId or uuid.uuid4().hex
+        instance_id = request.instanceId or convert.new_id()
         validation.check_identifier("instanceId", instance_id)
         validation.check_name("name", request.name)
         if request.HasField("executionId") and request.executionId.value:

@@ -156,6 +156,10 @@ class Store:
 
     # -- task hubs -------------------------------------------------------------------------
 
+    def cached_hub(self, name: str) -> keys.HubKeys | None:
+        """The hub's keys if this replica has used the hub before (no Redis call)."""
+        return self._hubs.get(name)
+
     @_unavailable_on_redis_errors
     async def hub(self, name: str) -> keys.HubKeys:
         """The hub's keys; creates its metadata (fixing its partition count) on first use."""

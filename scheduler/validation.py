@@ -1,6 +1,8 @@
 """Request validation: each rule raises InvalidRequest with a message a person understands."""
 from __future__ import annotations
 
+import re
+
 from google.protobuf import timestamp_pb2
 
 from .errors import InvalidRequest, PayloadTooLarge
@@ -12,8 +14,8 @@ MIN_SECONDS = -62135596800
 MAX_SECONDS = 253402300799
 
 
-def _has_control_chars(value: str) -> bool:
-    return any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value)
+# C0 and C1 control characters, and DEL.
+_has_control_chars = re.compile("[\x00-\x1f\x7f-\x9f]").search
 
 
 def check_identifier(what: str, value: str) -> None:
