@@ -37,6 +37,7 @@ class App:
         self.store = Store(self.redis, config.key_prefix, config.partitions, fast=fast)
         self.notifier = Notifier(self.redis, self.store.channel)
         self.notifier.on_due = self._on_due
+        self.notifier.on_hub_deleted = self._on_hub_deleted
         self.promoters: dict[str, Promoter] = {}
         self.health = health.aio.HealthServicer()
         self.housekeeping = AsyncIOScheduler()
@@ -97,9 +98,14 @@ class App:
         if promoter is not None:
             promoter.due_at(due_ms)
 
+    def _on_hub_deleted(self, hub_name: str) -> None:
+        self.store.forget_hub(hub_name)
+
     async def _refresh_hubs(self) -> None:
-        """Run a promoter for every hub registered on this Redis, whichever replica created it."""
+        """Run a promoter for every hub registered on this Redis, whichever replica created it, and
+        forget cached hubs that are gone (a missed deletion message, Redis data lost)."""
         try:
+            await self.store.revalidate_hubs()
             for name in await self.store.known_hubs():
                 if name not in self.promoters:
                     self._ensure_promoter(await self.store.hub(name))

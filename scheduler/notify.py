@@ -2,7 +2,7 @@
 
 Scripts publish ``"<hub> due <ms>"`` when they add an entry that is due before
 everything else in its partition, and ``"<hub> status <instance id>"`` when an
-instance's status changes. Each replica keeps one subscription and routes the
+instance's status changes; deleting a hub publishes ``"<hub> deleted -"``. Each replica keeps one subscription and routes the
 messages to its promoters and to local waiters. Pub/sub is only a wake-up: the
 instance hash is the truth, so a missed message costs latency, never
 correctness (waiters re-check on a slow timer, promoters sleep at most a second).
@@ -23,13 +23,12 @@ log = logging.getLogger(__name__)
 
 
 def _subscriber_client(redis):
-    """A client that can SUBSCRIBE: on a Cluster, any node hears every PUBLISH."""
+    """A client that can SUBSCRIBE. On a Cluster a PUBLISH reaches every node, so one node will do."""
     if isinstance(redis, RedisCluster):
         import redis.asyncio as aioredis
 
         node = redis.get_default_node()
-        return aioredis.Redis(host=node.host, port=node.port, **redis.connection_kwargs) \
-            if hasattr(redis, "connection_kwargs") else aioredis.Redis(host=node.host, port=node.port)
+        return aioredis.Redis(host=node.host, port=node.port)
     return redis
 
 
@@ -38,6 +37,7 @@ class Notifier:
         self._redis = _subscriber_client(redis)
         self.channel = channel
         self.on_due: Callable[[str, int], None] = lambda hub, ms: None
+        self.on_hub_deleted: Callable[[str], None] = lambda hub: None
         self._waiters: dict[tuple[str, str], set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task | None = None
         self.connected = asyncio.Event()
@@ -73,6 +73,8 @@ class Notifier:
         elif kind == "status":
             for event in self._waiters.get((hub, arg), ()):
                 event.set()
+        elif kind == "deleted":
+            self.on_hub_deleted(hub)
 
     def _wake_all(self) -> None:
         for events in self._waiters.values():

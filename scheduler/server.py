@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 TASK_HUB_METADATA_KEY = "taskhub"
 # Waiters re-read the instance at least this often, in case a wake-up was missed.
 WAIT_RECHECK_SECONDS = 5.0
+# Waiters answer this long before the caller's deadline, so the caller gets our answer
+# (exists=false, or DEADLINE_EXCEEDED with a message) rather than its own bare timeout.
+WAIT_DEADLINE_MARGIN = 0.1
 
 
 def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
@@ -64,6 +67,11 @@ class Servicer(pb_grpc.TaskHubSidecarServiceServicer):
         self.notifier = notifier
         self.config = config
         self._on_hub = on_hub
+
+    async def _existing_hub(self, context: grpc.aio.ServicerContext) -> HubKeys | None:
+        """Like :meth:`_hub` for read-only calls: None when the hub does not exist (nothing is created)."""
+        name = self._hub_name(context)
+        return self.store.cached_hub(name) or await self.store.find_hub(name)
 
     async def _hub(self, context: grpc.aio.ServicerContext) -> HubKeys:
         """The task hub the caller names with the ``taskhub`` metadata key, else the default one."""
@@ -112,7 +120,9 @@ class Servicer(pb_grpc.TaskHubSidecarServiceServicer):
 
     @_rpc
     async def GetInstance(self, request: pb.GetInstanceRequest, context):
-        hub = await self._hub(context)
+        hub = await self._existing_hub(context)
+        if hub is None:
+            return pb.GetInstanceResponse(exists=False)
         return await self._instance_response(hub, request)
 
     @_rpc
@@ -143,20 +153,22 @@ class Servicer(pb_grpc.TaskHubSidecarServiceServicer):
 
     async def _wait(self, request: pb.GetInstanceRequest, context, done: Callable[[bytes], bool], what: str):
         """Return the instance once ``done(status)`` holds; DEADLINE_EXCEEDED at the caller's deadline."""
-        hub = await self._hub(context)
-        with self.notifier.watch(hub.hub, request.instanceId) as changed:
+        name = self._hub_name(context)
+        with self.notifier.watch(name, request.instanceId) as changed:
             while True:
                 changed.clear()
-                h = await self.store.get_instance(hub, request.instanceId)
+                hub = await self._existing_hub(context)
+                h = None if hub is None else await self.store.get_instance(hub, request.instanceId)
                 if h is not None and done(h["status"]):
                     return await self._instance_response(hub, request, h)
                 remaining = context.time_remaining()
-                if remaining is not None and remaining <= 0:
+                if remaining is not None and remaining <= WAIT_DEADLINE_MARGIN:
                     if h is None:
                         return pb.GetInstanceResponse(exists=False)
                     await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                                         f"timed out waiting for instance '{request.instanceId}' to {what}")
-                timeout = WAIT_RECHECK_SECONDS if remaining is None else min(remaining, WAIT_RECHECK_SECONDS)
+                timeout = WAIT_RECHECK_SECONDS if remaining is None else \
+                    min(remaining - WAIT_DEADLINE_MARGIN, WAIT_RECHECK_SECONDS)
                 try:
                     await asyncio.wait_for(changed.wait(), timeout)
                 except asyncio.TimeoutError:

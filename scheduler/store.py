@@ -132,6 +132,7 @@ class Store:
             await self.redis.script_load(script.script)
             return await self._execute("EVALSHA", script.sha, len(keys_), *keys_, *args)
 
+    @_unavailable_on_redis_errors
     async def load_scripts(self) -> None:
         """Load every script once at start-up; fail fast naming the script that Redis rejects."""
         for name, script in self._scripts.items():
@@ -176,6 +177,38 @@ class Store:
         return hub
 
     @_unavailable_on_redis_errors
+    async def find_hub(self, name: str) -> keys.HubKeys | None:
+        """The hub's keys if the hub exists, without creating it (for read-only calls)."""
+        cached = self._hubs.get(name)
+        if cached is not None:
+            return cached
+        partitions = await self.redis.hget(keys.meta_key(self.prefix, name), "partitions")
+        if partitions is None:
+            return None
+        hub = keys.HubKeys(self.prefix, name, int(partitions))
+        self._hubs[name] = hub
+        return hub
+
+    def forget_hub(self, name: str) -> None:
+        """Drop a cached hub (it was deleted): the next use looks it up or creates it again."""
+        self._hubs.pop(name, None)
+
+    @_unavailable_on_redis_errors
+    async def revalidate_hubs(self) -> list[str]:
+        """Forget cached hubs whose metadata is gone (deleted elsewhere, Redis data lost); returns them."""
+        names = list(self._hubs)
+        if not names:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.exists(keys.meta_key(self.prefix, name))
+            present = await pipe.execute()
+        gone = [name for name, there in zip(names, present) if not there]
+        for name in gone:
+            self.forget_hub(name)
+        return gone
+
+    @_unavailable_on_redis_errors
     async def known_hubs(self) -> list[str]:
         return sorted(m.decode() for m in await self.redis.smembers(keys.hubs_key(self.prefix)))
 
@@ -201,6 +234,7 @@ class Store:
             if batch:
                 deleted += await self.redis.unlink(*batch)
         await self.redis.srem(keys.hubs_key(self.prefix), name)
+        await self.redis.publish(self.channel, f"{name} deleted -")
         return deleted
 
     # -- instances -------------------------------------------------------------------------

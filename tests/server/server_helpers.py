@@ -1,0 +1,66 @@
+"""Helpers shared by the server tests (imported by module name: pytest puts this folder on sys.path)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+import grpc
+import pytest
+from pytest_redis.executor import RedisExecutor
+
+from scheduler import keys
+from scheduler.testing import free_port
+
+PARTITIONS = 4
+MAX_PAYLOAD = 1024
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0, interval: float = 0.005) -> float:
+    """Poll ``check`` until it is true and return the time it took; fail at the deadline."""
+    start = time.monotonic()
+    while not await check():
+        assert time.monotonic() - start < timeout, "condition not met before the deadline"
+        await asyncio.sleep(interval)
+    return time.monotonic() - start
+
+
+async def rpc_error(call: Awaitable, code: grpc.StatusCode) -> str:
+    """Await a call that must fail with ``code``; returns its details (the message)."""
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await call
+    assert e.value.code() == code, e.value.details()
+    return e.value.details() or ""
+
+
+async def snapshot(redis, prefix: str) -> dict[str, object]:
+    """Every key with the prefix and its serialized value."""
+    return {k: await redis.dump(k) for k in await prefix_keys(redis, prefix)}
+
+
+async def prefix_keys(redis, prefix: str) -> set[str]:
+    """Every key with the prefix (SCAN, as an operator would)."""
+    return {k.decode() async for k in redis.scan_iter(match=prefix + ":*", count=1000)}
+
+
+def bookkeeping_keys(prefix: str, *hubs: str) -> set[str]:
+    """Keys that exist without any instance: hub metadata and the hub registry."""
+    return {keys.hubs_key(prefix)} | {keys.meta_key(prefix, h) for h in hubs}
+
+
+@contextlib.contextmanager
+def own_redis_server() -> Iterator[RedisExecutor]:
+    """A redis-server of the test's own on 127.0.0.1, which the test may stop and start again on the same port."""
+    executable = shutil.which("redis-server") or "/usr/bin/redis-server"
+    with tempfile.TemporaryDirectory(prefix="dt-test-redis-") as datadir:
+        executor = RedisExecutor(executable, databases=4, redis_timeout=30, loglevel="warning", host="127.0.0.1",
+                                 port=free_port(), datadir=pathlib.Path(datadir))
+        executor.start()
+        try:
+            yield executor
+        finally:
+            executor.stop()

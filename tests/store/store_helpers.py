@@ -1,0 +1,44 @@
+"""Helpers shared by the store suite (imported by module name: pytest puts this folder on sys.path)."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from scheduler import keys
+from scheduler.store import NewInstance
+
+PARTITIONS = 4
+
+
+def new(instance_id: str, due_ms: int | None = None, replaceable: tuple[str, ...] = (), **fields) -> NewInstance:
+    """A NewInstance with a recognisable start event."""
+    fields = {"name": "Orch", "execution_id": "e-" + instance_id, **fields}
+    return NewInstance(instance_id, fields, f"start:{instance_id}".encode(), due_ms, replaceable)
+
+
+def ids_in_distinct_partitions(hub: keys.HubKeys, count: int | None = None) -> list[str]:
+    """Instance ids, one per partition (all partitions unless ``count``)."""
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < (count or hub.partitions):
+        found.setdefault(keys.partition_of(f"inst-{i}", hub.partitions), f"inst-{i}")
+        i += 1
+    return list(found.values())
+
+
+async def scan_keys(redis, pattern: str) -> set[str]:
+    """Every key matching the glob pattern (SCAN, as an operator would)."""
+    return {k.decode() async for k in redis.scan_iter(match=pattern, count=1000)}
+
+
+async def prefix_keys(redis, prefix: str) -> set[str]:
+    return await scan_keys(redis, prefix + ":*")
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    """Poll ``check`` until it is true; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.005)

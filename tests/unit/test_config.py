@@ -1,0 +1,112 @@
+"""Config: flags, environment fallbacks, defaults and validation."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from scheduler import config as cfg
+from scheduler.config import Config
+
+
+def parse(argv: list[str], environ: dict[str, str] | None = None) -> Config:
+    parser = argparse.ArgumentParser()
+    cfg.add_arguments(parser)
+    return cfg.from_args(parser.parse_args(argv), environ or {})
+
+
+def test_defaults_without_flags_or_environment():
+    c = parse([])
+    assert c == Config()
+    assert (c.host, c.port, c.redis_url, c.redis_cluster) == ("127.0.0.1", 4001, None, False)
+    assert (c.task_hub, c.partitions, c.key_prefix) == ("default", 16, "dt")
+    assert c.max_payload_bytes == 4 * 1024 * 1024
+    assert c.metrics_port is None
+
+
+def test_flags_set_every_option():
+    c = parse(["--host", "0.0.0.0", "--port", "5000", "--redis-url", "redis://h:1/2", "--redis-cluster",
+               "--task-hub", "hub.a", "--partitions", "4", "--key-prefix", "pre_x", "--max-payload-bytes", "10",
+               "--log-level", "debug", "--metrics-port", "9100"])
+    assert c == Config(host="0.0.0.0", port=5000, redis_url="redis://h:1/2", redis_cluster=True, task_hub="hub.a",
+                       partitions=4, key_prefix="pre_x", max_payload_bytes=10, log_level="DEBUG", metrics_port=9100)
+
+
+ENV = {"DT_HOST": "10.0.0.1", "DT_PORT": "4100", "DT_REDIS_URL": "redis://env:6379/0", "DT_REDIS_CLUSTER": "1",
+       "DT_TASK_HUB": "envhub", "DT_PARTITIONS": "8", "DT_KEY_PREFIX": "envp", "DT_MAX_PAYLOAD_BYTES": "123",
+       "DT_LOG_LEVEL": "warning", "DT_METRICS_PORT": "9200"}
+
+
+def test_environment_is_the_fallback_of_each_flag():
+    c = parse([], ENV)
+    assert c == Config(host="10.0.0.1", port=4100, redis_url="redis://env:6379/0", redis_cluster=True,
+                       task_hub="envhub", partitions=8, key_prefix="envp", max_payload_bytes=123,
+                       log_level="WARNING", metrics_port=9200)
+
+
+def test_flags_win_over_environment():
+    c = parse(["--port", "0", "--task-hub", "flaghub", "--partitions", "2"], ENV)
+    assert (c.port, c.task_hub, c.partitions) == (0, "flaghub", 2)
+    assert c.key_prefix == "envp"  # not given as a flag: still from the environment
+
+
+def test_empty_environment_variable_counts_as_unset():
+    assert parse([], {"DT_PORT": "", "DT_TASK_HUB": ""}) == Config()
+
+
+@pytest.mark.parametrize("value,expected", [("1", True), ("true", True), ("yes", True),
+                                            ("0", False), ("no", False), ("", False)])
+def test_redis_cluster_environment_values(value, expected):
+    assert parse([], {"DT_REDIS_CLUSTER": value}).redis_cluster is expected
+
+
+def test_malformed_number_in_environment_is_a_value_error():
+    with pytest.raises(ValueError):
+        parse([], {"DT_PORT": "not-a-port"})
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"task_hub": ""}, "task hub name"),
+    ({"task_hub": "a b"}, "task hub name"),
+    ({"task_hub": "hub*"}, "task hub name"),
+    ({"task_hub": "hub{x}"}, "task hub name"),
+    ({"task_hub": "hub:x"}, "task hub name"),
+    ({"task_hub": "h" * 65}, "task hub name"),
+    ({"key_prefix": "dt:x"}, "key prefix"),
+    ({"key_prefix": ""}, "key prefix"),
+    ({"partitions": 0}, "partitions"),
+    ({"partitions": 1025}, "partitions"),
+    ({"port": -1}, "port"),
+    ({"port": 65536}, "port"),
+    ({"max_payload_bytes": 0}, "payload"),
+])
+def test_invalid_values_are_rejected_with_a_message(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        Config(**kwargs)
+
+
+def test_invalid_flag_value_is_rejected_by_from_args():
+    with pytest.raises(ValueError, match="partitions"):
+        parse(["--partitions", "0"])
+    with pytest.raises(ValueError, match="task hub"):
+        parse([], {"DT_TASK_HUB": "no spaces"})
+
+
+@pytest.mark.parametrize("kwargs", [{"task_hub": "h" * 64}, {"partitions": 1}, {"partitions": 1024},
+                                    {"port": 0}, {"port": 65535}, {"max_payload_bytes": 1},
+                                    {"task_hub": "A-z_0.9"}])
+def test_boundary_values_are_accepted(kwargs):
+    Config(**kwargs)
+
+
+def test_unknown_log_level_is_rejected():
+    # The CLI hands log_level to logging.basicConfig, which raises a bare ValueError
+    # (a traceback, not a usage error) for an unknown level.
+    with pytest.raises(ValueError, match="(?i)log"):
+        parse(["--log-level", "bogus"])
+
+
+def test_promote_batch_must_be_positive():
+    # promote_batch=0 makes every promote call "full" (0 >= 0): the promoter spins without sleeping.
+    with pytest.raises(ValueError, match="(?i)batch"):
+        Config(promote_batch=0)
