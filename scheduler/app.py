@@ -1,6 +1,7 @@
 """Composition root: builds the parts of one replica and starts/stops them in order."""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -39,6 +40,7 @@ class App:
         self.notifier.on_due = self._on_due
         self.notifier.on_hub_deleted = self._on_hub_deleted
         self.promoters: dict[str, Promoter] = {}
+        self._background: set[asyncio.Task] = set()
         self.health = health.aio.HealthServicer()
         self.housekeeping = AsyncIOScheduler()
         self.server: grpc.aio.Server | None = None
@@ -88,10 +90,22 @@ class App:
     # -- background ------------------------------------------------------------------------
 
     def _ensure_promoter(self, hub: HubKeys) -> None:
-        if hub.hub not in self.promoters:
-            promoter = Promoter(self.store, hub, self.config.promote_batch)
-            self.promoters[hub.hub] = promoter
-            promoter.start()
+        """Run a promoter for the hub; replace one built for an earlier incarnation of the hub."""
+        current = self.promoters.get(hub.hub)
+        if current is not None and current.hub == hub:
+            return
+        if current is not None:
+            self._stop_promoter(hub.hub)
+        promoter = Promoter(self.store, hub, self.config.promote_batch)
+        self.promoters[hub.hub] = promoter
+        promoter.start()
+
+    def _stop_promoter(self, hub_name: str) -> None:
+        promoter = self.promoters.pop(hub_name, None)
+        if promoter is not None:
+            task = asyncio.ensure_future(promoter.stop())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _on_due(self, hub_name: str, due_ms: int) -> None:
         promoter = self.promoters.get(hub_name)
@@ -100,15 +114,18 @@ class App:
 
     def _on_hub_deleted(self, hub_name: str) -> None:
         self.store.forget_hub(hub_name)
+        self._stop_promoter(hub_name)
 
     async def _refresh_hubs(self) -> None:
         """Run a promoter for every hub registered on this Redis, whichever replica created it, and
         forget cached hubs that are gone (a missed deletion message, Redis data lost)."""
         try:
-            await self.store.revalidate_hubs()
+            for name in await self.store.revalidate_hubs():
+                self._stop_promoter(name)
             for name in await self.store.known_hubs():
-                if name not in self.promoters:
-                    self._ensure_promoter(await self.store.hub(name))
+                hub = await self.store.find_hub(name)
+                if hub is not None:
+                    self._ensure_promoter(hub)
         except errors.StoreUnavailable as exc:
             log.debug("hub refresh skipped: %s", exc)
 
