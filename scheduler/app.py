@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from . import errors
 from ._proto import orchestrator_service_pb2 as pb
 from ._proto import orchestrator_service_pb2_grpc as pb_grpc
-from .config import Config
+from .config import MESSAGE_HEADROOM_BYTES, Config
 from .keys import HubKeys
 from .notify import Notifier
 from .promoter import Promoter
@@ -59,7 +59,12 @@ class App:
         self.housekeeping.add_job(self._check_health, "interval", seconds=HEALTH_CHECK_SECONDS, max_instances=1)
         self.housekeeping.start()
 
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        max_message = self.config.max_payload_bytes + MESSAGE_HEADROOM_BYTES
+        self.server = grpc.aio.server(options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", max_message),
+            ("grpc.max_send_message_length", max_message),
+        ])
         pb_grpc.add_TaskHubSidecarServiceServicer_to_server(
             Servicer(self.store, self.notifier, self.config, on_hub=self._ensure_promoter), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -14,7 +14,10 @@ DEFAULT_PORT = 4001  # where the DurableTask SDKs look by default
 DEFAULT_TASK_HUB = "default"
 DEFAULT_PARTITIONS = 16
 DEFAULT_PREFIX = "dt"
-DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+# gRPC clients refuse messages over 4 MiB by default, and a response carries more than the
+# payload (ids, timestamps, status): keep 64 KiB of headroom below that.
+DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024 - 64 * 1024
+MESSAGE_HEADROOM_BYTES = 64 * 1024
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

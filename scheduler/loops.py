@@ -16,6 +16,20 @@ MIN_BACKOFF = 0.05
 MAX_BACKOFF = 2.0
 
 
+async def cancel_and_wait(task: asyncio.Task) -> None:
+    """Cancel a task and wait until it has ended.
+
+    Cancels again until it takes: on Python < 3.12 ``asyncio.wait_for`` (which
+    redis-py uses around socket I/O) can swallow a cancellation that arrives as
+    the wrapped call completes, and the task would then run on.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("%s ended with %r", task.get_name(), task.exception())
+
+
 class Loop:
     def __init__(self, name: str, step: Callable[[], Awaitable[float]], max_sleep: float) -> None:
         self.name = name
@@ -35,11 +49,7 @@ class Loop:
     async def stop(self) -> None:
         self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         backoff = MIN_BACKOFF

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 from redis.asyncio.cluster import RedisCluster
 
-from .loops import MAX_BACKOFF, MIN_BACKOFF
+from .loops import MAX_BACKOFF, MIN_BACKOFF, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +40,16 @@ class Notifier:
         self.on_hub_deleted: Callable[[str], None] = lambda hub: None
         self._waiters: dict[tuple[str, str], set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task | None = None
+        self._stopping = False
         self.connected = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="notifier")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     @contextlib.contextmanager
     def watch(self, hub: str, instance_id: str) -> Iterator[asyncio.Event]:
@@ -83,7 +83,7 @@ class Notifier:
 
     async def _run(self) -> None:
         backoff = MIN_BACKOFF
-        while True:
+        while not self._stopping:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)

@@ -20,7 +20,7 @@ def test_defaults_without_flags_or_environment():
     assert c == Config()
     assert (c.host, c.port, c.redis_url, c.redis_cluster) == ("127.0.0.1", 4001, None, False)
     assert (c.task_hub, c.partitions, c.key_prefix) == ("default", 16, "dt")
-    assert c.max_payload_bytes == 4 * 1024 * 1024
+    assert c.max_payload_bytes == 4 * 1024 * 1024 - 64 * 1024  # headroom below gRPC clients' 4 MiB default
     assert c.metrics_port is None
 
 

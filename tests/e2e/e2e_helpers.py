@@ -1,0 +1,137 @@
+"""Helpers of the end-to-end tests (no fixtures; those live in conftest.py)."""
+from __future__ import annotations
+
+import contextlib
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import grpc
+import pytest
+import redis
+from durabletask.internal import orchestrator_service_pb2 as pb
+from durabletask.internal import orchestrator_service_pb2_grpc as stubs
+
+from scheduler.keys import HubKeys, partition_of
+
+
+def poll(predicate: Callable[[], object], timeout: float, interval: float = 0.01, what: str = "condition"):
+    """Call ``predicate`` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def scrape_counter(metrics_port: int, name: str, hub: str) -> float:
+    """Sum of the samples of ``name`` labelled with ``hub`` on one replica's /metrics page."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    label = f'hub="{hub}"'
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and label in line.split("}", 1)[0]:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def due_ms(at: datetime) -> int:
+    """Epoch ms of an aware datetime, rounded up (what the server stores as the due score)."""
+    micros = (at - EPOCH) // timedelta(microseconds=1)
+    return -(-micros // 1000)
+
+
+@contextlib.contextmanager
+def sdk_stub(address: str) -> Iterator[stubs.TaskHubSidecarServiceStub]:
+    """The SDK's own generated stub, for fields its OrchestrationState does not expose."""
+    channel = grpc.insecure_channel(address)
+    try:
+        yield stubs.TaskHubSidecarServiceStub(channel)
+    finally:
+        channel.close()
+
+
+def get_instance(address: str, instance_id: str) -> pb.GetInstanceResponse:
+    with sdk_stub(address) as stub:
+        return stub.GetInstance(pb.GetInstanceRequest(instanceId=instance_id, getInputsAndOutputs=True))
+
+
+# Atomic looks at Redis: server time and set membership read in one script, so that
+# "in the ready set" and "it is now T" are observed at the same instant.
+_WHERE_IS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return {now, redis.call('ZSCORE', KEYS[1], ARGV[1]), redis.call('ZSCORE', KEYS[2], ARGV[1])}
+"""
+_HUB_QUEUES = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due, ready, early = 0, 0, 0
+for i = 1, #KEYS, 2 do
+  due = due + redis.call('ZCARD', KEYS[i])
+  ready = ready + redis.call('ZCARD', KEYS[i + 1])
+  early = early + redis.call('ZCOUNT', KEYS[i + 1], '(' .. now, '+inf')
+end
+return {now, due, ready, early}
+"""
+
+
+@dataclass(frozen=True)
+class Placement:
+    now_ms: int
+    due_score: int | None
+    ready_score: int | None
+
+
+@dataclass(frozen=True)
+class Queues:
+    now_ms: int
+    due: int
+    ready: int
+    ready_in_future: int  # ready entries whose score (= due time) is after now: promoted early
+
+
+class Probe:
+    """Read-only views of one hub's keys."""
+
+    def __init__(self, client: redis.Redis, hub: HubKeys) -> None:
+        self.client = client
+        self.hub = hub
+        self._where_is = client.register_script(_WHERE_IS)
+        self._queues = client.register_script(_HUB_QUEUES)
+
+    def where_is(self, instance_id: str) -> Placement:
+        pk = self.hub.for_instance(instance_id)
+        now, due, ready = self._where_is(keys=[pk.due, pk.ready], args=[instance_id])
+        return Placement(int(now), None if due is None else int(float(due)),
+                         None if ready is None else int(float(ready)))
+
+    def queues(self) -> Queues:
+        keys = [k for pk in self.hub.all_partitions() for k in (pk.due, pk.ready)]
+        return Queues(*(int(v) for v in self._queues(keys=keys)))
+
+    def zset(self, which: str) -> dict[str, int]:
+        """Every member of the hub's due or ready sets (id -> score), checking each sits in its own partition."""
+        members: dict[str, int] = {}
+        for p, pk in enumerate(self.hub.all_partitions()):
+            for member, score in self.client.zrange(getattr(pk, which), 0, -1, withscores=True):
+                iid = member.decode()
+                assert partition_of(iid, self.hub.partitions) == p, f"{iid} sits in partition {p} of {which}"
+                members[iid] = int(score)
+        return members
+
+    def status_counts(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for pk in self.hub.all_partitions():
+            for status, count in self.client.hgetall(pk.stats).items():
+                total[status.decode()] = total.get(status.decode(), 0) + int(count)
+        return {s: n for s, n in total.items() if n}

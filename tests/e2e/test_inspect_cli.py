@@ -1,0 +1,65 @@
+"""``python -m scheduler inspect`` shows what the SDK scheduled, before and after promotion."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from durabletask import client
+
+from e2e_helpers import due_ms, poll
+
+pytestmark = pytest.mark.e2e
+
+
+def _inspect(redis_url: str, key_prefix: str, hub_name: str) -> dict[str, str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "scheduler", "inspect", "--redis-url", redis_url,
+         "--key-prefix", key_prefix, "--task-hub", hub_name, "--log-level", "WARNING"],
+        capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"task hub {hub_name!r} (4 partitions)", out.stdout
+    view = {}
+    for line in lines[1:]:
+        name, _, rest = line.strip().partition(": ")
+        view[name] = rest
+    return view
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+def test_inspect_shows_the_due_entry_then_the_ready_one(server, redis_url, key_prefix, hub_name, probe):
+    sdk = client.TaskHubGrpcClient(host_address=server.address)
+    try:
+        sdk.schedule_new_orchestration("Now", instance_id="now-1")
+        soon = datetime.now(timezone.utc) + timedelta(seconds=2)
+        far = datetime.now(timezone.utc) + timedelta(hours=1)
+        sdk.schedule_new_orchestration("Soon", instance_id="soon-1", start_at=soon)
+        sdk.schedule_new_orchestration("Far", instance_id="far-1", start_at=far)
+    finally:
+        sdk.close()
+
+    before = _inspect(redis_url, key_prefix, hub_name)
+    assert probe.where_is("soon-1").due_score == due_ms(soon), "the first look must happen before the due time"
+    assert before["instances by status"] == "PENDING=3"
+    assert re.fullmatch(rf"2 entries, next due {re.escape(_iso(due_ms(soon)))} \(in \d+\.\d{{3}}s\)",
+                        before["due set"]), before
+    assert re.fullmatch(r"1 entries, oldest waiting \d+\.\d{3}s", before["ready queue"]), before
+
+    poll(lambda: probe.where_is("soon-1").ready_score is not None, timeout=10, what="promotion of soon-1")
+    after = _inspect(redis_url, key_prefix, hub_name)
+    assert after["instances by status"] == "PENDING=3"
+    assert re.fullmatch(rf"1 entries, next due {re.escape(_iso(due_ms(far)))} \(in \d+\.\d{{3}}s\)",
+                        after["due set"]), after
+    assert re.fullmatch(r"2 entries, oldest waiting \d+\.\d{3}s", after["ready queue"]), after
+
+
+def test_inspect_of_an_empty_hub(server, redis_url, key_prefix, hub_name):
+    view = _inspect(redis_url, key_prefix, hub_name)
+    assert view == {"instances by status": "none", "due set": "0 entries, next due -",
+                    "ready queue": "0 entries, oldest waiting -"}
