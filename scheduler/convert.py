@@ -2,14 +2,16 @@
 
 The instance hash holds scalar fields as plain strings so that ``HGETALL`` is
 readable: ``name``, ``version``, ``status`` (``PENDING``, ``RUNNING``, ...),
-``input``, ``output``, ``custom_status``, ``execution_id``, ``parent_instance_id``,
-``tags`` (JSON), ``created_ms``/``updated_ms``/``completed_ms`` (epoch ms),
-``scheduled_start`` and ``request_time`` (RFC 3339, exactly as given) and
-``failure`` (serialized TaskFailureDetails).
+``output``, ``custom_status``, ``execution_id``, ``parent_instance_id``,
+``created_ms``/``updated_ms``/``completed_ms`` (epoch ms), ``scheduled_start``
+and ``request_time`` (RFC 3339, exactly as given), ``failure`` (serialized
+TaskFailureDetails) and ``start`` (where the start event is). The input and the
+tags live only in the ExecutionStarted event: a value over 64 bytes would switch
+the whole hash from Redis' compact listpack encoding to a hashtable, and that
+alone would double the memory of a pending instance.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -57,10 +59,6 @@ def new_instance(req: pb.CreateInstanceRequest, instance_id: str) -> NewInstance
     fields: dict[str, str | bytes] = {"name": req.name, "execution_id": execution_id}
     if req.HasField("version"):
         fields["version"] = req.version.value
-    if req.HasField("input"):
-        fields["input"] = req.input.value
-    if req.tags:
-        fields["tags"] = json.dumps(dict(req.tags), separators=(",", ":"), sort_keys=True)
     if req.HasField("scheduledStartTimestamp"):
         fields["scheduled_start"] = req.scheduledStartTimestamp.ToJsonString()
     if req.HasField("requestTime"):
@@ -91,7 +89,6 @@ def new_instance(req: pb.CreateInstanceRequest, instance_id: str) -> NewInstance
 
 
 _OPTIONAL_TEXT = (("version", "version"), ("execution_id", "executionId"), ("parent_instance_id", "parentInstanceId"))
-_PAYLOADS = (("input", "input"), ("output", "output"))
 
 
 def orchestration_state(instance_id: str, h: dict[str, bytes], include_payloads: bool) -> pb.OrchestrationState:
@@ -106,10 +103,12 @@ def orchestration_state(instance_id: str, h: dict[str, bytes], include_payloads:
     for field, attr in _OPTIONAL_TEXT:
         if field in h:
             getattr(state, attr).value = h[field].decode()
+    started = _start_event(h)
     if include_payloads:
-        for field, attr in _PAYLOADS:
-            if field in h:
-                getattr(state, attr).value = h[field].decode()
+        if started is not None and started.HasField("input"):
+            state.input.CopyFrom(started.input)
+        if "output" in h:
+            state.output.value = h["output"].decode()
         if "custom_status" in h:
             state.customStatus.value = h["custom_status"].decode()
     if "scheduled_start" in h:
@@ -118,6 +117,13 @@ def orchestration_state(instance_id: str, h: dict[str, bytes], include_payloads:
         state.completedTimestamp.CopyFrom(_ts_from_ms(int(h["completed_ms"])))
     if "failure" in h:
         state.failureDetails.ParseFromString(h["failure"])
-    if "tags" in h:
-        state.tags.update(json.loads(h["tags"]))
+    if started is not None and started.tags:
+        state.tags.update(started.tags)
     return state
+
+
+def _start_event(h: dict[str, bytes]) -> pb.ExecutionStartedEvent | None:
+    raw = h.get("start_event")
+    if raw is None:
+        return None
+    return pb.HistoryEvent.FromString(raw).executionStarted

@@ -109,7 +109,7 @@ def _score(value) -> int:
 class Store:
     """Domain operations over one Redis (standalone, Cluster or embedded)."""
 
-    SCRIPTS = ("create_instance", "promote_due", "ensure_hub")
+    SCRIPTS = ("create_instance", "get_instance", "promote_due", "ensure_hub")
 
     def __init__(self, redis, prefix: str = "dt", default_partitions: int = 16, fast=None) -> None:
         """``fast``: a :class:`~scheduler.pipelining.PipelinedConnection` for the request path of a
@@ -258,13 +258,18 @@ class Store:
 
     @_unavailable_on_redis_errors
     async def get_instance(self, hub: keys.HubKeys, instance_id: str) -> dict[str, bytes] | None:
-        """The instance hash (field name -> raw value), or None if there is no such instance."""
-        raw = await self._execute("HGETALL", hub.for_instance(instance_id).instance(instance_id))
-        if not raw:
+        """The instance hash (field name -> raw value) plus ``start_event``, the serialized
+        ExecutionStarted event of its current execution (input, tags); None if there is no such instance."""
+        pk = hub.for_instance(instance_id)
+        reply = await self._eval("get_instance", [pk.instance(instance_id), pk.inbox(instance_id),
+                                                  pk.history(instance_id)], [])
+        if not reply:
             return None
-        if isinstance(raw, dict):  # redis-py's pipeline already paired the fields
-            return {k.decode(): v for k, v in raw.items()}
-        return {raw[i].decode(): raw[i + 1] for i in range(0, len(raw), 2)}
+        raw, event = reply
+        h = {raw[i].decode(): raw[i + 1] for i in range(0, len(raw), 2)}
+        if event:
+            h["start_event"] = event
+        return h
 
     # -- scheduler worker ------------------------------------------------------------------
 

@@ -18,7 +18,7 @@
 -- ARGV[4] replaceable  space-separated status names that may be replaced
 -- ARGV[5] channel      pub/sub channel for wake-ups
 -- ARGV[6] hub          task hub name (for the wake-up message)
--- ARGV[7..] field, value pairs of the instance hash
+-- ARGV[7..] field, value pairs of the instance hash (the input and tags travel in the start event)
 -- Returns {0, created_ms} on success, {1, existing_status} if the id is taken.
 local inst_key, inbox_key, hist_key = KEYS[1], KEYS[2], KEYS[3]
 local due_key, ready_key, created_key, stats_key = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -43,7 +43,7 @@ if old_status then
 end
 
 redis.call('HSET', inst_key, 'status', 'PENDING', 'created_ms', now, 'updated_ms', now,
-  unpack(ARGV, 7))
+  'start', 'inbox 0', unpack(ARGV, 7))
 redis.call('RPUSH', inbox_key, start_event)
 redis.call('ZADD', created_key, now, instance_id)
 redis.call('HINCRBY', stats_key, 'PENDING', 1)
