@@ -9,6 +9,7 @@ message that a start with an earlier due time publishes.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from prometheus_client import Counter, Histogram
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 # A safety net for a missed wake-up message; it does not bound precision.
 MAX_SLEEP_SECONDS = 1.0
+LOG_EVERY_SECONDS = 5.0
 
 PROMOTED = Counter("dt_promoted_total", "Due entries promoted to ready", ["hub"])
 PROMOTION_LAG = Histogram(
@@ -29,6 +31,9 @@ PROMOTION_LAG = Histogram(
 
 
 class Promoter:
+    """Sleeps until the earliest due time; on waking, calls only the partitions whose head is due
+    (all of them after a wake-up message, an error, or at least once per MAX_SLEEP_SECONDS)."""
+
     def __init__(self, store: Store, hub: HubKeys, batch: int = 1000,
                  on_promoted: Callable[[Promotion], None] | None = None) -> None:
         self.store = store
@@ -36,6 +41,11 @@ class Promoter:
         self.batch = batch
         self.on_promoted = on_promoted
         self._next_due_ms: int | None = None
+        self._heads: dict[int, int | None] = {}  # partition -> its earliest due ms (Redis clock)
+        self._sweep_all = True
+        self._last_sweep = 0.0
+        self._clock: tuple[int, float] = (0, 0.0)  # (Redis ms, local monotonic s) of the last call
+        self._unlogged, self._last_log = (0, 0), float("-inf")
         self._loop = Loop(f"promoter[{hub.hub}]", self._step, MAX_SLEEP_SECONDS)
         self._lag = PROMOTION_LAG.labels(hub.hub)
         self._count = PROMOTED.labels(hub.hub)
@@ -49,21 +59,56 @@ class Promoter:
     def due_at(self, due_ms: int) -> None:
         """An entry due at ``due_ms`` was added: wake now if that is before our next planned step."""
         if self._next_due_ms is None or due_ms < self._next_due_ms:
+            self._sweep_all = True  # we do not know its partition
             self._loop.wake()
 
+    def _partitions_to_call(self) -> list[int] | None:
+        """None (all) when a sweep is due; else the partitions whose head is due by the estimated Redis time."""
+        now = time.monotonic()
+        if self._sweep_all or now - self._last_sweep >= MAX_SLEEP_SECONDS:
+            return None
+        redis_ms, at = self._clock
+        estimate = redis_ms + (now - at) * 1000
+        return [p for p, head in self._heads.items() if head is not None and head <= estimate]
+
     async def _step(self) -> float:
-        result = await self.store.promote_due(self.hub, self.batch)
+        partitions = self._partitions_to_call()
+        if partitions is None:
+            self._sweep_all = False
+            self._last_sweep = time.monotonic()
+        elif not partitions:
+            return self._delay(*self._clock)
+        try:
+            result = await self.store.promote_due(self.hub, self.batch, partitions)
+        except Exception:
+            self._sweep_all = True
+            raise
+        self._clock = (result.now_ms, time.monotonic())
+        self._heads.update(result.heads)
         if result.promoted_due_ms:
             self._count.inc(len(result.promoted_due_ms))
             for due in result.promoted_due_ms:
                 self._lag.observe((result.now_ms - due) / 1000)
-            log.info("task hub %r: promoted %d due instance(s), lag up to %d ms", self.hub.hub,
-                     len(result.promoted_due_ms), result.now_ms - min(result.promoted_due_ms))
+            self._report(len(result.promoted_due_ms), result.now_ms - min(result.promoted_due_ms))
             if self.on_promoted is not None:
                 self.on_promoted(result)
-        self._next_due_ms = result.next_due_ms
         if result.more:
             return 0
-        if result.next_due_ms is None:
+        return self._delay(*self._clock)
+
+    def _report(self, count: int, lag_ms: int) -> None:
+        """Log promotions at most every LOG_EVERY_SECONDS (the first one after a quiet spell at once)."""
+        self._unlogged = (self._unlogged[0] + count, max(self._unlogged[1], lag_ms))
+        now = time.monotonic()
+        if now - self._last_log >= LOG_EVERY_SECONDS:
+            log.info("task hub %r: promoted %d due instance(s), lag up to %d ms", self.hub.hub, *self._unlogged)
+            self._unlogged, self._last_log = (0, 0), now
+
+    def _delay(self, redis_ms: int, at: float) -> float:
+        """Seconds until the earliest known head is due (relative, so our wall clock never matters)."""
+        heads = [h for h in self._heads.values() if h is not None]
+        self._next_due_ms = min(heads) if heads else None
+        if self._next_due_ms is None:
             return MAX_SLEEP_SECONDS
-        return max(result.next_due_ms - result.now_ms, 1) / 1000
+        now_estimate = redis_ms + (time.monotonic() - at) * 1000
+        return max(self._next_due_ms - now_estimate, 1) / 1000

@@ -6,8 +6,10 @@ come back as codes and leave here as :mod:`scheduler.errors` exceptions.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -59,6 +61,7 @@ class Promotion:
     next_due_ms: int | None
     promoted_due_ms: list[int]
     more: bool  # a partition filled its batch: call again at once
+    heads: dict[int, int | None] = field(default_factory=dict)  # next due ms of each partition called
 
 
 @dataclass
@@ -274,18 +277,25 @@ class Store:
     # -- scheduler worker ------------------------------------------------------------------
 
     @_unavailable_on_redis_errors
-    async def promote_due(self, hub: keys.HubKeys, limit: int) -> Promotion:
-        """Promote what is due in every partition of the hub, in one pipelined round trip."""
-        script = self._scripts["promote_due"]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for pk in hub.all_partitions():
-                await script(keys=[pk.due, pk.ready], args=[limit], client=pipe)
-            results = await pipe.execute()
-        now_ms = max(int(r[0]) for r in results)
-        next_due = [_score(r[1]) for r in results if _score(r[1]) >= 0]
-        promoted = [_score(s) for r in results for s in r[2:]]
-        more = any(len(r) - 2 >= limit for r in results)
-        return Promotion(now_ms, min(next_due) if next_due else None, promoted, more)
+    async def promote_due(self, hub: keys.HubKeys, limit: int, partitions: Iterable[int] | None = None) -> Promotion:
+        """Promote what is due in the given partitions (default: all) of the hub.
+
+        The per-partition calls are issued together, so they share one round trip."""
+        parts = list(range(hub.partitions)) if partitions is None else list(partitions)
+        calls = []
+        for p in parts:
+            pk = hub.partition(p)
+            calls.append(self._eval("promote_due", [pk.due, pk.ready], [limit]))
+        results = await asyncio.gather(*calls)
+        heads = {p: (_score(r[1]) if _score(r[1]) >= 0 else None) for p, r in zip(parts, results)}
+        known = [h for h in heads.values() if h is not None]
+        return Promotion(
+            now_ms=max(int(r[0]) for r in results),
+            next_due_ms=min(known) if known else None,
+            promoted_due_ms=[_score(s) for r in results for s in r[2:]],
+            more=any(len(r) - 2 >= limit for r in results),
+            heads=heads,
+        )
 
     # -- operator view ---------------------------------------------------------------------
 
