@@ -99,21 +99,7 @@ class Servicer(pb_grpc.TaskHubSidecarServiceServicer):
     @_rpc
     async def StartInstance(self, request: pb.CreateInstanceRequest, context):
         instance_id = request.instanceId or convert.new_id()
-        validation.check_identifier("instanceId", instance_id)
-        validation.check_name("name", request.name)
-        if request.HasField("executionId") and request.executionId.value:
-            validation.check_identifier("executionId", request.executionId.value)
-        if request.HasField("version"):
-            validation.check_identifier("version", request.version.value)
-        for field in ("scheduledStartTimestamp", "requestTime"):
-            if request.HasField(field):
-                validation.check_timestamp(field, getattr(request, field))
-        if request.HasField("input"):
-            validation.check_payload("input", request.input.value, self.config.max_payload_bytes)
-        for status in request.orchestrationIdReusePolicy.replaceableStatus:
-            if status not in pb.OrchestrationStatus.values():
-                raise errors.InvalidRequest(
-                    f"orchestrationIdReusePolicy.replaceableStatus holds unknown status {status}")
+        validation.check_create_request(request, instance_id, self.config.max_payload_bytes)
         hub = await self._hub(context)
         await self.store.create_instance(hub, convert.new_instance(request, instance_id))
         return pb.CreateInstanceResponse(instanceId=instance_id)

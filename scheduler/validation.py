@@ -5,8 +5,10 @@ import re
 
 from google.protobuf import timestamp_pb2
 
+from ._proto import orchestrator_service_pb2 as pb
 from .errors import InvalidRequest, PayloadTooLarge
 
+_KNOWN_STATUSES = frozenset(pb.OrchestrationStatus.values())
 MAX_ID_LENGTH = 256
 MAX_NAME_LENGTH = 1024
 # Range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
@@ -48,3 +50,21 @@ def check_payload(what: str, value: str, limit: int) -> None:
     size = len(value.encode("utf-8"))
     if size > limit:
         raise PayloadTooLarge(f"{what} is {size} bytes; the configured limit is {limit} bytes")
+
+
+def check_create_request(req: pb.CreateInstanceRequest, instance_id: str, max_payload_bytes: int) -> None:
+    """Every rule for StartInstance; ``instance_id`` is the given or generated id."""
+    check_identifier("instanceId", instance_id)
+    check_name("name", req.name)
+    if req.HasField("executionId") and req.executionId.value:
+        check_identifier("executionId", req.executionId.value)
+    if req.HasField("version"):
+        check_identifier("version", req.version.value)
+    for field in ("scheduledStartTimestamp", "requestTime"):
+        if req.HasField(field):
+            check_timestamp(field, getattr(req, field))
+    if req.HasField("input"):
+        check_payload("input", req.input.value, max_payload_bytes)
+    for status in req.orchestrationIdReusePolicy.replaceableStatus:
+        if status not in _KNOWN_STATUSES:
+            raise InvalidRequest(f"orchestrationIdReusePolicy.replaceableStatus holds unknown status {status}")
