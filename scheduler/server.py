@@ -1,14 +1,15 @@
 """The gRPC surface: translate TaskHubSidecarService requests to store calls and back.
 
 It validates input, maps domain errors to gRPC status codes in one place
-(:func:`_status_of`) and never builds Redis commands itself.
+(:func:`scheduler.rpc_common.status_of`) and never builds Redis commands itself.
+The RPCs are grouped: instance creation and reads here, lifecycle changes in
+:mod:`scheduler.rpc_lifecycle`, queries and purges in :mod:`scheduler.rpc_queries`.
 """
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import grpc
 from google.protobuf import empty_pb2
@@ -19,6 +20,9 @@ from ._proto import orchestrator_service_pb2_grpc as pb_grpc
 from .config import NAME_RE, Config
 from .keys import HubKeys
 from .notify import Notifier
+from .rpc_common import rpc
+from .rpc_lifecycle import LifecycleRPCs
+from .rpc_queries import QueryRPCs
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -31,36 +35,7 @@ WAIT_RECHECK_SECONDS = 5.0
 WAIT_DEADLINE_MARGIN = 0.1
 
 
-def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
-    """The one mapping from domain errors to gRPC status codes."""
-    if isinstance(exc, errors.PayloadTooLarge):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if isinstance(exc, errors.InvalidRequest):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, errors.InstanceExists):
-        return grpc.StatusCode.ALREADY_EXISTS, str(exc)
-    if isinstance(exc, errors.InstanceNotFound):
-        return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, errors.StoreUnavailable):
-        return grpc.StatusCode.UNAVAILABLE, f"{exc}; retry later"
-    return None
-
-
-def _rpc(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
-    """Run an RPC handler; expected errors become their gRPC status."""
-
-    @functools.wraps(method)
-    async def handler(self, request, context: grpc.aio.ServicerContext):
-        try:
-            return await method(self, request, context)
-        except (errors.StoreError, errors.InvalidRequest) as exc:
-            code, message = _status_of(exc)
-            await context.abort(code, message)
-
-    return handler
-
-
-class Servicer(pb_grpc.TaskHubSidecarServiceServicer):
+class Servicer(LifecycleRPCs, QueryRPCs, pb_grpc.TaskHubSidecarServiceServicer):
     def __init__(self, store: Store, notifier: Notifier, config: Config,
                  on_hub: Callable[[HubKeys], None] = lambda hub: None) -> None:
         self.store = store
@@ -96,7 +71,7 @@ class Servicer(pb_grpc.TaskHubSidecarServiceServicer):
     async def Hello(self, request, context):
         return empty_pb2.Empty()
 
-    @_rpc
+    @rpc
     async def StartInstance(self, request: pb.CreateInstanceRequest, context):
         instance_id = request.instanceId or convert.new_id()
         validation.check_create_request(request, instance_id, self.config.max_payload_bytes)
@@ -104,24 +79,24 @@ class Servicer(pb_grpc.TaskHubSidecarServiceServicer):
         await self.store.create_instance(hub, convert.new_instance(request, instance_id))
         return pb.CreateInstanceResponse(instanceId=instance_id)
 
-    @_rpc
+    @rpc
     async def GetInstance(self, request: pb.GetInstanceRequest, context):
         hub = await self._existing_hub(context)
         if hub is None:
             return pb.GetInstanceResponse(exists=False)
         return await self._instance_response(hub, request)
 
-    @_rpc
+    @rpc
     async def WaitForInstanceStart(self, request: pb.GetInstanceRequest, context):
         return await self._wait(request, context, lambda status: status != b"PENDING", "start")
 
-    @_rpc
+    @rpc
     async def CreateTaskHub(self, request: pb.CreateTaskHubRequest, context):
         hub = await self.store.create_task_hub(self._hub_name(context), request.recreateIfExists)
         self._on_hub(hub)
         return pb.CreateTaskHubResponse()
 
-    @_rpc
+    @rpc
     async def DeleteTaskHub(self, request: pb.DeleteTaskHubRequest, context):
         await self.store.delete_task_hub(self._hub_name(context))
         return pb.DeleteTaskHubResponse()
@@ -172,5 +147,5 @@ def _unimplemented(name: str):
 # Every RPC of the contract that this server does not implement yet answers
 # UNIMPLEMENTED naming itself (instead of the generated "Method not implemented!").
 for _method in pb.DESCRIPTOR.services_by_name["TaskHubSidecarService"].methods:
-    if _method.name not in Servicer.__dict__:
+    if getattr(Servicer, _method.name) is getattr(pb_grpc.TaskHubSidecarServiceServicer, _method.name):
         setattr(Servicer, _method.name, _unimplemented(_method.name))

@@ -7,39 +7,22 @@ come back as codes and leave here as :mod:`scheduler.errors` exceptions.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from importlib import resources
 
 import redis.exceptions as rexc
 
 from . import errors, keys
 from .batching import Batcher
+from .store_common import load_lua, score, unavailable_on_redis_errors
+from .store_lifecycle import LifecycleOps
+from .store_queries import QueryOps
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 _DELETE_BATCH = 500
-
-
-def _load_lua(name: str) -> str:
-    return (resources.files("scheduler") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
-
-
-def _unavailable_on_redis_errors(fn):
-    """Turn "Redis did not answer" into StoreUnavailable; everything else passes through."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args, **kwargs):
-        try:
-            return await fn(*args, **kwargs)
-        except (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, rexc.ClusterDownError,
-                rexc.TryAgainError, OSError) as exc:
-            raise errors.StoreUnavailable(f"Redis is unavailable: {exc}") from exc
-
-    return wrapper
 
 
 @dataclass(frozen=True)
@@ -105,14 +88,10 @@ class HubStats:
         return min((p.oldest_ready_ms for p in self.per_partition if p.oldest_ready_ms is not None), default=None)
 
 
-def _score(value) -> int:
-    return int(float(value))
-
-
-class Store:
+class Store(LifecycleOps, QueryOps):
     """Domain operations over one Redis (standalone, Cluster or embedded)."""
 
-    SCRIPTS = ("create_instance", "get_instance", "promote_due", "ensure_hub")
+    SCRIPTS = ("create_instance", "get_instance", "promote_due", "ensure_hub") + LifecycleOps.SCRIPTS + QueryOps.SCRIPTS
 
     def __init__(self, redis, prefix: str = "dt", default_partitions: int = 16, fast=None) -> None:
         """``fast``: a :class:`~scheduler.pipelining.PipelinedConnection` for the request path of a
@@ -121,7 +100,7 @@ class Store:
         self.prefix = prefix
         self.default_partitions = default_partitions
         self.channel = keys.events_channel(prefix)
-        self._scripts = {name: redis.register_script(_load_lua(name)) for name in self.SCRIPTS}
+        self._scripts = {name: redis.register_script(load_lua(name)) for name in self.SCRIPTS}
         self._hubs: dict[str, keys.HubKeys] = {}
         self._execute = fast.execute if fast is not None else Batcher(redis).execute
         self._fast = fast
@@ -135,7 +114,7 @@ class Store:
             await self.redis.script_load(script.script)
             return await self._execute("EVALSHA", script.sha, len(keys_), *keys_, *args)
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     async def load_scripts(self) -> None:
         """Load every script once at start-up; fail fast naming the script that Redis rejects."""
         for name, script in self._scripts.items():
@@ -149,11 +128,11 @@ class Store:
             await self._fast.aclose()
         await self.redis.aclose()
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     async def ping(self) -> None:
         await self.redis.ping()
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     async def server_time_ms(self) -> int:
         seconds, micros = await self.redis.time()
         return seconds * 1000 + micros // 1000
@@ -164,7 +143,7 @@ class Store:
         """The hub's keys if this replica has used the hub before (no Redis call)."""
         return self._hubs.get(name)
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     async def hub(self, name: str) -> keys.HubKeys:
         """The hub's keys; creates its metadata (fixing its partition count) on first use."""
         cached = self._hubs.get(name)
@@ -179,7 +158,7 @@ class Store:
         self._hubs[name] = hub
         return hub
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     async def find_hub(self, name: str) -> keys.HubKeys | None:
         """The hub's keys if the hub exists, without creating it (for read-only calls)."""
         cached = self._hubs.get(name)
@@ -196,7 +175,7 @@ class Store:
         """Drop a cached hub (it was deleted): the next use looks it up or creates it again."""
         self._hubs.pop(name, None)
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     async def revalidate_hubs(self) -> list[str]:
         """Forget cached hubs whose metadata is gone (deleted elsewhere, Redis data lost); returns them."""
         names = list(self._hubs)
@@ -211,7 +190,7 @@ class Store:
             self.forget_hub(name)
         return gone
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     async def known_hubs(self) -> list[str]:
         return sorted(m.decode() for m in await self.redis.smembers(keys.hubs_key(self.prefix)))
 
@@ -220,7 +199,7 @@ class Store:
             await self.delete_task_hub(name)
         return await self.hub(name)
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     async def delete_task_hub(self, name: str) -> int:
         """Remove every key of the hub in bounded batches; returns how many keys went."""
         self._hubs.pop(name, None)
@@ -242,7 +221,7 @@ class Store:
 
     # -- instances -------------------------------------------------------------------------
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     async def create_instance(self, hub: keys.HubKeys, new: NewInstance) -> int:
         """Write a new instance (see create_instance.lua); returns its creation time in ms."""
         pk = hub.for_instance(new.instance_id)
@@ -259,7 +238,7 @@ class Store:
             raise errors.InstanceExists(iid, value.decode())
         return int(value)
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     async def get_instance(self, hub: keys.HubKeys, instance_id: str) -> dict[str, bytes] | None:
         """The instance hash (field name -> raw value) plus ``start_event``, the serialized
         ExecutionStarted event of its current execution (input, tags); None if there is no such instance."""
@@ -276,7 +255,7 @@ class Store:
 
     # -- scheduler worker ------------------------------------------------------------------
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     async def promote_due(self, hub: keys.HubKeys, limit: int, partitions: Iterable[int] | None = None) -> Promotion:
         """Promote what is due in the given partitions (default: all) of the hub.
 
@@ -287,19 +266,19 @@ class Store:
             pk = hub.partition(p)
             calls.append(self._eval("promote_due", [pk.due, pk.ready], [limit]))
         results = await asyncio.gather(*calls)
-        heads = {p: (_score(r[1]) if _score(r[1]) >= 0 else None) for p, r in zip(parts, results)}
+        heads = {p: (score(r[1]) if score(r[1]) >= 0 else None) for p, r in zip(parts, results)}
         known = [h for h in heads.values() if h is not None]
         return Promotion(
             now_ms=max(int(r[0]) for r in results),
             next_due_ms=min(known) if known else None,
-            promoted_due_ms=[_score(s) for r in results for s in r[2:]],
+            promoted_due_ms=[score(s) for r in results for s in r[2:]],
             more=any(len(r) - 2 >= limit for r in results),
             heads=heads,
         )
 
     # -- operator view ---------------------------------------------------------------------
 
-    @_unavailable_on_redis_errors
+    @unavailable_on_redis_errors
     async def hub_stats(self, hub: keys.HubKeys) -> HubStats:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.time()
@@ -316,6 +295,6 @@ class Store:
             statuses, due, due_head, ready, ready_head = results[1 + 5 * i: 6 + 5 * i]
             parts.append(PartitionStats(
                 statuses={k.decode(): int(v) for k, v in statuses.items()},
-                due=due, next_due_ms=_score(due_head[0][1]) if due_head else None,
-                ready=ready, oldest_ready_ms=_score(ready_head[0][1]) if ready_head else None))
+                due=due, next_due_ms=score(due_head[0][1]) if due_head else None,
+                ready=ready, oldest_ready_ms=score(ready_head[0][1]) if ready_head else None))
         return HubStats(hub.hub, hub.partitions, seconds * 1000 + micros // 1000, parts)
