@@ -22,11 +22,12 @@ from .loops import MAX_BACKOFF, MIN_BACKOFF, cancel_and_wait
 log = logging.getLogger(__name__)
 
 
-def _subscriber_client(redis):
+async def _subscriber_client(redis):
     """A client that can SUBSCRIBE. On a Cluster a PUBLISH reaches every node, so one node will do."""
     if isinstance(redis, RedisCluster):
         import redis.asyncio as aioredis
 
+        await redis.initialize()
         node = redis.get_default_node()
         return aioredis.Redis(host=node.host, port=node.port)
     return redis
@@ -34,7 +35,7 @@ def _subscriber_client(redis):
 
 class Notifier:
     def __init__(self, redis, channel: str) -> None:
-        self._redis = _subscriber_client(redis)
+        self._redis = redis
         self.channel = channel
         self.on_due: Callable[[str, int], None] = lambda hub, ms: None
         self.on_hub_deleted: Callable[[str], None] = lambda hub: None
@@ -84,8 +85,9 @@ class Notifier:
     async def _run(self) -> None:
         backoff = MIN_BACKOFF
         while not self._stopping:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = None
             try:
+                pubsub = (await _subscriber_client(self._redis)).pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(self.channel)
                 self.connected.set()
                 backoff = MIN_BACKOFF
@@ -104,5 +106,6 @@ class Notifier:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()

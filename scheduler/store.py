@@ -280,8 +280,8 @@ class Store(LifecycleOps, QueryOps):
 
     @unavailable_on_redis_errors
     async def hub_stats(self, hub: keys.HubKeys) -> HubStats:
+        now_ms = await self.server_time_ms()  # on its own: a Cluster pipeline refuses TIME
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.time()
             for pk in hub.all_partitions():
                 pipe.hgetall(pk.stats)
                 pipe.zcard(pk.due)
@@ -289,12 +289,11 @@ class Store(LifecycleOps, QueryOps):
                 pipe.zcard(pk.ready)
                 pipe.zrange(pk.ready, 0, 0, withscores=True)
             results = await pipe.execute()
-        seconds, micros = results[0]
         parts = []
         for i in range(hub.partitions):
-            statuses, due, due_head, ready, ready_head = results[1 + 5 * i: 6 + 5 * i]
+            statuses, due, due_head, ready, ready_head = results[5 * i: 5 * i + 5]
             parts.append(PartitionStats(
                 statuses={k.decode(): int(v) for k, v in statuses.items()},
                 due=due, next_due_ms=score(due_head[0][1]) if due_head else None,
                 ready=ready, oldest_ready_ms=score(ready_head[0][1]) if ready_head else None))
-        return HubStats(hub.hub, hub.partitions, seconds * 1000 + micros // 1000, parts)
+        return HubStats(hub.hub, hub.partitions, now_ms, parts)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -37,6 +38,58 @@ def redis_server(port: int | None = None) -> Iterator[str]:
             yield f"redis://127.0.0.1:{executor.port}/0"
         finally:
             executor.stop()
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster-bus port (port + 10000) is free too; both must stay below 65536."""
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+@contextlib.contextmanager
+def redis_cluster(nodes: int = 3, startup_timeout: float = 20.0) -> Iterator[str]:
+    """A throwaway Redis Cluster of ``nodes`` primaries on free ports; yields a URL of one node."""
+    executable = shutil.which("redis-server") or "/usr/bin/redis-server"
+    cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+    ports: list[int] = []
+    while len(ports) < nodes:
+        port = _free_cluster_port()
+        if port not in ports:
+            ports.append(port)
+    with tempfile.TemporaryDirectory(prefix="dt-cluster-") as workdir:
+        procs = [subprocess.Popen(
+            [executable, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", f"{workdir}/nodes-{port}.conf", "--dir", workdir,
+             "--save", "", "--appendonly", "no", "--logfile", f"{workdir}/{port}.log"])
+            for port in ports]
+        try:
+            deadline = time.monotonic() + startup_timeout
+            for port in ports:
+                while subprocess.run([cli, "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() != "PONG":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"cluster node on port {port} did not start")
+                    time.sleep(0.05)
+            subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
+                            "--cluster-yes"], check=True, capture_output=True)
+            while "cluster_state:ok" not in subprocess.run([cli, "-p", str(ports[0]), "cluster", "info"],
+                                                           capture_output=True, text=True).stdout:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the Redis Cluster did not reach state ok")
+                time.sleep(0.05)
+            yield f"redis://127.0.0.1:{ports[0]}/0"
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(10)
 
 
 @dataclass
