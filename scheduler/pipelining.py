@@ -39,6 +39,7 @@ class _Protocol(asyncio.Protocol):
         self.owner = owner
         self.reader = hiredis.Reader(replyError=_reply_error)
         self.waiting: collections.deque[asyncio.Future] = collections.deque()
+        self.buffer: list[bytes] = []  # packed commands not written yet (written once per loop turn)
         self.transport: asyncio.Transport | None = None
         self.last_reply = time.monotonic()
 
@@ -84,7 +85,6 @@ class PipelinedConnection:
         self.db = int(path) if path else 0
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future | None = None
-        self._buffer: list[bytes] = []
         self._watchdog: asyncio.TimerHandle | None = None
 
     def execute(self, *args) -> asyncio.Future:
@@ -93,11 +93,11 @@ class PipelinedConnection:
             return asyncio.ensure_future(self._connect_then(args))
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        if not self._buffer:
+        if not protocol.buffer:
             loop.call_soon(self._flush, protocol)
         if not protocol.waiting:
             protocol.last_reply = time.monotonic()  # the reply clock starts with the first outstanding command
-        self._buffer.append(hiredis.pack_command(args))
+        protocol.buffer.append(hiredis.pack_command(args))
         protocol.waiting.append(future)
         return future
 
@@ -134,8 +134,9 @@ class PipelinedConnection:
         self._protocol = protocol
         self._watchdog = loop.call_later(1.0, self._watch, protocol)
 
-    def _flush(self, protocol: _Protocol) -> None:
-        data, self._buffer = b"".join(self._buffer), []
+    @staticmethod
+    def _flush(protocol: _Protocol) -> None:
+        data, protocol.buffer = b"".join(protocol.buffer), []
         if protocol.transport is not None and not protocol.transport.is_closing():
             protocol.transport.write(data)
 
@@ -151,7 +152,6 @@ class PipelinedConnection:
     def _lost(self, protocol: _Protocol) -> None:
         if self._protocol is protocol:
             self._protocol = None
-            self._buffer = []
 
     async def aclose(self) -> None:
         if self._watchdog is not None:
