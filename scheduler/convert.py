@@ -127,3 +127,30 @@ def _start_event(h: dict[str, bytes]) -> pb.ExecutionStartedEvent | None:
     if raw is None:
         return None
     return pb.HistoryEvent.FromString(raw).executionStarted
+
+
+def _history_event(**kind) -> bytes:
+    """A serialized HistoryEvent (eventId -1, timestamp now) of one kind, e.g. ``eventRaised=...``."""
+    event = pb.HistoryEvent(eventId=-1, **kind)
+    event.timestamp.FromNanoseconds(time.time_ns())
+    return event.SerializeToString()
+
+
+def _text(value: str | None) -> wrappers_pb2.StringValue | None:
+    return None if value is None else wrappers_pb2.StringValue(value=value)
+
+
+def event_raised(name: str, payload: str | None) -> bytes:
+    return _history_event(eventRaised=pb.EventRaisedEvent(name=name, input=_text(payload)))
+
+
+def execution_terminated(output: str | None, recurse: bool) -> bytes:
+    return _history_event(executionTerminated=pb.ExecutionTerminatedEvent(input=_text(output), recurse=recurse))
+
+
+def execution_suspended(reason: str | None) -> bytes:
+    return _history_event(executionSuspended=pb.ExecutionSuspendedEvent(input=_text(reason)))
+
+
+def execution_resumed(reason: str | None) -> bytes:
+    return _history_event(executionResumed=pb.ExecutionResumedEvent(input=_text(reason)))

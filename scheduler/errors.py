@@ -34,3 +34,4 @@ class PayloadTooLarge(InvalidRequest):
 # Codes that scripts return as their first element.
 OK = 0
 EXISTS = 1
+NOT_FOUND = 2

@@ -88,7 +88,7 @@ class Servicer(LifecycleRPCs, QueryRPCs, pb_grpc.TaskHubSidecarServiceServicer):
 
     @rpc
     async def WaitForInstanceStart(self, request: pb.GetInstanceRequest, context):
-        return await self._wait(request, context, lambda status: status != b"PENDING", "start")
+        return await self._wait(request, context, _has_started, "start")
 
     @rpc
     async def CreateTaskHub(self, request: pb.CreateTaskHubRequest, context):
@@ -112,15 +112,16 @@ class Servicer(LifecycleRPCs, QueryRPCs, pb_grpc.TaskHubSidecarServiceServicer):
         state = convert.orchestration_state(request.instanceId, h, request.getInputsAndOutputs)
         return pb.GetInstanceResponse(exists=True, orchestrationState=state)
 
-    async def _wait(self, request: pb.GetInstanceRequest, context, done: Callable[[bytes], bool], what: str):
-        """Return the instance once ``done(status)`` holds; DEADLINE_EXCEEDED at the caller's deadline."""
+    async def _wait(self, request: pb.GetInstanceRequest, context, done: Callable[[dict[str, bytes]], bool],
+                    what: str):
+        """Return the instance once ``done(instance hash)`` holds; DEADLINE_EXCEEDED at the caller's deadline."""
         name = self._hub_name(context)
         with self.notifier.watch(name, request.instanceId) as changed:
             while True:
                 changed.clear()
                 hub = await self._existing_hub(context)
                 h = None if hub is None else await self.store.get_instance(hub, request.instanceId)
-                if h is not None and done(h["status"]):
+                if h is not None and done(h):
                     return await self._instance_response(hub, request, h)
                 remaining = context.time_remaining()
                 if remaining is not None and remaining <= WAIT_DEADLINE_MARGIN:
@@ -134,6 +135,12 @@ class Servicer(LifecycleRPCs, QueryRPCs, pb_grpc.TaskHubSidecarServiceServicer):
                     await asyncio.wait_for(changed.wait(), timeout)
                 except asyncio.TimeoutError:
                     pass
+
+
+def _has_started(h: dict[str, bytes]) -> bool:
+    """Left PENDING for good: a suspended instance that never ran (prev_status PENDING) has not started."""
+    status = h["status"]
+    return status != b"PENDING" and not (status == b"SUSPENDED" and h.get("prev_status") == b"PENDING")
 
 
 def _unimplemented(name: str):

@@ -110,9 +110,9 @@ async def test_delete_task_hub_by_metadata(stub, key_prefix, hub_name):
     assert await exists(stub, "i-0")
 
 
-@pytest.mark.parametrize("rpc,request_type", [("RaiseEvent", pb.RaiseEventRequest),
-                                              ("TerminateInstance", pb.TerminateRequest),
-                                              ("PurgeInstances", pb.PurgeInstancesRequest)])
+@pytest.mark.parametrize("rpc,request_type", [("RewindInstance", pb.RewindInstanceRequest),
+                                              ("RestartInstance", pb.RestartInstanceRequest),
+                                              ("CompleteActivityTask", pb.ActivityResponse)])
 async def test_unimplemented_rpc_names_itself(stub, rpc, request_type):
     message = await rpc_error(getattr(stub, rpc)(request_type(instanceId="x")), grpc.StatusCode.UNIMPLEMENTED)
     assert rpc in message
