@@ -7,6 +7,7 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2, wrappers_pb2
 
+from instance_setup import finish, index_order, set_created
 from scheduler import keys, rpc_queries
 from scheduler._proto import orchestrator_service_pb2 as pb
 from server_helpers import PARTITIONS, rpc_error
@@ -24,29 +25,6 @@ async def start(stub, ids, hub: str | None = None, **fields) -> None:
     metadata = (("taskhub", hub),) if hub else None
     await asyncio.gather(*(stub.StartInstance(pb.CreateInstanceRequest(instanceId=iid, name="Orch", **fields),
                                               metadata=metadata) for iid in ids))
-
-
-async def finish(redis, hub: keys.HubKeys, iid: str, status: str = "COMPLETED", completed_ms: int = 1_000) -> None:
-    """Make an instance terminal as a worker will: status, completion time, stats, out of the ready set."""
-    pk = hub.for_instance(iid)
-    old = (await redis.hget(pk.instance(iid), "status")).decode()
-    await redis.hset(pk.instance(iid), mapping={"status": status, "completed_ms": completed_ms})
-    await redis.hincrby(pk.stats, old, -1)
-    await redis.hincrby(pk.stats, status, 1)
-    await redis.zrem(pk.ready, iid)
-
-
-async def set_created(redis, hub: keys.HubKeys, iid: str, ms: int) -> None:
-    pk = hub.for_instance(iid)
-    await redis.zadd(pk.by_created, {iid: ms}, xx=True)
-    await redis.hset(pk.instance(iid), "created_ms", ms)
-
-
-async def index_order(redis, hub: keys.HubKeys) -> list[str]:
-    entries = []
-    for pk in hub.all_partitions():
-        entries += [(int(s), m.decode()) for m, s in await redis.zrange(pk.by_created, 0, -1, withscores=True)]
-    return [iid for _, iid in sorted(entries)]
 
 
 def ts(ms: int) -> timestamp_pb2.Timestamp:

@@ -1,0 +1,28 @@
+"""Instance set-ups shared by the store and server query tests (pytest puts tests/ on sys.path)."""
+from __future__ import annotations
+
+from scheduler import keys
+
+
+async def finish(redis, hub: keys.HubKeys, iid: str, status: str = "COMPLETED", completed_ms: int = 1_000) -> None:
+    """Make an instance terminal as a worker will (status, completed time, stats, out of the ready set)."""
+    pk = hub.for_instance(iid)
+    old = (await redis.hget(pk.instance(iid), "status")).decode()
+    await redis.hset(pk.instance(iid), mapping={"status": status, "completed_ms": completed_ms})
+    await redis.hincrby(pk.stats, old, -1)
+    await redis.hincrby(pk.stats, status, 1)
+    await redis.zrem(pk.ready, iid)
+
+
+async def set_created(redis, hub: keys.HubKeys, iid: str, ms: int) -> None:
+    pk = hub.for_instance(iid)
+    await redis.zadd(pk.by_created, {iid: ms}, xx=True)
+    await redis.hset(pk.instance(iid), "created_ms", ms)
+
+
+async def index_order(redis, hub: keys.HubKeys) -> list[str]:
+    """Every indexed id in (created_ms, id) order, read straight from the zsets."""
+    entries = []
+    for pk in hub.all_partitions():
+        entries += [(int(s), m.decode()) for m, s in await redis.zrange(pk.by_created, 0, -1, withscores=True)]
+    return [iid for _, iid in sorted(entries)]
