@@ -23,9 +23,16 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
+STATUS_NAMES = [name.removeprefix("ORCHESTRATION_STATUS_") for name in pb.OrchestrationStatus.keys()]
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TaskHubSidecarService"].full_name
 HUB_REFRESH_SECONDS = 2.0
 HEALTH_CHECK_SECONDS = 1.0
+DEPTH_SAMPLE_SECONDS = 5.0
+
+DUE_DEPTH = prometheus_client.Gauge("dt_due_entries", "Entries waiting in the due sets", ["hub"])
+READY_DEPTH = prometheus_client.Gauge("dt_ready_entries", "Instances waiting in the ready sets", ["hub"])
+READY_AGE = prometheus_client.Gauge("dt_ready_oldest_age_seconds", "Age of the oldest ready entry", ["hub"])
+INSTANCES = prometheus_client.Gauge("dt_instances", "Instances by status", ["hub", "status"])
 
 
 class App:
@@ -57,6 +64,7 @@ class App:
         await self._refresh_hubs()
         self.housekeeping.add_job(self._refresh_hubs, "interval", seconds=HUB_REFRESH_SECONDS, max_instances=1)
         self.housekeeping.add_job(self._check_health, "interval", seconds=HEALTH_CHECK_SECONDS, max_instances=1)
+        self.housekeeping.add_job(self.sample_depths, "interval", seconds=DEPTH_SAMPLE_SECONDS, max_instances=1)
         self.housekeeping.start()
 
         max_message = self.config.max_payload_bytes + MESSAGE_HEADROOM_BYTES
@@ -133,6 +141,20 @@ class App:
                     self._ensure_promoter(hub)
         except errors.StoreUnavailable as exc:
             log.debug("hub refresh skipped: %s", exc)
+
+    async def sample_depths(self) -> None:
+        """Queue depths and instance counts of the hubs this replica promotes, for the metrics endpoint."""
+        for hub_name, promoter in list(self.promoters.items()):
+            try:
+                stats = await self.store.hub_stats(promoter.hub)
+            except errors.StoreUnavailable:
+                return
+            DUE_DEPTH.labels(hub_name).set(stats.due)
+            READY_DEPTH.labels(hub_name).set(stats.ready)
+            oldest = stats.oldest_ready_ms
+            READY_AGE.labels(hub_name).set(0 if oldest is None else max(stats.now_ms - oldest, 0) / 1000)
+            for status in STATUS_NAMES:
+                INSTANCES.labels(hub_name, status).set(stats.statuses.get(status, 0))
 
     async def _check_health(self) -> None:
         """SERVING only while Redis answers."""
