@@ -19,6 +19,10 @@ class InstanceNotFound(StoreError):
         self.instance_id = instance_id
 
 
+class FailedPrecondition(StoreError):
+    """The instance is not in a state that allows the operation; the message says which state."""
+
+
 class StoreUnavailable(StoreError):
     """Redis did not answer (down, unreachable, loading, timed out). Retry later."""
 

@@ -19,6 +19,8 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.ALREADY_EXISTS, str(exc)
     if isinstance(exc, errors.InstanceNotFound):
         return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, errors.FailedPrecondition):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     if isinstance(exc, errors.StoreUnavailable):
         return grpc.StatusCode.UNAVAILABLE, f"{exc}; retry later"
     return None

@@ -5,7 +5,8 @@ leaves a case open, these follow the SDK's reference (in-memory) backend: an eve
 raised to a terminal instance, terminating a terminal instance, suspending a suspended
 one and resuming one that is not suspended all succeed without changing anything.
 Unlike the reference, terminating an unknown instance is NOT_FOUND (as every other
-call about one instance).
+call about one instance). RestartInstance, as in the reference, starts a terminal
+instance again (same or new id) with its name, version and input.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from . import convert, errors, validation
 from ._proto import orchestrator_service_pb2 as pb
 from .keys import HubKeys
 from .rpc_common import rpc
+
+TERMINAL = ("COMPLETED", "FAILED", "TERMINATED")
 
 
 def _text(request, field: str) -> str | None:
@@ -69,3 +72,25 @@ class LifecycleRPCs:
         hub = await self._instance_hub(request.instanceId, context)
         await self.store.resume_instance(hub, request.instanceId, convert.execution_resumed(reason))
         return pb.ResumeResponse()
+
+    @rpc
+    async def RestartInstance(self, request: pb.RestartInstanceRequest, context):
+        hub = await self._instance_hub(request.instanceId, context)
+        h = await self.store.get_instance(hub, request.instanceId)
+        if h is None:
+            raise errors.InstanceNotFound(request.instanceId)
+        status = h["status"].decode()
+        if status not in TERMINAL:
+            raise errors.FailedPrecondition(
+                f"orchestration instance '{request.instanceId}' is {status}; only a completed, failed or "
+                "terminated instance can be restarted")
+        started = pb.HistoryEvent.FromString(h["start_event"]).executionStarted
+        new_id = convert.new_id() if request.restartWithNewInstanceId else request.instanceId
+        again = pb.CreateInstanceRequest(instanceId=new_id, name=started.name)
+        for field in ("version", "input"):
+            if started.HasField(field):
+                getattr(again, field).CopyFrom(getattr(started, field))
+        if new_id == request.instanceId:  # replace the finished instance, and nothing else
+            again.orchestrationIdReusePolicy.replaceableStatus.extend(convert.status_value(s) for s in TERMINAL)
+        await self.store.create_instance(hub, convert.new_instance(again, new_id))
+        return pb.RestartInstanceResponse(instanceId=new_id)

@@ -91,6 +91,10 @@ class Servicer(LifecycleRPCs, QueryRPCs, pb_grpc.TaskHubSidecarServiceServicer):
         return await self._wait(request, context, _has_started, "start")
 
     @rpc
+    async def WaitForInstanceCompletion(self, request: pb.GetInstanceRequest, context):
+        return await self._wait(request, context, _has_ended, "complete")
+
+    @rpc
     async def CreateTaskHub(self, request: pb.CreateTaskHubRequest, context):
         hub = await self.store.create_task_hub(self._hub_name(context), request.recreateIfExists)
         self._on_hub(hub)
@@ -141,6 +145,10 @@ def _has_started(h: dict[str, bytes]) -> bool:
     """Left PENDING for good: a suspended instance that never ran (prev_status PENDING) has not started."""
     status = h["status"]
     return status != b"PENDING" and not (status == b"SUSPENDED" and h.get("prev_status") == b"PENDING")
+
+
+def _has_ended(h: dict[str, bytes]) -> bool:
+    return h["status"] in (b"COMPLETED", b"FAILED", b"TERMINATED")
 
 
 def _unimplemented(name: str):

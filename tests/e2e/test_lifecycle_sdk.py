@@ -85,3 +85,19 @@ def test_suspend_and_resume_a_scheduled_instance(sdk, rds, hub_keys, probe):
     assert (where.due_score, where.ready_score) == (due_ms(start_at), None)
     assert inbox_kinds(rds, hub_keys, iid) == ["executionStarted", "executionSuspended", "executionResumed"]
 
+
+
+def test_restart_and_wait_for_completion_through_the_sdk(sdk):
+    iid = sdk.schedule_new_orchestration("Job", instance_id="job-1", input={"n": 7})
+    with pytest.raises(TimeoutError):
+        sdk.wait_for_orchestration_completion(iid, timeout=1)  # nothing runs it: still pending
+    sdk.terminate_orchestration(iid, output="stopped")
+    done = sdk.wait_for_orchestration_completion(iid, timeout=10)
+    assert done.runtime_status == Status.TERMINATED and done.serialized_output == '"stopped"'
+
+    assert sdk.restart_orchestration(iid) == iid
+    again = sdk.get_orchestration_state(iid)
+    assert again.runtime_status == Status.PENDING and again.serialized_input == '{"n": 7}'
+    with pytest.raises(grpc.RpcError) as refused:
+        sdk.restart_orchestration(iid)  # pending, not finished
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
