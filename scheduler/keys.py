@@ -15,6 +15,7 @@ key                                    type    holds
 ``<prefix>:{H:p}:hist:<id>``           list    the instance's history, one serialized HistoryEvent each
 ``<prefix>:{H:p}:due``                 zset    instance ids that become ready at a time; score = due epoch ms
 ``<prefix>:{H:p}:ready``               zset    instance ids with work to dispatch; score = ready since (ms)
+``<prefix>:{H:p}:leases``              zset    claimed work items ("o|<id>": orchestration); score = lease expiry (ms)
 ``<prefix>:{H:p}:by-created``          zset    instance ids by creation time (ms)
 ``<prefix>:{H:p}:stats``               hash    instance count per status name
 =====================================  ======  ===============================================
@@ -43,6 +44,10 @@ class PartitionKeys:
     @property
     def ready(self) -> str:
         return self.base + "ready"
+
+    @property
+    def leases(self) -> str:
+        return self.base + "leases"
 
     @property
     def by_created(self) -> str:
