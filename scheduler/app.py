@@ -28,6 +28,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TaskHubSidecarService"].full_name
 HUB_REFRESH_SECONDS = 2.0
 HEALTH_CHECK_SECONDS = 1.0
 DEPTH_SAMPLE_SECONDS = 5.0
+LEASE_SWEEP_SECONDS = 1.0
 
 DUE_DEPTH = prometheus_client.Gauge("dt_due_entries", "Entries waiting in the due sets", ["hub"])
 READY_DEPTH = prometheus_client.Gauge("dt_ready_entries", "Instances waiting in the ready sets", ["hub"])
@@ -65,6 +66,7 @@ class App:
         self.housekeeping.add_job(self._refresh_hubs, "interval", seconds=HUB_REFRESH_SECONDS, max_instances=1)
         self.housekeeping.add_job(self._check_health, "interval", seconds=HEALTH_CHECK_SECONDS, max_instances=1)
         self.housekeeping.add_job(self.sample_depths, "interval", seconds=DEPTH_SAMPLE_SECONDS, max_instances=1)
+        self.housekeeping.add_job(self.sweep_leases, "interval", seconds=LEASE_SWEEP_SECONDS, max_instances=1)
         self.housekeeping.start()
 
         max_message = self.config.max_payload_bytes + MESSAGE_HEADROOM_BYTES
@@ -73,8 +75,9 @@ class App:
             ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", max_message),
         ])
-        pb_grpc.add_TaskHubSidecarServiceServicer_to_server(
-            Servicer(self.store, self.notifier, self.config, on_hub=self._ensure_promoter), self.server)
+        self.servicer = Servicer(self.store, self.notifier, self.config, on_hub=self._ensure_promoter)
+        self.notifier.on_work = self.servicer.work_available
+        pb_grpc.add_TaskHubSidecarServiceServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), self.server)
         self.port = self.server.add_insecure_port(f"{self.config.host}:{self.config.port}")
@@ -141,6 +144,19 @@ class App:
                     self._ensure_promoter(hub)
         except errors.StoreUnavailable as exc:
             log.debug("hub refresh skipped: %s", exc)
+
+    async def sweep_leases(self) -> None:
+        """Re-queue work whose lease expired (a worker or replica died); any replica may run it."""
+        for promoter in list(self.promoters.values()):
+            hub = promoter.hub
+            try:
+                swept = await asyncio.gather(*(self.store.sweep_expired_leases(hub, p, 100)
+                                               for p in range(hub.partitions)))
+            except errors.StoreUnavailable:
+                return
+            if any(swept):
+                log.info("task hub %r: re-queued %d work item(s) whose lease expired", hub.hub, sum(map(len, swept)))
+                self.servicer.work_available(hub.hub)
 
     async def sample_depths(self) -> None:
         """Queue depths and instance counts of the hubs this replica promotes, for the metrics endpoint."""

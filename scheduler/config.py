@@ -40,6 +40,8 @@ class Config:
     log_level: str = "INFO"
     promote_batch: int = 1000  # entries moved per promote call (bounded scripts)
     metrics_port: int | None = None
+    lease_seconds: float = 30.0  # a claimed work item returns to the queue if not renewed for this long
+    health_ping_seconds: float = 15.0  # well inside the SDKs' silent-stream timeout (120 s in Python)
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.task_hub):
@@ -52,6 +54,10 @@ class Config:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log level {self.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
+        if not 0.1 <= self.lease_seconds <= 3600:
+            raise ValueError(f"lease must be between 0.1 and 3600 seconds, got {self.lease_seconds}")
+        if not 0.05 <= self.health_ping_seconds <= 60:
+            raise ValueError(f"health ping interval must be between 0.05 and 60 seconds, got {self.health_ping_seconds}")
         if self.promote_batch < 1:
             raise ValueError(f"promote batch must be at least 1, got {self.promote_batch}")
         if self.max_payload_bytes < 1:
@@ -70,6 +76,8 @@ _OPTIONS = [
     ("--max-payload-bytes", "DT_MAX_PAYLOAD_BYTES", int, DEFAULT_MAX_PAYLOAD_BYTES, "largest accepted input payload"),
     ("--log-level", "DT_LOG_LEVEL", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
     ("--metrics-port", "DT_METRICS_PORT", int, None, "serve Prometheus metrics on this port"),
+    ("--lease-seconds", "DT_LEASE_SECONDS", float, 30.0, "lease of a work item handed to a worker"),
+    ("--health-ping-seconds", "DT_HEALTH_PING_SECONDS", float, 15.0, "HealthPing interval on idle work streams"),
 ]
 
 

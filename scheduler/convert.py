@@ -154,3 +154,61 @@ def execution_suspended(reason: str | None) -> bytes:
 
 def execution_resumed(reason: str | None) -> bytes:
     return _history_event(executionResumed=pb.ExecutionResumedEvent(input=_text(reason)))
+
+
+def orchestrator_started() -> bytes:
+    """A serialized OrchestratorStarted event stamped now: it opens every episode handed to a worker."""
+    event = pb.HistoryEvent(eventId=-1, orchestratorStarted=pb.OrchestratorStartedEvent())
+    event.timestamp.FromNanoseconds(time.time_ns())
+    return event.SerializeToString()
+
+
+def orchestrator_work_item(instance_id: str, execution_id: bytes | None, past: list[bytes], new: list[bytes],
+                           token: str) -> pb.WorkItem:
+    """The WorkItem of a claimed episode: its history, then the new events (OrchestratorStarted first)."""
+    request = pb.OrchestratorRequest(instanceId=instance_id)
+    if execution_id is not None:
+        request.executionId.value = execution_id.decode()
+    for raw in past:
+        request.pastEvents.add().ParseFromString(raw)
+    for raw in new:
+        request.newEvents.add().ParseFromString(raw)
+    return pb.WorkItem(orchestratorRequest=request, completionToken=token)
+
+
+_FINAL = (pb.ORCHESTRATION_STATUS_COMPLETED, pb.ORCHESTRATION_STATUS_FAILED, pb.ORCHESTRATION_STATUS_TERMINATED)
+
+
+def episode_result(response: pb.OrchestratorResponse) -> tuple[list[bytes], str | None, str | None, bytes | None]:
+    """(history events, final status, output, failure) of a worker's episode result.
+
+    Only ending the orchestration is supported so far; any other action (activities, timers,
+    sub-orchestrations, events, continue-as-new) fails the instance with a failure saying so,
+    rather than being dropped silently."""
+    for action in response.actions:
+        kind = action.WhichOneof("orchestratorActionType")
+        done = action.completeOrchestration
+        if kind != "completeOrchestration" or done.orchestrationStatus not in _FINAL:
+            what = "continue-as-new" if kind == "completeOrchestration" else kind
+            failure = pb.TaskFailureDetails(
+                errorType="NotSupported", isNonRetriable=True,
+                errorMessage=f"the orchestration used {what}, which this server does not support yet")
+            return [_completed(action.id, pb.ORCHESTRATION_STATUS_FAILED, None, failure)], "FAILED", None, \
+                failure.SerializeToString()
+    for action in response.actions:
+        done = action.completeOrchestration
+        output = done.result.value if done.HasField("result") else None
+        failure = done.failureDetails if done.HasField("failureDetails") else None
+        return ([_completed(action.id, done.orchestrationStatus, output, failure)], status_name(done.orchestrationStatus),
+                output, None if failure is None else failure.SerializeToString())
+    return [], None, None, None
+
+
+def _completed(event_id: int, status: int, output: str | None, failure: pb.TaskFailureDetails | None) -> bytes:
+    event = pb.HistoryEvent(eventId=event_id, executionCompleted=pb.ExecutionCompletedEvent(orchestrationStatus=status))
+    event.timestamp.FromNanoseconds(time.time_ns())
+    if output is not None:
+        event.executionCompleted.result.value = output
+    if failure is not None:
+        event.executionCompleted.failureDetails.CopyFrom(failure)
+    return event.SerializeToString()

@@ -23,6 +23,17 @@ class FailedPrecondition(StoreError):
     """The instance is not in a state that allows the operation; the message says which state."""
 
 
+class LeaseLost(FailedPrecondition):
+    """A completion or abandon carried a claim token that is no longer current (expired, handed
+    back, or unknown); nothing was changed."""
+
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(
+            f"the work item of orchestration instance '{instance_id}' is no longer held by this claim "
+            "(its lease expired or it was handed back); the result was discarded")
+        self.instance_id = instance_id
+
+
 class StoreUnavailable(StoreError):
     """Redis did not answer (down, unreachable, loading, timed out). Retry later."""
 

@@ -23,6 +23,7 @@ from .notify import Notifier
 from .rpc_common import rpc
 from .rpc_lifecycle import LifecycleRPCs
 from .rpc_queries import QueryRPCs
+from .rpc_work import WorkRPCs
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ WAIT_RECHECK_SECONDS = 5.0
 WAIT_DEADLINE_MARGIN = 0.1
 
 
-class Servicer(LifecycleRPCs, QueryRPCs, pb_grpc.TaskHubSidecarServiceServicer):
+class Servicer(LifecycleRPCs, QueryRPCs, WorkRPCs, pb_grpc.TaskHubSidecarServiceServicer):
     def __init__(self, store: Store, notifier: Notifier, config: Config,
                  on_hub: Callable[[HubKeys], None] = lambda hub: None) -> None:
         self.store = store

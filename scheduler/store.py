@@ -266,7 +266,7 @@ class Store(LifecycleOps, QueryOps, DispatchOps):
         calls = []
         for p in parts:
             pk = hub.partition(p)
-            calls.append(self._eval("promote_due", [pk.due, pk.ready], [limit]))
+            calls.append(self._eval("promote_due", [pk.due, pk.ready], [limit, self.channel, hub.hub]))
         results = await asyncio.gather(*calls)
         heads = {p: (score(r[1]) if score(r[1]) >= 0 else None) for p, r in zip(parts, results)}
         known = [h for h in heads.values() if h is not None]

@@ -20,7 +20,7 @@ import asyncio
 import secrets
 from dataclasses import dataclass
 
-from . import keys
+from . import errors, keys
 from .store_common import unavailable_on_redis_errors
 
 RENEW_BATCH = 100  # most leases one renew_lease script call touches
@@ -55,7 +55,8 @@ class DispatchOps:
     """Uses the Store's ``_eval`` (scripts through the request connection), ``_execute``, ``redis``
     and ``channel``."""
 
-    SCRIPTS: tuple[str, ...] = ("claim_orchestration", "renew_lease", "release_orchestration", "sweep_leases")
+    SCRIPTS: tuple[str, ...] = ("claim_orchestration", "renew_lease", "release_orchestration", "sweep_leases",
+                                "complete_orchestration")
 
     @unavailable_on_redis_errors
     async def ready_candidates(self, hub: keys.HubKeys, partition: int, limit: int) -> list[str]:
@@ -130,3 +131,20 @@ class DispatchOps:
         replies = await asyncio.gather(*(
             self._eval("sweep_leases", [pk.leases, pk.ready, pk.instance(iid)], [iid]) for iid in ids))
         return [iid for iid, reply in zip(ids, replies) if reply[0] == 1]
+
+    @unavailable_on_redis_errors
+    async def complete_orchestration(self, hub: keys.HubKeys, instance_id: str, token: str, events: list[bytes],
+                                     status: str | None = None, output: str | None = None,
+                                     failure: bytes | None = None, custom_status: str | None = None) -> None:
+        """Apply an episode's result under its claim (see complete_orchestration.lua): ``events`` are
+        the history events of the worker's actions; ``status`` the final status if it ended.
+        LeaseLost, with nothing changed, when ``token`` is not the current claim."""
+        pk = hub.for_instance(instance_id)
+        iid = instance_id
+        reply = await self._eval(
+            "complete_orchestration",
+            [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.ready, pk.leases, pk.stats],
+            [iid, token, status or "", "" if output is None else "=" + output, failure or b"",
+             "" if custom_status is None else "=" + custom_status, self.channel, hub.hub, *events])
+        if reply[0] != 0:
+            raise errors.LeaseLost(instance_id)

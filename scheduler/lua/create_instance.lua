@@ -16,7 +16,8 @@
 -- ARGV[2] due_ms       scheduled start in epoch ms rounded up, or "" to start now
 -- ARGV[3] start_event  serialized ExecutionStarted HistoryEvent
 -- ARGV[4] replaceable  space-separated status names that may be replaced
--- ARGV[5] channel      pub/sub channel for wake-ups
+-- ARGV[5] channel      pub/sub channel for wake-ups ("due" for an earlier due entry, "work" when
+--                      the ready set stops being empty)
 -- ARGV[6] hub          task hub name (for the wake-up message)
 -- ARGV[7..] field, value pairs of the instance hash (the input and tags travel in the start event)
 -- Returns {0, created_ms} on success, {1, existing_status} if the id is taken.
@@ -55,6 +56,9 @@ if due_ms and due_ms > now then
     redis.call('PUBLISH', channel, hub .. ' due ' .. due_ms)
   end
 else
+  if redis.call('ZCARD', ready_key) == 0 then
+    redis.call('PUBLISH', channel, hub .. ' work -')  -- idle work streams wake up
+  end
   redis.call('ZADD', ready_key, 'NX', now, instance_id)
 end
 return {0, now}

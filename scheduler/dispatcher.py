@@ -1,0 +1,118 @@
+"""Dispatcher: one work stream per connected worker, handing out ready orchestrations under leases.
+
+A stream claims ready instances of its hub (any partition; competing streams on any
+replica claim each instance once), writes them to its worker, renews the leases of
+what it handed out while it lives, and hands them back when it closes. Leases of a
+replica that died expire and any replica's sweep re-queues them. Idle streams sleep
+until a ready set stops being empty (pub/sub "work"), re-scan a few times a second
+in case a wake-up was missed, and send a HealthPing at the configured interval.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from . import convert, errors
+from ._proto import orchestrator_service_pb2 as pb
+from .keys import HubKeys, partition_of
+from .loops import cancel_and_wait
+from .store import Store
+from .store_dispatch import claim_token
+
+log = logging.getLogger(__name__)
+
+RESCAN_SECONDS = 0.25
+CANDIDATES_PER_PARTITION = 8
+
+
+class WorkStream:
+    def __init__(self, store: Store, hub: HubKeys, lease_seconds: float, ping_seconds: float,
+                 max_items: int = 0) -> None:
+        self.store = store
+        self.hub = hub
+        self.lease_ms = int(lease_seconds * 1000)
+        self.ping_seconds = ping_seconds
+        self.max_items = max_items  # 0: no limit
+        self.held: dict[str, str] = {}  # instance id -> claim token, for what this stream handed out
+        self.wake = asyncio.Event()
+        self._offset = itertools.count()
+
+    def done_with(self, instance_id: str) -> None:
+        """The worker completed or abandoned this item (on this replica)."""
+        self.held.pop(instance_id, None)
+        self.wake.set()
+
+    async def run(self, write: Callable[[pb.WorkItem], Awaitable[None]]) -> None:
+        renewer = asyncio.ensure_future(self._renew_forever())
+        try:
+            last_write = time.monotonic()
+            while True:
+                self.wake.clear()
+                if await self._dispatch(write):
+                    last_write = time.monotonic()
+                    continue
+                ping_in = last_write + self.ping_seconds - time.monotonic()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), max(0.0, min(RESCAN_SECONDS, ping_in)))
+                if time.monotonic() - last_write >= self.ping_seconds:
+                    await write(pb.WorkItem(healthPing=pb.HealthPing()))
+                    last_write = time.monotonic()
+        finally:
+            await cancel_and_wait(renewer)
+            await self._hand_back()
+
+    async def _dispatch(self, write) -> int:
+        """Claim and write what is ready now, up to the stream's limit; returns how many went out."""
+        room = self.max_items - len(self.held) if self.max_items else 1 << 30
+        if room <= 0:
+            return 0
+        parts = self.hub.partitions
+        start = next(self._offset) % parts
+        order = [(start + i) % parts for i in range(parts)]
+        candidates = await asyncio.gather(*(
+            self.store.ready_candidates(self.hub, p, min(room, CANDIDATES_PER_PARTITION)) for p in order))
+        sent = 0
+        for iid in itertools.chain.from_iterable(candidates):
+            if sent >= room:
+                break
+            token = claim_token(self.hub, iid)
+            claim = await self.store.claim_orchestration(self.hub, iid, token, self.lease_ms,
+                                                         convert.orchestrator_started())
+            if claim is None:
+                continue
+            self.held[iid] = token
+            new_events = [claim.fields["episode_start"], *claim.new_events]
+            await write(convert.orchestrator_work_item(iid, claim.fields.get("execution_id"), claim.past_events,
+                                                       new_events, token))
+            sent += 1
+        return sent
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            by_partition: dict[int, list[tuple[str, str]]] = {}
+            for iid, token in list(self.held.items()):
+                by_partition.setdefault(partition_of(iid, self.hub.partitions), []).append((iid, token))
+            try:
+                renewed = await asyncio.gather(*(
+                    self.store.renew_leases(self.hub, p, items, self.lease_ms) for p, items in by_partition.items()))
+            except errors.StoreUnavailable as exc:
+                log.warning("lease renewal failed: %s", exc)
+                continue
+            still = {iid for ids in renewed for iid in ids}
+            lost = [iid for items in by_partition.values() for iid, _ in items if iid not in still]
+            for iid in lost:  # completed through another replica, or the lease was taken over
+                self.done_with(iid)
+
+    async def _hand_back(self) -> None:
+        """The worker went away: its unfinished items are ready again at once (not after the lease)."""
+        held, self.held = self.held, {}
+        for iid, token in held.items():
+            try:
+                await self.store.release_orchestration(self.hub, iid, token)
+            except errors.StoreError as exc:  # the lease sweep re-queues it
+                log.warning("could not hand back %s: %s", iid, exc)

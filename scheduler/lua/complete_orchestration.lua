@@ -1,0 +1,71 @@
+-- complete_orchestration: apply a worker's episode result, only under its current claim.
+--
+-- Checks the claim token; moves the OrchestratorStarted event handed out and the
+-- `claimed_n` delivered inbox events, then the events of the worker's actions, to
+-- the history (keeping the `start` pointer right); drops the lease; applies the
+-- custom status and, when the episode ended the orchestration, its final status,
+-- output and failure. Events that arrived during the episode stay in the inbox and
+-- make the instance ready again.
+--
+-- KEYS[1] inst    instance hash
+-- KEYS[2] inbox   instance inbox list
+-- KEYS[3] hist    instance history list
+-- KEYS[4] ready   partition ready zset
+-- KEYS[5] leases  partition leases zset
+-- KEYS[6] stats   partition status counts hash
+-- ARGV[1] instance_id
+-- ARGV[2] token          the claim token of the work item
+-- ARGV[3] status         final status name, or "" if the orchestration goes on
+-- ARGV[4] output         "" or "=<output>" (a leading "=" marks a value, so "" can mean unset)
+-- ARGV[5] failure        serialized TaskFailureDetails, or ""
+-- ARGV[6] custom_status  "" or "=<custom status>"
+-- ARGV[7] channel        pub/sub channel for wake-ups
+-- ARGV[8] hub            task hub name (for the wake-up message)
+-- ARGV[9..] history events of the worker's actions, serialized
+-- Returns {0} when applied, {1} when the token is not the current claim (nothing changed).
+local inst_key, inbox_key, hist_key = KEYS[1], KEYS[2], KEYS[3]
+local ready_key, leases_key, stats_key = KEYS[4], KEYS[5], KEYS[6]
+local instance_id, token, status, output = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local failure, custom_status, channel, hub = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+
+local claim = redis.call('HMGET', inst_key, 'lease', 'claimed_n', 'episode_start', 'start', 'status')
+if claim[1] ~= token then return {1} end
+local claimed_n, episode_start, start, old_status = tonumber(claim[2]), claim[3], claim[4], claim[5]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local offset = redis.call('LLEN', hist_key)
+redis.call('RPUSH', hist_key, episode_start)
+if claimed_n > 0 then
+  local delivered = redis.call('LRANGE', inbox_key, 0, claimed_n - 1)
+  for i = 1, #delivered, 1000 do
+    redis.call('RPUSH', hist_key, unpack(delivered, i, math.min(i + 999, #delivered)))
+  end
+  redis.call('LTRIM', inbox_key, claimed_n, -1)
+end
+for i = 9, #ARGV, 1000 do
+  redis.call('RPUSH', hist_key, unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+local index = start and tonumber(string.match(start, '^inbox (%d+)$'))
+if index then
+  local moved = index < claimed_n
+  redis.call('HSET', inst_key, 'start', moved and ('hist ' .. (offset + 1 + index)) or ('inbox ' .. (index - claimed_n)))
+end
+
+redis.call('ZREM', leases_key, 'o|' .. instance_id)
+redis.call('HDEL', inst_key, 'lease', 'claimed_n', 'episode_start')
+redis.call('HSET', inst_key, 'updated_ms', now)
+if custom_status ~= '' then redis.call('HSET', inst_key, 'custom_status', string.sub(custom_status, 2)) end
+
+if status ~= '' then
+  redis.call('HSET', inst_key, 'status', status, 'completed_ms', now)
+  if output ~= '' then redis.call('HSET', inst_key, 'output', string.sub(output, 2)) end
+  if failure ~= '' then redis.call('HSET', inst_key, 'failure', failure) end
+  redis.call('HINCRBY', stats_key, old_status, -1)
+  redis.call('HINCRBY', stats_key, status, 1)
+  redis.call('ZREM', ready_key, instance_id)
+  redis.call('PUBLISH', channel, hub .. ' status ' .. instance_id)
+elseif redis.call('LLEN', inbox_key) > 0 then
+  redis.call('ZADD', ready_key, 'NX', now, instance_id)
+end
+return {0}

@@ -1,0 +1,132 @@
+"""The worker protocol over a real port: GetWorkItems, CompleteOrchestratorTask, abandon, leases."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+from google.protobuf import wrappers_pb2
+
+from scheduler._proto import orchestrator_service_pb2 as pb
+from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
+from server_helpers import PARTITIONS, eventually, rpc_error
+
+
+@pytest.fixture
+async def app(start_app, redis_url, key_prefix, hub_name):
+    return await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS,
+                           health_ping_seconds=0.2, lease_seconds=1.0)
+
+
+@pytest.fixture
+async def stub(app):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        yield pb_grpc.TaskHubSidecarServiceStub(channel)
+
+
+async def next_work(call) -> pb.WorkItem:
+    """The next work item of a stream that is not a health ping."""
+    while True:
+        item = await asyncio.wait_for(call.read(), 5)
+        assert item is not grpc.aio.EOF
+        if not item.HasField("healthPing"):
+            return item
+
+
+async def status_of(stub, iid: str) -> int:
+    reply = await stub.GetInstance(pb.GetInstanceRequest(instanceId=iid, getInputsAndOutputs=True))
+    return reply.orchestrationState.orchestrationStatus
+
+
+async def in_ready(app, iid: str) -> bool:
+    hub = app.store.cached_hub(app.config.task_hub)
+    return await app.store.redis.zscore(hub.for_instance(iid).ready, iid) is not None
+
+
+def done(token: str, output: str) -> pb.OrchestratorResponse:
+    action = pb.OrchestratorAction(id=1, completeOrchestration=pb.CompleteOrchestrationAction(
+        orchestrationStatus=pb.ORCHESTRATION_STATUS_COMPLETED, result=wrappers_pb2.StringValue(value=output)))
+    return pb.OrchestratorResponse(actions=[action], completionToken=token)
+
+
+async def test_a_ready_instance_is_handed_out_and_its_completion_applied(stub):
+    await stub.StartInstance(pb.CreateInstanceRequest(instanceId="w1", name="Orch",
+                                                      input=wrappers_pb2.StringValue(value='"in"')))
+    call = stub.GetWorkItems(pb.GetWorkItemsRequest())
+    item = await next_work(call)
+    req = item.orchestratorRequest
+    assert req.instanceId == "w1" and not req.pastEvents
+    assert [e.WhichOneof("eventType") for e in req.newEvents] == ["orchestratorStarted", "executionStarted"]
+    assert req.newEvents[1].executionStarted.input.value == '"in"'
+    assert await status_of(stub, "w1") == pb.ORCHESTRATION_STATUS_RUNNING
+
+    await stub.CompleteOrchestratorTask(done(item.completionToken, '"out"'))
+    reply = await stub.GetInstance(pb.GetInstanceRequest(instanceId="w1", getInputsAndOutputs=True))
+    state = reply.orchestrationState
+    assert state.orchestrationStatus == pb.ORCHESTRATION_STATUS_COMPLETED
+    assert (state.input.value, state.output.value) == ('"in"', '"out"')  # the start event moved to the history
+    assert state.HasField("completedTimestamp")
+    history = [e async for chunk in stub.StreamInstanceHistory(pb.StreamInstanceHistoryRequest(instanceId="w1"))
+               for e in chunk.events]
+    assert [e.WhichOneof("eventType") for e in history] == ["orchestratorStarted", "executionStarted",
+                                                            "executionCompleted"]
+    call.cancel()
+
+
+async def test_a_stale_token_changes_nothing_and_says_so(stub):
+    await stub.StartInstance(pb.CreateInstanceRequest(instanceId="w2", name="Orch"))
+    call = stub.GetWorkItems(pb.GetWorkItemsRequest())
+    item = await next_work(call)
+    message = await rpc_error(stub.CompleteOrchestratorTask(done(item.completionToken + "0", '"x"')),
+                              grpc.StatusCode.FAILED_PRECONDITION)
+    assert "w2" in message and "lease" in message
+    assert await status_of(stub, "w2") == pb.ORCHESTRATION_STATUS_RUNNING
+    await rpc_error(stub.CompleteOrchestratorTask(done("garbage", '"x"')), grpc.StatusCode.INVALID_ARGUMENT)
+    await stub.CompleteOrchestratorTask(done(item.completionToken, '"ok"'))  # the real one still works
+    assert await status_of(stub, "w2") == pb.ORCHESTRATION_STATUS_COMPLETED
+    await rpc_error(stub.CompleteOrchestratorTask(done(item.completionToken, '"again"')),
+                    grpc.StatusCode.FAILED_PRECONDITION)  # applied once only
+    call.cancel()
+
+
+async def test_an_idle_stream_sends_health_pings(stub):
+    call = stub.GetWorkItems(pb.GetWorkItemsRequest())
+    started = time.monotonic()
+    item = await asyncio.wait_for(call.read(), 5)
+    assert item.HasField("healthPing")
+    assert time.monotonic() - started < 2
+    call.cancel()
+
+
+async def test_closing_the_stream_hands_the_work_back_at_once(stub, app):
+    await stub.StartInstance(pb.CreateInstanceRequest(instanceId="w3", name="Orch"))
+    call = stub.GetWorkItems(pb.GetWorkItemsRequest())
+    await next_work(call)
+    assert not await in_ready(app, "w3")
+    call.cancel()
+    await eventually(lambda: in_ready(app, "w3"), timeout=0.9)  # well before the 1 s lease runs out
+
+
+async def test_abandon_hands_the_work_back(stub, app):
+    await stub.StartInstance(pb.CreateInstanceRequest(instanceId="w4", name="Orch"))
+    call = stub.GetWorkItems(pb.GetWorkItemsRequest(maxConcurrentOrchestrationWorkItems=1))
+    item = await next_work(call)
+    await stub.AbandonTaskOrchestratorWorkItem(pb.AbandonOrchestrationTaskRequest(completionToken=item.completionToken))
+    again = await next_work(call)  # handed out again, with a new claim
+    assert again.orchestratorRequest.instanceId == "w4" and again.completionToken != item.completionToken
+    call.cancel()
+
+
+async def test_a_lease_that_is_not_renewed_expires_and_is_swept(stub, app):
+    await stub.StartInstance(pb.CreateInstanceRequest(instanceId="w5", name="Orch"))
+    hub = app.store.cached_hub(app.config.task_hub)
+    # A claim nobody renews: what a replica that died leaves behind.
+    claim = await app.store.claim_orchestration(hub, "w5", "t|0|o|w5|dead", 300, b"")
+    assert claim is not None and not await in_ready(app, "w5")
+
+    async def swept() -> bool:
+        await app.sweep_leases()
+        return await in_ready(app, "w5")
+
+    await eventually(swept, timeout=5)
