@@ -152,10 +152,13 @@ class App:
             try:
                 swept = await asyncio.gather(*(self.store.sweep_expired_leases(hub, p, 100)
                                                for p in range(hub.partitions)))
+                activities = await asyncio.gather(*(self.store.sweep_expired_activities(hub, p, 100)
+                                                    for p in range(hub.partitions)))
             except errors.StoreUnavailable:
                 return
-            if any(swept):
-                log.info("task hub %r: re-queued %d work item(s) whose lease expired", hub.hub, sum(map(len, swept)))
+            count = sum(map(len, swept)) + sum(activities)
+            if count:
+                log.info("task hub %r: re-queued %d work item(s) whose lease expired", hub.hub, count)
                 self.servicer.work_available(hub.hub)
 
     async def sample_depths(self) -> None:

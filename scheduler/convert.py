@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2, wrappers_pb2
 
@@ -100,9 +101,9 @@ def orchestration_state(instance_id: str, h: dict[str, bytes], include_payloads:
         createdTimestamp=_ts_from_ms(int(h["created_ms"])),
         lastUpdatedTimestamp=_ts_from_ms(int(h["updated_ms"])),
     )
-    for field, attr in _OPTIONAL_TEXT:
-        if field in h:
-            getattr(state, attr).value = h[field].decode()
+    for name, attr in _OPTIONAL_TEXT:
+        if name in h:
+            getattr(state, attr).value = h[name].decode()
     started = _start_event(h)
     if include_payloads:
         if started is not None and started.HasField("input"):
@@ -179,29 +180,73 @@ def orchestrator_work_item(instance_id: str, execution_id: bytes | None, past: l
 _FINAL = (pb.ORCHESTRATION_STATUS_COMPLETED, pb.ORCHESTRATION_STATUS_FAILED, pb.ORCHESTRATION_STATUS_TERMINATED)
 
 
-def episode_result(response: pb.OrchestratorResponse) -> tuple[list[bytes], str | None, str | None, bytes | None]:
-    """(history events, final status, output, failure) of a worker's episode result.
+@dataclass
+class Episode:
+    """What a worker's episode result does: history events, activities to queue, and the end, if any."""
 
-    Only ending the orchestration is supported so far; any other action (activities, timers,
-    sub-orchestrations, events, continue-as-new) fails the instance with a failure saying so,
-    rather than being dropped silently."""
+    events: list[bytes] = field(default_factory=list)
+    activities: list[tuple[int, bytes]] = field(default_factory=list)  # (task id, serialized ActivityRequest)
+    status: str | None = None
+    output: str | None = None
+    failure: bytes | None = None
+
+
+def episode_result(response: pb.OrchestratorResponse, instance_id: str, execution_id: str) -> Episode:
+    """Translate a worker's actions into history events and work.
+
+    Supported so far: scheduling activities and ending the orchestration. Any other
+    action (timers, sub-orchestrations, events, continue-as-new) fails the instance
+    with a failure saying so, rather than being dropped silently."""
+    episode = Episode()
     for action in response.actions:
         kind = action.WhichOneof("orchestratorActionType")
-        done = action.completeOrchestration
-        if kind != "completeOrchestration" or done.orchestrationStatus not in _FINAL:
+        if kind == "scheduleTask":
+            task = action.scheduleTask
+            scheduled = pb.TaskScheduledEvent(name=task.name, tags=task.tags)
+            request = pb.ActivityRequest(name=task.name, taskId=action.id, tags=task.tags,
+                                         orchestrationInstance=pb.OrchestrationInstance(
+                                             instanceId=instance_id,
+                                             executionId=wrappers_pb2.StringValue(value=execution_id)))
+            for name in ("version", "input", "parentTraceContext"):
+                if task.HasField(name):
+                    getattr(scheduled, name).CopyFrom(getattr(task, name))
+                    getattr(request, name).CopyFrom(getattr(task, name))
+            episode.events.append(_event(action.id, taskScheduled=scheduled))
+            episode.activities.append((action.id, request.SerializeToString()))
+        elif kind == "completeOrchestration" and action.completeOrchestration.orchestrationStatus in _FINAL:
+            done = action.completeOrchestration
+            episode.status = status_name(done.orchestrationStatus)
+            episode.output = done.result.value if done.HasField("result") else None
+            failure = done.failureDetails if done.HasField("failureDetails") else None
+            episode.failure = None if failure is None else failure.SerializeToString()
+            episode.events.append(_completed(action.id, done.orchestrationStatus, episode.output, failure))
+            episode.activities = []  # the orchestration ended: nothing it scheduled will be awaited
+            return episode
+        else:
             what = "continue-as-new" if kind == "completeOrchestration" else kind
             failure = pb.TaskFailureDetails(
                 errorType="NotSupported", isNonRetriable=True,
                 errorMessage=f"the orchestration used {what}, which this server does not support yet")
-            return [_completed(action.id, pb.ORCHESTRATION_STATUS_FAILED, None, failure)], "FAILED", None, \
-                failure.SerializeToString()
-    for action in response.actions:
-        done = action.completeOrchestration
-        output = done.result.value if done.HasField("result") else None
-        failure = done.failureDetails if done.HasField("failureDetails") else None
-        return ([_completed(action.id, done.orchestrationStatus, output, failure)], status_name(done.orchestrationStatus),
-                output, None if failure is None else failure.SerializeToString())
-    return [], None, None, None
+            return Episode(events=[_completed(action.id, pb.ORCHESTRATION_STATUS_FAILED, None, failure)],
+                           status="FAILED", failure=failure.SerializeToString())
+    return episode
+
+
+def _event(event_id: int, **kind) -> bytes:
+    event = pb.HistoryEvent(eventId=event_id, **kind)
+    event.timestamp.FromNanoseconds(time.time_ns())
+    return event.SerializeToString()
+
+
+def activity_result(response: pb.ActivityResponse) -> bytes:
+    """The serialized TaskCompleted or TaskFailed event of an activity's result."""
+    if response.HasField("failureDetails"):
+        return _event(-1, taskFailed=pb.TaskFailedEvent(taskScheduledId=response.taskId,
+                                                        failureDetails=response.failureDetails))
+    completed = pb.TaskCompletedEvent(taskScheduledId=response.taskId)
+    if response.HasField("result"):
+        completed.result.CopyFrom(response.result)
+    return _event(-1, taskCompleted=completed)
 
 
 def _completed(event_id: int, status: int, output: str | None, failure: pb.TaskFailureDetails | None) -> bytes:

@@ -1,7 +1,7 @@
-"""Dispatcher: one work stream per connected worker, handing out ready orchestrations under leases.
+"""Dispatcher: one work stream per connected worker, handing out work items under leases.
 
-A stream claims ready instances of its hub (any partition; competing streams on any
-replica claim each instance once), writes them to its worker, renews the leases of
+A stream claims ready instances and queued activities of its hub (any partition;
+competing streams on any replica claim each item once), writes them to its worker, renews the leases of
 what it handed out while it lives, and hands them back when it closes. Leases of a
 replica that died expire and any replica's sweep re-queues them. Idle streams sleep
 until a ready set stops being empty (pub/sub "work"), re-scan a few times a second
@@ -21,6 +21,7 @@ from ._proto import orchestrator_service_pb2 as pb
 from .keys import HubKeys, partition_of
 from .loops import cancel_and_wait
 from .store import Store
+from .store_activities import activity_token
 from .store_dispatch import claim_token
 
 log = logging.getLogger(__name__)
@@ -31,19 +32,25 @@ CANDIDATES_PER_PARTITION = 8
 
 class WorkStream:
     def __init__(self, store: Store, hub: HubKeys, lease_seconds: float, ping_seconds: float,
-                 max_items: int = 0) -> None:
+                 max_items: int = 0, max_activities: int = 0) -> None:
         self.store = store
         self.hub = hub
         self.lease_ms = int(lease_seconds * 1000)
         self.ping_seconds = ping_seconds
         self.max_items = max_items  # 0: no limit
+        self.max_activities = max_activities  # 0: no limit
         self.held: dict[str, str] = {}  # instance id -> claim token, for what this stream handed out
+        self.held_activities: dict[str, str] = {}  # activity item -> claim token
         self.wake = asyncio.Event()
         self._offset = itertools.count()
 
     def done_with(self, instance_id: str) -> None:
-        """The worker completed or abandoned this item (on this replica)."""
+        """The worker completed or abandoned this orchestration work item (on this replica)."""
         self.held.pop(instance_id, None)
+        self.wake.set()
+
+    def done_with_activity(self, item: str) -> None:
+        self.held_activities.pop(item, None)
         self.wake.set()
 
     async def run(self, write: Callable[[pb.WorkItem], Awaitable[None]]) -> None:
@@ -52,7 +59,8 @@ class WorkStream:
             last_write = time.monotonic()
             while True:
                 self.wake.clear()
-                if await self._dispatch(write):
+                sent = await self._dispatch(write) + await self._dispatch_activities(write)
+                if sent:
                     last_write = time.monotonic()
                     continue
                 ping_in = last_write + self.ping_seconds - time.monotonic()
@@ -91,6 +99,26 @@ class WorkStream:
             sent += 1
         return sent
 
+    async def _dispatch_activities(self, write) -> int:
+        room = self.max_activities - len(self.held_activities) if self.max_activities else 1 << 30
+        if room <= 0:
+            return 0
+        queued = await asyncio.gather(*(
+            self.store.queued_activities(self.hub, p, min(room, CANDIDATES_PER_PARTITION))
+            for p in range(self.hub.partitions)))
+        sent = 0
+        for item in itertools.chain.from_iterable(queued):
+            if sent >= room:
+                break
+            token = activity_token(self.hub, item)
+            payload = await self.store.claim_activity(self.hub, item, token, self.lease_ms)
+            if payload is None:
+                continue
+            self.held_activities[item] = token
+            await write(pb.WorkItem(activityRequest=pb.ActivityRequest.FromString(payload), completionToken=token))
+            sent += 1
+        return sent
+
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(self.lease_ms / 3000)
@@ -107,12 +135,32 @@ class WorkStream:
             lost = [iid for items in by_partition.values() for iid, _ in items if iid not in still]
             for iid in lost:  # completed through another replica, or the lease was taken over
                 self.done_with(iid)
+            await self._renew_activities()
+
+    async def _renew_activities(self) -> None:
+        by_partition: dict[int, list[tuple[str, str]]] = {}
+        for item, token in list(self.held_activities.items()):
+            p = partition_of(item.split("\n", 1)[0], self.hub.partitions)
+            by_partition.setdefault(p, []).append((item, token))
+        try:
+            renewed = await asyncio.gather(*(self.store.renew_activity_leases(self.hub, p, items, self.lease_ms)
+                                             for p, items in by_partition.items()))
+        except errors.StoreUnavailable as exc:
+            log.warning("activity lease renewal failed: %s", exc)
+            return
+        still = {item for items in renewed for item in items}
+        for items in by_partition.values():
+            for item, _ in items:
+                if item not in still:
+                    self.done_with_activity(item)
 
     async def _hand_back(self) -> None:
         """The worker went away: its unfinished items are ready again at once (not after the lease)."""
         held, self.held = self.held, {}
-        for iid, token in held.items():
-            try:
-                await self.store.release_orchestration(self.hub, iid, token)
-            except errors.StoreError as exc:  # the lease sweep re-queues it
-                log.warning("could not hand back %s: %s", iid, exc)
+        activities, self.held_activities = self.held_activities, {}
+        try:
+            await asyncio.gather(
+                *(self.store.release_orchestration(self.hub, iid, token) for iid, token in held.items()),
+                *(self.store.release_activity(self.hub, item, token) for item, token in activities.items()))
+        except errors.StoreError as exc:  # the lease sweep re-queues what is left
+            log.warning("could not hand back every work item: %s", exc)

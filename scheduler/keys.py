@@ -15,9 +15,12 @@ key                                    type    holds
 ``<prefix>:{H:p}:hist:<id>``           list    the instance's history, one serialized HistoryEvent each
 ``<prefix>:{H:p}:due``                 zset    instance ids that become ready at a time; score = due epoch ms
 ``<prefix>:{H:p}:ready``               zset    instance ids with work to dispatch; score = ready since (ms)
-``<prefix>:{H:p}:leases``              zset    claimed work items ("o|<id>": orchestration); score = lease expiry (ms)
+``<prefix>:{H:p}:leases``              zset    claimed work items ("o|<id>" orchestration, "a|<item>" activity); score = lease expiry (ms)
 ``<prefix>:{H:p}:by-created``          zset    instance ids by creation time (ms)
 ``<prefix>:{H:p}:stats``               hash    instance count per status name
+``<prefix>:{H:p}:activities``          zset    activity work items ready to hand out; score = queued since (ms)
+``<prefix>:{H:p}:act-payloads``        hash    activity work item -> serialized ActivityRequest, until completed
+``<prefix>:{H:p}:act-tokens``          hash    activity work item -> claim token, while claimed
 =====================================  ======  ===============================================
 """
 from __future__ import annotations
@@ -56,6 +59,18 @@ class PartitionKeys:
     @property
     def stats(self) -> str:
         return self.base + "stats"
+
+    @property
+    def activities(self) -> str:
+        return self.base + "activities"
+
+    @property
+    def activity_payloads(self) -> str:
+        return self.base + "act-payloads"
+
+    @property
+    def activity_tokens(self) -> str:
+        return self.base + "act-tokens"
 
     def instance(self, instance_id: str) -> str:
         return self.base + "inst:" + instance_id

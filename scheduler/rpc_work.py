@@ -12,17 +12,19 @@ from ._proto import orchestrator_service_pb2 as pb
 from .dispatcher import WorkStream
 from .keys import HubKeys
 from .rpc_common import rpc
+from .store_activities import activity_item
 
 
-def _parse_token(token: str) -> tuple[str, str]:
-    """(hub, instance id) of a completion token made by store_dispatch.claim_token."""
+def _parse_token(token: str, expected_kind: str) -> tuple[str, str]:
+    """(hub, claimed thing) of a completion token: "<hub>|<p>|<kind>|<instance id or activity item>|<random>"."""
     hub, sep1, rest = token.partition("|")
     _, sep2, rest = rest.partition("|")
     kind, sep3, rest = rest.partition("|")
-    instance_id, sep4, _ = rest.rpartition("|")
-    if not (sep1 and sep2 and sep3 and sep4) or kind != "o" or not instance_id:
-        raise errors.InvalidRequest(f"completionToken {token!r} is not a token this service issued")
-    return hub, instance_id
+    claimed, sep4, _ = rest.rpartition("|")
+    if not (sep1 and sep2 and sep3 and sep4) or kind != expected_kind or not claimed:
+        what = "an orchestration" if expected_kind == "o" else "an activity"
+        raise errors.InvalidRequest(f"completionToken {token!r} is not a token this service issued for {what}")
+    return hub, claimed
 
 
 class WorkRPCs:
@@ -42,22 +44,24 @@ class WorkRPCs:
     async def GetWorkItems(self, request: pb.GetWorkItemsRequest, context):
         hub = await self._hub(context)
         stream = WorkStream(self.store, hub, self.config.lease_seconds, self.config.health_ping_seconds,
-                            max(request.maxConcurrentOrchestrationWorkItems, 0))
+                            max(request.maxConcurrentOrchestrationWorkItems, 0),
+                            max(request.maxConcurrentActivityWorkItems, 0))
         self._streams()[hub.hub].add(stream)
         try:
             await stream.run(context.write)
         finally:
             self._streams()[hub.hub].discard(stream)
 
-    async def _token_hub(self, token: str, instance_id: str) -> tuple[HubKeys, str]:
-        hub_name, token_instance = _parse_token(token)
+    async def _token_hub(self, token: str, instance_id: str, kind: str = "o") -> tuple[HubKeys, str]:
+        hub_name, claimed = _parse_token(token, kind)
+        token_instance = claimed.split("\n", 1)[0]
         if instance_id and instance_id != token_instance:
             raise errors.InvalidRequest(
                 f"instanceId '{instance_id}' does not match the completion token (issued for '{token_instance}')")
         hub = self.store.cached_hub(hub_name) or await self.store.find_hub(hub_name)
         if hub is None:
             raise errors.LeaseLost(token_instance)
-        return hub, token_instance
+        return hub, claimed
 
     def _finished(self, hub: HubKeys, instance_id: str) -> None:
         for stream in self._streams().get(hub.hub, ()):
@@ -67,12 +71,38 @@ class WorkRPCs:
     @rpc
     async def CompleteOrchestratorTask(self, request: pb.OrchestratorResponse, context):
         hub, instance_id = await self._token_hub(request.completionToken, request.instanceId)
-        events, status, output, failure = convert.episode_result(request)
+        h = await self.store.get_instance(hub, instance_id)
+        if h is None:
+            raise errors.LeaseLost(instance_id)
+        execution_id = h.get("execution_id", b"").decode()
+        episode = convert.episode_result(request, instance_id, execution_id)
         custom = request.customStatus.value if request.HasField("customStatus") else None
-        await self.store.complete_orchestration(hub, instance_id, request.completionToken, events,
-                                                status, output, failure, custom)
+        activities = [(activity_item(instance_id, execution_id, task_id), payload)
+                      for task_id, payload in episode.activities]
+        await self.store.complete_orchestration(hub, instance_id, request.completionToken, episode.events,
+                                                episode.status, episode.output, episode.failure, custom, activities)
         self._finished(hub, instance_id)
         return pb.CompleteTaskResponse()
+
+    @rpc
+    async def CompleteActivityTask(self, request: pb.ActivityResponse, context):
+        hub, item = await self._token_hub(request.completionToken, request.instanceId, "a")
+        await self.store.complete_activity(hub, item, request.completionToken, convert.activity_result(request))
+        self._finished_activity(hub, item)
+        return pb.CompleteTaskResponse()
+
+    @rpc
+    async def AbandonTaskActivityWorkItem(self, request: pb.AbandonActivityTaskRequest, context):
+        hub, item = await self._token_hub(request.completionToken, "", "a")
+        if not await self.store.release_activity(hub, item, request.completionToken):
+            raise errors.LeaseLost(item.split("\n", 1)[0])
+        self._finished_activity(hub, item)
+        return pb.AbandonActivityTaskResponse()
+
+    def _finished_activity(self, hub: HubKeys, item: str) -> None:
+        for stream in self._streams().get(hub.hub, ()):
+            if item in stream.held_activities:
+                stream.done_with_activity(item)
 
     @rpc
     async def AbandonTaskOrchestratorWorkItem(self, request: pb.AbandonOrchestrationTaskRequest, context):

@@ -16,6 +16,7 @@ import redis.exceptions as rexc
 from . import errors, keys
 from .batching import Batcher
 from .store_common import load_lua, score, unavailable_on_redis_errors
+from .store_activities import ActivityOps
 from .store_dispatch import DispatchOps
 from .store_lifecycle import LifecycleOps
 from .store_queries import QueryOps
@@ -89,11 +90,11 @@ class HubStats:
         return min((p.oldest_ready_ms for p in self.per_partition if p.oldest_ready_ms is not None), default=None)
 
 
-class Store(LifecycleOps, QueryOps, DispatchOps):
+class Store(LifecycleOps, QueryOps, DispatchOps, ActivityOps):
     """Domain operations over one Redis (standalone, Cluster or embedded)."""
 
     SCRIPTS = (("create_instance", "get_instance", "promote_due", "ensure_hub")
-               + LifecycleOps.SCRIPTS + QueryOps.SCRIPTS + DispatchOps.SCRIPTS)
+               + LifecycleOps.SCRIPTS + QueryOps.SCRIPTS + DispatchOps.SCRIPTS + ActivityOps.SCRIPTS)
 
     def __init__(self, redis, prefix: str = "dt", default_partitions: int = 16, fast=None) -> None:
         """``fast``: a :class:`~scheduler.pipelining.PipelinedConnection` for the request path of a

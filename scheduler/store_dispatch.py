@@ -135,16 +135,21 @@ class DispatchOps:
     @unavailable_on_redis_errors
     async def complete_orchestration(self, hub: keys.HubKeys, instance_id: str, token: str, events: list[bytes],
                                      status: str | None = None, output: str | None = None,
-                                     failure: bytes | None = None, custom_status: str | None = None) -> None:
+                                     failure: bytes | None = None, custom_status: str | None = None,
+                                     activities: list[tuple[str, bytes]] = ()) -> None:
         """Apply an episode's result under its claim (see complete_orchestration.lua): ``events`` are
-        the history events of the worker's actions; ``status`` the final status if it ended.
+        the history events of the worker's actions; ``status`` the final status if it ended;
+        ``activities`` (item, serialized ActivityRequest) pairs to queue.
         LeaseLost, with nothing changed, when ``token`` is not the current claim."""
         pk = hub.for_instance(instance_id)
         iid = instance_id
+        pairs = [x for item in activities for x in item]
         reply = await self._eval(
             "complete_orchestration",
-            [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.ready, pk.leases, pk.stats],
+            [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.ready, pk.leases, pk.stats,
+             pk.activities, pk.activity_payloads],
             [iid, token, status or "", "" if output is None else "=" + output, failure or b"",
-             "" if custom_status is None else "=" + custom_status, self.channel, hub.hub, *events])
+             "" if custom_status is None else "=" + custom_status, self.channel, hub.hub, len(events),
+             *events, *pairs])
         if reply[0] != 0:
             raise errors.LeaseLost(instance_id)

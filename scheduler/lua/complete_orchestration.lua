@@ -4,7 +4,7 @@
 -- `claimed_n` delivered inbox events, then the events of the worker's actions, to
 -- the history (keeping the `start` pointer right); drops the lease; applies the
 -- custom status and, when the episode ended the orchestration, its final status,
--- output and failure. Events that arrived during the episode stay in the inbox and
+-- output and failure; queues the activities the episode scheduled. Events that arrived during the episode stay in the inbox and
 -- make the instance ready again.
 --
 -- KEYS[1] inst    instance hash
@@ -13,6 +13,8 @@
 -- KEYS[4] ready   partition ready zset
 -- KEYS[5] leases  partition leases zset
 -- KEYS[6] stats   partition status counts hash
+-- KEYS[7] activities    partition activity queue zset
+-- KEYS[8] act_payloads  partition hash: activity item -> serialized ActivityRequest
 -- ARGV[1] instance_id
 -- ARGV[2] token          the claim token of the work item
 -- ARGV[3] status         final status name, or "" if the orchestration goes on
@@ -21,12 +23,16 @@
 -- ARGV[6] custom_status  "" or "=<custom status>"
 -- ARGV[7] channel        pub/sub channel for wake-ups
 -- ARGV[8] hub            task hub name (for the wake-up message)
--- ARGV[9..] history events of the worker's actions, serialized
+-- ARGV[9] n       how many history events follow
+-- ARGV[10 .. 9+n] history events of the worker's actions, serialized
+-- ARGV[10+n ..]   activity item, serialized ActivityRequest pairs to queue
 -- Returns {0} when applied, {1} when the token is not the current claim (nothing changed).
 local inst_key, inbox_key, hist_key = KEYS[1], KEYS[2], KEYS[3]
 local ready_key, leases_key, stats_key = KEYS[4], KEYS[5], KEYS[6]
 local instance_id, token, status, output = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local failure, custom_status, channel, hub = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local activities_key, payloads_key = KEYS[7], KEYS[8]
+local n_events = tonumber(ARGV[9])
 
 local claim = redis.call('HMGET', inst_key, 'lease', 'claimed_n', 'episode_start', 'start', 'status')
 if claim[1] ~= token then return {1} end
@@ -43,8 +49,15 @@ if claimed_n > 0 then
   end
   redis.call('LTRIM', inbox_key, claimed_n, -1)
 end
-for i = 9, #ARGV, 1000 do
-  redis.call('RPUSH', hist_key, unpack(ARGV, i, math.min(i + 999, #ARGV)))
+for i = 10, 9 + n_events, 1000 do
+  redis.call('RPUSH', hist_key, unpack(ARGV, i, math.min(i + 999, 9 + n_events)))
+end
+if #ARGV > 9 + n_events and redis.call('ZCARD', activities_key) == 0 then
+  redis.call('PUBLISH', channel, hub .. ' work -')  -- idle work streams wake up
+end
+for i = 10 + n_events, #ARGV, 2 do
+  redis.call('HSET', payloads_key, ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', activities_key, 'NX', now, ARGV[i])
 end
 local index = start and tonumber(string.match(start, '^inbox (%d+)$'))
 if index then

@@ -1,7 +1,8 @@
 """The official SDK worker (TaskHubGrpcWorker) runs orchestrations served by a server subprocess.
 
-Only orchestrations that end without activities, timers or sub-orchestrations are
-supported so far; anything else fails the instance with a failure that says so.
+Orchestrations with activities are supported so far; timers, sub-orchestrations,
+events to other instances and continue-as-new fail the instance with a failure that
+says so.
 """
 from __future__ import annotations
 
@@ -28,22 +29,17 @@ def boom(ctx: task.OrchestrationContext, _):
     raise ValueError("kaput")
 
 
-def say(ctx, name: str) -> str:
-    return name
-
-
-def with_activity(ctx: task.OrchestrationContext, _):
-    result = yield ctx.call_activity(say, input="x")
-    return result
+def with_timer(ctx: task.OrchestrationContext, _):
+    yield ctx.create_timer(timedelta(seconds=1))
+    return "woke"
 
 
 @pytest.fixture
 def running(replicas):
     server = replicas.start("--lease-seconds", "3", "--health-ping-seconds", "0.5")
     w = worker.TaskHubGrpcWorker(host_address=server.address)
-    for fn in (hello, when_started, boom, with_activity):
+    for fn in (hello, when_started, boom, with_timer):
         w.add_orchestrator(fn)
-    w.add_activity(say)
     w.start()
     c = client.TaskHubGrpcClient(host_address=server.address)
     yield c
@@ -83,8 +79,70 @@ def test_an_orchestrator_failure_is_recorded_with_its_details(running):
 
 
 def test_an_unsupported_action_fails_the_instance_with_a_clear_message(running):
-    iid = running.schedule_new_orchestration(with_activity)
+    iid = running.schedule_new_orchestration(with_timer)
     state = running.wait_for_orchestration_completion(iid, timeout=30)
     assert state.runtime_status == Status.FAILED
     assert state.failure_details.error_type == "NotSupported"
-    assert "scheduleTask" in state.failure_details.message
+    assert "createTimer" in state.failure_details.message
+
+
+def double(ctx, n: int) -> int:
+    return n * 2
+
+
+def fail_activity(ctx, _):
+    raise RuntimeError("activity broke")
+
+
+def sequence(ctx: task.OrchestrationContext, n: int):
+    a = yield ctx.call_activity(double, input=n)
+    b = yield ctx.call_activity(double, input=a)
+    return [a, b]
+
+
+def fan_out(ctx: task.OrchestrationContext, count: int):
+    results = yield task.when_all([ctx.call_activity(double, input=i) for i in range(count)])
+    return sum(results)
+
+
+def catches(ctx: task.OrchestrationContext, _):
+    try:
+        yield ctx.call_activity(fail_activity)
+    except task.TaskFailedError as e:
+        return f"caught: {e.details.message}"
+
+
+@pytest.fixture
+def with_activities(replicas):
+    server = replicas.start("--lease-seconds", "3", "--health-ping-seconds", "0.5")
+    w = worker.TaskHubGrpcWorker(host_address=server.address)
+    for fn in (sequence, fan_out, catches):
+        w.add_orchestrator(fn)
+    for fn in (double, fail_activity):
+        w.add_activity(fn)
+    w.start()
+    c = client.TaskHubGrpcClient(host_address=server.address)
+    yield c
+    w.stop()
+    c.close()
+
+
+def test_an_activity_sequence(with_activities):
+    iid = with_activities.schedule_new_orchestration(sequence, input=5)
+    state = with_activities.wait_for_orchestration_completion(iid, timeout=30)
+    assert state.runtime_status == Status.COMPLETED
+    assert state.serialized_output == "[10, 20]"
+
+
+def test_fan_out_fan_in_of_100_activities(with_activities):
+    iid = with_activities.schedule_new_orchestration(fan_out, input=100)
+    state = with_activities.wait_for_orchestration_completion(iid, timeout=60)
+    assert state.runtime_status == Status.COMPLETED
+    assert state.serialized_output == str(sum(2 * i for i in range(100)))
+
+
+def test_an_activity_failure_reaches_the_orchestrator(with_activities):
+    iid = with_activities.schedule_new_orchestration(catches)
+    state = with_activities.wait_for_orchestration_completion(iid, timeout=30)
+    assert state.runtime_status == Status.COMPLETED
+    assert "activity broke" in state.serialized_output

@@ -111,8 +111,8 @@ async def test_delete_task_hub_by_metadata(stub, key_prefix, hub_name):
 
 
 @pytest.mark.parametrize("rpc,request_type", [("RewindInstance", pb.RewindInstanceRequest),
-                                              ("AbandonTaskActivityWorkItem", pb.AbandonActivityTaskRequest),
-                                              ("CompleteActivityTask", pb.ActivityResponse)])
+                                              ("SignalEntity", pb.SignalEntityRequest),
+                                              ("CompleteEntityTask", pb.EntityBatchResult)])
 async def test_unimplemented_rpc_names_itself(stub, rpc, request_type):
     message = await rpc_error(getattr(stub, rpc)(request_type()), grpc.StatusCode.UNIMPLEMENTED)
     assert rpc in message

@@ -9,6 +9,7 @@ import pytest
 from google.protobuf import wrappers_pb2
 
 from scheduler._proto import orchestrator_service_pb2 as pb
+from scheduler.keys import partition_of
 from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
 from server_helpers import PARTITIONS, eventually, rpc_error
 
@@ -130,3 +131,52 @@ async def test_a_lease_that_is_not_renewed_expires_and_is_swept(stub, app):
         return await in_ready(app, "w5")
 
     await eventually(swept, timeout=5)
+
+
+def schedule(token: str, *task_ids: int) -> pb.OrchestratorResponse:
+    actions = [pb.OrchestratorAction(id=t, scheduleTask=pb.ScheduleTaskAction(
+        name="Act", input=wrappers_pb2.StringValue(value=str(t)))) for t in task_ids]
+    return pb.OrchestratorResponse(actions=actions, completionToken=token)
+
+
+async def test_an_activity_result_reaches_its_orchestration_once(stub):
+    await stub.StartInstance(pb.CreateInstanceRequest(instanceId="a1", name="Orch"))
+    call = stub.GetWorkItems(pb.GetWorkItemsRequest())
+    episode = await next_work(call)
+    await stub.CompleteOrchestratorTask(schedule(episode.completionToken, 7))
+    work = await next_work(call)
+    request = work.activityRequest
+    assert (request.name, request.taskId, request.input.value) == ("Act", 7, "7")
+    assert request.orchestrationInstance.instanceId == "a1"
+
+    done_activity = pb.ActivityResponse(instanceId="a1", taskId=7, result=wrappers_pb2.StringValue(value='"r"'),
+                                        completionToken=work.completionToken)
+    await stub.CompleteActivityTask(done_activity)
+    await rpc_error(stub.CompleteActivityTask(done_activity), grpc.StatusCode.FAILED_PRECONDITION)  # once only
+
+    second = await next_work(call)  # the orchestration runs again with the result
+    req = second.orchestratorRequest
+    assert [e.WhichOneof("eventType") for e in req.pastEvents] == ["orchestratorStarted", "executionStarted",
+                                                                   "taskScheduled"]
+    assert [e.WhichOneof("eventType") for e in req.newEvents] == ["orchestratorStarted", "taskCompleted"]
+    assert req.newEvents[1].taskCompleted.taskScheduledId == 7
+    assert req.newEvents[1].taskCompleted.result.value == '"r"'
+    call.cancel()
+
+
+async def test_abandoned_and_orphaned_activities_go_back_to_the_queue(stub, app):
+    await stub.StartInstance(pb.CreateInstanceRequest(instanceId="a2", name="Orch"))
+    call = stub.GetWorkItems(pb.GetWorkItemsRequest(maxConcurrentActivityWorkItems=1))
+    episode = await next_work(call)
+    await stub.CompleteOrchestratorTask(schedule(episode.completionToken, 1))
+    first = await next_work(call)
+    await stub.AbandonTaskActivityWorkItem(pb.AbandonActivityTaskRequest(completionToken=first.completionToken))
+    again = await next_work(call)
+    assert again.activityRequest.taskId == 1 and again.completionToken != first.completionToken
+    call.cancel()  # the worker goes away holding it: it is queued again at once
+    hub = app.store.cached_hub(app.config.task_hub)
+
+    async def queued() -> bool:
+        return bool(await app.store.queued_activities(hub, partition_of("a2", hub.partitions), 10))
+
+    await eventually(queued, timeout=0.9)
