@@ -186,6 +186,7 @@ class Episode:
 
     events: list[bytes] = field(default_factory=list)
     activities: list[tuple[int, bytes]] = field(default_factory=list)  # (task id, serialized ActivityRequest)
+    timers: list[tuple[int, bytes]] = field(default_factory=list)  # (fire time ms, serialized TimerFired event)
     status: str | None = None
     output: str | None = None
     failure: bytes | None = None
@@ -194,8 +195,8 @@ class Episode:
 def episode_result(response: pb.OrchestratorResponse, instance_id: str, execution_id: str) -> Episode:
     """Translate a worker's actions into history events and work.
 
-    Supported so far: scheduling activities and ending the orchestration. Any other
-    action (timers, sub-orchestrations, events, continue-as-new) fails the instance
+    Supported so far: activities, durable timers and ending the orchestration. Any other
+    action (sub-orchestrations, events to other instances, continue-as-new) fails the instance
     with a failure saying so, rather than being dropped silently."""
     episode = Episode()
     for action in response.actions:
@@ -213,6 +214,12 @@ def episode_result(response: pb.OrchestratorResponse, instance_id: str, executio
                     getattr(request, name).CopyFrom(getattr(task, name))
             episode.events.append(_event(action.id, taskScheduled=scheduled))
             episode.activities.append((action.id, request.SerializeToString()))
+        elif kind == "createTimer":
+            fire_at = action.createTimer.fireAt
+            episode.events.append(_event(action.id, timerCreated=pb.TimerCreatedEvent(fireAt=fire_at)))
+            fired = pb.HistoryEvent(eventId=-1, timerFired=pb.TimerFiredEvent(fireAt=fire_at, timerId=action.id))
+            fired.timestamp.CopyFrom(fire_at)
+            episode.timers.append((due_ms(fire_at), fired.SerializeToString()))
         elif kind == "completeOrchestration" and action.completeOrchestration.orchestrationStatus in _FINAL:
             done = action.completeOrchestration
             episode.status = status_name(done.orchestrationStatus)
@@ -220,7 +227,7 @@ def episode_result(response: pb.OrchestratorResponse, instance_id: str, executio
             failure = done.failureDetails if done.HasField("failureDetails") else None
             episode.failure = None if failure is None else failure.SerializeToString()
             episode.events.append(_completed(action.id, done.orchestrationStatus, episode.output, failure))
-            episode.activities = []  # the orchestration ended: nothing it scheduled will be awaited
+            episode.activities, episode.timers = [], []  # it ended: nothing it scheduled will be awaited
             return episode
         else:
             what = "continue-as-new" if kind == "completeOrchestration" else kind

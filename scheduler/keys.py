@@ -13,6 +13,7 @@ key                                    type    holds
 ``<prefix>:{H:p}:inst:<id>``           hash    one instance's scalar fields (see store.py)
 ``<prefix>:{H:p}:inbox:<id>``          list    new events (serialized HistoryEvent) not yet given to a worker
 ``<prefix>:{H:p}:hist:<id>``           list    the instance's history, one serialized HistoryEvent each
+``<prefix>:{H:p}:timers:<id>``         zset    the instance's pending TimerFired events; score = fire time (ms)
 ``<prefix>:{H:p}:due``                 zset    instance ids that become ready at a time; score = due epoch ms
 ``<prefix>:{H:p}:ready``               zset    instance ids with work to dispatch; score = ready since (ms)
 ``<prefix>:{H:p}:leases``              zset    claimed work items ("o|<id>" orchestration, "a|<item>" activity); score = lease expiry (ms)
@@ -80,6 +81,9 @@ class PartitionKeys:
 
     def history(self, instance_id: str) -> str:
         return self.base + "hist:" + instance_id
+
+    def timers(self, instance_id: str) -> str:
+        return self.base + "timers:" + instance_id
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,8 @@ class WorkRPCs:
         activities = [(activity_item(instance_id, execution_id, task_id), payload)
                       for task_id, payload in episode.activities]
         await self.store.complete_orchestration(hub, instance_id, request.completionToken, episode.events,
-                                                episode.status, episode.output, episode.failure, custom, activities)
+                                                episode.status, episode.output, episode.failure, custom, activities,
+                                                episode.timers)
         self._finished(hub, instance_id)
         return pb.CompleteTaskResponse()
 

@@ -236,7 +236,8 @@ class Store(LifecycleOps, QueryOps, DispatchOps, ActivityOps):
             args.append(value)
         code, value = await self._eval(
             "create_instance",
-            [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.due, pk.ready, pk.by_created, pk.stats], args)
+            [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.due, pk.ready, pk.by_created, pk.stats,
+             pk.timers(iid)], args)
         if code == errors.EXISTS:
             raise errors.InstanceExists(iid, value.decode())
         return int(value)

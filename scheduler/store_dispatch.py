@@ -78,7 +78,8 @@ class DispatchOps:
         iid = instance_id
         reply = await self._eval(
             "claim_orchestration",
-            [pk.ready, pk.leases, pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.stats],
+            [pk.ready, pk.leases, pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.stats, pk.timers(iid),
+             pk.due],
             [iid, token, lease_ms, episode_start, self.channel, hub.hub])
         if reply[0] != _CLAIMED:
             return None
@@ -136,20 +137,23 @@ class DispatchOps:
     async def complete_orchestration(self, hub: keys.HubKeys, instance_id: str, token: str, events: list[bytes],
                                      status: str | None = None, output: str | None = None,
                                      failure: bytes | None = None, custom_status: str | None = None,
-                                     activities: list[tuple[str, bytes]] = ()) -> None:
+                                     activities: list[tuple[str, bytes]] = (),
+                                     timers: list[tuple[int, bytes]] = ()) -> None:
         """Apply an episode's result under its claim (see complete_orchestration.lua): ``events`` are
         the history events of the worker's actions; ``status`` the final status if it ended;
-        ``activities`` (item, serialized ActivityRequest) pairs to queue.
+        ``activities`` (item, serialized ActivityRequest) pairs to queue; ``timers`` (fire time ms,
+        serialized TimerFired event) pairs to deliver at their time.
         LeaseLost, with nothing changed, when ``token`` is not the current claim."""
         pk = hub.for_instance(instance_id)
         iid = instance_id
         pairs = [x for item in activities for x in item]
+        timer_pairs = [x for timer in timers for x in timer]
         reply = await self._eval(
             "complete_orchestration",
             [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.ready, pk.leases, pk.stats,
-             pk.activities, pk.activity_payloads],
+             pk.activities, pk.activity_payloads, pk.timers(iid), pk.due],
             [iid, token, status or "", "" if output is None else "=" + output, failure or b"",
              "" if custom_status is None else "=" + custom_status, self.channel, hub.hub, len(events),
-             *events, *pairs])
+             len(activities), *events, *pairs, *timer_pairs])
         if reply[0] != 0:
             raise errors.LeaseLost(instance_id)

@@ -17,6 +17,8 @@
 -- KEYS[4] inbox   instance inbox list
 -- KEYS[5] hist    instance history list
 -- KEYS[6] stats   partition status counts hash
+-- KEYS[7] timers  instance pending timers zset (TimerFired events, score = fire time ms)
+-- KEYS[8] due     partition due zset
 -- ARGV[1] instance_id
 -- ARGV[2] token          claim token (opaque, made by the caller)
 -- ARGV[3] lease_ms       lease duration
@@ -42,6 +44,16 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local held = redis.call('ZSCORE', leases_key, member)
 if held and tonumber(held) > now then return {4} end
+
+-- Timers whose time has come join the new events; the next one keeps the instance on due.
+local timers_key, due_key = KEYS[7], KEYS[8]
+local fired = redis.call('ZRANGEBYSCORE', timers_key, '-inf', now)
+if #fired > 0 then
+  redis.call('RPUSH', inbox_key, unpack(fired))
+  redis.call('ZREMRANGEBYSCORE', timers_key, '-inf', now)
+end
+local next_timer = redis.call('ZRANGE', timers_key, 0, 0, 'WITHSCORES')
+if next_timer[2] then redis.call('ZADD', due_key, 'LT', next_timer[2], instance_id) end
 
 local expiry = now + lease_ms
 local claimed_n = redis.call('LLEN', inbox_key)

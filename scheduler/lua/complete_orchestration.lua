@@ -15,6 +15,8 @@
 -- KEYS[6] stats   partition status counts hash
 -- KEYS[7] activities    partition activity queue zset
 -- KEYS[8] act_payloads  partition hash: activity item -> serialized ActivityRequest
+-- KEYS[9] timers        instance pending timers zset
+-- KEYS[10] due          partition due zset
 -- ARGV[1] instance_id
 -- ARGV[2] token          the claim token of the work item
 -- ARGV[3] status         final status name, or "" if the orchestration goes on
@@ -24,15 +26,19 @@
 -- ARGV[7] channel        pub/sub channel for wake-ups
 -- ARGV[8] hub            task hub name (for the wake-up message)
 -- ARGV[9] n       how many history events follow
--- ARGV[10 .. 9+n] history events of the worker's actions, serialized
--- ARGV[10+n ..]   activity item, serialized ActivityRequest pairs to queue
+-- ARGV[10] m      how many activity (item, request) pairs follow the events
+-- ARGV[11 .. 10+n]            history events of the worker's actions, serialized
+-- ARGV[11+n .. 10+n+2m]       activity item, serialized ActivityRequest pairs to queue
+-- ARGV[11+n+2m ..]            fire time (ms), serialized TimerFired event pairs of new timers
 -- Returns {0} when applied, {1} when the token is not the current claim (nothing changed).
 local inst_key, inbox_key, hist_key = KEYS[1], KEYS[2], KEYS[3]
 local ready_key, leases_key, stats_key = KEYS[4], KEYS[5], KEYS[6]
 local instance_id, token, status, output = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local failure, custom_status, channel, hub = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local activities_key, payloads_key = KEYS[7], KEYS[8]
-local n_events = tonumber(ARGV[9])
+local timers_key, due_key = KEYS[9], KEYS[10]
+local n_events, n_activities = tonumber(ARGV[9]), tonumber(ARGV[10])
+local first_activity, first_timer = 11 + n_events, 11 + n_events + 2 * n_activities
 
 local claim = redis.call('HMGET', inst_key, 'lease', 'claimed_n', 'episode_start', 'start', 'status')
 if claim[1] ~= token then return {1} end
@@ -49,15 +55,24 @@ if claimed_n > 0 then
   end
   redis.call('LTRIM', inbox_key, claimed_n, -1)
 end
-for i = 10, 9 + n_events, 1000 do
-  redis.call('RPUSH', hist_key, unpack(ARGV, i, math.min(i + 999, 9 + n_events)))
+for i = 11, 10 + n_events, 1000 do
+  redis.call('RPUSH', hist_key, unpack(ARGV, i, math.min(i + 999, 10 + n_events)))
 end
-if #ARGV > 9 + n_events and redis.call('ZCARD', activities_key) == 0 then
+if n_activities > 0 and redis.call('ZCARD', activities_key) == 0 then
   redis.call('PUBLISH', channel, hub .. ' work -')  -- idle work streams wake up
 end
-for i = 10 + n_events, #ARGV, 2 do
+for i = first_activity, first_timer - 1, 2 do
   redis.call('HSET', payloads_key, ARGV[i], ARGV[i + 1])
   redis.call('ZADD', activities_key, 'NX', now, ARGV[i])
+end
+for i = first_timer, #ARGV, 2 do
+  local fire_ms = tonumber(ARGV[i])
+  redis.call('ZADD', timers_key, fire_ms, ARGV[i + 1])
+  local head = redis.call('ZRANGE', due_key, 0, 0, 'WITHSCORES')
+  redis.call('ZADD', due_key, 'LT', fire_ms, instance_id)
+  if not head[2] or fire_ms < tonumber(head[2]) then
+    redis.call('PUBLISH', channel, hub .. ' due ' .. fire_ms)
+  end
 end
 local index = start and tonumber(string.match(start, '^inbox (%d+)$'))
 if index then
@@ -77,6 +92,8 @@ if status ~= '' then
   redis.call('HINCRBY', stats_key, old_status, -1)
   redis.call('HINCRBY', stats_key, status, 1)
   redis.call('ZREM', ready_key, instance_id)
+  redis.call('ZREM', due_key, instance_id)
+  redis.call('DEL', timers_key)
   redis.call('PUBLISH', channel, hub .. ' status ' .. instance_id)
 elseif redis.call('LLEN', inbox_key) > 0 then
   redis.call('ZADD', ready_key, 'NX', now, instance_id)

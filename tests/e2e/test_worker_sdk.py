@@ -1,8 +1,8 @@
 """The official SDK worker (TaskHubGrpcWorker) runs orchestrations served by a server subprocess.
 
-Orchestrations with activities are supported so far; timers, sub-orchestrations,
-events to other instances and continue-as-new fail the instance with a failure that
-says so.
+Orchestrations with activities, durable timers and external events are supported so
+far; sub-orchestrations, events to other instances and continue-as-new fail the
+instance with a failure that says so.
 """
 from __future__ import annotations
 
@@ -30,15 +30,32 @@ def boom(ctx: task.OrchestrationContext, _):
 
 
 def with_timer(ctx: task.OrchestrationContext, _):
+    start = ctx.current_utc_datetime
     yield ctx.create_timer(timedelta(seconds=1))
-    return "woke"
+    return (ctx.current_utc_datetime - start).total_seconds()
+
+
+def child(ctx: task.OrchestrationContext, _):
+    return "child"
+
+
+def with_child(ctx: task.OrchestrationContext, _):
+    result = yield ctx.call_sub_orchestrator(child)
+    return result
+
+
+def event_or_timeout(ctx: task.OrchestrationContext, seconds: float):
+    event = ctx.wait_for_external_event("go")
+    timeout = ctx.create_timer(timedelta(seconds=seconds))
+    winner = yield task.when_any([event, timeout])
+    return "event: " + str(event.get_result()) if winner == event else "timed out"
 
 
 @pytest.fixture
 def running(replicas):
     server = replicas.start("--lease-seconds", "3", "--health-ping-seconds", "0.5")
     w = worker.TaskHubGrpcWorker(host_address=server.address)
-    for fn in (hello, when_started, boom, with_timer):
+    for fn in (hello, when_started, boom, with_timer, with_child, child, event_or_timeout):
         w.add_orchestrator(fn)
     w.start()
     c = client.TaskHubGrpcClient(host_address=server.address)
@@ -79,11 +96,27 @@ def test_an_orchestrator_failure_is_recorded_with_its_details(running):
 
 
 def test_an_unsupported_action_fails_the_instance_with_a_clear_message(running):
-    iid = running.schedule_new_orchestration(with_timer)
+    iid = running.schedule_new_orchestration(with_child)
     state = running.wait_for_orchestration_completion(iid, timeout=30)
     assert state.runtime_status == Status.FAILED
     assert state.failure_details.error_type == "NotSupported"
-    assert "createTimer" in state.failure_details.message
+    assert "createSubOrchestration" in state.failure_details.message
+
+
+def test_a_durable_timer_fires_at_its_time(running):
+    iid = running.schedule_new_orchestration(with_timer)
+    state = running.wait_for_orchestration_completion(iid, timeout=30)
+    assert state.runtime_status == Status.COMPLETED
+    assert 1.0 <= float(state.serialized_output) < 5.0  # orchestration time: never before the timer
+
+
+def test_when_any_of_an_event_and_a_timer(running):
+    waits = running.schedule_new_orchestration(event_or_timeout, input=30)
+    running.wait_for_orchestration_start(waits, timeout=30)
+    running.raise_orchestration_event(waits, "go", data="now")
+    assert running.wait_for_orchestration_completion(waits, timeout=30).serialized_output == '"event: now"'
+    gives_up = running.schedule_new_orchestration(event_or_timeout, input=1)
+    assert running.wait_for_orchestration_completion(gives_up, timeout=30).serialized_output == '"timed out"'
 
 
 def double(ctx, n: int) -> int:
