@@ -44,6 +44,11 @@ def with_child(ctx: task.OrchestrationContext, _):
     return result
 
 
+def approval(ctx: task.OrchestrationContext, _):
+    answer = yield ctx.wait_for_external_event("answer")
+    return f"answered {answer}"
+
+
 def event_or_timeout(ctx: task.OrchestrationContext, seconds: float):
     event = ctx.wait_for_external_event("go")
     timeout = ctx.create_timer(timedelta(seconds=seconds))
@@ -55,7 +60,7 @@ def event_or_timeout(ctx: task.OrchestrationContext, seconds: float):
 def running(replicas):
     server = replicas.start("--lease-seconds", "3", "--health-ping-seconds", "0.5")
     w = worker.TaskHubGrpcWorker(host_address=server.address)
-    for fn in (hello, when_started, boom, with_timer, with_child, child, event_or_timeout):
+    for fn in (hello, when_started, boom, with_timer, with_child, child, event_or_timeout, approval):
         w.add_orchestrator(fn)
     w.start()
     c = client.TaskHubGrpcClient(host_address=server.address)
@@ -179,3 +184,26 @@ def test_an_activity_failure_reaches_the_orchestrator(with_activities):
     state = with_activities.wait_for_orchestration_completion(iid, timeout=30)
     assert state.runtime_status == Status.COMPLETED
     assert "activity broke" in state.serialized_output
+
+
+def test_terminating_a_running_orchestration(running):
+    iid = running.schedule_new_orchestration(approval)
+    running.wait_for_orchestration_start(iid, timeout=30)
+    running.terminate_orchestration(iid, output="no longer needed")
+    state = running.wait_for_orchestration_completion(iid, timeout=30)
+    assert state.runtime_status == Status.TERMINATED
+    assert state.serialized_output == '"no longer needed"'
+
+
+def test_suspend_and_resume_a_running_orchestration(running):
+    iid = running.schedule_new_orchestration(approval)
+    running.wait_for_orchestration_start(iid, timeout=30)
+    running.suspend_orchestration(iid)
+    assert running.get_orchestration_state(iid).runtime_status == Status.SUSPENDED
+    running.raise_orchestration_event(iid, "answer", data="yes")  # kept while suspended
+    with pytest.raises(TimeoutError):
+        running.wait_for_orchestration_completion(iid, timeout=1)
+    running.resume_orchestration(iid)
+    state = running.wait_for_orchestration_completion(iid, timeout=30)
+    assert state.runtime_status == Status.COMPLETED
+    assert state.serialized_output == '"answered yes"'
