@@ -51,3 +51,30 @@ def test_work_of_a_killed_worker_completes_on_another(replicas, rds, hub_keys):
                 proc.kill()
                 proc.wait(10)
         c.close()
+
+
+def test_work_held_through_a_killed_replica_is_swept_and_completed_elsewhere(replicas, rds, hub_keys):
+    lease = ("--lease-seconds", str(LEASE_SECONDS), "--health-ping-seconds", "0.5")
+    a, b = replicas.start(*lease), replicas.start(*lease)
+    c = client.TaskHubGrpcClient(host_address=b.address)
+    on_a = start_worker(a.address, "hang")  # holds the activity through replica A
+    on_b = None
+    try:
+        iid = c.schedule_new_orchestration("two_steps", input=1)
+        leases = hub_keys.for_instance(iid).leases
+        poll(lambda: any(m.startswith(b"a|") for m in rds.zrange(leases, 0, -1)), timeout=30,
+             what="the worker on replica A to claim the activity")
+        a.kill()  # the replica dies: nobody hands the lease back, it must expire
+        killed_at = time.monotonic()
+        on_b = start_worker(b.address, "quick")
+        state = c.wait_for_orchestration_completion(iid, timeout=30)
+        assert state.runtime_status == client.OrchestrationStatus.COMPLETED
+        assert state.serialized_output == "2"
+        took = time.monotonic() - killed_at
+        assert took < LEASE_SECONDS + 5, f"took {took:.1f}s"
+    finally:
+        for proc in (on_a, on_b):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        c.close()
