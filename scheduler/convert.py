@@ -190,13 +190,14 @@ class Episode:
     status: str | None = None
     output: str | None = None
     failure: bytes | None = None
+    next_execution: list[bytes] | None = None  # continue-as-new: ExecutionStarted + carried-over events
 
 
 def episode_result(response: pb.OrchestratorResponse, instance_id: str, execution_id: str) -> Episode:
     """Translate a worker's actions into history events and work.
 
-    Supported so far: activities, durable timers and ending the orchestration. Any other
-    action (sub-orchestrations, events to other instances, continue-as-new) fails the instance
+    Supported so far: activities, durable timers, continue-as-new and ending the orchestration.
+    Any other action (sub-orchestrations, events to other instances) fails the instance
     with a failure saying so, rather than being dropped silently."""
     episode = Episode()
     for action in response.actions:
@@ -220,6 +221,9 @@ def episode_result(response: pb.OrchestratorResponse, instance_id: str, executio
             fired = pb.HistoryEvent(eventId=-1, timerFired=pb.TimerFiredEvent(fireAt=fire_at, timerId=action.id))
             fired.timestamp.CopyFrom(fire_at)
             episode.timers.append((due_ms(fire_at), fired.SerializeToString()))
+        elif kind == "completeOrchestration" and \
+                action.completeOrchestration.orchestrationStatus == pb.ORCHESTRATION_STATUS_CONTINUED_AS_NEW:
+            return Episode(next_execution=[])  # filled by continue_as_new_events with the instance's start event
         elif kind == "completeOrchestration" and action.completeOrchestration.orchestrationStatus in _FINAL:
             done = action.completeOrchestration
             episode.status = status_name(done.orchestrationStatus)
@@ -230,7 +234,7 @@ def episode_result(response: pb.OrchestratorResponse, instance_id: str, executio
             episode.activities, episode.timers = [], []  # it ended: nothing it scheduled will be awaited
             return episode
         else:
-            what = "continue-as-new" if kind == "completeOrchestration" else kind
+            what = kind
             failure = pb.TaskFailureDetails(
                 errorType="NotSupported", isNonRetriable=True,
                 errorMessage=f"the orchestration used {what}, which this server does not support yet")
@@ -264,3 +268,21 @@ def _completed(event_id: int, status: int, output: str | None, failure: pb.TaskF
     if failure is not None:
         event.executionCompleted.failureDetails.CopyFrom(failure)
     return event.SerializeToString()
+
+
+def continue_as_new_events(response: pb.OrchestratorResponse, previous_start: bytes,
+                           execution_id: str) -> list[bytes]:
+    """The next execution's ExecutionStarted event (built from the previous one: same name, parent,
+    tags and trace context; the new input and version) followed by the carried-over events."""
+    action = next(a.completeOrchestration for a in response.actions if a.HasField("completeOrchestration"))
+    event = pb.HistoryEvent.FromString(previous_start)
+    started = event.executionStarted
+    started.orchestrationInstance.executionId.value = execution_id
+    started.ClearField("scheduledStartTimestamp")
+    started.ClearField("input")
+    if action.HasField("result"):
+        started.input.CopyFrom(action.result)
+    if action.HasField("newVersion"):
+        started.version.CopyFrom(action.newVersion)
+    event.timestamp.FromNanoseconds(time.time_ns())
+    return [event.SerializeToString(), *(e.SerializeToString() for e in action.carryoverEvents)]

@@ -77,6 +77,12 @@ class WorkRPCs:
         execution_id = h.get("execution_id", b"").decode()
         episode = convert.episode_result(request, instance_id, execution_id)
         custom = request.customStatus.value if request.HasField("customStatus") else None
+        if episode.next_execution is not None:
+            events = convert.continue_as_new_events(request, h["start_event"], convert.new_id())
+            next_id = pb.HistoryEvent.FromString(events[0]).executionStarted.orchestrationInstance.executionId.value
+            await self.store.continue_as_new(hub, instance_id, request.completionToken, next_id, events, custom)
+            self._finished(hub, instance_id)
+            return pb.CompleteTaskResponse()
         activities = [(activity_item(instance_id, execution_id, task_id), payload)
                       for task_id, payload in episode.activities]
         await self.store.complete_orchestration(hub, instance_id, request.completionToken, episode.events,

@@ -56,7 +56,7 @@ class DispatchOps:
     and ``channel``."""
 
     SCRIPTS: tuple[str, ...] = ("claim_orchestration", "renew_lease", "release_orchestration", "sweep_leases",
-                                "complete_orchestration")
+                                "complete_orchestration", "continue_as_new")
 
     @unavailable_on_redis_errors
     async def ready_candidates(self, hub: keys.HubKeys, partition: int, limit: int) -> list[str]:
@@ -155,5 +155,19 @@ class DispatchOps:
             [iid, token, status or "", "" if output is None else "=" + output, failure or b"",
              "" if custom_status is None else "=" + custom_status, self.channel, hub.hub, len(events),
              len(activities), *events, *pairs, *timer_pairs])
+        if reply[0] != 0:
+            raise errors.LeaseLost(instance_id)
+
+    @unavailable_on_redis_errors
+    async def continue_as_new(self, hub: keys.HubKeys, instance_id: str, token: str, execution_id: str,
+                              events: list[bytes], custom_status: str | None = None) -> None:
+        """Start the next execution under the episode's claim (see continue_as_new.lua): ``events`` are
+        the new ExecutionStarted event and the carried-over events. LeaseLost when ``token`` is stale."""
+        pk = hub.for_instance(instance_id)
+        iid = instance_id
+        reply = await self._eval(
+            "continue_as_new",
+            [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.ready, pk.leases, pk.timers(iid), pk.due],
+            [iid, token, execution_id, "" if custom_status is None else "=" + custom_status, *events])
         if reply[0] != 0:
             raise errors.LeaseLost(instance_id)

@@ -44,6 +44,13 @@ def with_child(ctx: task.OrchestrationContext, _):
     return result
 
 
+def counter(ctx: task.OrchestrationContext, n: int):
+    if n < 3:
+        ctx.continue_as_new(n + 1)
+        return None
+    return n
+
+
 def approval(ctx: task.OrchestrationContext, _):
     answer = yield ctx.wait_for_external_event("answer")
     return f"answered {answer}"
@@ -60,7 +67,7 @@ def event_or_timeout(ctx: task.OrchestrationContext, seconds: float):
 def running(replicas):
     server = replicas.start("--lease-seconds", "3", "--health-ping-seconds", "0.5")
     w = worker.TaskHubGrpcWorker(host_address=server.address)
-    for fn in (hello, when_started, boom, with_timer, with_child, child, event_or_timeout, approval):
+    for fn in (hello, when_started, boom, with_timer, with_child, child, event_or_timeout, approval, counter):
         w.add_orchestrator(fn)
     w.start()
     c = client.TaskHubGrpcClient(host_address=server.address)
@@ -207,3 +214,14 @@ def test_suspend_and_resume_a_running_orchestration(running):
     state = running.wait_for_orchestration_completion(iid, timeout=30)
     assert state.runtime_status == Status.COMPLETED
     assert state.serialized_output == '"answered yes"'
+
+
+def test_continue_as_new_starts_fresh_executions(running):
+    iid = running.schedule_new_orchestration(counter, input=0)
+    state = running.wait_for_orchestration_completion(iid, timeout=30)
+    assert state.runtime_status == Status.COMPLETED
+    assert state.serialized_output == "3"
+    assert state.serialized_input == "3"  # the last execution's input
+    history = running.get_orchestration_history(iid)
+    started = [e for e in history if type(e).__name__ == "ExecutionStartedEvent"]
+    assert len(started) == 1, "the history holds the last execution only"
