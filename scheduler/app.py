@@ -17,6 +17,7 @@ from .config import MESSAGE_HEADROOM_BYTES, Config
 from .keys import HubKeys
 from .notify import Notifier
 from .promoter import Promoter
+from .relay import Relay
 from .redis_conn import connect, connect_fast
 from .server import Servicer
 from .store import Store
@@ -47,7 +48,9 @@ class App:
         self.notifier = Notifier(self.redis, self.store.channel)
         self.notifier.on_due = self._on_due
         self.notifier.on_hub_deleted = self._on_hub_deleted
+        self.notifier.on_outbox = self._on_outbox
         self.promoters: dict[str, Promoter] = {}
+        self.relays: dict[str, Relay] = {}
         self._background: set[asyncio.Task] = set()
         self.health = health.aio.HealthServicer()
         self.housekeeping = AsyncIOScheduler()
@@ -94,8 +97,8 @@ class App:
             await self.server.stop(grace)
         if self.housekeeping.running:
             self.housekeeping.shutdown(wait=False)
-        for promoter in self.promoters.values():
-            await promoter.stop()
+        for loop in [*self.promoters.values(), *self.relays.values()]:
+            await loop.stop()
         await self.notifier.stop()
         await self.store.aclose()
 
@@ -115,13 +118,22 @@ class App:
         promoter = Promoter(self.store, hub, self.config.promote_batch)
         self.promoters[hub.hub] = promoter
         promoter.start()
+        relay = Relay(self.store, hub)
+        self.relays[hub.hub] = relay
+        relay.start()
 
     def _stop_promoter(self, hub_name: str) -> None:
-        promoter = self.promoters.pop(hub_name, None)
-        if promoter is not None:
-            task = asyncio.ensure_future(promoter.stop())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        """Stop the hub's promoter and relay (the background loops of one hub)."""
+        for loop in (self.promoters.pop(hub_name, None), self.relays.pop(hub_name, None)):
+            if loop is not None:
+                task = asyncio.ensure_future(loop.stop())
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    def _on_outbox(self, hub_name: str) -> None:
+        relay = self.relays.get(hub_name)
+        if relay is not None:
+            relay.wake()
 
     def _on_due(self, hub_name: str, due_ms: int) -> None:
         promoter = self.promoters.get(hub_name)

@@ -21,6 +21,7 @@ from google.protobuf import timestamp_pb2, wrappers_pb2
 
 from ._proto import orchestrator_service_pb2 as pb
 from .store import NewInstance
+from .validation import has_control_chars
 
 STATUS_PREFIX = "ORCHESTRATION_STATUS_"
 
@@ -191,13 +192,15 @@ class Episode:
     output: str | None = None
     failure: bytes | None = None
     next_execution: list[bytes] | None = None  # continue-as-new: ExecutionStarted + carried-over events
+    outbox: list[tuple[str, str, str, bytes]] = field(default_factory=list)  # (message id, kind, target, payload)
 
 
-def episode_result(response: pb.OrchestratorResponse, instance_id: str, execution_id: str) -> Episode:
+def episode_result(response: pb.OrchestratorResponse, instance_id: str, execution_id: str,
+                   name: str = "") -> Episode:
     """Translate a worker's actions into history events and work.
 
-    Supported so far: activities, durable timers, continue-as-new and ending the orchestration.
-    Any other action (sub-orchestrations, events to other instances) fails the instance
+    Every action of the protocol but entity messages is supported; those (and unknown
+    actions) fail the instance
     with a failure saying so, rather than being dropped silently."""
     episode = Episode()
     for action in response.actions:
@@ -215,6 +218,16 @@ def episode_result(response: pb.OrchestratorResponse, instance_id: str, executio
                     getattr(request, name).CopyFrom(getattr(task, name))
             episode.events.append(_event(action.id, taskScheduled=scheduled))
             episode.activities.append((action.id, request.SerializeToString()))
+        elif kind in ("createSubOrchestration", "sendEvent", "terminateOrchestration"):
+            target, event, message = _cross_instance(action, instance_id, execution_id, name)
+            if not target or has_control_chars(target) or len(target) > 256:
+                failure = pb.TaskFailureDetails(errorType="InvalidArgument", isNonRetriable=True,
+                                                errorMessage=f"{kind} names an invalid instance id {target!r}")
+                return Episode(events=[_completed(action.id, pb.ORCHESTRATION_STATUS_FAILED, None, failure)],
+                               status="FAILED", failure=failure.SerializeToString())
+            if event is not None:
+                episode.events.append(event)
+            episode.outbox.append((f"{instance_id}:{execution_id}:{action.id}", *message))
         elif kind == "createTimer":
             fire_at = action.createTimer.fireAt
             episode.events.append(_event(action.id, timerCreated=pb.TimerCreatedEvent(fireAt=fire_at)))
@@ -286,3 +299,61 @@ def continue_as_new_events(response: pb.OrchestratorResponse, previous_start: by
         started.version.CopyFrom(action.newVersion)
     event.timestamp.FromNanoseconds(time.time_ns())
     return [event.SerializeToString(), *(e.SerializeToString() for e in action.carryoverEvents)]
+
+
+def _cross_instance(action: pb.OrchestratorAction, instance_id: str, execution_id: str,
+                    name: str) -> tuple[str, bytes | None, tuple[str, str, bytes]]:
+    """(target id, history event for the sender, (kind, target, payload) of the outbox message)."""
+    kind = action.WhichOneof("orchestratorActionType")
+    if kind == "createSubOrchestration":
+        sub = action.createSubOrchestration
+        created = pb.SubOrchestrationInstanceCreatedEvent(instanceId=sub.instanceId, name=sub.name, tags=sub.tags)
+        started = pb.ExecutionStartedEvent(
+            name=sub.name, tags=sub.tags,
+            orchestrationInstance=pb.OrchestrationInstance(instanceId=sub.instanceId,
+                                                           executionId=wrappers_pb2.StringValue(value=new_id())),
+            parentInstance=pb.ParentInstanceInfo(
+                taskScheduledId=action.id, name=wrappers_pb2.StringValue(value=name),
+                orchestrationInstance=pb.OrchestrationInstance(
+                    instanceId=instance_id, executionId=wrappers_pb2.StringValue(value=execution_id))))
+        for f in ("version", "input", "parentTraceContext"):
+            if sub.HasField(f):
+                getattr(created, f).CopyFrom(getattr(sub, f))
+                getattr(started, f).CopyFrom(getattr(sub, f))
+        return sub.instanceId, _event(action.id, subOrchestrationInstanceCreated=created), \
+            ("create", sub.instanceId, _event(-1, executionStarted=started))
+    if kind == "sendEvent":
+        send = action.sendEvent
+        sent = pb.EventSentEvent(instanceId=send.instance.instanceId, name=send.name)
+        raised = pb.EventRaisedEvent(name=send.name)
+        if send.HasField("data"):
+            sent.input.CopyFrom(send.data)
+            raised.input.CopyFrom(send.data)
+        target = send.instance.instanceId
+        return target, _event(action.id, eventSent=sent), ("event", target, _event(-1, eventRaised=raised))
+    stop = action.terminateOrchestration
+    terminated = pb.ExecutionTerminatedEvent(recurse=stop.recurse)
+    if stop.HasField("reason"):
+        terminated.input.CopyFrom(stop.reason)
+    return stop.instanceId, None, ("event", stop.instanceId, _event(-1, executionTerminated=terminated))
+
+
+def parent_notification(h: dict[str, bytes], episode: Episode) -> tuple[str, str, str, bytes] | None:
+    """The outbox message telling a sub-orchestration's parent how it ended, if it has a parent."""
+    parent = h.get("parent_instance_id")
+    if parent is None or episode.status is None:
+        return None
+    task_id = int(h.get("parent_task_id", b"-1"))
+    if episode.status == "COMPLETED":
+        done = pb.SubOrchestrationInstanceCompletedEvent(taskScheduledId=task_id)
+        if episode.output is not None:
+            done.result.value = episode.output
+        event = _event(-1, subOrchestrationInstanceCompleted=done)
+    else:
+        failure = pb.TaskFailureDetails.FromString(episode.failure) if episode.failure else pb.TaskFailureDetails(
+            errorType="Terminated" if episode.status == "TERMINATED" else "Failed",
+            errorMessage=f"the sub-orchestration ended {episode.status}")
+        event = _event(-1, subOrchestrationInstanceFailed=pb.SubOrchestrationInstanceFailedEvent(
+            taskScheduledId=task_id, failureDetails=failure))
+    child_execution = h.get("execution_id", b"").decode()
+    return (f"{child_execution}:done", "event", parent.decode(), event)

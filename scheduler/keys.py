@@ -14,6 +14,8 @@ key                                    type    holds
 ``<prefix>:{H:p}:inbox:<id>``          list    new events (serialized HistoryEvent) not yet given to a worker
 ``<prefix>:{H:p}:hist:<id>``           list    the instance's history, one serialized HistoryEvent each
 ``<prefix>:{H:p}:timers:<id>``         zset    the instance's pending TimerFired events; score = fire time (ms)
+``<prefix>:{H:p}:delivered:<id>``      set     ids of outbox messages already delivered to the instance
+``<prefix>:{H:p}:outbox``              list    messages from this partition's instances to other instances
 ``<prefix>:{H:p}:due``                 zset    instance ids that become ready at a time; score = due epoch ms
 ``<prefix>:{H:p}:ready``               zset    instance ids with work to dispatch; score = ready since (ms)
 ``<prefix>:{H:p}:leases``              zset    claimed work items ("o|<id>" orchestration, "a|<item>" activity); score = lease expiry (ms)
@@ -62,6 +64,10 @@ class PartitionKeys:
         return self.base + "stats"
 
     @property
+    def outbox(self) -> str:
+        return self.base + "outbox"
+
+    @property
     def activities(self) -> str:
         return self.base + "activities"
 
@@ -84,6 +90,9 @@ class PartitionKeys:
 
     def timers(self, instance_id: str) -> str:
         return self.base + "timers:" + instance_id
+
+    def delivered(self, instance_id: str) -> str:
+        return self.base + "delivered:" + instance_id
 
 
 @dataclass(frozen=True)

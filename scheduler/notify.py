@@ -2,7 +2,8 @@
 
 Scripts publish ``"<hub> due <ms>"`` when they add an entry that is due before
 everything else in its partition, and ``"<hub> status <instance id>"`` when an
-instance's status changes, ``"<hub> work -"`` when a ready set stops being empty;
+instance's status changes, ``"<hub> work -"`` when a ready set stops being empty,
+``"<hub> outbox -"`` when messages for other instances were written;
 deleting a hub publishes ``"<hub> deleted -"``. Each replica keeps one subscription and routes the
 messages to its promoters and to local waiters. Pub/sub is only a wake-up: the
 instance hash is the truth, so a missed message costs latency, never
@@ -41,6 +42,7 @@ class Notifier:
         self.on_due: Callable[[str, int], None] = lambda hub, ms: None
         self.on_hub_deleted: Callable[[str], None] = lambda hub: None
         self.on_work: Callable[[str], None] = lambda hub: None
+        self.on_outbox: Callable[[str], None] = lambda hub: None
         self._waiters: dict[tuple[str, str], set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -80,6 +82,8 @@ class Notifier:
             self.on_hub_deleted(hub)
         elif kind == "work":
             self.on_work(hub)
+        elif kind == "outbox":
+            self.on_outbox(hub)
 
     def _wake_all(self) -> None:
         for events in self._waiters.values():

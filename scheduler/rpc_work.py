@@ -11,6 +11,7 @@ from . import convert, errors
 from ._proto import orchestrator_service_pb2 as pb
 from .dispatcher import WorkStream
 from .keys import HubKeys
+from . import relay
 from .rpc_common import rpc
 from .store_activities import activity_item
 
@@ -75,7 +76,7 @@ class WorkRPCs:
         if h is None:
             raise errors.LeaseLost(instance_id)
         execution_id = h.get("execution_id", b"").decode()
-        episode = convert.episode_result(request, instance_id, execution_id)
+        episode = convert.episode_result(request, instance_id, execution_id, h["name"].decode())
         custom = request.customStatus.value if request.HasField("customStatus") else None
         if episode.next_execution is not None:
             events = convert.continue_as_new_events(request, h["start_event"], convert.new_id())
@@ -85,9 +86,11 @@ class WorkRPCs:
             return pb.CompleteTaskResponse()
         activities = [(activity_item(instance_id, execution_id, task_id), payload)
                       for task_id, payload in episode.activities]
+        notify = convert.parent_notification(h, episode)
+        messages = episode.outbox + ([notify] if notify else [])
         await self.store.complete_orchestration(hub, instance_id, request.completionToken, episode.events,
                                                 episode.status, episode.output, episode.failure, custom, activities,
-                                                episode.timers)
+                                                episode.timers, [relay.message(*m) for m in messages])
         self._finished(hub, instance_id)
         return pb.CompleteTaskResponse()
 

@@ -237,7 +237,7 @@ class Store(LifecycleOps, QueryOps, DispatchOps, ActivityOps):
         code, value = await self._eval(
             "create_instance",
             [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.due, pk.ready, pk.by_created, pk.stats,
-             pk.timers(iid)], args)
+             pk.timers(iid), pk.delivered(iid)], args)
         if code == errors.EXISTS:
             raise errors.InstanceExists(iid, value.decode())
         return int(value)

@@ -56,7 +56,7 @@ class DispatchOps:
     and ``channel``."""
 
     SCRIPTS: tuple[str, ...] = ("claim_orchestration", "renew_lease", "release_orchestration", "sweep_leases",
-                                "complete_orchestration", "continue_as_new")
+                                "complete_orchestration", "continue_as_new", "deliver_event")
 
     @unavailable_on_redis_errors
     async def ready_candidates(self, hub: keys.HubKeys, partition: int, limit: int) -> list[str]:
@@ -138,7 +138,7 @@ class DispatchOps:
                                      status: str | None = None, output: str | None = None,
                                      failure: bytes | None = None, custom_status: str | None = None,
                                      activities: list[tuple[str, bytes]] = (),
-                                     timers: list[tuple[int, bytes]] = ()) -> None:
+                                     timers: list[tuple[int, bytes]] = (), outbox: list[bytes] = ()) -> None:
         """Apply an episode's result under its claim (see complete_orchestration.lua): ``events`` are
         the history events of the worker's actions; ``status`` the final status if it ended;
         ``activities`` (item, serialized ActivityRequest) pairs to queue; ``timers`` (fire time ms,
@@ -151,10 +151,10 @@ class DispatchOps:
         reply = await self._eval(
             "complete_orchestration",
             [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.ready, pk.leases, pk.stats,
-             pk.activities, pk.activity_payloads, pk.timers(iid), pk.due],
+             pk.activities, pk.activity_payloads, pk.timers(iid), pk.due, pk.outbox],
             [iid, token, status or "", "" if output is None else "=" + output, failure or b"",
              "" if custom_status is None else "=" + custom_status, self.channel, hub.hub, len(events),
-             len(activities), *events, *pairs, *timer_pairs])
+             len(activities), len(timers), *events, *pairs, *timer_pairs, *outbox])
         if reply[0] != 0:
             raise errors.LeaseLost(instance_id)
 
@@ -171,3 +171,13 @@ class DispatchOps:
             [iid, token, execution_id, "" if custom_status is None else "=" + custom_status, *events])
         if reply[0] != 0:
             raise errors.LeaseLost(instance_id)
+
+    @unavailable_on_redis_errors
+    async def deliver_event(self, hub: keys.HubKeys, instance_id: str, message_id: str, event: bytes) -> bool:
+        """Append an event from another instance once (see deliver_event.lua); False if it was delivered
+        before, or the instance is gone or has ended."""
+        pk = hub.for_instance(instance_id)
+        reply = await self._eval("deliver_event", [pk.delivered(instance_id), pk.instance(instance_id),
+                                                   pk.inbox(instance_id), pk.ready],
+                                 [message_id, event, instance_id, self.channel, hub.hub])
+        return reply[0] == 0

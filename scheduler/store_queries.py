@@ -186,7 +186,8 @@ class QueryOps:
         pk = hub.for_instance(instance_id)
         deleted, _ = await self._eval("purge_instance", [
             pk.instance(instance_id), pk.inbox(instance_id), pk.history(instance_id),
-            pk.by_created, pk.due, pk.ready, pk.stats, pk.timers(instance_id)], [instance_id])
+            pk.by_created, pk.due, pk.ready, pk.stats, pk.timers(instance_id), pk.delivered(instance_id)],
+            [instance_id])
         return deleted == 1
 
     @unavailable_on_redis_errors

@@ -17,14 +17,14 @@ MAX_SECONDS = 253402300799
 
 
 # C0 and C1 control characters, and DEL.
-_has_control_chars = re.compile("[\x00-\x1f\x7f-\x9f]").search
+has_control_chars = re.compile("[\x00-\x1f\x7f-\x9f]").search
 
 
 def check_identifier(what: str, value: str) -> None:
     """Instance and execution ids: at most 256 characters, no control characters."""
     if len(value) > MAX_ID_LENGTH:
         raise InvalidRequest(f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}")
-    if _has_control_chars(value):
+    if has_control_chars(value):
         raise InvalidRequest(f"{what} {value!r} contains control characters, which are not allowed")
 
 
@@ -33,7 +33,7 @@ def check_name(what: str, value: str) -> None:
         raise InvalidRequest(f"{what} is required and must not be empty")
     if len(value) > MAX_NAME_LENGTH:
         raise InvalidRequest(f"{what} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
-    if _has_control_chars(value):
+    if has_control_chars(value):
         raise InvalidRequest(f"{what} {value!r} contains control characters, which are not allowed")
 
 

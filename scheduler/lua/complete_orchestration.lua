@@ -17,6 +17,7 @@
 -- KEYS[8] act_payloads  partition hash: activity item -> serialized ActivityRequest
 -- KEYS[9] timers        instance pending timers zset
 -- KEYS[10] due          partition due zset
+-- KEYS[11] outbox       partition outbox list (messages for other instances, delivered by the relay)
 -- ARGV[1] instance_id
 -- ARGV[2] token          the claim token of the work item
 -- ARGV[3] status         final status name, or "" if the orchestration goes on
@@ -27,9 +28,11 @@
 -- ARGV[8] hub            task hub name (for the wake-up message)
 -- ARGV[9] n       how many history events follow
 -- ARGV[10] m      how many activity (item, request) pairs follow the events
--- ARGV[11 .. 10+n]            history events of the worker's actions, serialized
--- ARGV[11+n .. 10+n+2m]       activity item, serialized ActivityRequest pairs to queue
--- ARGV[11+n+2m ..]            fire time (ms), serialized TimerFired event pairs of new timers
+-- ARGV[11] k      how many timer (fire time, event) pairs follow the activities
+-- ARGV[12 .. 11+n]            history events of the worker's actions, serialized
+-- then 2m                     activity item, serialized ActivityRequest pairs to queue
+-- then 2k                     fire time (ms), serialized TimerFired event pairs of new timers
+-- then the rest               outbox messages (see relay.py) for other instances
 -- Returns {0} when applied, {1} when the token is not the current claim (nothing changed).
 local inst_key, inbox_key, hist_key = KEYS[1], KEYS[2], KEYS[3]
 local ready_key, leases_key, stats_key = KEYS[4], KEYS[5], KEYS[6]
@@ -37,8 +40,10 @@ local instance_id, token, status, output = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local failure, custom_status, channel, hub = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local activities_key, payloads_key = KEYS[7], KEYS[8]
 local timers_key, due_key = KEYS[9], KEYS[10]
-local n_events, n_activities = tonumber(ARGV[9]), tonumber(ARGV[10])
-local first_activity, first_timer = 11 + n_events, 11 + n_events + 2 * n_activities
+local n_events, n_activities, n_timers = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local first_activity = 12 + n_events
+local first_timer = first_activity + 2 * n_activities
+local first_message = first_timer + 2 * n_timers
 
 local claim = redis.call('HMGET', inst_key, 'lease', 'claimed_n', 'episode_start', 'start', 'status')
 if claim[1] ~= token then return {1} end
@@ -55,9 +60,13 @@ if claimed_n > 0 then
   end
   redis.call('LTRIM', inbox_key, claimed_n, -1)
 end
-for i = 11, 10 + n_events, 1000 do
-  redis.call('RPUSH', hist_key, unpack(ARGV, i, math.min(i + 999, 10 + n_events)))
+for i = 12, 11 + n_events, 1000 do
+  redis.call('RPUSH', hist_key, unpack(ARGV, i, math.min(i + 999, 11 + n_events)))
 end
+for i = first_message, #ARGV do
+  redis.call('RPUSH', KEYS[11], ARGV[i])
+end
+if #ARGV >= first_message then redis.call('PUBLISH', channel, hub .. ' outbox -') end
 if n_activities > 0 and redis.call('ZCARD', activities_key) == 0 then
   redis.call('PUBLISH', channel, hub .. ' work -')  -- idle work streams wake up
 end
@@ -65,7 +74,7 @@ for i = first_activity, first_timer - 1, 2 do
   redis.call('HSET', payloads_key, ARGV[i], ARGV[i + 1])
   redis.call('ZADD', activities_key, 'NX', now, ARGV[i])
 end
-for i = first_timer, #ARGV, 2 do
+for i = first_timer, first_message - 1, 2 do
   local fire_ms = tonumber(ARGV[i])
   redis.call('ZADD', timers_key, fire_ms, ARGV[i + 1])
   local head = redis.call('ZRANGE', due_key, 0, 0, 'WITHSCORES')

@@ -13,6 +13,7 @@
 -- KEYS[6] by_created  partition creation index zset
 -- KEYS[7] stats       partition status counts hash
 -- KEYS[8] timers      instance pending timers zset (dropped with a replaced instance)
+-- KEYS[9] delivered   instance set of delivered message ids (dropped with a replaced instance)
 -- ARGV[1] instance_id
 -- ARGV[2] due_ms       scheduled start in epoch ms rounded up, or "" to start now
 -- ARGV[3] start_event  serialized ExecutionStarted HistoryEvent
@@ -38,7 +39,7 @@ if old_status then
   if not string.find(replaceable, ' ' .. old_status .. ' ', 1, true) then
     return {1, old_status}
   end
-  redis.call('DEL', inst_key, inbox_key, hist_key, KEYS[8])
+  redis.call('DEL', inst_key, inbox_key, hist_key, KEYS[8], KEYS[9])
   redis.call('ZREM', due_key, instance_id)
   redis.call('ZREM', ready_key, instance_id)
   redis.call('HINCRBY', stats_key, old_status, -1)

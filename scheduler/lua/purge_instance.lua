@@ -12,6 +12,7 @@
 -- KEYS[6] ready       partition ready zset
 -- KEYS[7] stats       partition status counts hash
 -- KEYS[8] timers      instance pending timers zset
+-- KEYS[9] delivered   instance set of delivered message ids
 -- ARGV[1] instance_id
 -- Returns {1, status} when purged, {0, status} when not terminal, {0, false} when absent.
 local inst_key, inbox_key, hist_key = KEYS[1], KEYS[2], KEYS[3]
@@ -28,7 +29,7 @@ if not terminal[status] then
   return {0, status}
 end
 
-redis.call('DEL', inst_key, inbox_key, hist_key, KEYS[8])
+redis.call('DEL', inst_key, inbox_key, hist_key, KEYS[8], KEYS[9])
 redis.call('ZREM', created_key, instance_id)
 redis.call('ZREM', due_key, instance_id)
 redis.call('ZREM', ready_key, instance_id)

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from durabletask import client, task, worker
+from durabletask.entities import EntityInstanceId
 
 pytestmark = pytest.mark.e2e
 
@@ -35,13 +36,37 @@ def with_timer(ctx: task.OrchestrationContext, _):
     return (ctx.current_utc_datetime - start).total_seconds()
 
 
-def child(ctx: task.OrchestrationContext, _):
-    return "child"
+def child(ctx: task.OrchestrationContext, n: int):
+    if n < 0:
+        raise ValueError("negative")
+    return n * 10
 
 
-def with_child(ctx: task.OrchestrationContext, _):
-    result = yield ctx.call_sub_orchestrator(child)
+def with_child(ctx: task.OrchestrationContext, n: int):
+    result = yield ctx.call_sub_orchestrator(child, input=n)
     return result
+
+
+def fan_out_children(ctx: task.OrchestrationContext, count: int):
+    results = yield task.when_all([ctx.call_sub_orchestrator(child, input=i) for i in range(count)])
+    return sum(results)
+
+
+def child_fails(ctx: task.OrchestrationContext, _):
+    try:
+        yield ctx.call_sub_orchestrator(child, input=-1)
+    except task.TaskFailedError as e:
+        return "child failed: " + e.details.message
+
+
+def pinger(ctx: task.OrchestrationContext, target: str):
+    ctx.send_event(target, "answer", data="from pinger")
+    return "sent"
+
+
+def signals_entity(ctx: task.OrchestrationContext, _):
+    ctx.signal_entity(EntityInstanceId("counter", "c1"), "add", input=1)
+    return "signalled"
 
 
 def counter(ctx: task.OrchestrationContext, n: int):
@@ -67,7 +92,8 @@ def event_or_timeout(ctx: task.OrchestrationContext, seconds: float):
 def running(replicas):
     server = replicas.start("--lease-seconds", "3", "--health-ping-seconds", "0.5")
     w = worker.TaskHubGrpcWorker(host_address=server.address)
-    for fn in (hello, when_started, boom, with_timer, with_child, child, event_or_timeout, approval, counter):
+    for fn in (hello, when_started, boom, with_timer, with_child, child, event_or_timeout, approval, counter,
+               fan_out_children, child_fails, pinger, signals_entity):
         w.add_orchestrator(fn)
     w.start()
     c = client.TaskHubGrpcClient(host_address=server.address)
@@ -108,11 +134,11 @@ def test_an_orchestrator_failure_is_recorded_with_its_details(running):
 
 
 def test_an_unsupported_action_fails_the_instance_with_a_clear_message(running):
-    iid = running.schedule_new_orchestration(with_child)
+    iid = running.schedule_new_orchestration(signals_entity)
     state = running.wait_for_orchestration_completion(iid, timeout=30)
     assert state.runtime_status == Status.FAILED
     assert state.failure_details.error_type == "NotSupported"
-    assert "createSubOrchestration" in state.failure_details.message
+    assert "sendEntityMessage" in state.failure_details.message
 
 
 def test_a_durable_timer_fires_at_its_time(running):
@@ -225,3 +251,31 @@ def test_continue_as_new_starts_fresh_executions(running):
     history = running.get_orchestration_history(iid)
     started = [e for e in history if type(e).__name__ == "ExecutionStartedEvent"]
     assert len(started) == 1, "the history holds the last execution only"
+
+
+def test_a_sub_orchestration_returns_its_result_to_the_parent(running):
+    iid = running.schedule_new_orchestration(with_child, input=4)
+    state = running.wait_for_orchestration_completion(iid, timeout=30)
+    assert state.runtime_status == Status.COMPLETED and state.serialized_output == "40"
+
+
+def test_fan_out_of_sub_orchestrations(running):
+    iid = running.schedule_new_orchestration(fan_out_children, input=10)
+    state = running.wait_for_orchestration_completion(iid, timeout=60)
+    assert state.runtime_status == Status.COMPLETED and state.serialized_output == str(sum(i * 10 for i in range(10)))
+
+
+def test_a_failing_sub_orchestration_fails_the_parent_task(running):
+    iid = running.schedule_new_orchestration(child_fails)
+    state = running.wait_for_orchestration_completion(iid, timeout=30)
+    assert state.runtime_status == Status.COMPLETED
+    assert "negative" in state.serialized_output
+
+
+def test_an_event_sent_by_one_orchestration_reaches_another(running):
+    waiting = running.schedule_new_orchestration(approval)
+    running.wait_for_orchestration_start(waiting, timeout=30)
+    sender = running.schedule_new_orchestration(pinger, input=waiting)
+    assert running.wait_for_orchestration_completion(sender, timeout=30).serialized_output == '"sent"'
+    state = running.wait_for_orchestration_completion(waiting, timeout=30)
+    assert state.serialized_output == '"answered from pinger"'

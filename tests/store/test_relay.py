@@ -1,0 +1,39 @@
+"""Messages between instances: delivered once in effect, whatever the relay repeats."""
+from __future__ import annotations
+
+from scheduler import relay
+from scheduler._proto import orchestrator_service_pb2 as pb
+from store_helpers import new
+
+
+def raised(name: str) -> bytes:
+    return pb.HistoryEvent(eventId=-1, eventRaised=pb.EventRaisedEvent(name=name)).SerializeToString()
+
+
+async def test_an_event_message_is_delivered_once(store, hub, redis):
+    await store.create_instance(hub, new("target"))
+    pk = hub.for_instance("target")
+    before = await redis.llen(pk.inbox("target"))
+    assert await store.deliver_event(hub, "target", "sender:e1:3", raised("go")) is True
+    assert await store.deliver_event(hub, "target", "sender:e1:3", raised("go")) is False  # a repeat
+    assert await redis.llen(pk.inbox("target")) == before + 1
+    assert await store.deliver_event(hub, "nobody", "sender:e1:4", raised("go")) is False
+
+
+async def test_the_relay_creates_a_child_once_and_empties_the_outbox(store, hub, redis):
+    started = pb.ExecutionStartedEvent(
+        name="Child", orchestrationInstance=pb.OrchestrationInstance(instanceId="kid"),
+        parentInstance=pb.ParentInstanceInfo(taskScheduledId=5, orchestrationInstance=pb.OrchestrationInstance(
+            instanceId="mum")))
+    started.orchestrationInstance.executionId.value = "x1"
+    started.parentInstance.orchestrationInstance.executionId.value = "p1"
+    payload = pb.HistoryEvent(eventId=-1, executionStarted=started).SerializeToString()
+    message = relay.message("mum:p1:5", "create", "kid", payload)
+    outbox = hub.partition(0).outbox
+    await redis.rpush(outbox, message, message)  # the same message twice, as after a crash mid-delivery
+    r = relay.Relay(store, hub)
+    assert await r._step() > 0  # noqa: SLF001 - one relay round, driven directly
+    assert await redis.llen(outbox) == 0
+    h = await store.get_instance(hub, "kid")
+    assert h["parent_instance_id"] == b"mum" and h["parent_task_id"] == b"5" and h["execution_id"] == b"x1"
+    assert (await store.hub_stats(hub)).statuses == {"PENDING": 1}
