@@ -28,17 +28,39 @@ log = logging.getLogger(__name__)
 
 RESCAN_SECONDS = 0.25
 CANDIDATES_PER_PARTITION = 8
+FILTERED_CANDIDATES_PER_PARTITION = 64  # a filtering stream looks further, past work it does not take
+
+# name -> accepted versions (empty: any version); None: no filtering. As the SDK's reference backend.
+NameFilter = dict[str, frozenset[str]] | None
+
+
+def name_filter(filters) -> NameFilter:
+    """The accepted names and versions of OrchestrationFilter or ActivityFilter messages."""
+    accepted: dict[str, frozenset[str]] = {}
+    for f in filters:
+        accepted[f.name] = accepted.get(f.name, frozenset()) | frozenset(f.versions)
+    return accepted
+
+
+def accepts(flt: NameFilter, name: str, version: str) -> bool:
+    if flt is None:
+        return True
+    versions = flt.get(name)
+    return versions is not None and (not versions or version in versions)
 
 
 class WorkStream:
     def __init__(self, store: Store, hub: HubKeys, lease_seconds: float, ping_seconds: float,
-                 max_items: int = 0, max_activities: int = 0) -> None:
+                 max_items: int = 0, max_activities: int = 0, orchestration_filter: NameFilter = None,
+                 activity_filter: NameFilter = None) -> None:
         self.store = store
         self.hub = hub
         self.lease_ms = int(lease_seconds * 1000)
         self.ping_seconds = ping_seconds
         self.max_items = max_items  # 0: no limit
         self.max_activities = max_activities  # 0: no limit
+        self.orchestration_filter = orchestration_filter
+        self.activity_filter = activity_filter
         self.held: dict[str, str] = {}  # instance id -> claim token, for what this stream handed out
         self.held_activities: dict[str, str] = {}  # activity item -> claim token
         self.wake = asyncio.Event()
@@ -81,10 +103,16 @@ class WorkStream:
         parts = self.hub.partitions
         start = next(self._offset) % parts
         order = [(start + i) % parts for i in range(parts)]
-        candidates = await asyncio.gather(*(
-            self.store.ready_candidates(self.hub, p, min(room, CANDIDATES_PER_PARTITION)) for p in order))
+        per_partition = CANDIDATES_PER_PARTITION if self.orchestration_filter is None else \
+            FILTERED_CANDIDATES_PER_PARTITION
+        candidates = list(itertools.chain.from_iterable(await asyncio.gather(*(
+            self.store.ready_candidates(self.hub, p, min(room, per_partition)) for p in order))))
+        if self.orchestration_filter is not None and candidates:
+            names = await self.store.instance_names(self.hub, candidates)
+            candidates = [iid for iid, (name, version) in zip(candidates, names)
+                          if name is not None and accepts(self.orchestration_filter, name, version)]
         sent = 0
-        for iid in itertools.chain.from_iterable(candidates):
+        for iid in candidates:
             if sent >= room:
                 break
             token = claim_token(self.hub, iid)
@@ -103,11 +131,17 @@ class WorkStream:
         room = self.max_activities - len(self.held_activities) if self.max_activities else 1 << 30
         if room <= 0:
             return 0
-        queued = await asyncio.gather(*(
-            self.store.queued_activities(self.hub, p, min(room, CANDIDATES_PER_PARTITION))
-            for p in range(self.hub.partitions)))
+        per_partition = CANDIDATES_PER_PARTITION if self.activity_filter is None else \
+            FILTERED_CANDIDATES_PER_PARTITION
+        queued = list(itertools.chain.from_iterable(await asyncio.gather(*(
+            self.store.queued_activities(self.hub, p, min(room, per_partition))
+            for p in range(self.hub.partitions)))))
+        if self.activity_filter is not None and queued:
+            requests = await self.store.activity_requests(self.hub, queued)
+            queued = [item for item, raw in zip(queued, requests) if raw is not None and accepts(
+                self.activity_filter, *_name_version(pb.ActivityRequest.FromString(raw)))]
         sent = 0
-        for item in itertools.chain.from_iterable(queued):
+        for item in queued:
             if sent >= room:
                 break
             token = activity_token(self.hub, item)
@@ -164,3 +198,7 @@ class WorkStream:
                 *(self.store.release_activity(self.hub, item, token) for item, token in activities.items()))
         except errors.StoreError as exc:  # the lease sweep re-queues what is left
             log.warning("could not hand back every work item: %s", exc)
+
+
+def _name_version(request: pb.ActivityRequest) -> tuple[str, str]:
+    return request.name, request.version.value if request.HasField("version") else ""

@@ -9,7 +9,7 @@ from collections import defaultdict
 
 from . import convert, errors
 from ._proto import orchestrator_service_pb2 as pb
-from .dispatcher import WorkStream
+from .dispatcher import WorkStream, name_filter
 from .keys import HubKeys
 from . import relay
 from .rpc_common import rpc
@@ -44,9 +44,12 @@ class WorkRPCs:
     @rpc
     async def GetWorkItems(self, request: pb.GetWorkItemsRequest, context):
         hub = await self._hub(context)
+        filters = request.workItemFilters if request.HasField("workItemFilters") else None
         stream = WorkStream(self.store, hub, self.config.lease_seconds, self.config.health_ping_seconds,
                             max(request.maxConcurrentOrchestrationWorkItems, 0),
-                            max(request.maxConcurrentActivityWorkItems, 0))
+                            max(request.maxConcurrentActivityWorkItems, 0),
+                            None if filters is None else name_filter(filters.orchestrations),
+                            None if filters is None else name_filter(filters.activities))
         self._streams()[hub.hub].add(stream)
         try:
             await stream.run(context.write)

@@ -93,3 +93,10 @@ class ActivityOps:
             [item, token, instance_id, execution_id, event, self.channel, hub.hub])
         if reply[0] != 0:
             raise errors.LeaseLost(instance_id)
+
+    @unavailable_on_redis_errors
+    async def activity_requests(self, hub: keys.HubKeys, items: list[str]) -> list[bytes | None]:
+        """The serialized ActivityRequest of each item (None if gone); one round trip."""
+        return list(await asyncio.gather(*(
+            self._execute("HGET", hub.for_instance(item.split("\n", 1)[0]).activity_payloads, item)
+            for item in items)))

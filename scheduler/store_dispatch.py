@@ -181,3 +181,10 @@ class DispatchOps:
                                                    pk.inbox(instance_id), pk.ready],
                                  [message_id, event, instance_id, self.channel, hub.hub])
         return reply[0] == 0
+
+    @unavailable_on_redis_errors
+    async def instance_names(self, hub: keys.HubKeys, instance_ids: list[str]) -> list[tuple[str | None, str]]:
+        """(name, version or "") of each instance, (None, "") for one that is gone; one round trip."""
+        replies = await asyncio.gather(*(
+            self._execute("HMGET", hub.for_instance(iid).instance(iid), "name", "version") for iid in instance_ids))
+        return [(None if name is None else name.decode(), (version or b"").decode()) for name, version in replies]

@@ -107,9 +107,9 @@ def event_or_timeout(ctx: task.OrchestrationContext, seconds: float):
     return "event: " + str(event.get_result()) if winner == event else "timed out"
 
 
-def serve(request, replicas) -> str:
+def serve(backend: str, request, replicas) -> str:
     """The address of this service (a server subprocess) or of the reference backend (its own process)."""
-    if request.param == "ours":
+    if backend == "ours":
         return replicas.start("--lease-seconds", "3", "--health-ping-seconds", "0.5").address
     reference, address = ref_backend.start()
     request.addfinalizer(lambda: ref_backend.stop(reference))
@@ -120,7 +120,7 @@ def serve(request, replicas) -> str:
 def running(request, replicas):
     """An SDK client whose orchestrations an SDK worker runs, against this service ("ours") or the SDK's
     in-memory backend ("reference"): the same scenarios on both is the differential test."""
-    address = serve(request, replicas)
+    address = serve(request.param, request, replicas)
     w = worker.TaskHubGrpcWorker(host_address=address)
     for fn in (hello, when_started, boom, with_timer, with_child, child, event_or_timeout, approval, counter,
                fan_out_children, child_fails, pinger, signals_entity, retries):
@@ -225,7 +225,7 @@ def catches(ctx: task.OrchestrationContext, _):
 
 @pytest.fixture(params=["ours", "reference"])
 def with_activities(request, replicas):
-    address = serve(request, replicas)
+    address = serve(request.param, request, replicas)
     w = worker.TaskHubGrpcWorker(host_address=address)
     for fn in (sequence, fan_out, catches):
         w.add_orchestrator(fn)
@@ -329,3 +329,45 @@ def test_a_retry_policy_retries_a_failing_activity(running):
     state = running.wait_for_orchestration_completion(iid, timeout=30)
     assert state.runtime_status == Status.COMPLETED
     assert state.serialized_output == '"ok after 3"'
+
+
+def act_a(ctx, x: int) -> str:
+    return f"a{x}"
+
+
+def act_b(ctx, x: int) -> str:
+    return f"b{x}"
+
+
+def orch_a(ctx: task.OrchestrationContext, x: int):
+    return (yield ctx.call_activity(act_a, input=x))
+
+
+def orch_b(ctx: task.OrchestrationContext, x: int):
+    return (yield ctx.call_activity(act_b, input=x))
+
+
+@pytest.mark.parametrize("backend", ["ours", "reference"])
+def test_work_item_filters_route_work_to_the_worker_that_has_it(request, replicas, backend):
+    address = serve(backend, request, replicas)
+    workers = []
+    for orch, act in ((orch_a, act_a), (orch_b, act_b)):
+        w = worker.TaskHubGrpcWorker(host_address=address)
+        w.add_orchestrator(orch)
+        w.add_activity(act)
+        w.use_work_item_filters()  # generated from what it registered
+        w.start()
+        workers.append(w)
+    c = client.TaskHubGrpcClient(host_address=address)
+    try:
+        ids = [(c.schedule_new_orchestration(orch, input=i), f'"{tag}{i}"')
+               for i in range(8) for orch, tag in ((orch_a, "a"), (orch_b, "b"))]
+        for iid, expected in ids:
+            state = c.wait_for_orchestration_completion(iid, timeout=30)
+            # A worker without the orchestrator or activity would fail it ("not registered").
+            assert state.runtime_status == Status.COMPLETED, state.failure_details
+            assert state.serialized_output == expected
+    finally:
+        for w in workers:
+            w.stop()
+        c.close()
