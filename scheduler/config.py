@@ -42,6 +42,7 @@ class Config:
     metrics_port: int | None = None
     lease_seconds: float = 30.0  # a claimed work item returns to the queue if not renewed for this long
     health_ping_seconds: float = 15.0  # well inside the SDKs' silent-stream timeout (120 s in Python)
+    max_history_events: int = 10000  # an orchestration whose history would grow past this fails
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.task_hub):
@@ -58,6 +59,8 @@ class Config:
             raise ValueError(f"lease must be between 0.1 and 3600 seconds, got {self.lease_seconds}")
         if not 0.05 <= self.health_ping_seconds <= 60:
             raise ValueError(f"health ping interval must be between 0.05 and 60 seconds, got {self.health_ping_seconds}")
+        if self.max_history_events < 10:
+            raise ValueError(f"history limit must be at least 10 events, got {self.max_history_events}")
         if self.promote_batch < 1:
             raise ValueError(f"promote batch must be at least 1, got {self.promote_batch}")
         if self.max_payload_bytes < 1:
@@ -78,6 +81,7 @@ _OPTIONS = [
     ("--metrics-port", "DT_METRICS_PORT", int, None, "serve Prometheus metrics on this port"),
     ("--lease-seconds", "DT_LEASE_SECONDS", float, 30.0, "lease of a work item handed to a worker"),
     ("--health-ping-seconds", "DT_HEALTH_PING_SECONDS", float, 15.0, "HealthPing interval on idle work streams"),
+    ("--max-history-events", "DT_MAX_HISTORY_EVENTS", int, 10000, "history events an orchestration may have"),
 ]
 
 

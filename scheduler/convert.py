@@ -357,3 +357,13 @@ def parent_notification(h: dict[str, bytes], episode: Episode) -> tuple[str, str
             taskScheduledId=task_id, failureDetails=failure))
     child_execution = h.get("execution_id", b"").decode()
     return (f"{child_execution}:done", "event", parent.decode(), event)
+
+
+def history_limit_failure(limit: int, would_be: int) -> Episode:
+    """The episode that fails an orchestration whose history would exceed the configured limit."""
+    failure = pb.TaskFailureDetails(
+        errorType="HistoryLimitExceeded", isNonRetriable=True,
+        errorMessage=f"the orchestration's history would grow to {would_be} events; the limit is {limit} "
+                     "(continue-as-new keeps long-running orchestrations small)")
+    return Episode(events=[_completed(-1, pb.ORCHESTRATION_STATUS_FAILED, None, failure)], status="FAILED",
+                   failure=failure.SerializeToString())

@@ -80,6 +80,12 @@ class WorkRPCs:
             raise errors.LeaseLost(instance_id)
         execution_id = h.get("execution_id", b"").decode()
         episode = convert.episode_result(request, instance_id, execution_id, h["name"].decode())
+        if episode.next_execution is None:
+            # The history only grows through completions under this claim, so this count is stable.
+            would_be = await self.store.history_length(hub, instance_id) + 1 + \
+                int(h.get("claimed_n", b"0")) + len(episode.events)
+            if would_be > self.config.max_history_events:
+                episode = convert.history_limit_failure(self.config.max_history_events, would_be)
         custom = request.customStatus.value if request.HasField("customStatus") else None
         if episode.next_execution is not None:
             events = convert.continue_as_new_events(request, h["start_event"], convert.new_id())

@@ -188,3 +188,7 @@ class DispatchOps:
         replies = await asyncio.gather(*(
             self._execute("HMGET", hub.for_instance(iid).instance(iid), "name", "version") for iid in instance_ids))
         return [(None if name is None else name.decode(), (version or b"").decode()) for name, version in replies]
+
+    @unavailable_on_redis_errors
+    async def history_length(self, hub: keys.HubKeys, instance_id: str) -> int:
+        return await self._execute("LLEN", hub.for_instance(instance_id).history(instance_id))

@@ -180,3 +180,23 @@ async def test_abandoned_and_orphaned_activities_go_back_to_the_queue(stub, app)
         return bool(await app.store.queued_activities(hub, partition_of("a2", hub.partitions), 10))
 
     await eventually(queued, timeout=0.9)
+
+
+async def test_an_episode_past_the_history_limit_fails_the_instance_clearly(start_app, redis_url, key_prefix,
+                                                                            hub_name):
+    app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS,
+                          max_history_events=10)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.TaskHubSidecarServiceStub(channel)
+        await stub.StartInstance(pb.CreateInstanceRequest(instanceId="big", name="Orch"))
+        call = stub.GetWorkItems(pb.GetWorkItemsRequest())
+        episode = await next_work(call)
+        await stub.CompleteOrchestratorTask(schedule(episode.completionToken, *range(1, 21)))
+        reply = await stub.GetInstance(pb.GetInstanceRequest(instanceId="big"))
+        state = reply.orchestrationState
+        assert state.orchestrationStatus == pb.ORCHESTRATION_STATUS_FAILED
+        assert state.failureDetails.errorType == "HistoryLimitExceeded"
+        assert "limit is 10" in state.failureDetails.errorMessage
+        hub = app.store.cached_hub(hub_name)
+        assert not await app.store.queued_activities(hub, partition_of("big", hub.partitions), 50)
+        call.cancel()
