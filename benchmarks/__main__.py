@@ -1,4 +1,4 @@
-"""Run the benchmarks and print a summary table: ``python -m benchmarks [--quick] [--only rpc,promotion,memory]``.
+"""Run the benchmarks and print a summary table: ``python -m benchmarks [--quick] [--only rpc,promotion,memory,e2e]``.
 
 Results also go to ``benchmarks/results/latest.json`` (git-ignored).
 """
@@ -14,7 +14,7 @@ import time
 
 from .common import PartResult, log, summary_table
 
-PARTS = ("rpc", "promotion", "memory")
+PARTS = ("rpc", "promotion", "memory", "e2e")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latest.json")
 
 
@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "promotion":
             from . import promotion
             results.append(promotion.run(quick=args.quick, scale_count=args.scale_count))
+        elif part == "e2e":
+            from . import e2e
+            results.append(e2e.run(quick=args.quick))
         else:
             from . import memory
             results.append(memory.run(quick=args.quick))
