@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -42,3 +43,27 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0)
     while not await check():
         assert time.monotonic() < deadline, "condition not met before the deadline"
         await asyncio.sleep(0.005)
+
+
+@contextlib.asynccontextmanager
+async def published(redis, channel: str):
+    """Collect the messages published on the channel while the block runs (and until drained)."""
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(channel)
+    deadline = time.monotonic() + 5.0
+    while (await pubsub.get_message(timeout=0.05) or {}).get("type") != "subscribe":
+        assert time.monotonic() < deadline, "SUBSCRIBE was not confirmed"
+    messages: list[str] = []
+
+    async def drain_until(predicate, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(messages):
+            assert time.monotonic() < deadline, f"expected messages not published; got {messages}"
+            message = await pubsub.get_message(timeout=0.05)
+            if message and message["type"] == "message":
+                messages.append(message["data"].decode())
+
+    try:
+        yield messages, drain_until
+    finally:
+        await pubsub.aclose()

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 
 import pytest
 
@@ -12,7 +10,7 @@ from scheduler.store import Store
 from scheduler.store_dispatch import RENEW_BATCH, Claim, claim_token, lease_member
 
 from instance_setup import finish
-from store_helpers import eventually, ids_in_distinct_partitions, new, prefix_keys
+from store_helpers import eventually, ids_in_distinct_partitions, new, prefix_keys, published
 
 LONG = 60_000  # ms: a lease that does not expire during a test
 SHORT = 20  # ms: a lease the test waits out (polling Redis time)
@@ -62,30 +60,6 @@ async def wait_past(store: Store, ms: int) -> None:
 
 async def fields(redis, pk, iid: str) -> dict[str, bytes]:
     return {k.decode(): v for k, v in (await redis.hgetall(pk.instance(iid))).items()}
-
-
-@contextlib.asynccontextmanager
-async def published(redis, channel: str):
-    """Collect the messages published on the channel while the block runs (and until drained)."""
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(channel)
-    deadline = time.monotonic() + 5.0
-    while (await pubsub.get_message(timeout=0.05) or {}).get("type") != "subscribe":
-        assert time.monotonic() < deadline, "SUBSCRIBE was not confirmed"
-    messages: list[str] = []
-
-    async def drain_until(predicate, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate(messages):
-            assert time.monotonic() < deadline, f"expected messages not published; got {messages}"
-            message = await pubsub.get_message(timeout=0.05)
-            if message and message["type"] == "message":
-                messages.append(message["data"].decode())
-
-    try:
-        yield messages, drain_until
-    finally:
-        await pubsub.aclose()
 
 
 # -- claim -------------------------------------------------------------------------------------

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 
 import pytest
 
@@ -11,7 +9,7 @@ from scheduler import convert, errors
 from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler.store import Store
 
-from store_helpers import eventually, ids_in_distinct_partitions, new, prefix_keys
+from store_helpers import eventually, ids_in_distinct_partitions, new, prefix_keys, published
 
 FUTURE = 60_000  # ms ahead: a scheduled start that stays on the due set for the whole test
 
@@ -55,30 +53,6 @@ async def make_completed(redis, pk, iid: str) -> None:
     await redis.hset(pk.instance(iid), mapping={"status": "COMPLETED", "output": "done"})
     await redis.zrem(pk.ready, iid)
     await redis.zrem(pk.due, iid)
-
-
-@contextlib.asynccontextmanager
-async def published(redis, channel: str):
-    """Collect the messages published on the channel while the block runs (and shortly after)."""
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(channel)
-    deadline = time.monotonic() + 5.0
-    while (await pubsub.get_message(timeout=0.05) or {}).get("type") != "subscribe":  # confirmed: now listening
-        assert time.monotonic() < deadline, "SUBSCRIBE was not confirmed"
-    messages: list[str] = []
-
-    async def drain_until(predicate, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate(messages):
-            assert time.monotonic() < deadline, f"expected messages not published; got {messages}"
-            message = await pubsub.get_message(timeout=0.05)
-            if message and message["type"] == "message":
-                messages.append(message["data"].decode())
-
-    try:
-        yield messages, drain_until
-    finally:
-        await pubsub.aclose()
 
 
 # -- RaiseEvent --------------------------------------------------------------------------
