@@ -34,6 +34,15 @@ class LeaseLost(FailedPrecondition):
         self.instance_id = instance_id
 
 
+class HistoryLimitExceeded(StoreError):
+    """An episode would grow an orchestration's history past the configured limit; nothing was written."""
+
+    def __init__(self, instance_id: str, would_be: int) -> None:
+        super().__init__(f"the history of '{instance_id}' would grow to {would_be} events")
+        self.instance_id = instance_id
+        self.would_be = would_be
+
+
 class StoreUnavailable(StoreError):
     """Redis did not answer (down, unreachable, loading, timed out). Retry later."""
 

@@ -5,8 +5,6 @@ completion or an abandon; the token must still be the instance's current claim.
 """
 from __future__ import annotations
 
-from collections import defaultdict
-
 from . import convert, errors
 from ._proto import orchestrator_service_pb2 as pb
 from .dispatcher import WorkStream, name_filter
@@ -29,16 +27,11 @@ def _parse_token(token: str, expected_kind: str) -> tuple[str, str]:
 
 
 class WorkRPCs:
-    """Uses the Servicer's ``store``, ``config``, ``_hub``; keeps this replica's open work streams."""
-
-    def _streams(self) -> dict[str, set[WorkStream]]:
-        if not hasattr(self, "_work_streams"):
-            self._work_streams: dict[str, set[WorkStream]] = defaultdict(set)
-        return self._work_streams
+    """Uses the Servicer's ``store``, ``config``, ``_hub`` and ``work_streams`` (this replica's open streams)."""
 
     def work_available(self, hub_name: str) -> None:
         """A ready set of the hub stopped being empty: wake this replica's idle streams."""
-        for stream in self._streams().get(hub_name, ()):
+        for stream in self.work_streams.get(hub_name, ()):
             stream.wake.set()
 
     @rpc
@@ -50,11 +43,11 @@ class WorkRPCs:
                             max(request.maxConcurrentActivityWorkItems, 0),
                             None if filters is None else name_filter(filters.orchestrations),
                             None if filters is None else name_filter(filters.activities))
-        self._streams()[hub.hub].add(stream)
+        self.work_streams[hub.hub].add(stream)
         try:
             await stream.run(context.write)
         finally:
-            self._streams()[hub.hub].discard(stream)
+            self.work_streams[hub.hub].discard(stream)
 
     async def _token_hub(self, token: str, instance_id: str, kind: str = "o") -> tuple[HubKeys, str]:
         hub_name, claimed = _parse_token(token, kind)
@@ -68,7 +61,7 @@ class WorkRPCs:
         return hub, claimed
 
     def _finished(self, hub: HubKeys, instance_id: str) -> None:
-        for stream in self._streams().get(hub.hub, ()):
+        for stream in self.work_streams.get(hub.hub, ()):
             if instance_id in stream.held:
                 stream.done_with(instance_id)
 
@@ -80,12 +73,6 @@ class WorkRPCs:
             raise errors.LeaseLost(instance_id)
         execution_id = h.get("execution_id", b"").decode()
         episode = convert.episode_result(request, instance_id, execution_id, h["name"].decode())
-        if episode.next_execution is None:
-            # The history only grows through completions under this claim, so this count is stable.
-            would_be = await self.store.history_length(hub, instance_id) + 1 + \
-                int(h.get("claimed_n", b"0")) + len(episode.events)
-            if would_be > self.config.max_history_events:
-                episode = convert.history_limit_failure(self.config.max_history_events, would_be)
         custom = request.customStatus.value if request.HasField("customStatus") else None
         if episode.next_execution is not None:
             events = convert.continue_as_new_events(request, h["start_event"], convert.new_id())
@@ -93,15 +80,25 @@ class WorkRPCs:
             await self.store.continue_as_new(hub, instance_id, request.completionToken, next_id, events, custom)
             self._finished(hub, instance_id)
             return pb.CompleteTaskResponse()
+        limit = self.config.max_history_events
+        try:
+            await self._complete(hub, instance_id, request.completionToken, h, episode, custom, limit)
+        except errors.HistoryLimitExceeded as exc:  # nothing was written: end it with a clear failure instead
+            await self._complete(hub, instance_id, request.completionToken, h,
+                                 convert.history_limit_failure(limit, exc.would_be), custom, None)
+        self._finished(hub, instance_id)
+        return pb.CompleteTaskResponse()
+
+    async def _complete(self, hub: HubKeys, instance_id: str, token: str, h: dict[str, bytes],
+                        episode: convert.Episode, custom: str | None, max_history: int | None) -> None:
+        execution_id = h.get("execution_id", b"").decode()
         activities = [(activity_item(instance_id, execution_id, task_id), payload)
                       for task_id, payload in episode.activities]
         notify = convert.parent_notification(h, episode)
         messages = episode.outbox + ([notify] if notify else [])
-        await self.store.complete_orchestration(hub, instance_id, request.completionToken, episode.events,
-                                                episode.status, episode.output, episode.failure, custom, activities,
-                                                episode.timers, [relay.message(*m) for m in messages])
-        self._finished(hub, instance_id)
-        return pb.CompleteTaskResponse()
+        await self.store.complete_orchestration(hub, instance_id, token, episode.events, episode.status,
+                                                episode.output, episode.failure, custom, activities,
+                                                episode.timers, [relay.message(*m) for m in messages], max_history)
 
     @rpc
     async def CompleteActivityTask(self, request: pb.ActivityResponse, context):
@@ -119,7 +116,7 @@ class WorkRPCs:
         return pb.AbandonActivityTaskResponse()
 
     def _finished_activity(self, hub: HubKeys, item: str) -> None:
-        for stream in self._streams().get(hub.hub, ()):
+        for stream in self.work_streams.get(hub.hub, ()):
             if item in stream.held_activities:
                 stream.done_with_activity(item)
 

@@ -8,6 +8,7 @@ The RPCs are grouped: instance creation and reads here, lifecycle changes in
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 import logging
 from collections.abc import Callable
 
@@ -23,6 +24,7 @@ from .notify import Notifier
 from .rpc_common import rpc
 from .rpc_lifecycle import LifecycleRPCs
 from .rpc_queries import QueryRPCs
+from .dispatcher import WorkStream
 from .rpc_work import WorkRPCs
 from .store import Store
 
@@ -43,6 +45,7 @@ class Servicer(LifecycleRPCs, QueryRPCs, WorkRPCs, pb_grpc.TaskHubSidecarService
         self.notifier = notifier
         self.config = config
         self._on_hub = on_hub
+        self.work_streams: dict[str, set[WorkStream]] = defaultdict(set)  # hub -> this replica's open streams
 
     async def _existing_hub(self, context: grpc.aio.ServicerContext) -> HubKeys | None:
         """Like :meth:`_hub` for read-only calls: None when the hub does not exist (nothing is created)."""

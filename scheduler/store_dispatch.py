@@ -138,11 +138,13 @@ class DispatchOps:
                                      status: str | None = None, output: str | None = None,
                                      failure: bytes | None = None, custom_status: str | None = None,
                                      activities: list[tuple[str, bytes]] = (),
-                                     timers: list[tuple[int, bytes]] = (), outbox: list[bytes] = ()) -> None:
+                                     timers: list[tuple[int, bytes]] = (), outbox: list[bytes] = (),
+                                     max_history: int | None = None) -> None:
         """Apply an episode's result under its claim (see complete_orchestration.lua): ``events`` are
         the history events of the worker's actions; ``status`` the final status if it ended;
         ``activities`` (item, serialized ActivityRequest) pairs to queue; ``timers`` (fire time ms,
-        serialized TimerFired event) pairs to deliver at their time.
+        serialized TimerFired event) pairs to deliver at their time. HistoryLimitExceeded, with nothing
+        changed, when the history would grow past ``max_history`` events.
         LeaseLost, with nothing changed, when ``token`` is not the current claim."""
         pk = hub.for_instance(instance_id)
         iid = instance_id
@@ -154,7 +156,9 @@ class DispatchOps:
              pk.activities, pk.activity_payloads, pk.timers(iid), pk.due, pk.outbox],
             [iid, token, status or "", "" if output is None else "=" + output, failure or b"",
              "" if custom_status is None else "=" + custom_status, self.channel, hub.hub, len(events),
-             len(activities), len(timers), *events, *pairs, *timer_pairs, *outbox])
+             len(activities), len(timers), max_history or 0, *events, *pairs, *timer_pairs, *outbox])
+        if reply[0] == 2:
+            raise errors.HistoryLimitExceeded(instance_id, int(reply[1]))
         if reply[0] != 0:
             raise errors.LeaseLost(instance_id)
 
@@ -188,7 +192,3 @@ class DispatchOps:
         replies = await asyncio.gather(*(
             self._execute("HMGET", hub.for_instance(iid).instance(iid), "name", "version") for iid in instance_ids))
         return [(None if name is None else name.decode(), (version or b"").decode()) for name, version in replies]
-
-    @unavailable_on_redis_errors
-    async def history_length(self, hub: keys.HubKeys, instance_id: str) -> int:
-        return await self._execute("LLEN", hub.for_instance(instance_id).history(instance_id))

@@ -29,11 +29,13 @@
 -- ARGV[9] n       how many history events follow
 -- ARGV[10] m      how many activity (item, request) pairs follow the events
 -- ARGV[11] k      how many timer (fire time, event) pairs follow the activities
--- ARGV[12 .. 11+n]            history events of the worker's actions, serialized
+-- ARGV[12] max_history  history events allowed (0: no limit)
+-- ARGV[13 .. 12+n]            history events of the worker's actions, serialized
 -- then 2m                     activity item, serialized ActivityRequest pairs to queue
 -- then 2k                     fire time (ms), serialized TimerFired event pairs of new timers
 -- then the rest               outbox messages (see relay.py) for other instances
--- Returns {0} when applied, {1} when the token is not the current claim (nothing changed).
+-- Returns {0} when applied, {1} when the token is not the current claim, {2, size} when the history
+-- would grow past max_history (in both cases nothing changed).
 local inst_key, inbox_key, hist_key = KEYS[1], KEYS[2], KEYS[3]
 local ready_key, leases_key, stats_key = KEYS[4], KEYS[5], KEYS[6]
 local instance_id, token, status, output = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -41,7 +43,8 @@ local failure, custom_status, channel, hub = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local activities_key, payloads_key = KEYS[7], KEYS[8]
 local timers_key, due_key = KEYS[9], KEYS[10]
 local n_events, n_activities, n_timers = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-local first_activity = 12 + n_events
+local max_history = tonumber(ARGV[12])
+local first_activity = 13 + n_events
 local first_timer = first_activity + 2 * n_activities
 local first_message = first_timer + 2 * n_timers
 
@@ -52,6 +55,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local offset = redis.call('LLEN', hist_key)
+local would_be = offset + 1 + claimed_n + n_events
+if max_history > 0 and would_be > max_history then return {2, would_be} end
 redis.call('RPUSH', hist_key, episode_start)
 if claimed_n > 0 then
   local delivered = redis.call('LRANGE', inbox_key, 0, claimed_n - 1)
@@ -60,8 +65,8 @@ if claimed_n > 0 then
   end
   redis.call('LTRIM', inbox_key, claimed_n, -1)
 end
-for i = 12, 11 + n_events, 1000 do
-  redis.call('RPUSH', hist_key, unpack(ARGV, i, math.min(i + 999, 11 + n_events)))
+for i = 13, 12 + n_events, 1000 do
+  redis.call('RPUSH', hist_key, unpack(ARGV, i, math.min(i + 999, 12 + n_events)))
 end
 for i = first_message, #ARGV do
   redis.call('RPUSH', KEYS[11], ARGV[i])
