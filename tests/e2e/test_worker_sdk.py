@@ -6,6 +6,7 @@ instance with a failure that says so.
 """
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -116,22 +117,32 @@ def serve(backend: str, request, replicas) -> str:
     return address
 
 
+@contextlib.contextmanager
+def sdk_on(address: str, backend: str, orchestrators, activities):
+    """An SDK client, with an SDK worker that runs the given functions, both on ``address``."""
+    w = worker.TaskHubGrpcWorker(host_address=address)
+    for fn in orchestrators:
+        w.add_orchestrator(fn)
+    for fn in activities:
+        w.add_activity(fn)
+    w.start()
+    c = client.TaskHubGrpcClient(host_address=address)
+    c.backend = backend
+    try:
+        yield c
+    finally:
+        w.stop()
+        c.close()
+
+
 @pytest.fixture(params=["ours", "reference"])
 def running(request, replicas):
     """An SDK client whose orchestrations an SDK worker runs, against this service ("ours") or the SDK's
     in-memory backend ("reference"): the same scenarios on both is the differential test."""
-    address = serve(request.param, request, replicas)
-    w = worker.TaskHubGrpcWorker(host_address=address)
-    for fn in (hello, when_started, boom, with_timer, with_child, child, event_or_timeout, approval, counter,
-               fan_out_children, child_fails, pinger, signals_entity, retries):
-        w.add_orchestrator(fn)
-    w.add_activity(flaky)
-    w.start()
-    c = client.TaskHubGrpcClient(host_address=address)
-    c.backend = request.param
-    yield c
-    w.stop()
-    c.close()
+    with sdk_on(serve(request.param, request, replicas), request.param,
+                (hello, when_started, boom, with_timer, with_child, child, event_or_timeout, approval, counter,
+                 fan_out_children, child_fails, pinger, signals_entity, retries), (flaky,)) as c:
+        yield c
 
 
 def ours_only(c, why: str) -> None:
@@ -225,17 +236,9 @@ def catches(ctx: task.OrchestrationContext, _):
 
 @pytest.fixture(params=["ours", "reference"])
 def with_activities(request, replicas):
-    address = serve(request.param, request, replicas)
-    w = worker.TaskHubGrpcWorker(host_address=address)
-    for fn in (sequence, fan_out, catches):
-        w.add_orchestrator(fn)
-    for fn in (double, fail_activity):
-        w.add_activity(fn)
-    w.start()
-    c = client.TaskHubGrpcClient(host_address=address)
-    yield c
-    w.stop()
-    c.close()
+    with sdk_on(serve(request.param, request, replicas), request.param,
+                (sequence, fan_out, catches), (double, fail_activity)) as c:
+        yield c
 
 
 def test_an_activity_sequence(with_activities):
