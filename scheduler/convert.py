@@ -335,7 +335,7 @@ def _cross_instance(action: pb.OrchestratorAction, instance_id: str, execution_i
     terminated = pb.ExecutionTerminatedEvent(recurse=stop.recurse)
     if stop.HasField("reason"):
         terminated.input.CopyFrom(stop.reason)
-    return stop.instanceId, None, ("event", stop.instanceId, _event(-1, executionTerminated=terminated))
+    return stop.instanceId, None, ("terminate", stop.instanceId, _event(-1, executionTerminated=terminated))
 
 
 def parent_notification(h: dict[str, bytes], episode: Episode) -> tuple[str, str, str, bytes] | None:

@@ -9,7 +9,10 @@ nothing: creations are idempotent by instance id and events are de-duplicated by
 message id in the target's ``delivered`` set.
 
 A message is ``<id>\\n<kind>\\n<target instance id>\\n<payload>``: kind ``create``
-(payload: the child's ExecutionStarted event) or ``event`` (payload: the event to append).
+(payload: the child's ExecutionStarted event), ``event`` (payload: the event to append)
+or ``terminate`` (payload: an ExecutionTerminated event, applied as TerminateInstance
+is: at once to an instance never dispatched, through its inbox to a running one; an
+ended or unknown target is left alone).
 """
 from __future__ import annotations
 
@@ -86,5 +89,12 @@ class Relay:
                 pass  # created by an earlier delivery of this message (or the id was taken)
         elif kind == "event":
             await self.store.deliver_event(self.hub, target, message_id, payload)
+        elif kind == "terminate":
+            terminated = pb.HistoryEvent.FromString(payload).executionTerminated
+            output = terminated.input.value if terminated.HasField("input") else None
+            try:
+                await self.store.terminate_instance(self.hub, target, payload, output)
+            except errors.InstanceNotFound:
+                pass  # never created, or purged meanwhile
         else:
             log.warning("dropping outbox message %r of unknown kind %r", message_id, kind)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from google.protobuf import wrappers_pb2
 
-from . import convert, errors, validation
+from . import convert, errors, subtree, validation
 from ._proto import orchestrator_service_pb2 as pb
 from .rpc_common import rpc
 from .store_queries import Cursor, InstanceFilter
@@ -71,9 +71,8 @@ class QueryRPCs:
 
     @rpc
     async def PurgeInstances(self, request: pb.PurgeInstancesRequest, context):
-        # `recursive` is accepted, but there is nothing to follow yet: sub-orchestrations arrive with the
-        # workers, and until then no instance has children. `isOrchestration` needs no handling either:
-        # this server keeps no entities.
+        # With `recursive`, each purged instance's sub-orchestrations go first (see scheduler.subtree) and
+        # count too. `isOrchestration` needs no handling: this server keeps no entities.
         which = request.WhichOneof("request")
         complete = True
         if which == "instanceId":
@@ -100,14 +99,18 @@ class QueryRPCs:
         hub = await self._existing_hub(context)
         if hub is None:
             deleted = 0
-        elif which == "instanceId":
-            deleted = int(await self.store.purge_instance(hub, request.instanceId))
-        elif which == "instanceBatch":
-            deleted = await self.store.purge_instances(hub, ids)
+        elif which == "purgeInstanceFilter":
+            deleted, complete = await self.store.purge_matching(hub, flt, timeout, self._purger(request))
         else:
-            deleted, complete = await self.store.purge_matching(hub, flt, timeout)
+            deleted = await self._purger(request)(hub, [request.instanceId] if which == "instanceId" else ids)
         return pb.PurgeInstancesResponse(deletedInstanceCount=deleted,
                                          isComplete=wrappers_pb2.BoolValue(value=complete))
+
+    def _purger(self, request: pb.PurgeInstancesRequest):
+        """How a purge deletes a batch of ids: with their sub-orchestrations when ``recursive``."""
+        if request.recursive:
+            return lambda hub, ids: subtree.purge_trees(self.store, hub, ids)
+        return self.store.purge_instances
 
     @rpc
     async def StreamInstanceHistory(self, request: pb.StreamInstanceHistoryRequest, context):

@@ -5,11 +5,10 @@ completion or an abandon; the token must still be the instance's current claim.
 """
 from __future__ import annotations
 
-from . import convert, errors
+from . import convert, errors, relay, subtree
 from ._proto import orchestrator_service_pb2 as pb
 from .dispatcher import WorkStream, name_filter
 from .keys import HubKeys
-from . import relay
 from .rpc_common import rpc
 from .store_activities import activity_item
 
@@ -96,9 +95,22 @@ class WorkRPCs:
                       for task_id, payload in episode.activities]
         notify = convert.parent_notification(h, episode)
         messages = episode.outbox + ([notify] if notify else [])
+        if episode.status == "TERMINATED":
+            messages += await self._recursive_termination(hub, instance_id, execution_id, h, episode)
         await self.store.complete_orchestration(hub, instance_id, token, episode.events, episode.status,
                                                 episode.output, episode.failure, custom, activities,
                                                 episode.timers, [relay.message(*m) for m in messages], max_history)
+
+    async def _recursive_termination(self, hub: HubKeys, instance_id: str, execution_id: str,
+                                     h: dict[str, bytes], episode: convert.Episode) -> list[tuple[str, str, str, bytes]]:
+        """Outbox messages terminating the children that have not ended, when the episode ended the
+        instance because of a recursive ExecutionTerminated event (see :mod:`scheduler.subtree`)."""
+        history, delivered = await self.store.episode_events(hub, instance_id, int(h.get("claimed_n", b"0")))
+        terminated = subtree.recursive_termination(delivered)
+        if terminated is None:
+            return []
+        children = subtree.open_children([*history, *delivered, *episode.events])
+        return subtree.termination_messages(execution_id, children, terminated)
 
     @rpc
     async def CompleteActivityTask(self, request: pb.ActivityResponse, context):

@@ -163,6 +163,18 @@ class DispatchOps:
             raise errors.LeaseLost(instance_id)
 
     @unavailable_on_redis_errors
+    async def episode_events(self, hub: keys.HubKeys, instance_id: str, claimed_n: int) -> tuple[list[bytes],
+                                                                                                   list[bytes]]:
+        """(history, new events handed out with the current claim) of a claimed instance. Both stay as
+        they are while the claim holds, so reading them apart from the completion is consistent."""
+        pk = hub.for_instance(instance_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(pk.history(instance_id), 0, -1)
+            pipe.lrange(pk.inbox(instance_id), 0, claimed_n - 1)  # LRANGE 0 -1 would be all: trimmed below
+            history, delivered = await pipe.execute()
+        return history, delivered[:claimed_n]
+
+    @unavailable_on_redis_errors
     async def continue_as_new(self, hub: keys.HubKeys, instance_id: str, token: str, execution_id: str,
                               events: list[bytes], custom_status: str | None = None) -> None:
         """Start the next execution under the episode's claim (see continue_as_new.lua): ``events`` are

@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import re
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from . import errors, keys
@@ -191,6 +191,17 @@ class QueryOps:
         return deleted == 1
 
     @unavailable_on_redis_errors
+    async def terminal_history(self, hub: keys.HubKeys, instance_id: str) -> list[bytes] | None:
+        """The whole history of a terminal instance (what a recursive purge reads its children from);
+        None if the instance is absent or not terminal."""
+        pk = hub.for_instance(instance_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(pk.instance(instance_id), "status")
+            pipe.lrange(pk.history(instance_id), 0, -1)
+            status, events = await pipe.execute()
+        return events if status is not None and status.decode() in TERMINAL else None
+
+    @unavailable_on_redis_errors
     async def purge_instances(self, hub: keys.HubKeys, instance_ids: Iterable[str]) -> int:
         """Purge each terminal instance of the ids (one script each, sent together); returns how many went."""
         ids = list(dict.fromkeys(instance_ids))
@@ -201,12 +212,15 @@ class QueryOps:
         return deleted
 
     @unavailable_on_redis_errors
-    async def purge_matching(self, hub: keys.HubKeys, flt: InstanceFilter,
-                             timeout: float | None = None) -> tuple[int, bool]:
+    async def purge_matching(self, hub: keys.HubKeys, flt: InstanceFilter, timeout: float | None = None,
+                             purge: Callable[[keys.HubKeys, list[str]], Awaitable[int]] | None = None
+                             ) -> tuple[int, bool]:
         """Purge the terminal instances that match, walking the creation index in bounded batches.
 
         Returns (how many went, complete); with a ``timeout`` (seconds) it stops at the first batch
-        boundary after it and reports complete=False if matches may remain."""
+        boundary after it and reports complete=False if matches may remain. ``purge`` deletes a batch
+        of ids and counts what went (default :meth:`purge_instances`)."""
+        purge = purge or self.purge_instances
         deadline = None if timeout is None else time.monotonic() + timeout
         flt = dataclasses.replace(flt, terminal_only=True)
         deleted = 0
@@ -214,11 +228,11 @@ class QueryOps:
         async for item in self._matching(hub, flt, None, _PURGE_BATCH, start_events=False):
             batch.append(item.cursor.instance_id)
             if len(batch) >= _PURGE_BATCH:
-                deleted += await self.purge_instances(hub, batch)
+                deleted += await purge(hub, batch)
                 batch = []
                 if deadline is not None and time.monotonic() >= deadline:
                     return deleted, False
-        deleted += await self.purge_instances(hub, batch)
+        deleted += await purge(hub, batch)
         return deleted, True
 
     # -- history -------------------------------------------------------------------------------

@@ -37,3 +37,29 @@ async def test_the_relay_creates_a_child_once_and_empties_the_outbox(store, hub,
     h = await store.get_instance(hub, "kid")
     assert h["parent_instance_id"] == b"mum" and h["parent_task_id"] == b"5" and h["execution_id"] == b"x1"
     assert (await store.hub_stats(hub)).statuses == {"PENDING": 1}
+
+
+def terminated(reason: str, recurse: bool = True) -> bytes:
+    event = pb.HistoryEvent(eventId=-1, executionTerminated=pb.ExecutionTerminatedEvent(recurse=recurse))
+    event.executionTerminated.input.value = reason
+    return event.SerializeToString()
+
+
+async def test_a_terminate_message_ends_a_pending_target_at_once_and_skips_an_unknown_one(store, hub, redis):
+    await store.create_instance(hub, new("kid"))
+    outbox = hub.partition(0).outbox
+    await redis.rpush(outbox, relay.message("mum:p1:terminate:kid", "terminate", "kid", terminated('"stop"')),
+                      relay.message("mum:p1:terminate:ghost", "terminate", "ghost", terminated('"stop"')))
+    await relay.Relay(store, hub)._step()  # noqa: SLF001 - one relay round, driven directly
+    assert await redis.llen(outbox) == 0
+    h = await store.get_instance(hub, "kid")
+    assert (h["status"], h["output"]) == (b"TERMINATED", b'"stop"')
+    assert await store.get_instance(hub, "ghost") is None
+
+
+async def test_terminal_history_is_read_only_for_an_ended_instance(store, hub):
+    await store.create_instance(hub, new("job"))
+    assert await store.terminal_history(hub, "job") is None  # pending
+    assert await store.terminal_history(hub, "nobody") is None
+    await store.terminate_instance(hub, "job", terminated("x", recurse=False), None)
+    assert await store.terminal_history(hub, "job") == [b"start:job", terminated("x", recurse=False)]
