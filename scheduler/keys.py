@@ -8,7 +8,7 @@ their keys as KEYS and never build or scan key names themselves.
 key                                    type    holds
 =====================================  ======  ===============================================
 ``<prefix>:hubs``                      set     names of the task hubs created on this Redis
-``<prefix>:events``                    pubsub  wake-ups: "<hub> due <ms>" and "<hub> status <id>"
+``<prefix>:events``                    pubsub  wake-ups, "<hub> <kind> <arg>" (see notify.py)
 ``<prefix>:{H}:meta``                  hash    partitions, schema version, created time (ms)
 ``<prefix>:{H:p}:inst:<id>``           hash    one instance's scalar fields (see store.py)
 ``<prefix>:{H:p}:inbox:<id>``          list    new events (serialized HistoryEvent) not yet given to a worker
@@ -132,6 +132,16 @@ class HubKeys:
             return False
         digits, sep, _ = rest[1:].partition("}:")
         return bool(sep) and digits.isdigit()
+
+
+def queue_of(key: str) -> tuple[str, int] | None:
+    """("ready" or "activities", partition) of a partition queue key, as named in a "work" wake-up;
+    None for any other text (then every partition may have work)."""
+    head, sep, name = key.rpartition("}:")
+    digits = head.rpartition(":")[2]
+    if not sep or name not in ("ready", "activities") or not digits.isdigit():
+        return None
+    return name, int(digits)
 
 
 def meta_key(prefix: str, hub: str) -> str:

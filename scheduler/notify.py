@@ -2,7 +2,7 @@
 
 Scripts publish ``"<hub> due <ms>"`` when they add an entry that is due before
 everything else in its partition, and ``"<hub> status <instance id>"`` when an
-instance's status changes, ``"<hub> work -"`` when a ready set stops being empty,
+instance's status changes, ``"<hub> work <key>"`` when a ready or activity queue stops being empty,
 ``"<hub> outbox -"`` when messages for other instances were written;
 deleting a hub publishes ``"<hub> deleted -"``. Each replica keeps one subscription and routes the
 messages to its promoters and to local waiters. Pub/sub is only a wake-up: the
@@ -41,7 +41,7 @@ class Notifier:
         self.channel = channel
         self.on_due: Callable[[str, int], None] = lambda hub, ms: None
         self.on_hub_deleted: Callable[[str], None] = lambda hub: None
-        self.on_work: Callable[[str], None] = lambda hub: None
+        self.on_work: Callable[[str, str], None] = lambda hub, key: None
         self.on_outbox: Callable[[str], None] = lambda hub: None
         self._waiters: dict[tuple[str, str], set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task | None = None
@@ -81,7 +81,7 @@ class Notifier:
         elif kind == "deleted":
             self.on_hub_deleted(hub)
         elif kind == "work":
-            self.on_work(hub)
+            self.on_work(hub, arg)
         elif kind == "outbox":
             self.on_outbox(hub)
 

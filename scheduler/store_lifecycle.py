@@ -31,7 +31,7 @@ class LifecycleOps:
         instances are left unchanged. Returns the instance's status."""
         pk = hub.for_instance(instance_id)
         reply = await self._eval("raise_event", [pk.instance(instance_id), pk.inbox(instance_id), pk.ready],
-                                 [instance_id, event])
+                                 [instance_id, event, self.channel, hub.hub])
         return _status(reply, instance_id)
 
     @unavailable_on_redis_errors

@@ -17,7 +17,7 @@
 -- ARGV[3] instance_id
 -- ARGV[4] execution_id  the execution that scheduled the activity
 -- ARGV[5] event         serialized TaskCompleted or TaskFailed HistoryEvent
--- ARGV[6] channel       pub/sub channel ("<hub> work -" when the ready set stops being empty)
+-- ARGV[6] channel       pub/sub channel ("<hub> work <ready key>" when the ready set stops being empty)
 -- ARGV[7] hub
 -- Returns {0} when applied, {1} when the token is not the current claim.
 local tokens_key, payloads_key, leases_key = KEYS[1], KEYS[2], KEYS[3]
@@ -39,7 +39,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('RPUSH', inbox_key, event)
 redis.call('HSET', inst_key, 'updated_ms', now)
 if status == 'RUNNING' then
-  if redis.call('ZCARD', ready_key) == 0 then redis.call('PUBLISH', channel, hub .. ' work -') end
+  if redis.call('ZCARD', ready_key) == 0 then redis.call('PUBLISH', channel, hub .. ' work ' .. ready_key) end
   redis.call('ZADD', ready_key, 'NX', now, instance_id)
 end
 return {0}

@@ -73,7 +73,7 @@ for i = first_message, #ARGV do
 end
 if #ARGV >= first_message then redis.call('PUBLISH', channel, hub .. ' outbox -') end
 if n_activities > 0 and redis.call('ZCARD', activities_key) == 0 then
-  redis.call('PUBLISH', channel, hub .. ' work -')  -- idle work streams wake up
+  redis.call('PUBLISH', channel, hub .. ' work ' .. activities_key)  -- idle work streams wake up
 end
 for i = first_activity, first_timer - 1, 2 do
   redis.call('HSET', payloads_key, ARGV[i], ARGV[i + 1])

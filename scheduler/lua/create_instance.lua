@@ -59,7 +59,7 @@ if due_ms and due_ms > now then
   end
 else
   if redis.call('ZCARD', ready_key) == 0 then
-    redis.call('PUBLISH', channel, hub .. ' work -')  -- idle work streams wake up
+    redis.call('PUBLISH', channel, hub .. ' work ' .. ready_key)  -- idle work streams wake up
   end
   redis.call('ZADD', ready_key, 'NX', now, instance_id)
 end

@@ -13,7 +13,7 @@
 -- ARGV[1] message_id
 -- ARGV[2] event       serialized HistoryEvent
 -- ARGV[3] instance_id
--- ARGV[4] channel     pub/sub channel ("<hub> work -" when the ready set stops being empty)
+-- ARGV[4] channel     pub/sub channel ("<hub> work <ready key>" when the ready set stops being empty)
 -- ARGV[5] hub
 -- Returns {0} delivered, {1} already delivered, {2} no such instance or it has ended.
 local delivered_key, inst_key, inbox_key, ready_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -28,7 +28,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('RPUSH', inbox_key, event)
 redis.call('HSET', inst_key, 'updated_ms', now)
 if status == 'RUNNING' then
-  if redis.call('ZCARD', ready_key) == 0 then redis.call('PUBLISH', channel, hub .. ' work -') end
+  if redis.call('ZCARD', ready_key) == 0 then redis.call('PUBLISH', channel, hub .. ' work ' .. ready_key) end
   redis.call('ZADD', ready_key, 'NX', now, instance_id)
 end
 return {0}

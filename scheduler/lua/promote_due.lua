@@ -9,7 +9,7 @@
 -- KEYS[1] due    partition due zset (score = due epoch ms)
 -- KEYS[2] ready  partition ready zset (score = ready since, ms)
 -- ARGV[1] limit    most entries to move
--- ARGV[2] channel  pub/sub channel: "<hub> work -" when the ready set stops being empty
+-- ARGV[2] channel  pub/sub channel: "<hub> work <ready key>" when the ready set stops being empty
 -- ARGV[3] hub      task hub name
 -- Returns {now_ms, next_due_ms or -1, due_ms of each promoted entry...}
 local due_key, ready_key = KEYS[1], KEYS[2]
@@ -29,7 +29,7 @@ if #entries > 0 then
     result[#result + 1] = entries[i + 1]
   end
   if redis.call('ZCARD', ready_key) == 0 then
-    redis.call('PUBLISH', channel, hub .. ' work -')  -- idle work streams wake up
+    redis.call('PUBLISH', channel, hub .. ' work ' .. ready_key)  -- idle work streams wake up
   end
   redis.call('ZREM', due_key, unpack(members))
   redis.call('ZADD', ready_key, 'NX', unpack(pairs_))

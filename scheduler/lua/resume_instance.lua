@@ -46,6 +46,7 @@ if due_ms and due_ms > now then
   end
 end
 if not (due_ms and due_ms > now) or prev == 'RUNNING' then
+  if redis.call('ZCARD', ready_key) == 0 then redis.call('PUBLISH', channel, hub .. ' work ' .. ready_key) end
   redis.call('ZADD', ready_key, 'NX', now, instance_id)
 end
 redis.call('PUBLISH', channel, hub .. ' status ' .. instance_id)

@@ -35,6 +35,7 @@ local base = status == 'SUSPENDED' and redis.call('HGET', inst_key, 'prev_status
 if base == 'RUNNING' then
   redis.call('RPUSH', inbox_key, event)
   redis.call('HSET', inst_key, 'updated_ms', now)
+  if redis.call('ZCARD', ready_key) == 0 then redis.call('PUBLISH', channel, hub .. ' work ' .. ready_key) end
   redis.call('ZADD', ready_key, 'NX', now, instance_id)
   return {0, status}
 end

@@ -408,3 +408,22 @@ async def test_sweep_of_a_suspended_or_vanished_instance_only_drops_the_lease(st
     assert h["status"] == b"SUSPENDED" and "lease" not in h
     assert not await redis.exists(pk.instance(gone))
     await assert_stats_right(redis, hub, key_prefix)
+
+
+async def test_a_queue_that_stops_being_empty_is_named_in_a_work_wake_up(store: Store, hub, redis):
+    iid = "wake"
+    pk = hub.for_instance(iid)
+    async with published(redis, store.channel) as (messages, drain_until):
+        await store.create_instance(hub, new(iid))  # ready was empty
+        await drain_until(lambda m: f"{hub.hub} work {pk.ready}" in m)
+        running = await claim(store, hub, iid)
+        await store.complete_orchestration(hub, iid, running.token, [], activities=[("item-1", b"request")])
+        await drain_until(lambda m: f"{hub.hub} work {pk.activities}" in m)
+        await store.raise_event(hub, iid, convert.event_raised("Go", "1"))  # running: ready again
+        await drain_until(lambda m: m.count(f"{hub.hub} work {pk.ready}") == 2)
+        await store.raise_event(hub, iid, convert.event_raised("Go", "2"))  # already ready: no wake-up
+        await redis.publish(store.channel, "marker")
+        await drain_until(lambda m: "marker" in m)
+    assert messages.count(f"{hub.hub} work {pk.ready}") == 2
+    assert keys.queue_of(pk.ready) == ("ready", keys.partition_of(iid, hub.partitions))
+    assert keys.queue_of(pk.activities) == ("activities", keys.partition_of(iid, hub.partitions))

@@ -7,7 +7,7 @@ import pytest
 from redis.crc import key_slot
 
 from scheduler import keys
-from scheduler.keys import HubKeys, partition_of
+from scheduler.keys import HubKeys, partition_of, queue_of
 
 
 def hash_tag(key: str) -> str:
@@ -94,3 +94,11 @@ def test_every_key_built_for_a_hub_is_owned_by_it():
     assert all(hub.owns(k) for k in built)
     assert not any(HubKeys("pre", "h", 4).owns(k) for k in built)
     assert not any(HubKeys("pre", "h-1-", 4).owns(k) for k in built)
+
+
+def test_queue_of_names_the_queue_and_partition_of_a_wake_up():
+    hub = HubKeys("dt", "hub:7", 16)
+    assert queue_of(hub.partition(11).ready) == ("ready", 11)
+    assert queue_of(hub.partition(0).activities) == ("activities", 0)
+    for other in ("-", "", hub.partition(3).due, hub.meta, "dt:{hub:x}:ready"):
+        assert queue_of(other) is None
