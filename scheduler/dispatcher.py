@@ -3,14 +3,18 @@
 A stream claims ready instances and queued activities of its hub (any partition;
 competing streams on any replica claim each item once), writes them to its worker, renews the leases of
 what it handed out while it lives, and hands them back when it closes. Leases of a
-replica that died expire and any replica's sweep re-queues them. Idle streams sleep
-until a ready set stops being empty (pub/sub "work"), re-scan a few times a second
-in case a wake-up was missed, and send a HealthPing at the configured interval.
+replica that died expire and any replica's sweep re-queues them.
+
+A stream looks only where work may be: the partitions whose queue a pub/sub "work"
+wake-up named (sent when a queue stops being empty), those it took work from last
+time (until a look finds nothing more), and the partition of an orchestration it
+just finished (its completion may have made it ready again). A few times a second it
+looks everywhere, in case a wake-up was lost, and it sends a HealthPing at the
+configured interval.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -52,7 +56,7 @@ def accepts(flt: NameFilter, name: str, version: str) -> bool:
 class WorkStream:
     def __init__(self, store: Store, hub: HubKeys, lease_seconds: float, ping_seconds: float,
                  max_items: int = 0, max_activities: int = 0, orchestration_filter: NameFilter = None,
-                 activity_filter: NameFilter = None) -> None:
+                 activity_filter: NameFilter = None, claims: dict[str, dict[str, bytes]] | None = None) -> None:
         self.store = store
         self.hub = hub
         self.lease_ms = int(lease_seconds * 1000)
@@ -63,17 +67,32 @@ class WorkStream:
         self.activity_filter = activity_filter
         self.held: dict[str, str] = {}  # instance id -> claim token, for what this stream handed out
         self.held_activities: dict[str, str] = {}  # activity item -> claim token
+        # claim token -> instance hash fields at the claim, while held: shared by the replica's streams, so
+        # that a completion arriving here needs not read them again (they do not change during a claim)
+        self.claims = {} if claims is None else claims
         self.wake = asyncio.Event()
         self._offset = itertools.count()
+        everywhere = range(hub.partitions)
+        self._look = {"ready": set(everywhere), "activities": set(everywhere)}  # partitions to look at next
+
+    def look(self, queue: str, partition: int) -> None:
+        """Work may be waiting in this queue ("ready" or "activities") of this partition."""
+        self._look[queue].add(partition)
+        self.wake.set()
+
+    def look_everywhere(self) -> None:
+        for partitions in self._look.values():
+            partitions.update(range(self.hub.partitions))
+        self.wake.set()
 
     def done_with(self, instance_id: str) -> None:
         """The worker completed or abandoned this orchestration work item (on this replica)."""
-        self.held.pop(instance_id, None)
-        self.wake.set()
+        self.claims.pop(self.held.pop(instance_id, ""), None)
+        self.look("ready", partition_of(instance_id, self.hub.partitions))
 
     def done_with_activity(self, item: str) -> None:
         self.held_activities.pop(item, None)
-        self.wake.set()
+        self.wake.set()  # room for one more, if the stream is at its limit
 
     async def run(self, write: Callable[[pb.WorkItem], Awaitable[None]]) -> None:
         renewer = asyncio.ensure_future(self._renew_forever())
@@ -86,8 +105,10 @@ class WorkStream:
                     last_write = time.monotonic()
                     continue
                 ping_in = last_write + self.ping_seconds - time.monotonic()
-                with contextlib.suppress(asyncio.TimeoutError):
+                try:
                     await asyncio.wait_for(self.wake.wait(), max(0.0, min(RESCAN_SECONDS, ping_in)))
+                except asyncio.TimeoutError:
+                    self.look_everywhere()  # a wake-up may have been lost
                 if time.monotonic() - last_write >= self.ping_seconds:
                     await write(pb.WorkItem(healthPing=pb.HealthPing()))
                     last_write = time.monotonic()
@@ -98,11 +119,9 @@ class WorkStream:
     async def _dispatch(self, write) -> int:
         """Claim and write what is ready now, up to the stream's limit; returns how many went out."""
         room = self.max_items - len(self.held) if self.max_items else 1 << 30
-        if room <= 0:
+        if room <= 0 or not self._look["ready"]:
             return 0
-        parts = self.hub.partitions
-        start = next(self._offset) % parts
-        order = [(start + i) % parts for i in range(parts)]
+        order = self._where_to_look("ready")
         per_partition = CANDIDATES_PER_PARTITION if self.orchestration_filter is None else \
             FILTERED_CANDIDATES_PER_PARTITION
         candidates = list(itertools.chain.from_iterable(await asyncio.gather(*(
@@ -121,6 +140,8 @@ class WorkStream:
             if claim is None:
                 continue
             self.held[iid] = token
+            self.claims[token] = claim.fields
+            self._look["ready"].add(partition_of(iid, self.hub.partitions))  # look again until nothing is left
             new_events = [claim.fields["episode_start"], *claim.new_events]
             await write(convert.orchestrator_work_item(iid, claim.fields.get("execution_id"), claim.past_events,
                                                        new_events, token))
@@ -129,13 +150,13 @@ class WorkStream:
 
     async def _dispatch_activities(self, write) -> int:
         room = self.max_activities - len(self.held_activities) if self.max_activities else 1 << 30
-        if room <= 0:
+        if room <= 0 or not self._look["activities"]:
             return 0
         per_partition = CANDIDATES_PER_PARTITION if self.activity_filter is None else \
             FILTERED_CANDIDATES_PER_PARTITION
         queued = list(itertools.chain.from_iterable(await asyncio.gather(*(
             self.store.queued_activities(self.hub, p, min(room, per_partition))
-            for p in range(self.hub.partitions)))))
+            for p in self._where_to_look("activities")))))
         if self.activity_filter is not None and queued:
             requests = await self.store.activity_requests(self.hub, queued)
             queued = [item for item, raw in zip(queued, requests) if raw is not None and accepts(
@@ -149,9 +170,17 @@ class WorkStream:
             if payload is None:
                 continue
             self.held_activities[item] = token
+            self._look["activities"].add(partition_of(item.split("\n", 1)[0], self.hub.partitions))
             await write(pb.WorkItem(activityRequest=pb.ActivityRequest.FromString(payload), completionToken=token))
             sent += 1
         return sent
+
+    def _where_to_look(self, queue: str) -> list[int]:
+        """The partitions to look at in ``queue`` now, starting at a rotating one (so that no partition
+        is always served last); the set is emptied: what is found re-adds its partition."""
+        wanted, self._look[queue] = self._look[queue], set()
+        start = next(self._offset) % self.hub.partitions
+        return sorted(wanted, key=lambda p: (p - start) % self.hub.partitions)
 
     async def _renew_forever(self) -> None:
         while True:
@@ -192,6 +221,8 @@ class WorkStream:
         """The worker went away: its unfinished items are ready again at once (not after the lease)."""
         held, self.held = self.held, {}
         activities, self.held_activities = self.held_activities, {}
+        for token in held.values():
+            self.claims.pop(token, None)
         try:
             await asyncio.gather(
                 *(self.store.release_orchestration(self.hub, iid, token) for iid, token in held.items()),

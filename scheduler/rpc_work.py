@@ -8,7 +8,7 @@ from __future__ import annotations
 from . import convert, errors, relay, subtree
 from ._proto import orchestrator_service_pb2 as pb
 from .dispatcher import WorkStream, name_filter
-from .keys import HubKeys
+from .keys import HubKeys, queue_of
 from .rpc_common import rpc
 from .store_activities import activity_item
 
@@ -26,12 +26,15 @@ def _parse_token(token: str, expected_kind: str) -> tuple[str, str]:
 
 
 class WorkRPCs:
-    """Uses the Servicer's ``store``, ``config``, ``_hub`` and ``work_streams`` (this replica's open streams)."""
+    """Uses the Servicer's ``store``, ``config``, ``_hub``, ``work_streams`` (this replica's open streams) and
+    ``claims`` (their held orchestration claims: token -> instance fields at the claim)."""
 
-    def work_available(self, hub_name: str) -> None:
-        """A ready set of the hub stopped being empty: wake this replica's idle streams."""
+    def work_available(self, hub_name: str, key: str = "") -> None:
+        """A queue of the hub stopped being empty (``key``: which one; any other text: maybe every
+        queue): wake this replica's streams to look there."""
+        queue = queue_of(key)
         for stream in self.work_streams.get(hub_name, ()):
-            stream.wake.set()
+            stream.look(*queue) if queue else stream.look_everywhere()
 
     @rpc
     async def GetWorkItems(self, request: pb.GetWorkItemsRequest, context):
@@ -41,7 +44,7 @@ class WorkRPCs:
                             max(request.maxConcurrentOrchestrationWorkItems, 0),
                             max(request.maxConcurrentActivityWorkItems, 0),
                             None if filters is None else name_filter(filters.orchestrations),
-                            None if filters is None else name_filter(filters.activities))
+                            None if filters is None else name_filter(filters.activities), self.claims)
         self.work_streams[hub.hub].add(stream)
         try:
             await stream.run(context.write)
@@ -67,13 +70,19 @@ class WorkRPCs:
     @rpc
     async def CompleteOrchestratorTask(self, request: pb.OrchestratorResponse, context):
         hub, instance_id = await self._token_hub(request.completionToken, request.instanceId)
-        h = await self.store.get_instance(hub, instance_id)
+        h = self.claims.pop(request.completionToken, None)  # claimed through this replica: no read needed
         if h is None:
-            raise errors.LeaseLost(instance_id)
+            h = await self.store.get_instance(hub, instance_id)
+            if h is None:
+                raise errors.LeaseLost(instance_id)
         execution_id = h.get("execution_id", b"").decode()
         episode = convert.episode_result(request, instance_id, execution_id, h["name"].decode())
         custom = request.customStatus.value if request.HasField("customStatus") else None
         if episode.next_execution is not None:
+            if "start_event" not in h:  # the claim's fields do not hold it
+                h = await self.store.get_instance(hub, instance_id)
+                if h is None:
+                    raise errors.LeaseLost(instance_id)
             events = convert.continue_as_new_events(request, h["start_event"], convert.new_id())
             next_id = pb.HistoryEvent.FromString(events[0]).executionStarted.orchestrationInstance.executionId.value
             await self.store.continue_as_new(hub, instance_id, request.completionToken, next_id, events, custom)

@@ -46,6 +46,7 @@ class Servicer(LifecycleRPCs, QueryRPCs, WorkRPCs, pb_grpc.TaskHubSidecarService
         self.config = config
         self._on_hub = on_hub
         self.work_streams: dict[str, set[WorkStream]] = defaultdict(set)  # hub -> this replica's open streams
+        self.claims: dict[str, dict[str, bytes]] = {}  # claim token -> instance fields, see WorkStream
 
     async def _existing_hub(self, context: grpc.aio.ServicerContext) -> HubKeys | None:
         """Like :meth:`_hub` for read-only calls: None when the hub does not exist (nothing is created)."""
