@@ -11,9 +11,11 @@ from datetime import datetime, timedelta, timezone
 import grpc
 import pytest
 import redis
+from durabletask import client, worker
 from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.internal import orchestrator_service_pb2_grpc as stubs
 
+from benchmarks import ref_backend
 from scheduler.keys import HubKeys, partition_of
 
 
@@ -39,6 +41,40 @@ def scrape_counter(metrics_port: int, name: str, hub: str) -> float:
         if line.startswith(name + "{") and label in line.split("}", 1)[0]:
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def serve(backend: str, request, replicas) -> str:
+    """The address of this service (a server subprocess) or of the reference backend (its own process)."""
+    if backend == "ours":
+        return replicas.start("--lease-seconds", "3", "--health-ping-seconds", "0.5").address
+    reference, address = ref_backend.start()
+    request.addfinalizer(lambda: ref_backend.stop(reference))
+    return address
+
+
+@contextlib.contextmanager
+def sdk_on(address: str, backend: str, orchestrators, activities, **worker_options):
+    """An SDK client, with an SDK worker (made with ``worker_options``) that runs the given functions,
+    both on ``address``."""
+    w = worker.TaskHubGrpcWorker(host_address=address, **worker_options)
+    for fn in orchestrators:
+        w.add_orchestrator(fn)
+    for fn in activities:
+        w.add_activity(fn)
+    w.start()
+    c = client.TaskHubGrpcClient(host_address=address)
+    c.backend = backend
+    try:
+        yield c
+    finally:
+        w.stop()
+        c.close()
+
+
+def ours_only(c, why: str) -> None:
+    """Skip the reference run of a scenario where the in-memory backend deliberately differs (README)."""
+    if c.backend == "reference":
+        pytest.skip(f"the in-memory backend {why}")
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -6,15 +6,13 @@ instance with a failure that says so.
 """
 from __future__ import annotations
 
-import contextlib
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from durabletask import client, task, worker
 from durabletask.entities import EntityInstanceId
 
-from benchmarks import ref_backend
-from e2e_helpers import poll
+from e2e_helpers import ours_only, poll, sdk_on, serve
 
 pytestmark = pytest.mark.e2e
 
@@ -108,33 +106,6 @@ def event_or_timeout(ctx: task.OrchestrationContext, seconds: float):
     return "event: " + str(event.get_result()) if winner == event else "timed out"
 
 
-def serve(backend: str, request, replicas) -> str:
-    """The address of this service (a server subprocess) or of the reference backend (its own process)."""
-    if backend == "ours":
-        return replicas.start("--lease-seconds", "3", "--health-ping-seconds", "0.5").address
-    reference, address = ref_backend.start()
-    request.addfinalizer(lambda: ref_backend.stop(reference))
-    return address
-
-
-@contextlib.contextmanager
-def sdk_on(address: str, backend: str, orchestrators, activities):
-    """An SDK client, with an SDK worker that runs the given functions, both on ``address``."""
-    w = worker.TaskHubGrpcWorker(host_address=address)
-    for fn in orchestrators:
-        w.add_orchestrator(fn)
-    for fn in activities:
-        w.add_activity(fn)
-    w.start()
-    c = client.TaskHubGrpcClient(host_address=address)
-    c.backend = backend
-    try:
-        yield c
-    finally:
-        w.stop()
-        c.close()
-
-
 @pytest.fixture(params=["ours", "reference"])
 def running(request, replicas):
     """An SDK client whose orchestrations an SDK worker runs, against this service ("ours") or the SDK's
@@ -143,12 +114,6 @@ def running(request, replicas):
                 (hello, when_started, boom, with_timer, with_child, child, event_or_timeout, approval, counter,
                  fan_out_children, child_fails, pinger, signals_entity, retries), (flaky,)) as c:
         yield c
-
-
-def ours_only(c, why: str) -> None:
-    """Skip the reference run of a scenario where the in-memory backend deliberately differs (README)."""
-    if c.backend == "reference":
-        pytest.skip(f"the in-memory backend {why}")
 
 
 def test_an_orchestration_runs_to_completion(running):
