@@ -135,10 +135,10 @@ class App:
         if relay is not None:
             relay.wake()
 
-    def _on_due(self, hub_name: str, due_ms: int) -> None:
+    def _on_due(self, hub_name: str, due_ms: int, partition: int | None) -> None:
         promoter = self.promoters.get(hub_name)
         if promoter is not None:
-            promoter.due_at(due_ms)
+            promoter.due_at(due_ms, partition)
 
     def _on_hub_deleted(self, hub_name: str) -> None:
         self.store.forget_hub(hub_name)

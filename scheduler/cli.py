@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -42,6 +43,11 @@ async def _serve(cfg: config_mod.Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     app = App(cfg)
     port = await app.start()
+    # What exists now (modules, generated protobuf classes: ~50k objects) lives as long as the process.
+    # Frozen, the collector stops scanning it: full collections take ~1 ms instead of 20-35 ms, which
+    # otherwise show up as late promotions and slow episodes.
+    gc.collect()
+    gc.freeze()
     store = f"Redis at {cfg.redis_url}" if cfg.redis_url else "the EMBEDDED store"
     log.info("serving TaskHubSidecarService on %s:%d (task hub %r, %s)", cfg.host, port, cfg.task_hub, store)
     # A line for scripts and tests that start us with --port 0.

@@ -135,11 +135,11 @@ class HubKeys:
 
 
 def queue_of(key: str) -> tuple[str, int] | None:
-    """("ready" or "activities", partition) of a partition queue key, as named in a "work" wake-up;
-    None for any other text (then every partition may have work)."""
+    """("ready", "activities" or "due", partition) of a partition queue key, as named in a "work" or
+    "due" wake-up; None for any other text (then any partition may be meant)."""
     head, sep, name = key.rpartition("}:")
     digits = head.rpartition(":")[2]
-    if not sep or name not in ("ready", "activities") or not digits.isdigit():
+    if not sep or name not in ("ready", "activities", "due") or not digits.isdigit():
         return None
     return name, int(digits)
 

@@ -1,7 +1,7 @@
 """Wake-ups across replicas over one Redis pub/sub channel.
 
-Scripts publish ``"<hub> due <ms>"`` when they add an entry that is due before
-everything else in its partition, and ``"<hub> status <instance id>"`` when an
+Scripts publish ``"<hub> due <ms> <due key>"`` when they add an entry that is due before
+everything else in its partition, ``"<hub> status <instance id>"`` when an
 instance's status changes, ``"<hub> work <key>"`` when a ready or activity queue stops being empty,
 ``"<hub> outbox -"`` when messages for other instances were written;
 deleting a hub publishes ``"<hub> deleted -"``. Each replica keeps one subscription and routes the
@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 
 from redis.asyncio.cluster import RedisCluster
 
+from .keys import queue_of
 from .loops import MAX_BACKOFF, MIN_BACKOFF, cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class Notifier:
     def __init__(self, redis, channel: str) -> None:
         self._redis = redis
         self.channel = channel
-        self.on_due: Callable[[str, int], None] = lambda hub, ms: None
+        self.on_due: Callable[[str, int, int | None], None] = lambda hub, ms, partition: None
         self.on_hub_deleted: Callable[[str], None] = lambda hub: None
         self.on_work: Callable[[str, str], None] = lambda hub, key: None
         self.on_outbox: Callable[[str], None] = lambda hub: None
@@ -74,7 +75,9 @@ class Notifier:
     def _dispatch(self, data: bytes) -> None:
         hub, kind, arg = data.decode("utf-8", "replace").split(" ", 2)
         if kind == "due":
-            self.on_due(hub, int(arg))
+            ms, _, key = arg.partition(" ")
+            queue = queue_of(key)
+            self.on_due(hub, int(ms), queue[1] if queue else None)
         elif kind == "status":
             for event in self._waiters.get((hub, arg), ()):
                 event.set()

@@ -5,6 +5,12 @@ entry is promoted exactly once however many promoters race. The promoter sleeps
 until the earliest due time that Redis reported (a relative delay, so the
 replica's own wall clock never matters) and is woken early by the pub/sub
 message that a start with an earlier due time publishes.
+
+That message names the entry's partition and due time; the promoter keeps it as a
+hint for that partition (also when it is due after the next planned step), so the
+entry is promoted at its time without calling every partition. A hint is dropped
+after a call to its partition that was sent after the hint arrived: Redis ran that
+call after the script that added the entry, so its reply accounts for the entry.
 """
 from __future__ import annotations
 
@@ -42,6 +48,9 @@ class Promoter:
         self.on_promoted = on_promoted
         self._next_due_ms: int | None = None
         self._heads: dict[int, int | None] = {}  # partition -> its earliest due ms (Redis clock)
+        self._hints: dict[int, int] = {}  # partition -> earliest due ms of an entry announced since
+        self._hint_count = 0  # hints received so far (to tell which arrived during a call)
+        self._hinted_at: dict[int, int] = {}  # partition -> _hint_count when its last hint arrived
         self._sweep_all = True
         self._last_sweep = 0.0
         self._clock: tuple[int, float] = (0, 0.0)  # (Redis ms, local monotonic s) of the last call
@@ -56,11 +65,24 @@ class Promoter:
     async def stop(self) -> None:
         await self._loop.stop()
 
-    def due_at(self, due_ms: int) -> None:
-        """An entry due at ``due_ms`` was added: wake now if that is before our next planned step."""
+    def due_at(self, due_ms: int, partition: int | None = None) -> None:
+        """An entry due at ``due_ms`` was added (to ``partition``, if known): remember it, and wake now
+        if that is before our next planned step."""
+        if partition is None:
+            self._sweep_all = True
+        else:
+            self._hints[partition] = min(due_ms, self._hints.get(partition, due_ms))
+            self._hint_count += 1
+            self._hinted_at[partition] = self._hint_count
         if self._next_due_ms is None or due_ms < self._next_due_ms:
-            self._sweep_all = True  # we do not know its partition
             self._loop.wake()
+
+    def _known_heads(self) -> dict[int, int]:
+        """Partition -> the earliest due ms known for it, from the last calls and the hints since."""
+        heads = {p: h for p, h in self._heads.items() if h is not None}
+        for p, hint in self._hints.items():
+            heads[p] = min(hint, heads.get(p, hint))
+        return heads
 
     def _partitions_to_call(self) -> list[int] | None:
         """None (all) when a sweep is due; else the partitions whose head is due by the estimated Redis time."""
@@ -69,7 +91,7 @@ class Promoter:
             return None
         redis_ms, at = self._clock
         estimate = redis_ms + (now - at) * 1000
-        return [p for p, head in self._heads.items() if head is not None and head <= estimate]
+        return [p for p, head in self._known_heads().items() if head <= estimate]
 
     async def _step(self) -> float:
         partitions = self._partitions_to_call()
@@ -78,6 +100,7 @@ class Promoter:
             self._last_sweep = time.monotonic()
         elif not partitions:
             return self._delay(*self._clock)
+        hints_before = self._hint_count
         try:
             result = await self.store.promote_due(self.hub, self.batch, partitions)
         except Exception:
@@ -85,6 +108,9 @@ class Promoter:
             raise
         self._clock = (result.now_ms, time.monotonic())
         self._heads.update(result.heads)
+        for p in result.heads:
+            if p in self._hints and self._hinted_at[p] <= hints_before:  # the call saw that entry
+                del self._hints[p], self._hinted_at[p]
         if result.promoted_due_ms:
             self._count.inc(len(result.promoted_due_ms))
             for due in result.promoted_due_ms:
@@ -106,8 +132,8 @@ class Promoter:
 
     def _delay(self, redis_ms: int, at: float) -> float:
         """Seconds until the earliest known head is due (relative, so our wall clock never matters)."""
-        heads = [h for h in self._heads.values() if h is not None]
-        self._next_due_ms = min(heads) if heads else None
+        heads = self._known_heads().values()
+        self._next_due_ms = min(heads, default=None)
         if self._next_due_ms is None:
             return MAX_SLEEP_SECONDS
         now_estimate = redis_ms + (time.monotonic() - at) * 1000

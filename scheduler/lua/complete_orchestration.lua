@@ -85,7 +85,7 @@ for i = first_timer, first_message - 1, 2 do
   local head = redis.call('ZRANGE', due_key, 0, 0, 'WITHSCORES')
   redis.call('ZADD', due_key, 'LT', fire_ms, instance_id)
   if not head[2] or fire_ms < tonumber(head[2]) then
-    redis.call('PUBLISH', channel, hub .. ' due ' .. fire_ms)
+    redis.call('PUBLISH', channel, hub .. ' due ' .. fire_ms .. ' ' .. due_key)
   end
 end
 local index = start and tonumber(string.match(start, '^inbox (%d+)$'))

@@ -42,7 +42,7 @@ if due_ms and due_ms > now then
   local head = redis.call('ZRANGE', due_key, 0, 0, 'WITHSCORES')
   redis.call('ZADD', due_key, due_ms, instance_id)
   if not head[2] or due_ms < tonumber(head[2]) then
-    redis.call('PUBLISH', channel, hub .. ' due ' .. due_ms)
+    redis.call('PUBLISH', channel, hub .. ' due ' .. due_ms .. ' ' .. due_key)
   end
 end
 if not (due_ms and due_ms > now) or prev == 'RUNNING' then

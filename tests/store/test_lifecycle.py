@@ -258,7 +258,7 @@ async def test_resume_before_the_due_time_goes_back_to_the_due_set(store: Store,
         await store.resume_instance(hub, "s", convert.execution_resumed(None))
         # Wait for the wake-up itself: on a Cluster the suspend's status message, published on
         # another node before we subscribed, may still arrive after the subscription.
-        await drain_until(lambda m: f"{hub.hub} due {due}" in m)  # fails at its deadline if never published
+        await drain_until(lambda m: f"{hub.hub} due {due} {pk.due}" in m)  # fails at its deadline if never published
     assert await where(redis, pk, "s") == (due, None)
     assert await redis.hget(pk.instance("s"), "status") == b"PENDING"
     assert await stats_of(redis, pk) == {"PENDING": 1}

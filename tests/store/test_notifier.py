@@ -29,9 +29,9 @@ async def test_status_and_due_messages_reach_their_listeners(redis_url, key_pref
     redis = connect(redis_url)
     channel = f"{key_prefix}:events"
     notifier = Notifier(redis, channel)
-    dues: list[tuple[str, int]] = []
+    dues: list[tuple[str, int, int | None]] = []
     deleted: list[str] = []
-    notifier.on_due = lambda hub, ms: dues.append((hub, ms))
+    notifier.on_due = lambda hub, ms, partition: dues.append((hub, ms, partition))
     notifier.on_hub_deleted = deleted.append
     notifier.start()
     try:
@@ -42,14 +42,14 @@ async def test_status_and_due_messages_reach_their_listeners(redis_url, key_pref
             await redis.publish(channel, "h1 status id-1")
             await asyncio.wait_for(changed.wait(), 5)
             assert not other.is_set()
-        await redis.publish(channel, "h1 due 1234")
+        await redis.publish(channel, "h1 due 1234 dt:{h1:5}:due")
         await redis.publish(channel, "h2 deleted -")
         await redis.publish(channel, "garbage")  # ignored, and the subscription survives it
-        await redis.publish(channel, "h3 due 99")
+        await redis.publish(channel, "h3 due 99")  # no key: the partition is unknown
         deadline = asyncio.get_running_loop().time() + 5
         while len(dues) < 2 and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
-        assert dues == [("h1", 1234), ("h3", 99)]
+        assert dues == [("h1", 1234, 5), ("h3", 99, None)]
         assert deleted == ["h2"]
     finally:
         await notifier.stop()

@@ -64,3 +64,41 @@ async def test_wake_up_for_an_earlier_entry_sweeps_again(store, hub):
         await promoter.stop()
     assert promotions[0].promoted_due_ms == [due_ms]
     assert promotions[0].now_ms >= due_ms
+
+
+async def test_an_announced_entry_due_after_the_next_step_is_promoted_by_a_targeted_call(store, hub):
+    """An entry in a partition the promoter has no head for, due after its next planned step, is
+    promoted by a call to its partition (not left to the once-a-second sweep of every partition)."""
+    promotions: list[tuple[list[int] | None, Promotion]] = []
+    real = store.promote_due
+
+    async def recording(h, limit, partitions=None):
+        result = await real(h, limit, partitions)
+        if result.promoted_due_ms:
+            promotions.append((None if partitions is None else sorted(partitions), result))
+        return result
+
+    store.promote_due = recording
+    first, second = ids_in_distinct_partitions(hub, count=2)
+    now = await store.server_time_ms()
+    await store.create_instance(hub, new(first, due_ms=now + 300))
+    promoter = Promoter(store, hub, batch=100)
+    promoter.start()
+    try:
+        await eventually(lambda: _planned(promoter), timeout=5)  # it swept and sleeps until +300
+        await store.create_instance(hub, new(second, due_ms=now + 450))
+        promoter.due_at(now + 450, keys.partition_of(second, hub.partitions))  # as the pub/sub wake-up does
+
+        async def both_promoted() -> bool:
+            return sum(len(r.promoted_due_ms) for _, r in promotions) == 2
+
+        await eventually(both_promoted, timeout=5)
+    finally:
+        await promoter.stop()
+    calls, results = zip(*promotions)
+    assert all(d <= r.now_ms for r in results for d in r.promoted_due_ms), "promoted before its due time"
+    assert calls == ([keys.partition_of(first, hub.partitions)], [keys.partition_of(second, hub.partitions)])
+
+
+async def _planned(promoter: Promoter) -> bool:
+    return promoter._next_due_ms is not None  # noqa: SLF001 - the plan the promoter made after its sweep
