@@ -1,4 +1,5 @@
-"""Run the benchmarks and print a summary table: ``python -m benchmarks [--quick] [--only rpc,promotion,memory,e2e]``.
+"""Run the benchmarks and print a summary table:
+``python -m benchmarks [--quick] [--only rpc,promotion,memory,e2e,timers]``.
 
 Results also go to ``benchmarks/results/latest.json`` (git-ignored).
 """
@@ -14,7 +15,7 @@ import time
 
 from .common import PartResult, log, summary_table
 
-PARTS = ("rpc", "promotion", "memory", "e2e")
+PARTS = ("rpc", "promotion", "memory", "e2e", "timers")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latest.json")
 
 
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "e2e":
             from . import e2e
             results.append(e2e.run(quick=args.quick))
+        elif part == "timers":
+            from . import timers
+            results.append(timers.run(quick=args.quick))
         else:
             from . import memory
             results.append(memory.run(quick=args.quick))

@@ -1,14 +1,23 @@
-"""SDK side of the ``e2e`` benchmark, run as a subprocess: ``python -m benchmarks.e2e_driver MODE ADDRESS ...``.
+"""SDK side of the ``e2e`` and ``timers`` benchmarks, run as a subprocess:
+``python -m benchmarks.e2e_driver MODE ADDRESS ...``.
 
 It imports only ``durabletask`` (whose generated proto clashes with ours in one process).
 
-* ``worker ADDRESS``: a TaskHubGrpcWorker with the benchmark orchestration and activity; prints
+* ``worker ADDRESS``: a TaskHubGrpcWorker with the benchmark orchestrations and activity; prints
   ``READY`` once started and runs until its stdin closes.
 * ``burst ADDRESS COUNT PREFIX``: warm-up, prints ``READY``, waits for a line on stdin (the parent
   takes its CPU snapshot), schedules COUNT orchestrations at once, waits until all completed,
   prints ``DONE``, waits for a line on stdin, then prints one JSON line with the results.
 * ``steady ADDRESS RATE SECONDS PREFIX``: same protocol; schedules RATE orchestrations/s for
   SECONDS and records schedule-to-completion latency of each.
+* ``timers ADDRESS COUNT WINDOW LEAD PREFIX``: warm-up, then schedules COUNT timer orchestrations whose
+  timers are due evenly over WINDOW seconds starting LEAD seconds after the first schedule call; waits
+  until each has run its first episode; the same READY/DONE protocol around the window (from just before
+  the first fire time to SETTLE_SECONDS after the last); then reads each instance's history and prints
+  one JSON line with the fire lag and episode time of each timer (see :func:`_fire_and_episode`).
+* ``short-timers ADDRESS COUNT WINDOW DELAY PREFIX``: warm-up, ``READY``, then schedules COUNT timer
+  orchestrations evenly over WINDOW seconds, each with its timer due DELAY seconds after its schedule
+  call; ``DONE`` SETTLE_SECONDS after the last fire time; then the same JSON line.
 """
 from __future__ import annotations
 
@@ -18,6 +27,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 
 SCHEDULE_THREADS = 16
 # The reference serves on a ThreadPoolExecutor(max_workers=10) and a WaitForInstanceCompletion holds one
@@ -25,6 +35,11 @@ SCHEDULE_THREADS = 16
 # (a deadlock until the waits time out). So few waiters: the burst walks the ids in schedule order.
 BURST_WAIT_THREADS = 4
 STEADY_WAIT_THREADS = 6
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+ARMED = "armed"
+ARMED_POLL_SECONDS = 0.1
+WINDOW_MARGIN_SECONDS = 0.05  # the parent's CPU snapshot is taken this long before the first fire time
+SETTLE_SECONDS = 1.0  # after the last fire time, before the second CPU snapshot and the histories
 
 
 def act(ctx, x):
@@ -34,6 +49,14 @@ def act(ctx, x):
 def orch(ctx, x):
     r = yield ctx.call_activity(act, input=x)
     return r
+
+
+def timer_orch(ctx, fire_at_ms):
+    """Waits on a durable timer due at an absolute time (epoch ms, so every instance knows its own),
+    then returns; the custom status tells the client that the first episode is done."""
+    ctx.set_custom_status(ARMED)
+    yield ctx.create_timer(EPOCH + timedelta(milliseconds=fire_at_ms))
+    return fire_at_ms
 
 
 def _logger() -> logging.Logger:
@@ -50,6 +73,7 @@ def run_worker(address: str) -> int:
     logger = _logger()
     w = worker.TaskHubGrpcWorker(host_address=address, logger=logger)
     w.add_orchestrator(orch)
+    w.add_orchestrator(timer_orch)
     w.add_activity(act)
     w.start()
     print("READY", flush=True)
@@ -151,6 +175,118 @@ def run_steady(address: str, rate: float, seconds: float, prefix: str) -> int:
     return 0
 
 
+def _utc(naive: datetime) -> datetime:
+    """The SDK's OrchestrationState times are naive UTC; its history events carry UTC already."""
+    return naive.replace(tzinfo=timezone.utc)
+
+
+def _warm_up_timers(c, prefix: str) -> float:
+    """A few timer orchestrations end to end (every code path warm). Returns how far (ms) a creation
+    time the server stamped fell outside the client's call around it: about 0 when the server's clock
+    is this machine's (ours stamps whole ms, so up to 1)."""
+    outside, ids = 0.0, []
+    for i in range(10):
+        before = time.time()
+        ids.append(c.schedule_new_orchestration(timer_orch, input=int(before * 1000) + 200,
+                                                instance_id=f"{prefix}-warm-{i}"))
+        after = time.time()
+        created = _utc(c.get_orchestration_state(ids[-1], fetch_payloads=False).created_at).timestamp()
+        outside = max(outside, before - created, created - after)
+    for i in ids:
+        state = c.wait_for_orchestration_completion(i, fetch_payloads=False, timeout=60)
+        if state is None or state.runtime_status.name != "COMPLETED":
+            raise RuntimeError(f"warm-up timer orchestration {i} did not complete: {state}")
+    return outside * 1000
+
+
+def _wait_armed(c, ids: list[str], first_fire_ms: int) -> tuple[int, float]:
+    """Poll until every instance finished its first episode (its timer is stored), but not past the first
+    fire time; returns how many were not armed by then and when (epoch s) the polling ended."""
+    left = ids
+    with ThreadPoolExecutor(BURST_WAIT_THREADS) as pool:
+        while left and time.time() * 1000 < first_fire_ms:
+            states = list(pool.map(c.get_orchestration_state, left))
+            left = [i for i, s in zip(left, states) if s is None or s.get_custom_status() != ARMED]
+            if left:
+                time.sleep(ARMED_POLL_SECONDS)
+    return len(left), time.time()
+
+
+def _fire_and_episode(history: list, state) -> tuple[float, float] | None:
+    """(fire lag, episode time) in ms of one timer: the OrchestratorStarted event of the episode that
+    delivered the TimerFired event is when the server dispatched it; lag = that - fireAt, episode = the
+    instance's last update (its completion) - that. None if the history holds no fired timer."""
+    from durabletask import history as h
+
+    started = None
+    for event in history:
+        if isinstance(event, h.OrchestratorStartedEvent):
+            started = event.timestamp
+        elif isinstance(event, h.TimerFiredEvent):
+            if started is None:
+                return None
+            return ((started - event.fire_at).total_seconds() * 1000,
+                    (_utc(state.last_updated_at) - started).total_seconds() * 1000)
+    return None
+
+
+def _timer_results(c, ids: list[str]) -> dict:
+    """Wait for every instance and read its history: statuses, and the fire lag and episode time of each timer."""
+    with ThreadPoolExecutor(BURST_WAIT_THREADS) as pool:
+        states = list(pool.map(lambda i: c.wait_for_orchestration_completion(i, fetch_payloads=False, timeout=60),
+                               ids))
+        histories = list(pool.map(c.get_orchestration_history, ids))
+    statuses: dict[str, int] = {}
+    for s in states:
+        name = s.runtime_status.name if s is not None else "MISSING"
+        statuses[name] = statuses.get(name, 0) + 1
+    measured = [m for m in (_fire_and_episode(hist, s) for hist, s in zip(histories, states) if s is not None)
+                if m is not None]
+    return {"statuses": statuses, "measured": len(measured), "lags_ms": [round(lag, 3) for lag, _ in measured],
+            "episodes_ms": [round(ep, 3) for _, ep in measured]}
+
+
+def run_timers(address: str, count: int, window: float, lead: float, prefix: str) -> int:
+    c = _client(address)
+    outside_ms = _warm_up_timers(c, prefix)
+    ids = [f"{prefix}-{i}" for i in range(count)]
+    t0 = time.time()
+    first_ms = int((t0 + lead) * 1000)
+    fire_ms = [first_ms + i * int(window * 1000) // count for i in range(count)]
+    with ThreadPoolExecutor(SCHEDULE_THREADS) as pool:
+        list(pool.map(lambda i: c.schedule_new_orchestration(timer_orch, input=fire_ms[i], instance_id=ids[i]),
+                      range(count)))
+    scheduled = time.time()
+    unarmed, armed_at = _wait_armed(c, ids, first_ms)
+    time.sleep(max(0.0, first_ms / 1000 - WINDOW_MARGIN_SECONDS - time.time()))
+    _handshake("READY")
+    w0 = time.perf_counter()
+    time.sleep(max(0.0, fire_ms[-1] / 1000 + SETTLE_SECONDS - time.time()))
+    w1 = time.perf_counter()
+    _handshake("DONE")
+    print(json.dumps({"count": count, **_timer_results(c, ids), "window_seconds": w1 - w0,
+                      "schedule_seconds": scheduled - t0, "armed_margin_ms": first_ms - armed_at * 1000,
+                      "unarmed_at_first_fire": unarmed, "clock_outside_ms": outside_ms}), flush=True)
+    return 0
+
+
+def run_short_timers(address: str, count: int, window: float, delay: float, prefix: str) -> int:
+    c = _client(address)
+    outside_ms = _warm_up_timers(c, prefix)
+    ids = [f"{prefix}-{i}" for i in range(count)]
+    _handshake("READY")
+    w0, t0 = time.perf_counter(), time.time()
+    for n, instance_id in enumerate(ids):
+        time.sleep(max(0.0, t0 + n * window / count - time.time()))
+        c.schedule_new_orchestration(timer_orch, input=int((time.time() + delay) * 1000), instance_id=instance_id)
+    time.sleep(max(0.0, t0 + window + delay + SETTLE_SECONDS - time.time()))
+    w1 = time.perf_counter()
+    _handshake("DONE")
+    print(json.dumps({"count": count, **_timer_results(c, ids), "window_seconds": w1 - w0,
+                      "clock_outside_ms": outside_ms}), flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     mode, address = argv[0], argv[1]
     if mode == "worker":
@@ -159,6 +295,10 @@ def main(argv: list[str]) -> int:
         return run_burst(address, int(argv[2]), argv[3])
     if mode == "steady":
         return run_steady(address, float(argv[2]), float(argv[3]), argv[4])
+    if mode == "timers":
+        return run_timers(address, int(argv[2]), float(argv[3]), float(argv[4]), argv[5])
+    if mode == "short-timers":
+        return run_short_timers(address, int(argv[2]), float(argv[3]), float(argv[4]), argv[5])
     raise SystemExit(f"unknown mode {mode!r}")
 
 
