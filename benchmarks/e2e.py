@@ -1,8 +1,9 @@
 """End to end with the official SDK: TaskHubGrpcWorker runs a one-activity orchestration, ours against the reference.
 
 The orchestration is ``orch(ctx, x): r = yield ctx.call_activity(act, input=x); return r``.
-Per side (the SDK's in-memory backend, ``ref_backend.py``; ours, ``dt-scheduler serve`` on
-a fresh redis-server) the same load runs against a fresh server:
+Both servers (the SDK's in-memory backend, ``ref_backend.py``; ours, ``dt-scheduler serve`` on
+a fresh redis-server) run for the whole part, each with its own SDK worker; each round (3; quick 1)
+runs the same load on the reference, then on ours, in two phases:
 
 * burst: N orchestrations scheduled at once by the SDK client (16 threads), then waited for with
   ``wait_for_orchestration_completion`` by 4 threads walking the ids in schedule order (the reference
@@ -13,8 +14,10 @@ a fresh redis-server) the same load runs against a fresh server:
   observes it (``wait_for_orchestration_completion`` on a pool of 6 threads, one per instance in flight).
 
 The SDK worker and the SDK client run in subprocesses (``benchmarks/e2e_driver.py``; the SDK's
-generated proto clashes with ours in one process): one worker process and one client process
-per phase. CPU is read by this process around the timed phase (the client signals start/end).
+generated proto clashes with ours in one process): one worker process per side and one client
+process per phase. CPU is read by this process around the timed phase (the client signals
+start/end). The table gives medians over rounds and, for each ratio, the median of the per-round
+ratios: the machine is shared, and one disturbed round must not decide.
 """
 from __future__ import annotations
 
@@ -23,11 +26,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 from scheduler import testing
 
 from . import ref_backend
-from .common import PartResult, Row, log, machine_cpu_seconds, percentile, proc_cpu_seconds
+from .common import PartResult, Row, log, machine_cpu_seconds, median, percentile, proc_cpu_seconds
 
 TARGET_THROUGHPUT = 0.9  # ours/reference, at least
 TARGET_CPU = 1.25  # ours/reference server CPU per orchestration, at most
@@ -82,7 +86,7 @@ class _Cpu:
         return {k: b[k] - a[k] for k in a}
 
 
-def _phase(address: str, cpu: _Cpu, *args) -> dict:
+def phase(address: str, cpu: _Cpu, *args) -> dict:
     """Run one client phase; CPU is taken when the client is about to start and right after it is done."""
     proc = _driver(args[0], address, *args[1:])
     try:
@@ -101,94 +105,134 @@ def _phase(address: str, cpu: _Cpu, *args) -> dict:
     return out
 
 
-def _run_side(name: str, address: str, server_pid: int, redis_url: str | None, cfg: dict) -> dict:
+@contextlib.contextmanager
+def worker_side(name: str, address: str, server_pid: int, redis_url: str | None) -> Iterator[dict]:
+    """An SDK worker subprocess connected to one server, for the whole run."""
     worker = _driver("worker", address)
     try:
         _expect(worker, "READY", "worker did not start")
-        cpu = _Cpu(server_pid, worker.pid, redis_url)
-        log(f"e2e {name}: burst of {cfg['burst']} orchestrations")
-        burst = _phase(address, cpu, "burst", cfg["burst"], f"{name}-burst")
-        log(f"e2e {name}: {burst['count'] / burst['seconds']:.0f} orchestrations/s; steady "
-            f"{cfg['rate']}/s for {cfg['seconds']}s")
-        steady = _phase(address, cpu, "steady", cfg["rate"], cfg["seconds"], f"{name}-steady")
+        yield {"name": name, "address": address, "cpu": _Cpu(server_pid, worker.pid, redis_url)}
     finally:
         _stop(worker)
+
+
+@contextlib.contextmanager
+def both_servers() -> Iterator[list[dict]]:
+    """The reference (the SDK's in-memory backend) and ours (``dt-scheduler serve`` on a fresh
+    redis-server), each with its SDK worker, running for the whole part: [reference, ours]."""
+    ref_proc, ref_address = ref_backend.start()
+    try:
+        with testing.redis_server() as redis_url:
+            server = testing.start_server(redis_url)
+            try:
+                with worker_side("reference", ref_address, ref_proc.pid, None) as ref, \
+                        worker_side("ours", server.address, server.pid, redis_url) as ours:
+                    yield [ref, ours]
+            finally:
+                server.stop()
+    finally:
+        ref_backend.stop(ref_proc)
+
+
+def _round(side: dict, k: int, cfg: dict) -> dict:
+    name, address, cpu = side["name"], side["address"], side["cpu"]
+    log(f"e2e round {k + 1}/{cfg['rounds']} {name}: burst of {cfg['burst']}, then {cfg['rate']}/s for "
+        f"{cfg['seconds']}s")
+    burst = phase(address, cpu, "burst", cfg["burst"], f"{name}-burst-{k}")
+    steady = phase(address, cpu, "steady", cfg["rate"], cfg["seconds"], f"{name}-steady-{k}")
     return {"burst": burst, "steady": steady}
 
 
-def run(quick: bool = False) -> PartResult:
-    cfg = {"burst": 300 if quick else 2000, "rate": 50, "seconds": 3 if quick else 10}
+def run(quick: bool = False, rounds: int | None = None) -> PartResult:
+    cfg = {"burst": 300 if quick else 2000, "rate": 50, "seconds": 3 if quick else 10,
+           "rounds": rounds or (1 if quick else 3)}
     result = PartResult("e2e", details={"config": cfg})
-    sides = {}
-    ref_proc, ref_address = ref_backend.start()
-    try:
-        sides["reference"] = _run_side("reference", ref_address, ref_proc.pid, None, cfg)
-    finally:
-        ref_backend.stop(ref_proc)
-    with testing.redis_server() as redis_url:
-        server = testing.start_server(redis_url)
-        try:
-            sides["ours"] = _run_side("ours", server.address, server.pid, redis_url, cfg)
-        finally:
-            server.stop()
-    result.details["sides"] = {s: {p: {k: v for k, v in d.items() if k != "latencies_ms"} for p, d in r.items()}
-                               for s, r in sides.items()}
-    _summarise(result, sides, cfg)
+    runs: list[dict[str, dict]] = []
+    with both_servers() as sides:
+        for k in range(cfg["rounds"]):
+            runs.append({side["name"]: _round(side, k, cfg) for side in sides})
+    result.details["rounds"] = [{s: {p: {k: v for k, v in d.items() if k != "latencies_ms"} for p, d in r.items()}
+                                 for s, r in run_.items()} for run_ in runs]
+    _summarise(result, runs, cfg)
     return result
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None when either is missing or b is 0."""
     return None if a is None or not b else a / b
 
 
-def _summarise(result: PartResult, sides: dict, cfg: dict) -> None:
-    m = {}
-    for s, r in sides.items():
-        b, st = r["burst"], r["steady"]
-        n = max(b["completed"], 1)
-        lat = st["latencies_ms"]
-        m[s] = {"tput": b["completed"] / b["seconds"],
-                "server": b["cpu_seconds"]["server"] * 1000 / n, "redis": b["cpu_seconds"]["redis"] * 1000 / n,
-                "worker": b["cpu_seconds"]["worker"] * 1000 / n, "client": b["client_cpu_seconds"] * 1000 / n,
-                "p50": percentile(lat, 50), "p99": percentile(lat, 99), "max": max(lat) if lat else None,
-                "steady_server": (st["cpu_seconds"]["server"] + st["cpu_seconds"]["redis"]) * 1000
-                / max(st["completed"], 1)}
-        m[s]["total"] = m[s]["server"] + m[s]["redis"]
-        if b["completed"] != b["count"]:
-            result.notes.append(f"{s}: burst completed {b['completed']} of {b['count']} ({b['statuses']})")
-        if st["completed"] != st["count"]:
-            result.notes.append(f"{s}: steady completed {st['completed']} of {st['count']}")
-        if st["waits_queued"]:
-            result.notes.append(f"{s}: {st['waits_queued']} steady waits started > 20 ms after their schedule "
-                                f"(all waiter threads busy: those latencies are upper bounds)")
-        if st["late_schedules"]:
-            result.notes.append(f"{s}: {st['late_schedules']} steady schedules started late (client could not "
-                                f"keep {cfg['rate']}/s)")
-    o, r = m["ours"], m["reference"]
-    t_ratio, c_ratio, p_ratio = _ratio(o["tput"], r["tput"]), _ratio(o["total"], r["server"]), _ratio(o["p50"], r["p50"])
+def _figures(side: str, r: dict, cfg: dict, notes: list[str]) -> dict:
+    """One side's figures of one round (per orchestration, ms)."""
+    b, st = r["burst"], r["steady"]
+    n = max(b["completed"], 1)
+    lat = st["latencies_ms"]
+    m = {"tput": b["completed"] / b["seconds"],
+         "server": b["cpu_seconds"]["server"] * 1000 / n, "redis": b["cpu_seconds"]["redis"] * 1000 / n,
+         "worker": b["cpu_seconds"]["worker"] * 1000 / n, "client": b["client_cpu_seconds"] * 1000 / n,
+         "p50": percentile(lat, 50), "p99": percentile(lat, 99), "max": max(lat) if lat else None,
+         "steady_server": (st["cpu_seconds"]["server"] + st["cpu_seconds"]["redis"]) * 1000 / max(st["completed"], 1),
+         "other_load": (b["cpu_seconds"]["machine"] - b["cpu_seconds"]["server"] - b["cpu_seconds"]["redis"]
+                        - b["cpu_seconds"]["worker"] - b["client_cpu_seconds"]) / b["seconds"]}
+    m["total"] = m["server"] + m["redis"]
+    if b["completed"] != b["count"]:
+        notes.append(f"{side}: burst completed {b['completed']} of {b['count']} ({b['statuses']})")
+    if st["completed"] != st["count"]:
+        notes.append(f"{side}: steady completed {st['completed']} of {st['count']}")
+    if st["waits_queued"]:
+        notes.append(f"{side}: {st['waits_queued']} steady waits started > 20 ms after their schedule "
+                     f"(all waiter threads busy: those latencies are upper bounds)")
+    if st["late_schedules"]:
+        notes.append(f"{side}: {st['late_schedules']} steady schedules started late (client could not "
+                     f"keep {cfg['rate']}/s)")
+    return m
+
+
+def _summarise(result: PartResult, runs: list[dict], cfg: dict) -> None:
+    """Rows of medians over rounds; each ratio is the median of the per-round ratios (ours and the
+    reference measured back to back), so one disturbed round does not decide."""
+    per_round = [{s: _figures(s, r, cfg, result.notes) for s, r in run_.items()} for run_ in runs]
+
+    def med(side: str, key: str) -> float | None:
+        return median([f[side][key] for f in per_round if f[side][key] is not None])
+
+    def median_ratio(key: str, ref_key: str | None = None) -> float | None:
+        return median([x for f in per_round if (x := ratio(f["ours"][key], f["reference"][ref_key or key]))])
+
+    t_ratio, c_ratio, p_ratio = median_ratio("tput"), median_ratio("total", "server"), median_ratio("p50")
     result.rows += [
-        Row("e2e", f"burst {cfg['burst']}: orchestrations/s", o["tput"], r["tput"], t_ratio,
+        Row("e2e", f"burst {cfg['burst']}: orchestrations/s", med("ours", "tput"), med("reference", "tput"), t_ratio,
             f">= {TARGET_THROUGHPUT}x", t_ratio is not None and t_ratio >= TARGET_THROUGHPUT),
-        Row("e2e", "burst server CPU/orchestration", o["total"], r["server"], c_ratio, f"<= {TARGET_CPU}x",
-            c_ratio is not None and c_ratio <= TARGET_CPU, "ms"),
-        Row("e2e", "  of which scheduler proc", o["server"], None, _ratio(o["server"], r["server"]), unit="ms"),
-        Row("e2e", "  of which redis-server", o["redis"], None, _ratio(o["redis"], r["server"]), unit="ms"),
-        Row("e2e", "  SDK worker proc CPU/orchestration", o["worker"], r["worker"], _ratio(o["worker"], r["worker"]),
+        Row("e2e", "burst server CPU/orchestration", med("ours", "total"), med("reference", "server"), c_ratio,
+            f"<= {TARGET_CPU}x", c_ratio is not None and c_ratio <= TARGET_CPU, "ms"),
+        Row("e2e", "  of which scheduler proc", med("ours", "server"), None, median_ratio("server"), unit="ms"),
+        Row("e2e", "  of which redis-server", med("ours", "redis"), None, median_ratio("redis", "server"), unit="ms"),
+        Row("e2e", "  SDK worker proc CPU/orchestration", med("ours", "worker"), med("reference", "worker"),
+            median_ratio("worker"), unit="ms"),
+        Row("e2e", "  SDK client proc CPU/orchestration", med("ours", "client"), med("reference", "client"),
+            median_ratio("client"), unit="ms"),
+        Row("e2e", f"steady {cfg['rate']}/s: latency p50", med("ours", "p50"), med("reference", "p50"), p_ratio,
+            f"<= {TARGET_P50}x", p_ratio is not None and p_ratio <= TARGET_P50, "ms"),
+        Row("e2e", f"steady {cfg['rate']}/s: latency p99", med("ours", "p99"), med("reference", "p99"), median_ratio("p99"),
             unit="ms"),
-        Row("e2e", "  SDK client proc CPU/orchestration", o["client"], r["client"], _ratio(o["client"], r["client"]),
+        Row("e2e", f"steady {cfg['rate']}/s: latency max", med("ours", "max"), med("reference", "max"), median_ratio("max"),
             unit="ms"),
-        Row("e2e", f"steady {cfg['rate']}/s: latency p50", o["p50"], r["p50"], p_ratio, f"<= {TARGET_P50}x",
-            p_ratio is not None and p_ratio <= TARGET_P50, "ms"),
-        Row("e2e", f"steady {cfg['rate']}/s: latency p99", o["p99"], r["p99"], _ratio(o["p99"], r["p99"]), unit="ms"),
-        Row("e2e", f"steady {cfg['rate']}/s: latency max", o["max"], r["max"], _ratio(o["max"], r["max"]), unit="ms"),
-        Row("e2e", "steady server CPU/orchestration", o["steady_server"], r["steady_server"],
-            _ratio(o["steady_server"], r["steady_server"]), unit="ms"),
+        Row("e2e", "steady server CPU/orchestration", med("ours", "steady_server"), med("reference", "steady_server"),
+            median_ratio("steady_server"), unit="ms"),
     ]
-    result.details["summary"] = m
+    result.details["per_round"] = per_round
+    for key, label in (("tput", "throughput"), ("total", "server CPU"), ("p50", "steady p50")):
+        ref_key = "server" if key == "total" else key
+        ratios = [ratio(f["ours"][key], f["reference"][ref_key]) for f in per_round]
+        result.notes.append(f"per-round {label} ratios: " + ", ".join(f"{x:.2f}x" for x in ratios if x))
+    result.notes.append("other load during the bursts (cores, reference/ours per round): " + ", ".join(
+        f"{f['reference']['other_load']:.2f}/{f['ours']['other_load']:.2f}" for f in per_round))
     result.notes.append(
-        f"one run per side on a fresh server (reference first); SDK worker (default ConcurrencyOptions) and SDK "
-        f"client each in their own subprocess, sharing the {os.cpu_count()} cores with the server (and redis-server "
-        f"for ours); burst: {cfg['burst']} scheduled by 16 threads, completion observed by "
-        f"wait_for_orchestration_completion by 4 threads in schedule order; steady: {cfg['rate']}/s for {cfg['seconds']}s, "
-        f"latency from just before the schedule call to the return of wait_for_orchestration_completion (6 waiter "
-        f"threads); steady server CPU includes the servers' idle background work over the window")
+        f"{cfg['rounds']} round(s), each the reference then ours, both servers and their SDK workers running "
+        f"throughout; table: medians of per-round figures, ratios the median of per-round ratios; SDK worker "
+        f"(default ConcurrencyOptions) and SDK client each in their own subprocess, sharing the {os.cpu_count()} "
+        f"cores with the server (and redis-server for ours); burst: {cfg['burst']} scheduled by 16 threads, "
+        f"completion observed by wait_for_orchestration_completion by 4 threads in schedule order; steady: "
+        f"{cfg['rate']}/s for {cfg['seconds']}s, latency from just before the schedule call to the return of "
+        f"wait_for_orchestration_completion (6 waiter threads); steady server CPU includes the servers' idle "
+        f"background work over the window")

@@ -27,13 +27,9 @@ After each phase the client reads each instance's history:
 """
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 
-from scheduler import testing
-
-from . import e2e, ref_backend
+from . import e2e
 from .common import PartResult, Row, log, median, percentile
 
 TARGET_P99_MS = 20  # ours, fire lag p99, at most (plus 0 early)
@@ -47,17 +43,6 @@ def _lead_seconds(count: int) -> float:
     return 2.0 + count / 500
 
 
-@contextlib.contextmanager
-def _side(name: str, address: str, server_pid: int, redis_url: str | None) -> Iterator[dict]:
-    """An SDK worker subprocess connected to one server, for the whole run."""
-    worker = e2e._driver("worker", address)
-    try:
-        e2e._expect(worker, "READY", "worker did not start")
-        yield {"name": name, "address": address, "cpu": e2e._Cpu(server_pid, worker.pid, redis_url)}
-    finally:
-        e2e._stop(worker)
-
-
 def _rounds(sides: list[dict], cfg: dict) -> dict:
     """Each round runs both phases once per side, back to back (reference first); phase -> side -> rounds."""
     batch, short = cfg["batch"], cfg["short"]
@@ -67,9 +52,9 @@ def _rounds(sides: list[dict], cfg: dict) -> dict:
             name, address, cpu = side["name"], side["address"], side["cpu"]
             log(f"timers round {k + 1}/{cfg['rounds']} {name}: {batch['count']} timers due over {batch['window']}s, "
                 f"then {short['count']} timers {short['delay'] * 1000:.0f} ms ahead at {SHORT_RATE}/s")
-            out["batch"].setdefault(name, []).append(e2e._phase(
+            out["batch"].setdefault(name, []).append(e2e.phase(
                 address, cpu, "timers", batch["count"], batch["window"], batch["lead"], f"{name}-batch-{k}"))
-            out["short"].setdefault(name, []).append(e2e._phase(
+            out["short"].setdefault(name, []).append(e2e.phase(
                 address, cpu, "short-timers", short["count"], short["window"], short["delay"], f"{name}-short-{k}"))
     return out
 
@@ -80,18 +65,8 @@ def run(quick: bool = False, rounds: int | None = None) -> PartResult:
            "short": {"count": int(SHORT_RATE * window), "window": window, "delay": SHORT_DELAY},
            "rounds": rounds or (1 if quick else 3)}
     result = PartResult("timers", details={"config": cfg})
-    ref_proc, ref_address = ref_backend.start()
-    try:
-        with testing.redis_server() as redis_url:
-            server = testing.start_server(redis_url)
-            try:
-                with _side("reference", ref_address, ref_proc.pid, None) as ref, \
-                        _side("ours", server.address, server.pid, redis_url) as ours:
-                    runs = _rounds([ref, ours], cfg)
-            finally:
-                server.stop()
-    finally:
-        ref_backend.stop(ref_proc)
+    with e2e.both_servers() as sides:
+        runs = _rounds(sides, cfg)
     result.details["rounds"] = {
         phase: {s: [{k: v for k, v in d.items() if k not in ("lags_ms", "episodes_ms")} for d in rs]
                 for s, rs in sides.items()} for phase, sides in runs.items()}
@@ -134,7 +109,7 @@ def _rows(label: str, rounds: int, o: dict, r: dict, keys: tuple[tuple[str, str]
         target, ok = "", None
         if key == "lag_p99":
             target, ok = f"<= {TARGET_P99_MS} ms", o[key] is not None and o[key] <= TARGET_P99_MS
-        rows.append(Row("timers", metric.format(label=label), o[key], r[key], e2e._ratio(o[key], r[key]), target,
+        rows.append(Row("timers", metric.format(label=label), o[key], r[key], e2e.ratio(o[key], r[key]), target,
                         ok, "ms"))
     return rows
 
