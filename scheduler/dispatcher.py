@@ -10,7 +10,9 @@ wake-up named (sent when a queue stops being empty), those it took work from las
 time (until a look finds nothing more), and the partition of an orchestration it
 just finished (its completion may have made it ready again). A few times a second it
 looks everywhere, in case a wake-up was lost, and it sends a HealthPing at the
-configured interval.
+configured interval. Work that a request on this replica just made ready (a started
+instance, queued activities, an activity result) is offered to one of its streams
+by id, which tries to claim it at once, before any pub/sub round trip or look.
 """
 from __future__ import annotations
 
@@ -74,6 +76,19 @@ class WorkStream:
         self._offset = itertools.count()
         everywhere = range(hub.partitions)
         self._look = {"ready": set(everywhere), "activities": set(everywhere)}  # partitions to look at next
+        self._offered: dict[str, list[str]] = {"ready": [], "activities": []}  # ids to try first
+
+    @property
+    def takes_offers(self) -> bool:
+        """True when the stream takes any work (no filter) and has room for more."""
+        return (self.orchestration_filter is None and self.activity_filter is None
+                and (not self.max_items or len(self.held) < self.max_items)
+                and (not self.max_activities or len(self.held_activities) < self.max_activities))
+
+    def offer(self, queue: str, item: str) -> None:
+        """An instance ("ready") or activity item ("activities") was just queued: try it first."""
+        self._offered[queue].append(item)
+        self.wake.set()
 
     def look(self, queue: str, partition: int) -> None:
         """Work may be waiting in this queue ("ready" or "activities") of this partition."""
@@ -117,23 +132,30 @@ class WorkStream:
             await self._hand_back()
 
     async def _dispatch(self, write) -> int:
-        """Claim and write what is ready now, up to the stream's limit; returns how many went out."""
+        """Claim and write what is ready now (what was offered first), up to the stream's limit;
+        returns how many went out."""
         room = self.max_items - len(self.held) if self.max_items else 1 << 30
-        if room <= 0 or not self._look["ready"]:
-            return 0
-        order = self._where_to_look("ready")
+        offered, self._offered["ready"] = self._offered["ready"], []
+        sent = await self._claim_orchestrations(write, offered, room)
+        if room - sent <= 0 or not self._look["ready"]:
+            return sent
         per_partition = CANDIDATES_PER_PARTITION if self.orchestration_filter is None else \
             FILTERED_CANDIDATES_PER_PARTITION
         candidates = list(itertools.chain.from_iterable(await asyncio.gather(*(
-            self.store.ready_candidates(self.hub, p, min(room, per_partition)) for p in order))))
+            self.store.ready_candidates(self.hub, p, min(room - sent, per_partition))
+            for p in self._where_to_look("ready")))))
         if self.orchestration_filter is not None and candidates:
             names = await self.store.instance_names(self.hub, candidates)
             candidates = [iid for iid, (name, version) in zip(candidates, names)
                           if name is not None and accepts(self.orchestration_filter, name, version)]
+        return sent + await self._claim_orchestrations(write, candidates, room - sent)
+
+    async def _claim_orchestrations(self, write, instance_ids: list[str], room: int) -> int:
         sent = 0
-        for iid in candidates:
-            if sent >= room:
-                break
+        for iid in instance_ids:
+            if sent >= room:  # no room for the rest: look for them later
+                self._look["ready"].add(partition_of(iid, self.hub.partitions))
+                continue
             token = claim_token(self.hub, iid)
             claim = await self.store.claim_orchestration(self.hub, iid, token, self.lease_ms,
                                                          convert.orchestrator_started())
@@ -150,27 +172,34 @@ class WorkStream:
 
     async def _dispatch_activities(self, write) -> int:
         room = self.max_activities - len(self.held_activities) if self.max_activities else 1 << 30
-        if room <= 0 or not self._look["activities"]:
-            return 0
+        offered, self._offered["activities"] = self._offered["activities"], []
+        sent = await self._claim_activities(write, offered, room)
+        if room - sent <= 0 or not self._look["activities"]:
+            return sent
         per_partition = CANDIDATES_PER_PARTITION if self.activity_filter is None else \
             FILTERED_CANDIDATES_PER_PARTITION
         queued = list(itertools.chain.from_iterable(await asyncio.gather(*(
-            self.store.queued_activities(self.hub, p, min(room, per_partition))
+            self.store.queued_activities(self.hub, p, min(room - sent, per_partition))
             for p in self._where_to_look("activities")))))
         if self.activity_filter is not None and queued:
             requests = await self.store.activity_requests(self.hub, queued)
             queued = [item for item, raw in zip(queued, requests) if raw is not None and accepts(
                 self.activity_filter, *_name_version(pb.ActivityRequest.FromString(raw)))]
+        return sent + await self._claim_activities(write, queued, room - sent)
+
+    async def _claim_activities(self, write, items: list[str], room: int) -> int:
         sent = 0
-        for item in queued:
-            if sent >= room:
-                break
+        for item in items:
+            partition = partition_of(item.split("\n", 1)[0], self.hub.partitions)
+            if sent >= room:  # no room for the rest: look for them later
+                self._look["activities"].add(partition)
+                continue
             token = activity_token(self.hub, item)
             payload = await self.store.claim_activity(self.hub, item, token, self.lease_ms)
             if payload is None:
                 continue
             self.held_activities[item] = token
-            self._look["activities"].add(partition_of(item.split("\n", 1)[0], self.hub.partitions))
+            self._look["activities"].add(partition)  # look again until nothing is left
             await write(pb.WorkItem(activityRequest=pb.ActivityRequest.FromString(payload), completionToken=token))
             sent += 1
         return sent

@@ -36,6 +36,15 @@ class WorkRPCs:
         for stream in self.work_streams.get(hub_name, ()):
             stream.look(*queue) if queue else stream.look_everywhere()
 
+    def offer_work(self, hub_name: str, queue: str, items: list[str]) -> None:
+        """Work a request on this replica just queued ("ready" instance ids or "activities" items): offer it
+        to the least busy of this replica's streams that take any work, which claims it at once."""
+        streams = [s for s in self.work_streams.get(hub_name, ()) if s.takes_offers]
+        if streams and items:
+            stream = min(streams, key=lambda s: len(s.held) + len(s.held_activities))
+            for item in items:
+                stream.offer(queue, item)
+
     @rpc
     async def GetWorkItems(self, request: pb.GetWorkItemsRequest, context):
         hub = await self._hub(context)
@@ -109,6 +118,7 @@ class WorkRPCs:
         await self.store.complete_orchestration(hub, instance_id, token, episode.events, episode.status,
                                                 episode.output, episode.failure, custom, activities,
                                                 episode.timers, [relay.message(*m) for m in messages], max_history)
+        self.offer_work(hub.hub, "activities", [item for item, _ in activities])
 
     async def _recursive_termination(self, hub: HubKeys, instance_id: str, execution_id: str,
                                      h: dict[str, bytes], episode: convert.Episode) -> list[tuple[str, str, str, bytes]]:
@@ -126,6 +136,7 @@ class WorkRPCs:
         hub, item = await self._token_hub(request.completionToken, request.instanceId, "a")
         await self.store.complete_activity(hub, item, request.completionToken, convert.activity_result(request))
         self._finished_activity(hub, item)
+        self.offer_work(hub.hub, "ready", [item.split("\n", 1)[0]])  # its orchestration has a new event
         return pb.CompleteTaskResponse()
 
     @rpc

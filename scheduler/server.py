@@ -82,6 +82,8 @@ class Servicer(LifecycleRPCs, QueryRPCs, WorkRPCs, pb_grpc.TaskHubSidecarService
         validation.check_create_request(request, instance_id, self.config.max_payload_bytes)
         hub = await self._hub(context)
         await self.store.create_instance(hub, convert.new_instance(request, instance_id))
+        if not request.HasField("scheduledStartTimestamp"):
+            self.offer_work(hub.hub, "ready", [instance_id])
         return pb.CreateInstanceResponse(instanceId=instance_id)
 
     @rpc

@@ -9,6 +9,7 @@ import pytest
 from google.protobuf import wrappers_pb2
 
 from scheduler._proto import orchestrator_service_pb2 as pb
+from scheduler import dispatcher
 from scheduler.keys import partition_of
 from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
 from server_helpers import PARTITIONS, eventually, rpc_error
@@ -200,3 +201,34 @@ async def test_an_episode_past_the_history_limit_fails_the_instance_clearly(star
         hub = app.store.cached_hub(hub_name)
         assert not await app.store.queued_activities(hub, partition_of("big", hub.partitions), 50)
         call.cancel()
+
+
+async def test_work_made_ready_here_is_offered_to_a_stream_without_any_wake_up(start_app, redis_url, key_prefix,
+                                                                              hub_name, monkeypatch):
+    """A started instance, the activities its episode queued and the activity's result reach this replica's
+    stream at once, with pub/sub wake-ups lost and no periodic look within the test's time."""
+    monkeypatch.setattr(dispatcher, "RESCAN_SECONDS", 60.0)
+    app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS,
+                          health_ping_seconds=60.0)
+    app.notifier.on_work = lambda hub, key: None  # every "work" wake-up is lost
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.TaskHubSidecarServiceStub(channel)
+        call = stub.GetWorkItems(pb.GetWorkItemsRequest())
+        await eventually(lambda: _streams_idle(app))  # its first looks are done: from now on it only waits
+        await stub.StartInstance(pb.CreateInstanceRequest(instanceId="offered", name="Orch"))
+        episode = await next_work(call)
+        assert episode.orchestratorRequest.instanceId == "offered"
+        await stub.CompleteOrchestratorTask(schedule(episode.completionToken, 1))
+        activity = await next_work(call)
+        assert activity.activityRequest.taskId == 1
+        await stub.CompleteActivityTask(pb.ActivityResponse(instanceId="offered", taskId=1,
+                                                            completionToken=activity.completionToken))
+        again = await next_work(call)
+        assert [e.WhichOneof("eventType") for e in again.orchestratorRequest.newEvents] == \
+            ["orchestratorStarted", "taskCompleted"]
+        call.cancel()
+
+
+async def _streams_idle(app) -> bool:
+    streams = [s for group in app.servicer.work_streams.values() for s in group]
+    return bool(streams) and all(not any(s._look.values()) for s in streams)  # noqa: SLF001 - nothing to look at
