@@ -15,7 +15,6 @@ import pytest
 from google.protobuf import wrappers_pb2
 
 from scheduler._proto import orchestrator_service_pb2 as pb
-from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
 from server_helpers import PARTITIONS, eventually
 
 Plan = Callable[[pb.OrchestratorRequest], list[pb.OrchestratorAction]]
@@ -25,12 +24,6 @@ Plan = Callable[[pb.OrchestratorRequest], list[pb.OrchestratorAction]]
 async def app(start_app, redis_url, key_prefix, hub_name):
     return await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS,
                            health_ping_seconds=0.2, lease_seconds=2.0)
-
-
-@pytest.fixture
-async def stub(app):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-        yield pb_grpc.TaskHubSidecarServiceStub(channel)
 
 
 def create_children(*ids: str) -> Plan:

@@ -21,12 +21,6 @@ async def app(start_app, redis_url, key_prefix, hub_name):
                            health_ping_seconds=0.2, lease_seconds=1.0)
 
 
-@pytest.fixture
-async def stub(app):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-        yield pb_grpc.TaskHubSidecarServiceStub(channel)
-
-
 async def next_work(call) -> pb.WorkItem:
     """The next work item of a stream that is not a health ping."""
     while True:
