@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from . import errors
+from . import convert, errors
 from ._proto import orchestrator_service_pb2 as pb
 from .keys import HubKeys
 from .loops import Loop
@@ -51,6 +51,18 @@ def child_instance(start_event: bytes) -> NewInstance:
     if started.HasField("version"):
         fields["version"] = started.version.value
     return NewInstance(started.orchestrationInstance.instanceId, fields, start_event)
+
+
+async def terminate(store: Store, hub: HubKeys, instance_id: str, event: bytes, output: str | None) -> str:
+    """TerminateInstance's effect (see Store.terminate_instance). A sub-orchestration that no worker
+    ran yet ends at once, without an episode, so the message telling its parent goes with it.
+    Returns the status before."""
+    notice = b""
+    h = await store.get_instance(hub, instance_id)
+    if h is not None and (h["status"] == b"PENDING" or h.get("prev_status") == b"PENDING"):
+        told = convert.parent_notification(h, convert.Episode(status="TERMINATED", output=output))
+        notice = b"" if told is None else message(*told)
+    return await store.terminate_instance(hub, instance_id, event, output, notice)
 
 
 class Relay:
@@ -93,7 +105,7 @@ class Relay:
             terminated = pb.HistoryEvent.FromString(payload).executionTerminated
             output = terminated.input.value if terminated.HasField("input") else None
             try:
-                await self.store.terminate_instance(self.hub, target, payload, output)
+                await terminate(self.store, self.hub, target, payload, output)
             except errors.InstanceNotFound:
                 pass  # never created, or purged meanwhile
         else:

@@ -10,7 +10,7 @@ instance again (same or new id) with its name, version and input.
 """
 from __future__ import annotations
 
-from . import convert, errors, validation
+from . import convert, errors, relay, validation
 from ._proto import orchestrator_service_pb2 as pb
 from .keys import HubKeys
 from .rpc_common import rpc
@@ -54,7 +54,7 @@ class LifecycleRPCs:
         self._check_payload("output", output)
         hub = await self._instance_hub(request.instanceId, context)
         event = convert.execution_terminated(output, request.recursive)
-        await self.store.terminate_instance(hub, request.instanceId, event, output)
+        await relay.terminate(self.store, hub, request.instanceId, event, output)
         return pb.TerminateResponse()
 
     @rpc

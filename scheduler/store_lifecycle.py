@@ -35,14 +35,17 @@ class LifecycleOps:
         return _status(reply, instance_id)
 
     @unavailable_on_redis_errors
-    async def terminate_instance(self, hub: HubKeys, instance_id: str, event: bytes, output: str | None) -> str:
+    async def terminate_instance(self, hub: HubKeys, instance_id: str, event: bytes, output: str | None,
+                                 notice: bytes = b"") -> str:
         """End an instance not yet dispatched at once, or queue the serialized ExecutionTerminated event
-        for a dispatched one (see terminate_instance.lua). Returns the status before."""
+        for a dispatched one (see terminate_instance.lua). ``notice``: the outbox message telling its
+        parent, written only if it is ended at once. Returns the status before."""
         pk = hub.for_instance(instance_id)
         reply = await self._eval(
             "terminate_instance",
-            [pk.instance(instance_id), pk.inbox(instance_id), pk.history(instance_id), pk.due, pk.ready, pk.stats],
-            [instance_id, event, "0" if output is None else "1", output or "", self.channel, hub.hub])
+            [pk.instance(instance_id), pk.inbox(instance_id), pk.history(instance_id), pk.due, pk.ready, pk.stats,
+             pk.outbox],
+            [instance_id, event, "0" if output is None else "1", output or "", self.channel, hub.hub, notice])
         return _status(reply, instance_id)
 
     @unavailable_on_redis_errors

@@ -5,7 +5,8 @@
 -- its inbox moved to the history followed by the ExecutionTerminated event, `start`
 -- pointed into the history, stats moved, status change published. One already
 -- dispatched (RUNNING, or SUSPENDED from RUNNING) gets the event in its inbox and
--- is made ready: the engine applies it.
+-- is made ready: the engine applies it. A sub-orchestration ended at once tells
+-- its parent through the outbox (the caller prepares that message: ARGV[7]).
 --
 -- KEYS[1] inst   instance hash
 -- KEYS[2] inbox  instance inbox list
@@ -13,17 +14,19 @@
 -- KEYS[4] due    partition due zset
 -- KEYS[5] ready  partition ready zset
 -- KEYS[6] stats  partition status counts hash
+-- KEYS[7] outbox partition outbox list
 -- ARGV[1] instance_id
 -- ARGV[2] event       serialized ExecutionTerminated HistoryEvent
 -- ARGV[3] has_output  "1" to store ARGV[4] as the output, "0" to leave it unset
 -- ARGV[4] output
 -- ARGV[5] channel     pub/sub channel for wake-ups
 -- ARGV[6] hub         task hub name (for the wake-up message)
+-- ARGV[7] notice      outbox message for the parent if this ends it at once, or ""
 -- Returns {0, status before}, or {2} if there is no such instance.
 local inst_key, inbox_key, hist_key = KEYS[1], KEYS[2], KEYS[3]
 local due_key, ready_key, stats_key = KEYS[4], KEYS[5], KEYS[6]
 local instance_id, event, has_output, output = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4]
-local channel, hub = ARGV[5], ARGV[6]
+local channel, hub, notice = ARGV[5], ARGV[6], ARGV[7]
 
 local status = redis.call('HGET', inst_key, 'status')
 if not status then return {2} end
@@ -57,4 +60,8 @@ redis.call('ZREM', ready_key, instance_id)
 redis.call('HINCRBY', stats_key, status, -1)
 redis.call('HINCRBY', stats_key, 'TERMINATED', 1)
 redis.call('PUBLISH', channel, hub .. ' status ' .. instance_id)
+if notice ~= '' then
+  redis.call('RPUSH', KEYS[7], notice)
+  redis.call('PUBLISH', channel, hub .. ' outbox -')
+end
 return {0, status}

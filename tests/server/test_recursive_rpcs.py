@@ -187,3 +187,19 @@ async def test_a_recursive_purge_of_a_running_parent_deletes_nothing(stub):
         reply = await stub.PurgeInstances(pb.PurgeInstancesRequest(instanceId="mum", recursive=True))
     assert reply.deletedInstanceCount == 0
     assert (await status(stub, "mum"), await status(stub, "kid2")) == ("RUNNING", "COMPLETED")
+
+
+async def test_a_child_terminated_before_any_worker_ran_it_tells_its_parent(stub):
+    def parent(req: pb.OrchestratorRequest) -> list[pb.OrchestratorAction]:
+        failed = [e.subOrchestrationInstanceFailed for e in req.newEvents if e.HasField("subOrchestrationInstanceFailed")]
+        if failed:
+            return [ending(pb.ORCHESTRATION_STATUS_COMPLETED, f'"{failed[0].failureDetails.errorType}"')]
+        return create_children("kid1")(req)
+
+    async with scripted_worker(stub, {"mum": parent}, only="Parent"):  # nobody runs "Child"
+        await stub.StartInstance(pb.CreateInstanceRequest(instanceId="mum", name="Parent"))
+        await until(stub, {"mum": "RUNNING", "kid1": "PENDING"})
+        await stub.TerminateInstance(pb.TerminateRequest(instanceId="kid1"))  # ends at once: no episode
+        await until(stub, {"kid1": "TERMINATED", "mum": "COMPLETED"})
+    reply = await stub.GetInstance(pb.GetInstanceRequest(instanceId="mum", getInputsAndOutputs=True))
+    assert reply.orchestrationState.output.value == '"Terminated"'

@@ -129,9 +129,11 @@ async def test_terminate_a_scheduled_instance_ends_it_at_once(store: Store, hub,
         terminated = convert.execution_terminated('"stopped"', True)
         async with published(redis, store.channel) as (messages, drain_until):
             t0 = await store.server_time_ms()
-            assert await store.terminate_instance(hub, iid, terminated, '"stopped"') == "PENDING"
+            notice = f"tell the parent of {iid}".encode()
+            assert await store.terminate_instance(hub, iid, terminated, '"stopped"', notice) == "PENDING"
             t1 = await store.server_time_ms()
-            await drain_until(lambda m: f"{hub.hub} status {iid}" in m)
+            await drain_until(lambda m: f"{hub.hub} status {iid}" in m and f"{hub.hub} outbox -" in m)
+        assert await redis.lrange(pk.outbox, 0, -1) == [notice]
         h = await redis.hgetall(pk.instance(iid))
         assert h[b"status"] == b"TERMINATED" and h[b"output"] == b'"stopped"' and h[b"start"] == b"hist 0"
         assert t0 <= int(h[b"completed_ms"]) == int(h[b"updated_ms"]) <= t1
@@ -177,7 +179,8 @@ async def test_terminate_a_running_instance_queues_the_event(store: Store, hub, 
     pk = hub.for_instance("run")
     await make_running(redis, pk, "run")
     event = convert.execution_terminated("bye", False)
-    assert await store.terminate_instance(hub, "run", event, "bye") == "RUNNING"
+    assert await store.terminate_instance(hub, "run", event, "bye", notice=b"for the parent") == "RUNNING"
+    assert not await redis.exists(pk.outbox), "the episode that applies the event tells the parent"
     h = await redis.hgetall(pk.instance("run"))
     assert h[b"status"] == b"RUNNING" and b"output" not in h and b"completed_ms" not in h
     assert (await inbox(redis, pk, "run"))[-1] == event
