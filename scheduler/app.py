@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import grpc
 import prometheus_client
@@ -54,6 +55,7 @@ class App:
         self._background: set[asyncio.Task] = set()
         self.health = health.aio.HealthServicer()
         self.housekeeping = AsyncIOScheduler()
+        self._running_jobs: set[asyncio.Task] = set()
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
 
@@ -66,10 +68,9 @@ class App:
             log.warning("Redis is not reachable yet (%s); serving UNAVAILABLE until it is", exc)
         self.notifier.start()
         await self._refresh_hubs()
-        self.housekeeping.add_job(self._refresh_hubs, "interval", seconds=HUB_REFRESH_SECONDS, max_instances=1)
-        self.housekeeping.add_job(self._check_health, "interval", seconds=HEALTH_CHECK_SECONDS, max_instances=1)
-        self.housekeeping.add_job(self.sample_depths, "interval", seconds=DEPTH_SAMPLE_SECONDS, max_instances=1)
-        self.housekeeping.add_job(self.sweep_leases, "interval", seconds=LEASE_SWEEP_SECONDS, max_instances=1)
+        for job, seconds in ((self._refresh_hubs, HUB_REFRESH_SECONDS), (self._check_health, HEALTH_CHECK_SECONDS),
+                             (self.sample_depths, DEPTH_SAMPLE_SECONDS), (self.sweep_leases, LEASE_SWEEP_SECONDS)):
+            self.add_housekeeping(job, seconds)
         self.housekeeping.start()
 
         max_message = self.config.max_payload_bytes + MESSAGE_HEADROOM_BYTES
@@ -96,6 +97,9 @@ class App:
         if self.server is not None:
             await self.server.stop(grace)
         if self.housekeeping.running:
+            self.housekeeping.pause()  # shutdown() would cancel a running job mid-step: let it finish
+            if self._running_jobs:
+                await asyncio.wait(self._running_jobs, timeout=grace)
             self.housekeeping.shutdown(wait=False)
         for loop in [*self.promoters.values(), *self.relays.values()]:
             await loop.stop()
@@ -107,6 +111,18 @@ class App:
             await self.server.wait_for_termination()
 
     # -- background ------------------------------------------------------------------------
+
+    def add_housekeeping(self, job: Callable[[], Awaitable[None]], seconds: float) -> None:
+        """Run ``job`` every ``seconds`` (never two at once); :meth:`stop` lets a running one finish."""
+        async def tracked() -> None:
+            task = asyncio.current_task()
+            self._running_jobs.add(task)
+            try:
+                await job()
+            finally:
+                self._running_jobs.discard(task)
+
+        self.housekeeping.add_job(tracked, "interval", seconds=seconds, max_instances=1, name=job.__name__)
 
     def _ensure_promoter(self, hub: HubKeys) -> None:
         """Run a promoter for the hub; replace one built for an earlier incarnation of the hub."""

@@ -123,3 +123,19 @@ async def test_health_reports_serving(channel):
     for service in ("", SERVICE_NAME):
         reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_stop_lets_a_running_housekeeping_job_finish(start_app, redis_url, key_prefix, hub_name, caplog):
+    app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name)
+    started, finished = asyncio.Event(), asyncio.Event()
+
+    async def slow_step() -> None:
+        started.set()
+        await asyncio.sleep(0.3)  # a step under way when the replica is told to stop
+        finished.set()
+
+    app.add_housekeeping(slow_step, 0.05)
+    await asyncio.wait_for(started.wait(), 5)
+    await app.stop(grace=5)
+    assert finished.is_set(), "the running step was cancelled instead of finishing"
+    assert not [r for r in caplog.records if "raised an exception" in r.getMessage()]
