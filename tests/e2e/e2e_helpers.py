@@ -63,7 +63,7 @@ def sdk_on(address: str, backend: str, orchestrators, activities, **worker_optio
         w.add_activity(fn)
     w.start()
     c = client.TaskHubGrpcClient(host_address=address)
-    c.backend = backend
+    c.backend, c.address = backend, address
     try:
         yield c
     finally:

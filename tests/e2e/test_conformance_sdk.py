@@ -315,3 +315,25 @@ def test_purge_by_filter_of_orchestrations_a_worker_ran(running):
         assert_gone(running, iid)
     assert running.get_orchestration_state(waiting).runtime_status == Status.RUNNING
     assert kinds(running, waiting, history.ExecutionStartedEvent), "the running instance keeps its history"
+
+
+async def test_the_async_client_drives_orchestrations_a_worker_runs(running):
+    ac = client.AsyncTaskHubGrpcClient(host_address=running.address)
+    try:
+        done = await ac.schedule_new_orchestration(runs_tally, input="async")
+        state = await ac.wait_for_orchestration_completion(done, timeout=30)
+        assert (state.runtime_status, state.get_output()) == (Status.COMPLETED, "ASYNC")
+        waiting = await ac.schedule_new_orchestration(approval)
+        await ac.wait_for_orchestration_start(waiting, timeout=30)
+        await ac.raise_orchestration_event(waiting, "answer", data="from async")
+        state = await ac.wait_for_orchestration_completion(waiting, timeout=30)
+        assert state.serialized_output == '"answered from async"'
+        stopped = await ac.schedule_new_orchestration(approval)
+        await ac.wait_for_orchestration_start(stopped, timeout=30)
+        await ac.terminate_orchestration(stopped, output="enough", recursive=False)
+        state = await ac.wait_for_orchestration_completion(stopped, timeout=30)
+        assert (state.runtime_status, state.serialized_output) == (Status.TERMINATED, '"enough"')
+        purged = await ac.purge_orchestration(done, recursive=False)
+        assert purged.deleted_instance_count == 1 and await ac.get_orchestration_state(done) is None
+    finally:
+        await ac.close()
