@@ -5,7 +5,8 @@
 -- its inbox moved to the history followed by the ExecutionTerminated event, `start`
 -- pointed into the history, stats moved, status change published. One already
 -- dispatched (RUNNING, or SUSPENDED from RUNNING) gets the event in its inbox and
--- is made ready: the engine applies it. A sub-orchestration ended at once tells
+-- is made ready: the engine applies it. A suspended one is RUNNING again for that
+-- (dispatch is held while SUSPENDED; the SDKs apply a termination while suspended). A sub-orchestration ended at once tells
 -- its parent through the outbox (the caller prepares that message: ARGV[7]).
 --
 -- KEYS[1] inst   instance hash
@@ -36,6 +37,13 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local base = status == 'SUSPENDED' and redis.call('HGET', inst_key, 'prev_status') or status
 
 if base == 'RUNNING' then
+  if status == 'SUSPENDED' then
+    redis.call('HSET', inst_key, 'status', 'RUNNING')
+    redis.call('HDEL', inst_key, 'prev_status', 'due_ms')
+    redis.call('HINCRBY', stats_key, 'SUSPENDED', -1)
+    redis.call('HINCRBY', stats_key, 'RUNNING', 1)
+    redis.call('PUBLISH', channel, hub .. ' status ' .. instance_id)
+  end
   redis.call('RPUSH', inbox_key, event)
   redis.call('HSET', inst_key, 'updated_ms', now)
   if redis.call('ZCARD', ready_key) == 0 then redis.call('PUBLISH', channel, hub .. ' work ' .. ready_key) end

@@ -337,3 +337,14 @@ async def test_the_async_client_drives_orchestrations_a_worker_runs(running):
         assert purged.deleted_instance_count == 1 and await ac.get_orchestration_state(done) is None
     finally:
         await ac.close()
+
+
+def test_terminating_a_suspended_orchestration(running):
+    iid = running.schedule_new_orchestration(approval)
+    running.wait_for_orchestration_start(iid, timeout=30)
+    running.suspend_orchestration(iid)
+    poll(lambda: running.get_orchestration_state(iid).runtime_status == Status.SUSPENDED, timeout=10,
+         what="the instance to be suspended")
+    running.terminate_orchestration(iid, output="stopped while suspended", recursive=False)
+    state = running.wait_for_orchestration_completion(iid, timeout=30)
+    assert (state.runtime_status, state.serialized_output) == (Status.TERMINATED, '"stopped while suspended"')

@@ -203,6 +203,23 @@ async def test_terminate_a_suspended_scheduled_instance(store: Store, hub, redis
     assert await stats_of(redis, pk) == {"TERMINATED": 1}
 
 
+async def test_terminate_a_suspended_running_instance_lets_the_engine_apply_it(store: Store, hub, redis):
+    await store.create_instance(hub, new("run"))
+    pk = hub.for_instance("run")
+    await make_running(redis, pk, "run")
+    await store.suspend_instance(hub, "run", convert.execution_suspended("hold"))
+    assert (await where(redis, pk, "run"))[1] is None, "held: not ready while suspended"
+    event = convert.execution_terminated("bye", False)
+    async with published(redis, store.channel) as (_, drain_until):
+        assert await store.terminate_instance(hub, "run", event, "bye") == "SUSPENDED"
+        await drain_until(lambda m: f"{hub.hub} status run" in m)
+    h = await redis.hgetall(pk.instance("run"))
+    assert h[b"status"] == b"RUNNING" and b"prev_status" not in h, "dispatch resumes, for the termination"
+    assert (await inbox(redis, pk, "run"))[-1] == event
+    assert (await where(redis, pk, "run"))[1] is not None
+    assert await stats_of(redis, pk) == {"RUNNING": 1}
+
+
 async def test_a_terminated_instance_is_never_promoted(store: Store, hub, redis):
     due = await scheduled(store, hub, "gone", ahead_ms=30)
     await store.terminate_instance(hub, "gone", convert.execution_terminated(None, False), None)
