@@ -359,6 +359,13 @@ def parent_notification(h: dict[str, bytes], episode: Episode) -> tuple[str, str
     return (f"{child_execution}:done", "event", parent.decode(), event)
 
 
+def sub_orchestration_failed(task_id: int, error_type: str, message: str) -> bytes:
+    """The serialized SubOrchestrationInstanceFailed event that fails a parent's sub-orchestration task."""
+    failure = pb.TaskFailureDetails(errorType=error_type, errorMessage=message, isNonRetriable=True)
+    return _event(-1, subOrchestrationInstanceFailed=pb.SubOrchestrationInstanceFailedEvent(
+        taskScheduledId=task_id, failureDetails=failure))
+
+
 def history_limit_failure(limit: int, would_be: int) -> Episode:
     """The episode that fails an orchestration whose history would exceed the configured limit."""
     failure = pb.TaskFailureDetails(

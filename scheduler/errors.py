@@ -7,10 +7,11 @@ class StoreError(Exception):
 
 
 class InstanceExists(StoreError):
-    def __init__(self, instance_id: str, status: str) -> None:
+    def __init__(self, instance_id: str, status: str, done_before: bool = False) -> None:
         super().__init__(f"orchestration instance '{instance_id}' already exists with status {status}")
         self.instance_id = instance_id
         self.status = status
+        self.done_before = done_before  # the same creation (same execution id) happened before
 
 
 class InstanceNotFound(StoreError):
@@ -59,3 +60,4 @@ class PayloadTooLarge(InvalidRequest):
 OK = 0
 EXISTS = 1
 NOT_FOUND = 2
+DONE_BEFORE = 3

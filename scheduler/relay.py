@@ -17,6 +17,7 @@ ended or unknown target is left alone).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from . import convert, errors
@@ -24,6 +25,7 @@ from ._proto import orchestrator_service_pb2 as pb
 from .keys import HubKeys
 from .loops import Loop
 from .store import NewInstance, Store
+from .store_queries import TERMINAL
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +94,24 @@ class Relay:
             await self.store.redis.lrem(outbox, 1, raw)
         return len(raw_messages)
 
+    async def _create_child(self, message_id: str, child: NewInstance) -> None:
+        """Create a sub-orchestration, as the SDK's reference does: replacing an ended instance of that id;
+        if one that has not ended holds the id, the parent's task fails. Delivered again (same execution
+        id), it changes nothing."""
+        try:
+            await self.store.create_instance(self.hub, dataclasses.replace(
+                child, replaceable=tuple(sorted(TERMINAL)), same_is_done=True))
+        except errors.InstanceExists as exc:
+            if exc.done_before:
+                return
+            failed = convert.sub_orchestration_failed(int(child.fields["parent_task_id"]), "InstanceExists", str(exc))
+            await self.store.deliver_event(self.hub, child.fields["parent_instance_id"], f"{message_id}:taken",
+                                           failed)
+
     async def _deliver(self, raw: bytes) -> None:
         message_id, kind, target, payload = parse(raw)
         if kind == "create":
-            try:
-                await self.store.create_instance(self.hub, child_instance(payload))
-            except errors.InstanceExists:
-                pass  # created by an earlier delivery of this message (or the id was taken)
+            await self._create_child(message_id, child_instance(payload))
         elif kind == "event":
             await self.store.deliver_event(self.hub, target, message_id, payload)
         elif kind == "terminate":

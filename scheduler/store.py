@@ -36,6 +36,7 @@ class NewInstance:
     start_event: bytes
     due_ms: int | None = None  # None: ready now
     replaceable: tuple[str, ...] = ()
+    same_is_done: bool = False  # an existing instance of the same execution id is this creation, done before
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,8 @@ class Store(LifecycleOps, QueryOps, DispatchOps, ActivityOps):
         pk = hub.for_instance(new.instance_id)
         iid = new.instance_id
         args: list = [iid, "" if new.due_ms is None else new.due_ms, new.start_event,
-                      " ".join(new.replaceable), self.channel, hub.hub]
+                      " ".join(new.replaceable), self.channel, hub.hub, "1" if new.same_is_done else "0",
+                      new.fields.get("execution_id", "")]
         for name, value in new.fields.items():
             args.append(name)
             args.append(value)
@@ -240,6 +242,8 @@ class Store(LifecycleOps, QueryOps, DispatchOps, ActivityOps):
              pk.timers(iid), pk.delivered(iid)], args)
         if code == errors.EXISTS:
             raise errors.InstanceExists(iid, value.decode())
+        if code == errors.DONE_BEFORE:
+            raise errors.InstanceExists(iid, value.decode(), done_before=True)
         return int(value)
 
     @unavailable_on_redis_errors

@@ -348,3 +348,37 @@ def test_terminating_a_suspended_orchestration(running):
     running.terminate_orchestration(iid, output="stopped while suspended", recursive=False)
     state = running.wait_for_orchestration_completion(iid, timeout=30)
     assert (state.runtime_status, state.serialized_output) == (Status.TERMINATED, '"stopped while suspended"')
+
+
+def leaf(ctx: task.OrchestrationContext, n: int) -> int:
+    return n
+
+
+def calls_child(ctx: task.OrchestrationContext, child_id: str):
+    try:
+        result = yield ctx.call_sub_orchestrator(leaf, input=7, instance_id=child_id)
+        return f"ok {result}"
+    except task.TaskFailedError as e:
+        return "failed: " + e.details.message
+
+
+@pytest.fixture(params=["ours", "reference"])
+def with_children(request, replicas):
+    with sdk_on(serve(request.param, request, replicas), request.param, (leaf, calls_child, approval), ()) as c:
+        yield c
+
+
+def test_a_sub_orchestration_takes_the_id_of_an_ended_instance_but_not_of_a_live_one(with_children):
+    c = with_children
+    ended = c.schedule_new_orchestration(leaf, input=1, instance_id="ended-one")
+    c.wait_for_orchestration_completion(ended, timeout=30)
+    parent = c.schedule_new_orchestration(calls_child, input=ended)
+    assert c.wait_for_orchestration_completion(parent, timeout=30).serialized_output == '"ok 7"'
+    assert c.get_orchestration_state(ended).serialized_input == "7", "the ended instance was replaced"
+
+    live = c.schedule_new_orchestration(approval, instance_id="live-one")
+    c.wait_for_orchestration_start(live, timeout=30)
+    parent = c.schedule_new_orchestration(calls_child, input=live)
+    output = c.wait_for_orchestration_completion(parent, timeout=30).get_output()
+    assert output.startswith("failed: ") and "live-one" in output and "already exists" in output
+    assert c.get_orchestration_state(live).runtime_status == Status.RUNNING, "the live instance is left alone"

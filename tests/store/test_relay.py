@@ -63,3 +63,44 @@ async def test_terminal_history_is_read_only_for_an_ended_instance(store, hub):
     assert await store.terminal_history(hub, "nobody") is None
     await store.terminate_instance(hub, "job", terminated("x", recurse=False), None)
     assert await store.terminal_history(hub, "job") == [b"start:job", terminated("x", recurse=False)]
+
+
+def child_start(child: str, execution: str, parent: str = "mum", task_id: int = 5) -> bytes:
+    started = pb.ExecutionStartedEvent(
+        name="Child", orchestrationInstance=pb.OrchestrationInstance(instanceId=child),
+        parentInstance=pb.ParentInstanceInfo(taskScheduledId=task_id, orchestrationInstance=pb.OrchestrationInstance(
+            instanceId=parent)))
+    started.orchestrationInstance.executionId.value = execution
+    started.parentInstance.orchestrationInstance.executionId.value = "p1"
+    return pb.HistoryEvent(eventId=-1, executionStarted=started).SerializeToString()
+
+
+async def deliver(store, hub, redis, *messages: bytes) -> None:
+    outbox = hub.partition(0).outbox
+    await redis.rpush(outbox, *messages)
+    await relay.Relay(store, hub)._step()  # noqa: SLF001 - one relay round, driven directly
+    assert await redis.llen(outbox) == 0
+
+
+async def test_a_child_replaces_an_ended_instance_of_its_id_but_never_itself(store, hub, redis):
+    await store.create_instance(hub, new("kid"))
+    await store.terminate_instance(hub, "kid", terminated("x", recurse=False), None)  # an ended instance
+    create = relay.message("mum:p1:5", "create", "kid", child_start("kid", "x2"))
+    await deliver(store, hub, redis, create)
+    h = await store.get_instance(hub, "kid")
+    assert (h["status"], h["execution_id"], h["parent_instance_id"]) == (b"PENDING", b"x2", b"mum")
+    await store.terminate_instance(hub, "kid", terminated("done", recurse=False), None)  # it ran and ended
+    await deliver(store, hub, redis, create)  # the same message again (a relay crashed before removing it)
+    h = await store.get_instance(hub, "kid")
+    assert (h["status"], h["execution_id"]) == (b"TERMINATED", b"x2"), "its own repeat replaced it"
+
+
+async def test_a_child_whose_id_is_held_by_a_live_instance_fails_the_parents_task(store, hub, redis):
+    await store.create_instance(hub, new("mum"))
+    await store.create_instance(hub, new("busy"))  # pending: not ended
+    await deliver(store, hub, redis, relay.message("mum:p1:5", "create", "busy", child_start("busy", "x3")))
+    assert (await store.get_instance(hub, "busy"))["execution_id"] == b"e-busy", "left as it was"
+    last = pb.HistoryEvent.FromString((await redis.lrange(hub.for_instance("mum").inbox("mum"), -1, -1))[0])
+    failed = last.subOrchestrationInstanceFailed
+    assert failed.taskScheduledId == 5 and failed.failureDetails.errorType == "InstanceExists"
+    assert "busy" in failed.failureDetails.errorMessage
