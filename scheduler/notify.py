@@ -79,14 +79,19 @@ class Notifier:
             queue = queue_of(key)
             self.on_due(hub, int(ms), queue[1] if queue else None)
         elif kind == "status":
-            for event in self._waiters.get((hub, arg), ()):
-                event.set()
+            self.status_changed(hub, arg)
         elif kind == "deleted":
             self.on_hub_deleted(hub)
         elif kind == "work":
             self.on_work(hub, arg)
         elif kind == "outbox":
             self.on_outbox(hub)
+
+    def status_changed(self, hub: str, instance_id: str) -> None:
+        """Wake this replica's waiters on the instance (also called directly by a change made here, which
+        then need not wait for its own pub/sub message)."""
+        for event in self._waiters.get((hub, instance_id), ()):
+            event.set()
 
     def _wake_all(self) -> None:
         for events in self._waiters.values():

@@ -119,6 +119,8 @@ class WorkRPCs:
                                                 episode.output, episode.failure, custom, activities,
                                                 episode.timers, [relay.message(*m) for m in messages], max_history)
         self.offer_work(hub.hub, "activities", [item for item, _ in activities])
+        if episode.status is not None:
+            self.notifier.status_changed(hub.hub, instance_id)
 
     async def _recursive_termination(self, hub: HubKeys, instance_id: str, execution_id: str,
                                      h: dict[str, bytes], episode: convert.Episode) -> list[tuple[str, str, str, bytes]]:

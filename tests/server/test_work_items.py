@@ -10,6 +10,7 @@ from google.protobuf import wrappers_pb2
 
 from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler import dispatcher
+from scheduler import server as server_module
 from scheduler.keys import partition_of
 from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
 from server_helpers import PARTITIONS, eventually, rpc_error
@@ -226,3 +227,27 @@ async def test_work_made_ready_here_is_offered_to_a_stream_without_any_wake_up(s
 async def _streams_idle(app) -> bool:
     streams = [s for group in app.servicer.work_streams.values() for s in group]
     return bool(streams) and all(not any(s._look.values()) for s in streams)  # noqa: SLF001 - nothing to look at
+
+
+async def test_a_completion_here_wakes_this_replicas_waiters_without_pub_sub(start_app, redis_url, key_prefix,
+                                                                            hub_name, monkeypatch):
+    monkeypatch.setattr(server_module, "WAIT_RECHECK_SECONDS", 60.0)
+    app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS)
+    heard = app.notifier._dispatch  # noqa: SLF001 - drop every status message this replica hears
+    monkeypatch.setattr(app.notifier, "_dispatch", lambda data: None if b" status " in data else heard(data))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.TaskHubSidecarServiceStub(channel)
+        await stub.StartInstance(pb.CreateInstanceRequest(instanceId="waited", name="Orch"))
+        call = stub.GetWorkItems(pb.GetWorkItemsRequest())
+        episode = await next_work(call)
+        waiter = asyncio.ensure_future(stub.WaitForInstanceCompletion(
+            pb.GetInstanceRequest(instanceId="waited", getInputsAndOutputs=True), timeout=30))
+        await eventually(lambda: _watched(app, "waited"))
+        await stub.CompleteOrchestratorTask(done(episode.completionToken, '"fin"'))
+        reply = await asyncio.wait_for(waiter, 5)
+        assert reply.orchestrationState.output.value == '"fin"'
+        call.cancel()
+
+
+async def _watched(app, instance_id: str) -> bool:
+    return any(iid == instance_id for _, iid in app.notifier._waiters)  # noqa: SLF001 - a waiter registered
