@@ -27,7 +27,7 @@ from ._proto import orchestrator_service_pb2 as pb
 from .keys import HubKeys, partition_of
 from .loops import cancel_and_wait
 from .store import Store
-from .store_activities import activity_token
+from .store_activities import activity_instance, activity_token
 from .store_dispatch import claim_token
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ class WorkStream:
     async def _claim_activities(self, write, items: list[str], room: int) -> int:
         sent = 0
         for item in items:
-            partition = partition_of(item.split("\n", 1)[0], self.hub.partitions)
+            partition = partition_of(activity_instance(item), self.hub.partitions)
             if sent >= room:  # no room for the rest: look for them later
                 self._look["activities"].add(partition)
                 continue
@@ -232,7 +232,7 @@ class WorkStream:
     async def _renew_activities(self) -> None:
         by_partition: dict[int, list[tuple[str, str]]] = {}
         for item, token in list(self.held_activities.items()):
-            p = partition_of(item.split("\n", 1)[0], self.hub.partitions)
+            p = partition_of(activity_instance(item), self.hub.partitions)
             by_partition.setdefault(p, []).append((item, token))
         try:
             renewed = await asyncio.gather(*(self.store.renew_activity_leases(self.hub, p, items, self.lease_ms)

@@ -14,8 +14,8 @@ from . import convert, errors, relay, validation
 from ._proto import orchestrator_service_pb2 as pb
 from .keys import HubKeys
 from .rpc_common import rpc
+from .store_queries import TERMINAL
 
-TERMINAL = ("COMPLETED", "FAILED", "TERMINATED")
 
 
 def _text(request, field: str) -> str | None:
@@ -91,6 +91,6 @@ class LifecycleRPCs:
             if started.HasField(field):
                 getattr(again, field).CopyFrom(getattr(started, field))
         if new_id == request.instanceId:  # replace the finished instance, and nothing else
-            again.orchestrationIdReusePolicy.replaceableStatus.extend(convert.status_value(s) for s in TERMINAL)
+            again.orchestrationIdReusePolicy.replaceableStatus.extend(convert.status_value(s) for s in sorted(TERMINAL))
         await self.store.create_instance(hub, convert.new_instance(again, new_id))
         return pb.RestartInstanceResponse(instanceId=new_id)

@@ -10,7 +10,7 @@ from ._proto import orchestrator_service_pb2 as pb
 from .dispatcher import WorkStream, name_filter
 from .keys import HubKeys, queue_of
 from .rpc_common import rpc
-from .store_activities import activity_item
+from .store_activities import activity_instance, activity_item
 
 
 def _parse_token(token: str, expected_kind: str) -> tuple[str, str]:
@@ -138,14 +138,14 @@ class WorkRPCs:
         hub, item = await self._token_hub(request.completionToken, request.instanceId, "a")
         await self.store.complete_activity(hub, item, request.completionToken, convert.activity_result(request))
         self._finished_activity(hub, item)
-        self.offer_work(hub.hub, "ready", [item.split("\n", 1)[0]])  # its orchestration has a new event
+        self.offer_work(hub.hub, "ready", [activity_instance(item)])  # its orchestration has a new event
         return pb.CompleteTaskResponse()
 
     @rpc
     async def AbandonTaskActivityWorkItem(self, request: pb.AbandonActivityTaskRequest, context):
         hub, item = await self._token_hub(request.completionToken, "", "a")
         if not await self.store.release_activity(hub, item, request.completionToken):
-            raise errors.LeaseLost(item.split("\n", 1)[0])
+            raise errors.LeaseLost(activity_instance(item))
         self._finished_activity(hub, item)
         return pb.AbandonActivityTaskResponse()
 

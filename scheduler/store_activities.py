@@ -19,13 +19,18 @@ def activity_item(instance_id: str, execution_id: str, task_id: int) -> str:
     return f"{instance_id}\n{execution_id}\n{task_id}"
 
 
+def activity_instance(item: str) -> str:
+    """The orchestration instance id of an activity work item."""
+    return item.split("\n", 1)[0]
+
+
 def parse_activity_item(item: str) -> tuple[str, str, int]:
     instance_id, execution_id, task_id = item.split("\n")
     return instance_id, execution_id, int(task_id)
 
 
 def activity_token(hub: keys.HubKeys, item: str) -> str:
-    instance_id = item.split("\n", 1)[0]
+    instance_id = activity_instance(item)
     return f"{hub.hub}|{keys.partition_of(instance_id, hub.partitions)}|a|{item}|{secrets.token_hex(8)}"
 
 
@@ -45,7 +50,7 @@ class ActivityOps:
     @unavailable_on_redis_errors
     async def claim_activity(self, hub: keys.HubKeys, item: str, token: str, lease_ms: int) -> bytes | None:
         """Claim a queued activity item; its serialized ActivityRequest, or None if another claim won."""
-        pk = hub.for_instance(item.split("\n", 1)[0])
+        pk = hub.for_instance(activity_instance(item))
         reply = await self._eval("claim_activity", [pk.activities, pk.leases, pk.activity_tokens,
                                                     pk.activity_payloads], [item, token, lease_ms])
         return reply[2] if reply[0] == 0 else None
@@ -53,7 +58,7 @@ class ActivityOps:
     @unavailable_on_redis_errors
     async def release_activity(self, hub: keys.HubKeys, item: str, token: str) -> bool:
         """Put a claimed item back in the queue if ``token`` is its current claim."""
-        pk = hub.for_instance(item.split("\n", 1)[0])
+        pk = hub.for_instance(activity_instance(item))
         reply = await self._eval("release_activity", [pk.activities, pk.leases, pk.activity_tokens],
                                  [item, "token", token])
         return reply[0] == 0
@@ -98,5 +103,5 @@ class ActivityOps:
     async def activity_requests(self, hub: keys.HubKeys, items: list[str]) -> list[bytes | None]:
         """The serialized ActivityRequest of each item (None if gone); one round trip."""
         return list(await asyncio.gather(*(
-            self._execute("HGET", hub.for_instance(item.split("\n", 1)[0]).activity_payloads, item)
+            self._execute("HGET", hub.for_instance(activity_instance(item)).activity_payloads, item)
             for item in items)))

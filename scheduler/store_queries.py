@@ -8,7 +8,6 @@ never returned twice and never shift what follows (their ``created_ms`` is now).
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import re
 import time
@@ -16,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from . import errors, keys
-from .store_common import score, unavailable_on_redis_errors
+from .store_common import count_in_batches, score, unavailable_on_redis_errors
 
 TERMINAL = frozenset({"COMPLETED", "FAILED", "TERMINATED"})
 _PURGE_BATCH = 100
@@ -204,12 +203,7 @@ class QueryOps:
     @unavailable_on_redis_errors
     async def purge_instances(self, hub: keys.HubKeys, instance_ids: Iterable[str]) -> int:
         """Purge each terminal instance of the ids (one script each, sent together); returns how many went."""
-        ids = list(dict.fromkeys(instance_ids))
-        deleted = 0
-        for i in range(0, len(ids), _PURGE_BATCH):
-            done = await asyncio.gather(*(self.purge_instance(hub, iid) for iid in ids[i:i + _PURGE_BATCH]))
-            deleted += sum(done)
-        return deleted
+        return await count_in_batches(instance_ids, lambda iid: self.purge_instance(hub, iid), _PURGE_BATCH)
 
     @unavailable_on_redis_errors
     async def purge_matching(self, hub: keys.HubKeys, flt: InstanceFilter, timeout: float | None = None,

@@ -13,12 +13,12 @@ else has to be kept consistent with the history.
 """
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 
 from ._proto import orchestrator_service_pb2 as pb
 from .keys import HubKeys
 from .store import Store
+from .store_common import count_in_batches
 
 BATCH = 100  # instances whose purge runs at once
 
@@ -83,10 +83,5 @@ async def purge_tree(store: Store, hub: HubKeys, instance_id: str, seen: set[str
 
 async def purge_trees(store: Store, hub: HubKeys, instance_ids: Iterable[str]) -> int:
     """:func:`purge_tree` of each id (up to BATCH at a time); returns how many instances went in all."""
-    ids = list(dict.fromkeys(instance_ids))
     seen: set[str] = set()
-    deleted = 0
-    for i in range(0, len(ids), BATCH):
-        done = await asyncio.gather(*(purge_tree(store, hub, iid, seen) for iid in ids[i:i + BATCH]))
-        deleted += sum(done)
-    return deleted
+    return await count_in_batches(instance_ids, lambda iid: purge_tree(store, hub, iid, seen), BATCH)
