@@ -353,15 +353,13 @@ def parent_notification(h: dict[str, bytes], episode: Episode) -> tuple[str, str
         failure = pb.TaskFailureDetails.FromString(episode.failure) if episode.failure else pb.TaskFailureDetails(
             errorType="Terminated" if episode.status == "TERMINATED" else "Failed",
             errorMessage=f"the sub-orchestration ended {episode.status}")
-        event = _event(-1, subOrchestrationInstanceFailed=pb.SubOrchestrationInstanceFailedEvent(
-            taskScheduledId=task_id, failureDetails=failure))
+        event = sub_orchestration_failed(task_id, failure)
     child_execution = h.get("execution_id", b"").decode()
     return (f"{child_execution}:done", "event", parent.decode(), event)
 
 
-def sub_orchestration_failed(task_id: int, error_type: str, message: str) -> bytes:
+def sub_orchestration_failed(task_id: int, failure: pb.TaskFailureDetails) -> bytes:
     """The serialized SubOrchestrationInstanceFailed event that fails a parent's sub-orchestration task."""
-    failure = pb.TaskFailureDetails(errorType=error_type, errorMessage=message, isNonRetriable=True)
     return _event(-1, subOrchestrationInstanceFailed=pb.SubOrchestrationInstanceFailedEvent(
         taskScheduledId=task_id, failureDetails=failure))
 

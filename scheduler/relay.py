@@ -104,7 +104,8 @@ class Relay:
         except errors.InstanceExists as exc:
             if exc.done_before:
                 return
-            failed = convert.sub_orchestration_failed(int(child.fields["parent_task_id"]), "InstanceExists", str(exc))
+            failed = convert.sub_orchestration_failed(int(child.fields["parent_task_id"]), pb.TaskFailureDetails(
+                errorType="InstanceExists", errorMessage=str(exc), isNonRetriable=True))
             await self.store.deliver_event(self.hub, child.fields["parent_instance_id"], f"{message_id}:taken",
                                            failed)
 
