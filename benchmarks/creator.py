@@ -20,7 +20,7 @@ import sys
 
 from google.protobuf import timestamp_pb2, wrappers_pb2
 
-from scheduler import convert
+from scheduler.api import translate
 from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler.store import Store
 
@@ -41,7 +41,7 @@ def payload(size: int) -> str:
 async def create(store: Store, hub_name: str, dues: list[int], input_bytes: int = 100,
                  id_prefix: str = "i", seed: int = 1, chunk: int = CHUNK) -> dict:
     """Create one instance per due time (shuffled order, `chunk` at a time); returns timing in Redis ms."""
-    hub = await store.hub(hub_name)
+    hub = await store.ensure_hub(hub_name)
     text = payload(input_bytes)
     order = list(range(len(dues)))
     random.Random(seed).shuffle(order)
@@ -53,7 +53,7 @@ async def create(store: Store, hub_name: str, dues: list[int], input_bytes: int 
 
     start_ms = await redis_time_ms(store.redis)
     for n in range(0, len(order), chunk):
-        await asyncio.gather(*(store.create_instance(hub, convert.new_instance(request(i), f"{id_prefix}{i}"))
+        await asyncio.gather(*(store.create_instance(hub, translate.new_instance(request(i), f"{id_prefix}{i}"))
                                for i in order[n:n + chunk]))
     end_ms = await redis_time_ms(store.redis)
     return {"created": len(order), "start_ms": start_ms, "end_ms": end_ms}

@@ -27,7 +27,7 @@ async def _measure(redis_url: str, count: int, input_bytes: int) -> dict:
     try:
         store = Store(redis)
         await store.load_scripts()
-        hub = await store.hub(HUB)
+        hub = await store.ensure_hub(HUB)
         far = await redis_time_ms(redis) + 3_600_000
         # Warm-up: make every partition's sets and stats exist, so only per-instance memory is measured.
         await creator.create(store, HUB, creator.due_times(200, far, 1000), input_bytes, id_prefix="warm-")

@@ -1,9 +1,9 @@
-"""Precision and scale of the scheduler worker (Store + Promoter + Notifier), in-process, on a fresh redis-server.
+"""Precision and scale of the scheduler worker (Store + Promoter + Wakeups), in-process, on a fresh redis-server.
 
 Lag of an entry = ``Promotion.now_ms`` (Redis time of the promote call) minus
 its due time (ms, Redis clock); an entry promoted before its due time (lag < 0)
-counts as early. The promoters run here exactly as in a replica (``App`` wires
-``Notifier.on_due`` to ``Promoter.due_at``), each set on its own connections.
+counts as early. The promoters run here exactly as in a replica (the engine's
+``Wakeups`` route "due" wake-ups to ``Promoter.due_at``), each set on its own connections.
 
 * precision: 1,000 instances due uniformly over 3 s, the first 2 s ahead, one
   promoter; instances are created here, before the first due time.
@@ -24,8 +24,9 @@ from collections import Counter
 
 
 from scheduler import testing
-from scheduler.notify import Notifier
-from scheduler.promoter import Promoter
+from scheduler.engine.promoter import Promoter
+from scheduler.engine.waiters import Waiters
+from scheduler.engine.wakeups import Wakeups
 from scheduler.store import Promotion, Store
 
 from . import creator
@@ -69,8 +70,22 @@ class Lags:
                 "by_promoter": dict(sorted(self.by_promoter.items()))}
 
 
+class _Route:
+    """Stands in for the engine's hubs and dispatcher: "due" wake-ups of the hub go to its promoter."""
+
+    def __init__(self, hub: str, promoter: Promoter) -> None:
+        self.hub, self.promoter = hub, promoter
+
+    def due_at(self, name: str, ms: int, partition: int | None) -> None:
+        if name == self.hub:
+            self.promoter.due_at(ms, partition)
+
+    def __getattr__(self, name):  # every other wake-up: nothing to do here
+        return lambda *args: None
+
+
 class Replicas:
-    """N promoter sets (Redis client, Store, Notifier, Promoter), as N replicas would run them."""
+    """N promoter sets (Redis client, Store, Wakeups, Promoter), as N replicas would run them."""
 
     def __init__(self, redis_url: str, hub: str, count: int, lags: Lags) -> None:
         self.redis_url, self.hub, self.count, self.lags = redis_url, hub, count, lags
@@ -81,25 +96,25 @@ class Replicas:
             redis = redis_client(self.redis_url)
             store = Store(redis)
             await store.load_scripts()
-            hub = await store.hub(self.hub)
+            hub = await store.ensure_hub(self.hub)
             promoter = Promoter(store, hub, on_promoted=self.lags.callback(n))
-            notifier = Notifier(redis, store.channel)
-            notifier.on_due = lambda name, ms, p=promoter: p.due_at(ms) if name == self.hub else None
-            notifier.start()
-            await asyncio.wait_for(notifier.connected.wait(), 10)
+            route = _Route(self.hub, promoter)
+            wakeups = Wakeups(store, route, route, Waiters())
+            wakeups.start()
+            await asyncio.wait_for(wakeups.connected.wait(), 10)
             promoter.start()
-            self.parts.append((redis, notifier, promoter))
+            self.parts.append((redis, wakeups, promoter))
         return self
 
     async def __aexit__(self, *exc) -> None:
-        for redis, notifier, promoter in self.parts:
+        for redis, wakeups, promoter in self.parts:
             await promoter.stop()
-            await notifier.stop()
+            await wakeups.stop()
             await redis.aclose()
 
 
 async def _queue_sizes(redis, hub_name: str) -> tuple[int, int]:
-    hub = await Store(redis).hub(hub_name)
+    hub = await Store(redis).ensure_hub(hub_name)
     async with redis.pipeline(transaction=False) as pipe:
         for pk in hub.all_partitions():
             pipe.zcard(pk.ready)

@@ -14,18 +14,16 @@ from grpc_reflection.v1alpha import reflection
 from . import errors
 from ._proto import orchestrator_service_pb2 as pb
 from ._proto import orchestrator_service_pb2_grpc as pb_grpc
+from .api.servicer import Servicer
 from .config import MESSAGE_HEADROOM_BYTES, Config
-from .keys import HubKeys
-from .notify import Notifier
-from .promoter import Promoter
-from .relay import Relay
-from .redis_conn import connect, connect_fast
-from .server import Servicer
+from .engine import Engine
+from .protocol import STATUS_PREFIX
 from .store import Store
+from .store.connection import connect, connect_fast
 
 log = logging.getLogger(__name__)
 
-STATUS_NAMES = [name.removeprefix("ORCHESTRATION_STATUS_") for name in pb.OrchestrationStatus.keys()]
+STATUS_NAMES = [name.removeprefix(STATUS_PREFIX) for name in pb.OrchestrationStatus.keys()]
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TaskHubSidecarService"].full_name
 HUB_REFRESH_SECONDS = 2.0
 HEALTH_CHECK_SECONDS = 1.0
@@ -39,20 +37,16 @@ INSTANCES = prometheus_client.Gauge("dt_instances", "Instances by status", ["hub
 
 
 class App:
-    """One replica: gRPC surface, store, promoters (one per task hub) and housekeeping."""
+    """One replica: the store, the engine (promoters and relays per task hub, dispatcher, wake-ups),
+    the gRPC surface and housekeeping."""
 
     def __init__(self, config: Config, redis=None) -> None:
         self.config = config
         self.redis = redis if redis is not None else connect(config.redis_url, config.redis_cluster)
         fast = connect_fast(config.redis_url, config.redis_cluster) if redis is None else None
         self.store = Store(self.redis, config.key_prefix, config.partitions, fast=fast)
-        self.notifier = Notifier(self.redis, self.store.channel)
-        self.notifier.on_due = self._on_due
-        self.notifier.on_hub_deleted = self._on_hub_deleted
-        self.notifier.on_outbox = self._on_outbox
-        self.promoters: dict[str, Promoter] = {}
-        self.relays: dict[str, Relay] = {}
-        self._background: set[asyncio.Task] = set()
+        self.engine = Engine.build(self.store, config.lease_seconds, config.health_ping_seconds,
+                                   config.max_history_events, config.promote_batch)
         self.health = health.aio.HealthServicer()
         self.housekeeping = AsyncIOScheduler()
         self._running_jobs: set[asyncio.Task] = set()
@@ -63,12 +57,12 @@ class App:
         """Start everything; returns the bound gRPC port."""
         try:
             await self.store.load_scripts()
-            self._ensure_promoter(await self.store.hub(self.config.task_hub))
+            await self.engine.hubs.get(self.config.task_hub)
         except errors.StoreUnavailable as exc:
             log.warning("Redis is not reachable yet (%s); serving UNAVAILABLE until it is", exc)
-        self.notifier.start()
-        await self._refresh_hubs()
-        for job, seconds in ((self._refresh_hubs, HUB_REFRESH_SECONDS), (self._check_health, HEALTH_CHECK_SECONDS),
+        self.engine.wakeups.start()
+        await self.engine.hubs.refresh()
+        for job, seconds in ((self.engine.hubs.refresh, HUB_REFRESH_SECONDS), (self._check_health, HEALTH_CHECK_SECONDS),
                              (self.sample_depths, DEPTH_SAMPLE_SECONDS), (self.sweep_leases, LEASE_SWEEP_SECONDS)):
             self.add_housekeeping(job, seconds)
         self.housekeeping.start()
@@ -79,8 +73,7 @@ class App:
             ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", max_message),
         ])
-        self.servicer = Servicer(self.store, self.notifier, self.config, on_hub=self._ensure_promoter)
-        self.notifier.on_work = self.servicer.work_available
+        self.servicer = Servicer(self.engine, self.config)
         pb_grpc.add_TaskHubSidecarServiceServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), self.server)
@@ -101,9 +94,8 @@ class App:
             if self._running_jobs:
                 await asyncio.wait(self._running_jobs, timeout=grace)
             self.housekeeping.shutdown(wait=False)
-        for loop in [*self.promoters.values(), *self.relays.values()]:
-            await loop.stop()
-        await self.notifier.stop()
+        await self.engine.hubs.stop()
+        await self.engine.wakeups.stop()
         await self.store.aclose()
 
     async def wait_closed(self) -> None:
@@ -124,84 +116,23 @@ class App:
 
         self.housekeeping.add_job(tracked, "interval", seconds=seconds, max_instances=1, name=job.__name__)
 
-    def _ensure_promoter(self, hub: HubKeys) -> None:
-        """Run a promoter for the hub; replace one built for an earlier incarnation of the hub."""
-        current = self.promoters.get(hub.hub)
-        if current is not None and current.hub == hub:
-            return
-        if current is not None:
-            self._stop_promoter(hub.hub)
-        promoter = Promoter(self.store, hub, self.config.promote_batch)
-        self.promoters[hub.hub] = promoter
-        promoter.start()
-        relay = Relay(self.store, hub)
-        self.relays[hub.hub] = relay
-        relay.start()
-
-    def _stop_promoter(self, hub_name: str) -> None:
-        """Stop the hub's promoter and relay (the background loops of one hub)."""
-        for loop in (self.promoters.pop(hub_name, None), self.relays.pop(hub_name, None)):
-            if loop is not None:
-                task = asyncio.ensure_future(loop.stop())
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-
-    def _on_outbox(self, hub_name: str) -> None:
-        relay = self.relays.get(hub_name)
-        if relay is not None:
-            relay.wake()
-
-    def _on_due(self, hub_name: str, due_ms: int, partition: int | None) -> None:
-        promoter = self.promoters.get(hub_name)
-        if promoter is not None:
-            promoter.due_at(due_ms, partition)
-
-    def _on_hub_deleted(self, hub_name: str) -> None:
-        self.store.forget_hub(hub_name)
-        self._stop_promoter(hub_name)
-
-    async def _refresh_hubs(self) -> None:
-        """Run a promoter for every hub registered on this Redis, whichever replica created it, and
-        forget cached hubs that are gone (a missed deletion message, Redis data lost)."""
-        try:
-            for name in await self.store.revalidate_hubs():
-                self._stop_promoter(name)
-            for name in await self.store.known_hubs():
-                hub = await self.store.find_hub(name)
-                if hub is not None:
-                    self._ensure_promoter(hub)
-        except errors.StoreUnavailable as exc:
-            log.debug("hub refresh skipped: %s", exc)
-
     async def sweep_leases(self) -> None:
         """Re-queue work whose lease expired (a worker or replica died); any replica may run it."""
-        for promoter in list(self.promoters.values()):
-            hub = promoter.hub
-            try:
-                swept = await asyncio.gather(*(self.store.sweep_expired_leases(hub, p, 100)
-                                               for p in range(hub.partitions)))
-                activities = await asyncio.gather(*(self.store.sweep_expired_activities(hub, p, 100)
-                                                    for p in range(hub.partitions)))
-            except errors.StoreUnavailable:
-                return
-            count = sum(map(len, swept)) + sum(activities)
-            if count:
-                log.info("task hub %r: re-queued %d work item(s) whose lease expired", hub.hub, count)
-                self.servicer.work_available(hub.hub)
+        await self.engine.dispatcher.sweep(self.engine.hubs.served())
 
     async def sample_depths(self) -> None:
-        """Queue depths and instance counts of the hubs this replica promotes, for the metrics endpoint."""
-        for hub_name, promoter in list(self.promoters.items()):
+        """Queue depths and instance counts of the hubs served here, for the metrics endpoint."""
+        for hub in self.engine.hubs.served():
             try:
-                stats = await self.store.hub_stats(promoter.hub)
+                stats = await self.store.hub_stats(hub)
             except errors.StoreUnavailable:
                 return
-            DUE_DEPTH.labels(hub_name).set(stats.due)
-            READY_DEPTH.labels(hub_name).set(stats.ready)
+            DUE_DEPTH.labels(hub.hub).set(stats.due)
+            READY_DEPTH.labels(hub.hub).set(stats.ready)
             oldest = stats.oldest_ready_ms
-            READY_AGE.labels(hub_name).set(0 if oldest is None else max(stats.now_ms - oldest, 0) / 1000)
+            READY_AGE.labels(hub.hub).set(0 if oldest is None else max(stats.now_ms - oldest, 0) / 1000)
             for status in STATUS_NAMES:
-                INSTANCES.labels(hub_name, status).set(stats.statuses.get(status, 0))
+                INSTANCES.labels(hub.hub, status).set(stats.statuses.get(status, 0))
 
     async def _check_health(self) -> None:
         """SERVING only while Redis answers."""

@@ -5,18 +5,13 @@ Every other module receives a :class:`Config`; nothing else reads ``os.environ``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 4001  # where the DurableTask SDKs look by default
-DEFAULT_TASK_HUB = "default"
-DEFAULT_PARTITIONS = 16
-DEFAULT_PREFIX = "dt"
 # gRPC clients refuse messages over 4 MiB by default, and a response carries more than the
 # payload (ids, timestamps, status): keep 64 KiB of headroom below that.
-DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024 - 64 * 1024
 MESSAGE_HEADROOM_BYTES = 64 * 1024
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -29,14 +24,14 @@ NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 @dataclass(frozen=True)
 class Config:
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
+    host: str = "127.0.0.1"
+    port: int = 4001  # where the DurableTask SDKs look by default
     redis_url: str | None = None  # None: the embedded in-process store
     redis_cluster: bool = False
-    task_hub: str = DEFAULT_TASK_HUB
-    partitions: int = DEFAULT_PARTITIONS
-    key_prefix: str = DEFAULT_PREFIX
-    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    task_hub: str = "default"
+    partitions: int = 16
+    key_prefix: str = "dt"
+    max_payload_bytes: int = 4 * 1024 * 1024 - MESSAGE_HEADROOM_BYTES
     log_level: str = "INFO"
     promote_batch: int = 1000  # entries moved per promote call (bounded scripts)
     metrics_port: int | None = None
@@ -67,28 +62,34 @@ class Config:
             raise ValueError("max payload size must be positive")
 
 
-# (flag, environment variable, type, default, help)
+# (flag, environment variable, type, help); each default is the Config field's.
 _OPTIONS = [
-    ("--host", "DT_HOST", str, DEFAULT_HOST, "address to listen on"),
-    ("--port", "DT_PORT", int, DEFAULT_PORT, "gRPC port (0 picks a free one)"),
-    ("--redis-url", "DT_REDIS_URL", str, None,
+    ("--host", "DT_HOST", str, "address to listen on"),
+    ("--port", "DT_PORT", int, "gRPC port (0 picks a free one)"),
+    ("--redis-url", "DT_REDIS_URL", str,
      "redis:// or rediss:// URL; unset runs the embedded in-process store (nothing survives a restart)"),
-    ("--task-hub", "DT_TASK_HUB", str, DEFAULT_TASK_HUB, "default task hub (clients may name one with the 'taskhub' metadata key)"),
-    ("--partitions", "DT_PARTITIONS", int, DEFAULT_PARTITIONS, "partitions of a task hub created by this replica"),
-    ("--key-prefix", "DT_KEY_PREFIX", str, DEFAULT_PREFIX, "prefix of every Redis key"),
-    ("--max-payload-bytes", "DT_MAX_PAYLOAD_BYTES", int, DEFAULT_MAX_PAYLOAD_BYTES, "largest accepted input payload"),
-    ("--log-level", "DT_LOG_LEVEL", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
-    ("--metrics-port", "DT_METRICS_PORT", int, None, "serve Prometheus metrics on this port"),
-    ("--lease-seconds", "DT_LEASE_SECONDS", float, 30.0, "lease of a work item handed to a worker"),
-    ("--health-ping-seconds", "DT_HEALTH_PING_SECONDS", float, 15.0, "HealthPing interval on idle work streams"),
-    ("--max-history-events", "DT_MAX_HISTORY_EVENTS", int, 10000, "history events an orchestration may have"),
+    ("--task-hub", "DT_TASK_HUB", str, "default task hub (clients may name one with the 'taskhub' metadata key)"),
+    ("--partitions", "DT_PARTITIONS", int, "partitions of a task hub created by this replica"),
+    ("--key-prefix", "DT_KEY_PREFIX", str, "prefix of every Redis key"),
+    ("--max-payload-bytes", "DT_MAX_PAYLOAD_BYTES", int, "largest accepted input payload"),
+    ("--log-level", "DT_LOG_LEVEL", str, "DEBUG, INFO, WARNING or ERROR"),
+    ("--metrics-port", "DT_METRICS_PORT", int, "serve Prometheus metrics on this port"),
+    ("--lease-seconds", "DT_LEASE_SECONDS", float, "lease of a work item handed to a worker"),
+    ("--health-ping-seconds", "DT_HEALTH_PING_SECONDS", float, "HealthPing interval on idle work streams"),
+    ("--max-history-events", "DT_MAX_HISTORY_EVENTS", int, "history events an orchestration may have"),
 ]
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
+
+
+def _field(flag: str) -> str:
+    return flag[2:].replace("-", "_")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every option; each flag falls back to its environment variable, then to its default."""
-    for flag, env, typ, default, help_text in _OPTIONS:
-        parser.add_argument(flag, type=typ, default=None, help=f"{help_text} (env {env}, default {default})")
+    for flag, env, typ, help_text in _OPTIONS:
+        parser.add_argument(flag, type=typ, default=None,
+                            help=f"{help_text} (env {env}, default {_DEFAULTS[_field(flag)]})")
     parser.add_argument("--redis-cluster", action="store_true", default=None,
                         help="connect to a Redis Cluster (env DT_REDIS_CLUSTER=1)")
 
@@ -96,12 +97,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
     environ = os.environ if environ is None else environ
     values = {}
-    for flag, env, typ, default, _ in _OPTIONS:
-        name = flag[2:].replace("-", "_")
+    for flag, env, typ, _ in _OPTIONS:
+        name = _field(flag)
         value = getattr(args, name, None)
         if value is None and environ.get(env):
             value = typ(environ[env])
-        values[name] = default if value is None else value
+        values[name] = _DEFAULTS[name] if value is None else value
     cluster = args.redis_cluster if getattr(args, "redis_cluster", None) else environ.get("DT_REDIS_CLUSTER", "") in ("1", "true", "yes")
     values["log_level"] = str(values["log_level"]).upper()
     return Config(redis_cluster=bool(cluster), **values)

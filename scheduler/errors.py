@@ -1,4 +1,4 @@
-"""Domain errors of the store; the servicer maps each to one gRPC status in one place."""
+"""Domain errors: the store raises them, the gRPC surface maps each to one status (api/status.py)."""
 from __future__ import annotations
 
 
@@ -54,10 +54,3 @@ class InvalidRequest(Exception):
 
 class PayloadTooLarge(InvalidRequest):
     """A payload is over the configured limit."""
-
-
-# Codes that scripts return as their first element.
-OK = 0
-EXISTS = 1
-NOT_FOUND = 2
-DONE_BEFORE = 3

@@ -6,8 +6,8 @@ from datetime import datetime, timezone
 
 from .config import Config
 from .errors import StoreUnavailable
-from .redis_conn import connect
 from .store import HubStats, Store
+from .store.connection import connect
 
 
 def _when(ms: int | None, now_ms: int) -> str:
@@ -39,7 +39,9 @@ async def inspect_hubs(cfg: Config, all_hubs: bool = False, watch: float | None 
         while True:
             names = await store.known_hubs() if all_hubs else [cfg.task_hub]
             for name in names:
-                print(render(await store.hub_stats(await store.hub(name))), flush=True)
+                hub = await store.find_hub(name)  # looking never creates a hub
+                print(f"task hub {name!r}: no such hub" if hub is None else render(await store.hub_stats(hub)),
+                      flush=True)
             if watch is None:
                 return 0
             await asyncio.sleep(watch)

@@ -1,7 +1,7 @@
 """Instance set-ups shared by the store and server query tests (pytest puts tests/ on sys.path)."""
 from __future__ import annotations
 
-from scheduler import keys
+from scheduler.store import keys
 
 
 async def finish(redis, hub: keys.HubKeys, iid: str, status: str = "COMPLETED", completed_ms: int = 1_000) -> None:

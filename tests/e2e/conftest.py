@@ -2,7 +2,7 @@
 
 Nothing here may import ``scheduler._proto`` (or a module that imports it): the SDK's
 generated module defines the same unqualified protobuf symbols, and both cannot live in
-one process. ``scheduler.testing`` and ``scheduler.keys`` are free of it.
+one process. ``scheduler.testing`` and ``scheduler.store.keys`` are free of it.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from e2e_helpers import Probe
-from scheduler.keys import HubKeys
+from scheduler.store.keys import HubKeys
 from scheduler.testing import ServerProcess, free_port, start_server
 
 PARTITIONS = 4

@@ -16,7 +16,7 @@ from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.internal import orchestrator_service_pb2_grpc as stubs
 
 from benchmarks import ref_backend
-from scheduler.keys import HubKeys, partition_of
+from scheduler.store.keys import HubKeys, partition_of
 
 
 def poll(predicate: Callable[[], object], timeout: float, interval: float = 0.01, what: str = "condition"):

@@ -13,7 +13,7 @@ import redis
 from durabletask import client, history
 from durabletask.internal import orchestrator_service_pb2 as pb
 
-from scheduler.keys import HubKeys
+from scheduler.store.keys import HubKeys
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.internal import orchestrator_service_pb2_grpc as stubs
 
 from e2e_helpers import Probe, due_ms, get_instance, poll
-from scheduler.keys import HubKeys
+from scheduler.store.keys import HubKeys
 
 pytestmark = pytest.mark.e2e
 

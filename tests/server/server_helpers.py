@@ -13,7 +13,7 @@ import grpc
 import pytest
 from pytest_redis.executor import RedisExecutor
 
-from scheduler import keys
+from scheduler.store import keys
 from scheduler.testing import free_port
 
 PARTITIONS = 4

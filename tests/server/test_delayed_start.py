@@ -5,7 +5,7 @@ import time
 
 from google.protobuf import timestamp_pb2
 
-from scheduler import convert
+from scheduler import protocol
 from scheduler._proto import orchestrator_service_pb2 as pb
 from server_helpers import eventually
 
@@ -23,9 +23,9 @@ async def observe(redis, pk, iid: str) -> tuple[bool, bool, int]:
 async def test_delayed_start_is_promoted_at_its_time_and_not_before(stub, app, redis, hub_name):
     at = timestamp_pb2.Timestamp()
     at.FromNanoseconds(time.time_ns() + 300_000_000 + 1)  # 300 ms ahead, not on a ms boundary
-    due = convert.due_ms(at)
+    due = protocol.due_ms(at)
     await stub.StartInstance(pb.CreateInstanceRequest(instanceId="delayed", name="O", scheduledStartTimestamp=at))
-    pk = (await app.store.hub(hub_name)).for_instance("delayed")
+    pk = (await app.store.ensure_hub(hub_name)).for_instance("delayed")
     seen_waiting = 0
     promoted_at = None
 
@@ -44,12 +44,12 @@ async def test_delayed_start_is_promoted_at_its_time_and_not_before(stub, app, r
     assert seen_waiting > 0
     assert promoted_at - due < 300, f"promoted {promoted_at - due} ms late"
     assert await redis.zscore(pk.ready, "delayed") == due
-    stats = await app.store.hub_stats(await app.store.hub(hub_name))
+    stats = await app.store.hub_stats(await app.store.ensure_hub(hub_name))
     assert (stats.due, stats.ready, stats.statuses) == (0, 1, {"PENDING": 1})
 
 
 async def test_several_delayed_starts_in_every_partition(stub, app, redis, hub_name):
-    hub = await app.store.hub(hub_name)
+    hub = await app.store.ensure_hub(hub_name)
     base = time.time_ns() + 200_000_000
     ids = [f"d-{i}" for i in range(12)]
     for i, iid in enumerate(ids):

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2, wrappers_pb2
 
-from scheduler import convert
+from scheduler import protocol
 from scheduler._proto import orchestrator_service_pb2 as pb
 from server_helpers import MAX_PAYLOAD, eventually, prefix_keys, rpc_error, snapshot
 
@@ -31,7 +31,7 @@ async def start(stub, iid: str, ms_ahead: int | None = None, payload: str | None
     if ms_ahead is not None:
         request.scheduledStartTimestamp.CopyFrom(at(ms_ahead))
     await stub.StartInstance(request)
-    return convert.due_ms(request.scheduledStartTimestamp) if ms_ahead is not None else None
+    return protocol.due_ms(request.scheduledStartTimestamp) if ms_ahead is not None else None
 
 
 async def state(stub, iid: str) -> pb.OrchestrationState:
@@ -99,7 +99,7 @@ async def test_bad_input_is_rejected_and_nothing_is_written(stub, redis, key_pre
 
 async def test_raise_event_lands_in_the_inbox_and_the_instance_stays_scheduled(stub, app, redis, hub_name):
     due = await start(stub, "ev", ms_ahead=60_000)
-    pk = (await app.store.hub(hub_name)).for_instance("ev")
+    pk = (await app.store.ensure_hub(hub_name)).for_instance("ev")
     await stub.RaiseEvent(pb.RaiseEventRequest(instanceId="ev", name="Approval", input=text('"yes"')))
     events = [pb.HistoryEvent.FromString(e) for e in await redis.lrange(pk.inbox("ev"), 0, -1)]
     assert [e.WhichOneof("eventType") for e in events] == ["executionStarted", "eventRaised"]
@@ -116,7 +116,7 @@ async def test_terminate_shows_status_output_and_keeps_the_input(stub, app, redi
     assert (s.output.value, s.input.value) == ('"cancelled"', '{"n": 1}')
     assert s.HasField("completedTimestamp") and s.HasField("scheduledStartTimestamp")
     assert s.completedTimestamp == s.lastUpdatedTimestamp
-    hub = await app.store.hub(hub_name)
+    hub = await app.store.ensure_hub(hub_name)
     pk = hub.for_instance("t")
     assert await redis.zscore(pk.due, "t") is None and await redis.zscore(pk.ready, "t") is None
     last = pb.HistoryEvent.FromString(await redis.lindex(pk.history("t"), -1))
@@ -132,7 +132,7 @@ async def test_wait_for_start_returns_promptly_when_the_instance_is_terminated(s
     waiting = asyncio.ensure_future(stub.WaitForInstanceStart(pb.GetInstanceRequest(instanceId="w"), timeout=30))
 
     async def registered() -> bool:
-        return (hub_name, "w") in app.notifier._waiters
+        return (hub_name, "w") in app.engine.waiters._waiting  # noqa: SLF001 - a waiter registered
 
     await eventually(registered)
     assert not waiting.done()
@@ -145,7 +145,7 @@ async def test_wait_for_start_returns_promptly_when_the_instance_is_terminated(s
 
 async def test_suspended_scheduled_instance_is_held_past_its_due_time_until_resumed(stub, app, redis, hub_name):
     due = await start(stub, "held", ms_ahead=300)
-    pk = (await app.store.hub(hub_name)).for_instance("held")
+    pk = (await app.store.ensure_hub(hub_name)).for_instance("held")
     await stub.SuspendInstance(pb.SuspendRequest(instanceId="held", reason=text("wait")))
     assert (await state(stub, "held")).orchestrationStatus == pb.ORCHESTRATION_STATUS_SUSPENDED
     looks = 0
@@ -173,7 +173,7 @@ async def test_suspended_scheduled_instance_is_held_past_its_due_time_until_resu
 
 async def test_resumed_before_its_due_time_it_is_promoted_at_that_time(stub, app, redis, hub_name):
     due = await start(stub, "later", ms_ahead=400)
-    pk = (await app.store.hub(hub_name)).for_instance("later")
+    pk = (await app.store.ensure_hub(hub_name)).for_instance("later")
     await stub.SuspendInstance(pb.SuspendRequest(instanceId="later"))
     await stub.ResumeInstance(pb.ResumeRequest(instanceId="later"))
     assert await redis.zscore(pk.due, "later") == due

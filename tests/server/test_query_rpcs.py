@@ -8,7 +8,8 @@ import pytest
 from google.protobuf import timestamp_pb2, wrappers_pb2
 
 from instance_setup import finish, index_order, set_created
-from scheduler import keys, rpc_queries
+from scheduler.api import queries as rpc_queries
+from scheduler.store import keys
 from scheduler._proto import orchestrator_service_pb2 as pb
 from server_helpers import PARTITIONS, rpc_error
 

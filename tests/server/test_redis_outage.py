@@ -57,7 +57,7 @@ async def test_unavailable_while_redis_is_down_then_recovers(start_app, key_pref
             at.FromNanoseconds(time.time_ns() + 100_000_000)
             await stub.StartInstance(pb.CreateInstanceRequest(instanceId="delayed", name="O",
                                                               scheduledStartTimestamp=at))
-            hub = await app.store.hub(hub_name)
+            hub = await app.store.ensure_hub(hub_name)
             observer = aioredis.Redis.from_url(f"redis://127.0.0.1:{redis_server.port}/0")
 
             async def promoted() -> bool:

@@ -56,7 +56,7 @@ async def test_restart_of_a_running_or_unknown_instance_is_refused(stub):
 
 async def test_wait_for_completion_returns_when_the_instance_ends(stub, app):
     await stub.StartInstance(start("w"))
-    await asyncio.wait_for(app.notifier.connected.wait(), 5)
+    await asyncio.wait_for(app.engine.wakeups.connected.wait(), 5)
     waiter = asyncio.ensure_future(stub.WaitForInstanceCompletion(
         pb.GetInstanceRequest(instanceId="w", getInputsAndOutputs=True), timeout=10))
     await asyncio.sleep(0)

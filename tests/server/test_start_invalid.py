@@ -105,7 +105,7 @@ async def test_reuse_policy_with_pending_replaces(stub, app, hub_name):
     assert (s.name, s.input.value) == ("NewName", '"new"')
     assert not s.HasField("scheduledStartTimestamp")
     assert s.executionId.value != old.executionId.value
-    hub = await app.store.hub(hub_name)
+    hub = await app.store.ensure_hub(hub_name)
     stats = await app.store.hub_stats(hub)
     assert (stats.statuses, stats.due, stats.ready) == ({"PENDING": 1}, 0, 1)  # old due entry gone
 

@@ -9,10 +9,10 @@ import pytest
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from scheduler import keys
+from scheduler.store import keys
 from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler.app import SERVICE_NAME
-from scheduler.server import WAIT_DEADLINE_MARGIN
+from scheduler.api.servicer import WAIT_DEADLINE_MARGIN
 from server_helpers import prefix_keys, rpc_error, snapshot
 
 
@@ -43,9 +43,9 @@ async def test_wait_for_start_returns_when_the_status_changes(stub, app, redis, 
     await stub.StartInstance(delayed("waits"))
     call = stub.WaitForInstanceStart(pb.GetInstanceRequest(instanceId="waits"), timeout=10)
     waiter = asyncio.ensure_future(call)
-    hub = await app.store.hub(hub_name)
+    hub = await app.store.ensure_hub(hub_name)
     # Nothing dispatches yet: play the dispatcher's part (status change and its wake-up announcement).
-    await asyncio.wait_for(app.notifier.connected.wait(), 5)
+    await asyncio.wait_for(app.engine.wakeups.connected.wait(), 5)
     assert not waiter.done()
     await redis.hset(hub.for_instance("waits").instance("waits"), "status", "RUNNING")
     started = time.monotonic()

@@ -9,9 +9,10 @@ import pytest
 from google.protobuf import wrappers_pb2
 
 from scheduler._proto import orchestrator_service_pb2 as pb
-from scheduler import dispatcher
-from scheduler import server as server_module
-from scheduler.keys import partition_of
+from scheduler.engine import streams as streams_module
+from scheduler.engine import waiters as waiters_module
+from scheduler.protocol import ACTIVITY
+from scheduler.store.keys import partition_of
 from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
 from server_helpers import PARTITIONS, eventually, rpc_error
 
@@ -173,7 +174,7 @@ async def test_abandoned_and_orphaned_activities_go_back_to_the_queue(stub, app)
     hub = app.store.cached_hub(app.config.task_hub)
 
     async def queued() -> bool:
-        return bool(await app.store.queued_activities(hub, partition_of("a2", hub.partitions), 10))
+        return bool(await app.store.queued(hub, ACTIVITY, partition_of("a2", hub.partitions), 10))
 
     await eventually(queued, timeout=0.9)
 
@@ -194,7 +195,7 @@ async def test_an_episode_past_the_history_limit_fails_the_instance_clearly(star
         assert state.failureDetails.errorType == "HistoryLimitExceeded"
         assert "limit is 10" in state.failureDetails.errorMessage
         hub = app.store.cached_hub(hub_name)
-        assert not await app.store.queued_activities(hub, partition_of("big", hub.partitions), 50)
+        assert not await app.store.queued(hub, ACTIVITY, partition_of("big", hub.partitions), 50)
         call.cancel()
 
 
@@ -202,10 +203,10 @@ async def test_work_made_ready_here_is_offered_to_a_stream_without_any_wake_up(s
                                                                               hub_name, monkeypatch):
     """A started instance, the activities its episode queued and the activity's result reach this replica's
     stream at once, with pub/sub wake-ups lost and no periodic look within the test's time."""
-    monkeypatch.setattr(dispatcher, "RESCAN_SECONDS", 60.0)
+    monkeypatch.setattr(streams_module, "RESCAN_SECONDS", 60.0)
     app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS,
                           health_ping_seconds=60.0)
-    app.notifier.on_work = lambda hub, key: None  # every "work" wake-up is lost
+    monkeypatch.setattr(app.engine.dispatcher, "work_available", lambda hub, queue=None: None)  # wake-ups lost
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.TaskHubSidecarServiceStub(channel)
         call = stub.GetWorkItems(pb.GetWorkItemsRequest())
@@ -225,16 +226,16 @@ async def test_work_made_ready_here_is_offered_to_a_stream_without_any_wake_up(s
 
 
 async def _streams_idle(app) -> bool:
-    streams = [s for group in app.servicer.work_streams.values() for s in group]
-    return bool(streams) and all(not any(s._look.values()) for s in streams)  # noqa: SLF001 - nothing to look at
+    streams = app.engine.dispatcher.streams(app.config.task_hub)
+    return bool(streams) and all(not lane.look for s in streams for lane in s.lanes.values())  # nothing to look at
 
 
 async def test_a_completion_here_wakes_this_replicas_waiters_without_pub_sub(start_app, redis_url, key_prefix,
                                                                             hub_name, monkeypatch):
-    monkeypatch.setattr(server_module, "WAIT_RECHECK_SECONDS", 60.0)
+    monkeypatch.setattr(waiters_module, "RECHECK_SECONDS", 60.0)
     app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS)
-    heard = app.notifier._dispatch  # noqa: SLF001 - drop every status message this replica hears
-    monkeypatch.setattr(app.notifier, "_dispatch", lambda data: None if b" status " in data else heard(data))
+    heard = app.engine.wakeups.route  # drop every status message this replica hears
+    monkeypatch.setattr(app.engine.wakeups, "route", lambda w: None if w.kind == "status" else heard(w))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.TaskHubSidecarServiceStub(channel)
         await stub.StartInstance(pb.CreateInstanceRequest(instanceId="waited", name="Orch"))
@@ -250,4 +251,4 @@ async def test_a_completion_here_wakes_this_replicas_waiters_without_pub_sub(sta
 
 
 async def _watched(app, instance_id: str) -> bool:
-    return any(iid == instance_id for _, iid in app.notifier._waiters)  # noqa: SLF001 - a waiter registered
+    return any(iid == instance_id for _, iid in app.engine.waiters._waiting)  # noqa: SLF001 - a waiter registered

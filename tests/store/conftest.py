@@ -13,8 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from scheduler import keys
-from scheduler.pipelining import PipelinedConnection
+from scheduler.store import keys
+from scheduler.store.pipelining import PipelinedConnection
 from scheduler.store import Store
 from scheduler.testing import redis_cluster
 from store_helpers import PARTITIONS
@@ -78,4 +78,4 @@ def redis(store) -> aioredis.Redis:
 
 @pytest.fixture
 async def hub(store, hub_name) -> keys.HubKeys:
-    return await store.hub(hub_name)
+    return await store.ensure_hub(hub_name)

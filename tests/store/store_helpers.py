@@ -6,7 +6,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
-from scheduler import keys
+from scheduler.store import keys
 from scheduler.store import NewInstance
 
 PARTITIONS = 4

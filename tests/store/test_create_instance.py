@@ -116,7 +116,7 @@ async def test_get_instance_unknown_is_none(store: Store, hub):
 
 
 async def test_instances_of_two_hubs_are_separate(store: Store, hub, hub_name):
-    other = await store.hub(hub_name + "-other")
+    other = await store.ensure_hub(hub_name + "-other")
     await store.create_instance(hub, new("same-id", input="a"))
     await store.create_instance(other, new("same-id", input="b"))
     assert (await store.get_instance(hub, "same-id"))["input"] == b"a"
@@ -126,7 +126,7 @@ async def test_instances_of_two_hubs_are_separate(store: Store, hub, hub_name):
 async def test_concurrent_creates_of_one_id_have_one_winner(make_store, key_prefix, hub_name, store, hub, redis):
 
     stores = [make_store(default_partitions=4) for _ in range(8)]
-    hubs = [await s.hub(hub_name) for s in stores]
+    hubs = [await s.ensure_hub(hub_name) for s in stores]
 
     async def attempt(n: int) -> str:
         try:

@@ -5,9 +5,12 @@ import asyncio
 
 import pytest
 
-from scheduler import convert, keys
+from scheduler import protocol
+from scheduler.engine import events as make
+from scheduler.store import keys
 from scheduler.store import Store
-from scheduler.store_dispatch import RENEW_BATCH, Claim, claim_token, lease_member
+from scheduler.store import Claim
+from scheduler.store.orchestrations import RENEW_BATCH
 
 from instance_setup import finish
 from store_helpers import eventually, ids_in_distinct_partitions, new, prefix_keys, published
@@ -47,6 +50,14 @@ def ids_in_partition(hub: keys.HubKeys, partition: int, count: int, stem: str = 
     return ids
 
 
+def claim_token(hub: keys.HubKeys, iid: str) -> str:
+    return protocol.claim_token(hub.hub, keys.partition_of(iid, hub.partitions), protocol.ORCHESTRATION, iid)
+
+
+def lease_member(iid: str) -> str:
+    return keys.lease_member(protocol.ORCHESTRATION, iid)
+
+
 async def claim(store: Store, hub, iid: str, lease_ms: int = LONG) -> Claim | None:
     return await store.claim_orchestration(hub, iid, claim_token(hub, iid), lease_ms, EPISODE)
 
@@ -69,10 +80,10 @@ async def test_claim_hands_out_history_and_inbox_sets_running_and_leases(store: 
     for iid in ids_in_distinct_partitions(hub):
         pk = hub.for_instance(iid)
         await store.create_instance(hub, new(iid))
-        await store.raise_event(hub, iid, convert.event_raised("Go", "1"))
+        await store.raise_event(hub, iid, make.event_raised("Go", "1"))
         await redis.rpush(pk.history(iid), b"past-1", b"past-2")
         inbox_before = await redis.lrange(pk.inbox(iid), 0, -1)
-        assert await store.ready_candidates(hub, keys.partition_of(iid, hub.partitions), 10) == [iid]
+        assert await store.queued(hub, protocol.ORCHESTRATION, keys.partition_of(iid, hub.partitions), 10) == [iid]
         token = claim_token(hub, iid)
         t0 = await store.server_time_ms()
         async with published(redis, store.channel) as (messages, drain_until):
@@ -112,7 +123,7 @@ async def test_claim_of_a_running_instance_keeps_status_and_publishes_nothing(st
 
 async def test_second_claim_by_another_replica_gets_nothing(store: Store, hub, redis, make_store, key_prefix):
     other = make_store()
-    other_hub = await other.hub(hub.hub)
+    other_hub = await other.ensure_hub(hub.hub)
     for iid in ids_in_distinct_partitions(hub):
         await store.create_instance(hub, new(iid))
         assert await claim(store, hub, iid) is not None
@@ -125,7 +136,7 @@ async def test_second_claim_by_another_replica_gets_nothing(store: Store, hub, r
 
 async def test_concurrent_claims_by_four_replicas_claim_each_instance_once(make_store, hub_name, key_prefix):
     stores = [make_store() for _ in range(4)]
-    hubs = [await s.hub(hub_name) for s in stores]
+    hubs = [await s.ensure_hub(hub_name) for s in stores]
     await stores[0].load_scripts()  # as the App does at start-up (else 200 concurrent NOSCRIPT reloads)
     ids = [f"c-{i}" for i in range(200)]
     await asyncio.gather(*(stores[0].create_instance(hubs[0], new(iid)) for iid in ids))
@@ -133,7 +144,7 @@ async def test_concurrent_claims_by_four_replicas_claim_each_instance_once(make_
     async def replica(store: Store, hub) -> list[Claim]:
         claims: list[Claim] = []
         while True:
-            candidates = [iid for p in range(hub.partitions) for iid in await store.ready_candidates(hub, p, 25)]
+            candidates = [iid for p in range(hub.partitions) for iid in await store.queued(hub, protocol.ORCHESTRATION, p, 25)]
             if not candidates:
                 return claims
             got = await asyncio.gather(*(claim(store, hub, iid) for iid in candidates))
@@ -170,7 +181,7 @@ async def test_claim_takes_an_instance_that_cannot_run_out_of_ready(store: Store
         pk = hub.for_instance(iid)
         await store.create_instance(hub, new(iid))
         if status == "SUSPENDED":
-            await store.suspend_instance(hub, iid, convert.execution_suspended(None))
+            await store.suspend_instance(hub, iid, make.execution_suspended(None))
         else:
             await finish(redis, hub, iid, status)
         await redis.zadd(pk.ready, {iid: 1})  # a stale ready entry
@@ -191,11 +202,11 @@ async def test_claim_of_a_missing_instance_only_takes_it_out_of_ready(store: Sto
 
 async def test_claim_during_a_live_episode_leaves_the_lease_and_unreadies(store: Store, hub, redis, make_store):
     other = make_store()
-    other_hub = await other.hub(hub.hub)
+    other_hub = await other.ensure_hub(hub.hub)
     await store.create_instance(hub, new("busy"))
     pk = hub.for_instance("busy")
     first = await claim(store, hub, "busy")
-    assert await store.raise_event(hub, "busy", convert.event_raised("E", "1")) == "RUNNING"
+    assert await store.raise_event(hub, "busy", make.event_raised("E", "1")) == "RUNNING"
     assert await redis.zscore(pk.ready, "busy") is not None  # RUNNING + new event: ready
     assert await claim(other, other_hub, "busy") is None
     assert await redis.zscore(pk.ready, "busy") is None
@@ -208,13 +219,13 @@ async def test_claim_takes_over_an_expired_lease_not_yet_swept(store: Store, hub
     await store.create_instance(hub, new("late"))
     pk = hub.for_instance("late")
     first = await claim(store, hub, "late", SHORT)
-    await store.raise_event(hub, "late", convert.event_raised("E", "1"))
+    await store.raise_event(hub, "late", make.event_raised("E", "1"))
     await wait_past(store, first.lease_expiry_ms)
     second = await claim(store, hub, "late")
     assert second is not None and len(second.new_events) == 2
     assert (await fields(redis, pk, "late"))["lease"] == second.token.encode()
     assert await redis.zscore(pk.leases, lease_member("late")) == second.lease_expiry_ms
-    assert await store.renew_leases(hub, keys.partition_of("late", hub.partitions), [("late", first.token)],
+    assert await store.renew_orchestration_leases(hub, keys.partition_of("late", hub.partitions), [("late", first.token)],
                                     LONG) == []
     assert not await store.release_orchestration(hub, "late", first.token)
     assert await stats_of(redis, pk) == {"RUNNING": 1}
@@ -225,8 +236,8 @@ async def test_events_raised_after_the_claim_stay_beyond_claimed_n(store: Store,
     pk = hub.for_instance("e")
     first = await claim(store, hub, "e")
     assert first.new_events == [b"start:e"]
-    await store.raise_event(hub, "e", convert.event_raised("A", "1"))
-    await store.raise_event(hub, "e", convert.event_raised("B", "2"))
+    await store.raise_event(hub, "e", make.event_raised("A", "1"))
+    await store.raise_event(hub, "e", make.event_raised("B", "2"))
     assert await redis.llen(pk.inbox("e")) == 3
     assert await redis.hget(pk.instance("e"), "claimed_n") == b"1"
     assert await store.release_orchestration(hub, "e", first.token)
@@ -246,14 +257,14 @@ async def test_renew_extends_only_leases_whose_token_is_current(store: Store, hu
     ca = await claim(store, hub, a, 10_000)
     cb = await claim(store, hub, b, 10_000)
     t0 = await store.server_time_ms()
-    renewed = await store.renew_leases(hub, 1, [(a, ca.token), (b, cb.token + "-stale"), (c, "never-claimed")],
+    renewed = await store.renew_orchestration_leases(hub, 1, [(a, ca.token), (b, cb.token + "-stale"), (c, "never-claimed")],
                                        LONG)
     t1 = await store.server_time_ms()
     assert renewed == [a]
     assert t0 + LONG <= await redis.zscore(pk.leases, lease_member(a)) <= t1 + LONG
     assert await redis.zscore(pk.leases, lease_member(b)) == cb.lease_expiry_ms
     assert await redis.zscore(pk.leases, lease_member(c)) is None
-    assert await store.renew_leases(hub, 1, [], LONG) == []
+    assert await store.renew_orchestration_leases(hub, 1, [], LONG) == []
 
 
 async def test_renew_after_release_renews_nothing(store: Store, hub, redis, key_prefix):
@@ -262,7 +273,7 @@ async def test_renew_after_release_renews_nothing(store: Store, hub, redis, key_
     ca = await claim(store, hub, a)
     assert await store.release_orchestration(hub, a, ca.token)
     before = await snapshot(redis, key_prefix)
-    assert await store.renew_leases(hub, 2, [(a, ca.token)], LONG) == []
+    assert await store.renew_orchestration_leases(hub, 2, [(a, ca.token)], LONG) == []
     assert await snapshot(redis, key_prefix) == before
 
 
@@ -273,14 +284,14 @@ async def test_renew_batches_beyond_one_script_call(store: Store, hub, redis):
     claims = await asyncio.gather(*(claim(store, hub, iid, 10_000) for iid in ids))
     items = [(c.instance_id, c.token) for c in claims]
     items[3] = (items[3][0], "stale")
-    renewed = await store.renew_leases(hub, 0, items, LONG)
+    renewed = await store.renew_orchestration_leases(hub, 0, items, LONG)
     assert sorted(renewed) == sorted(iid for iid, _ in items if iid != ids[3])
 
 
 async def test_renew_refuses_an_instance_of_another_partition(store: Store, hub):
     [x] = ids_in_partition(hub, 3, 1)
     with pytest.raises(ValueError):
-        await store.renew_leases(hub, 0, [(x, "t")], LONG)
+        await store.renew_orchestration_leases(hub, 0, [(x, "t")], LONG)
 
 
 # -- release -----------------------------------------------------------------------------------
@@ -321,10 +332,10 @@ async def test_release_of_a_suspended_instance_does_not_ready_it(store: Store, h
     await store.create_instance(hub, new("z"))
     pk = hub.for_instance("z")
     got = await claim(store, hub, "z")
-    await store.suspend_instance(hub, "z", convert.execution_suspended(None))
+    await store.suspend_instance(hub, "z", make.execution_suspended(None))
     assert await store.release_orchestration(hub, "z", got.token)
     assert await redis.zscore(pk.ready, "z") is None and await redis.zcard(pk.leases) == 0
-    await store.resume_instance(hub, "z", convert.execution_resumed(None))
+    await store.resume_instance(hub, "z", make.execution_resumed(None))
     assert await redis.zscore(pk.ready, "z") is not None
     assert await claim(store, hub, "z") is not None
     await assert_stats_right(redis, hub, key_prefix)
@@ -342,9 +353,9 @@ async def test_sweep_readies_expired_leases_only(store: Store, hub, redis, make_
     cu = await claim(store, hub, unexpired, LONG)
     cr = await claim(store, hub, renewed, SHORT)
     await wait_past(store, max(ce.lease_expiry_ms, cr.lease_expiry_ms))
-    assert await store.renew_leases(hub, 1, [(renewed, cr.token)], LONG) == [renewed]
+    assert await store.renew_orchestration_leases(hub, 1, [(renewed, cr.token)], LONG) == [renewed]
     sweeper = make_store()  # any replica may sweep
-    sweeper_hub = await sweeper.hub(hub.hub)
+    sweeper_hub = await sweeper.ensure_hub(hub.hub)
     t0 = await store.server_time_ms()
     assert await sweeper.sweep_expired_leases(sweeper_hub, 1, 100) == [expired]
     t1 = await store.server_time_ms()
@@ -385,8 +396,8 @@ async def test_sweep_script_rechecks_the_expiry(store: Store, hub, redis, key_pr
     pk = hub.for_instance("fresh")
     await claim(store, hub, "fresh", LONG)
     before = await snapshot(redis, key_prefix)
-    assert (await store._eval("sweep_leases", [pk.leases, pk.ready, pk.instance("fresh")], ["fresh"]))[0] == 0
-    assert (await store._eval("sweep_leases", [pk.leases, pk.ready, pk.instance("nobody")], ["nobody"]))[0] == 0
+    assert not await store.sweep_orchestration_lease(hub, "fresh")
+    assert not await store.sweep_orchestration_lease(hub, "nobody")
     assert await snapshot(redis, key_prefix) == before
 
 
@@ -397,7 +408,7 @@ async def test_sweep_of_a_suspended_or_vanished_instance_only_drops_the_lease(st
         await store.create_instance(hub, new(iid))
     cs = await claim(store, hub, sus, SHORT)
     cg = await claim(store, hub, gone, SHORT)
-    await store.suspend_instance(hub, sus, convert.execution_suspended(None))
+    await store.suspend_instance(hub, sus, make.execution_suspended(None))
     await redis.delete(pk.instance(gone), pk.inbox(gone))
     await redis.hincrby(pk.stats, "RUNNING", -1)
     await redis.zrem(pk.by_created, gone)
@@ -419,9 +430,9 @@ async def test_a_queue_that_stops_being_empty_is_named_in_a_work_wake_up(store: 
         running = await claim(store, hub, iid)
         await store.complete_orchestration(hub, iid, running.token, [], activities=[("item-1", b"request")])
         await drain_until(lambda m: f"{hub.hub} work {pk.activities}" in m)
-        await store.raise_event(hub, iid, convert.event_raised("Go", "1"))  # running: ready again
+        await store.raise_event(hub, iid, make.event_raised("Go", "1"))  # running: ready again
         await drain_until(lambda m: m.count(f"{hub.hub} work {pk.ready}") == 2)
-        await store.raise_event(hub, iid, convert.event_raised("Go", "2"))  # already ready: no wake-up
+        await store.raise_event(hub, iid, make.event_raised("Go", "2"))  # already ready: no wake-up
         await redis.publish(store.channel, "marker")
         await drain_until(lambda m: "marker" in m)
     assert messages.count(f"{hub.hub} work {pk.ready}") == 2

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import uuid
 
-from scheduler import keys
+from scheduler.store import keys
 from scheduler.store import SCHEMA_VERSION, Store
 from store_helpers import PARTITIONS, ids_in_distinct_partitions, new, prefix_keys, scan_keys
 
@@ -19,8 +19,8 @@ async def test_hub_metadata_is_created_once(store: Store, hub, redis, key_prefix
 
 async def test_stored_partition_count_wins_over_another_default(make_store, store, hub, key_prefix, hub_name):
     other = make_store(default_partitions=16)
-    assert (await other.hub(hub_name)).partitions == PARTITIONS
-    fresh = await other.hub(hub_name + "-new")
+    assert (await other.ensure_hub(hub_name)).partitions == PARTITIONS
+    fresh = await other.ensure_hub(hub_name + "-new")
     assert fresh.partitions == 16
     assert await store.known_hubs() == sorted([hub_name, hub_name + "-new"])
 
@@ -34,13 +34,13 @@ async def populate(store: Store, hub: keys.HubKeys) -> None:
 
 async def test_delete_task_hub_removes_only_that_hubs_keys(make_store, store, hub, redis, key_prefix, hub_name):
     await populate(store, hub)
-    lookalike = await store.hub(hub_name + "-2")  # shares the name as a prefix
-    second = await store.hub("z" + hub_name)
+    lookalike = await store.ensure_hub(hub_name + "-2")  # shares the name as a prefix
+    second = await store.ensure_hub("z" + hub_name)
     await populate(store, lookalike)
     await populate(store, second)
     foreign_prefix = "f" + uuid.uuid4().hex[:10]
     foreign = make_store(foreign_prefix)
-    await populate(foreign, await foreign.hub(hub_name))  # same hub name, another prefix
+    await populate(foreign, await foreign.ensure_hub(hub_name))  # same hub name, another prefix
     await redis.set(f"{key_prefix}x:{{{hub_name}}}:meta", "near-prefix")
     await redis.set(f"{key_prefix}:{{{hub_name}:x}}:due", "not a partition")
 
@@ -83,7 +83,7 @@ async def test_delete_unknown_hub_deletes_nothing(store: Store, hub, redis, key_
 async def test_deleted_hub_is_recreated_on_next_use(store: Store, hub):
     await populate(store, hub)
     await store.delete_task_hub(hub.hub)
-    again = await store.hub(hub.hub)
+    again = await store.ensure_hub(hub.hub)
     assert again == hub
     assert await store.get_instance(again, ids_in_distinct_partitions(hub, 1)[0]) is None
     assert (await store.hub_stats(again)).statuses == {}
@@ -97,7 +97,7 @@ async def test_hub_deleted_by_another_replica_is_recreated_on_next_use(make_stor
     # Each replica's housekeeping revalidates its cache every 2 s (and the deletion is also
     # announced over pub/sub, which the App routes to forget_hub).
     assert await store.revalidate_hubs() == [hub_name]
-    again = await store.hub(hub_name)
+    again = await store.ensure_hub(hub_name)
     await store.create_instance(again, new("after-delete"))
     assert await store.redis.hget(again.meta, "partitions") == str(PARTITIONS).encode()
     assert await other.known_hubs() == [hub_name]

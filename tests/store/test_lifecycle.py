@@ -5,7 +5,8 @@ import asyncio
 
 import pytest
 
-from scheduler import convert, errors
+from scheduler import errors
+from scheduler.engine import events as make
 from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler.store import Store
 
@@ -64,7 +65,7 @@ async def test_raise_event_to_a_scheduled_instance_stays_on_the_due_set(store: S
         due = await scheduled(store, hub, iid)
         created = int(await redis.hget(pk.instance(iid), "created_ms"))
         t0 = await store.server_time_ms()
-        assert await store.raise_event(hub, iid, convert.event_raised("Approve", '{"ok": true}')) == "PENDING"
+        assert await store.raise_event(hub, iid, make.event_raised("Approve", '{"ok": true}')) == "PENDING"
         t1 = await store.server_time_ms()
         assert await where(redis, pk, iid) == (due, None)
         events = await inbox(redis, pk, iid)
@@ -79,7 +80,7 @@ async def test_raise_event_to_a_scheduled_instance_stays_on_the_due_set(store: S
 
 async def test_raise_event_without_input_has_no_input(store: Store, hub, redis):
     await store.create_instance(hub, new("noin"))
-    await store.raise_event(hub, "noin", convert.event_raised("Ping", None))
+    await store.raise_event(hub, "noin", make.event_raised("Ping", None))
     event = parsed((await inbox(redis, hub.for_instance("noin"), "noin"))[-1])
     assert event.eventRaised.name == "Ping" and not event.eventRaised.HasField("input")
 
@@ -89,8 +90,8 @@ async def test_raise_event_to_a_ready_instance_keeps_its_place(store: Store, hub
     pk = hub.for_instance("r")
     before = await where(redis, pk, "r")
     assert before[0] is None and before[1] is not None
-    await store.raise_event(hub, "r", convert.event_raised("A", "1"))
-    await store.raise_event(hub, "r", convert.event_raised("B", "2"))
+    await store.raise_event(hub, "r", make.event_raised("A", "1"))
+    await store.raise_event(hub, "r", make.event_raised("B", "2"))
     assert await where(redis, pk, "r") == before
     names = [parsed(e).eventRaised.name for e in (await inbox(redis, pk, "r"))[1:]]
     assert names == ["A", "B"]
@@ -101,10 +102,10 @@ async def test_raise_event_makes_a_running_instance_ready(store: Store, hub, red
     pk = hub.for_instance("run")
     await make_running(redis, pk, "run")
     t0 = await store.server_time_ms()
-    assert await store.raise_event(hub, "run", convert.event_raised("Go", None)) == "RUNNING"
+    assert await store.raise_event(hub, "run", make.event_raised("Go", None)) == "RUNNING"
     due, ready = await where(redis, pk, "run")
     assert due is None and t0 <= ready <= await store.server_time_ms()
-    await store.raise_event(hub, "run", convert.event_raised("Again", None))
+    await store.raise_event(hub, "run", make.event_raised("Again", None))
     assert (await where(redis, pk, "run"))[1] == ready, "ZADD NX keeps the ready-since score"
     assert await redis.hget(pk.instance("run"), "status") == b"RUNNING"
 
@@ -113,7 +114,7 @@ async def test_raise_event_to_a_terminal_instance_changes_nothing(store: Store, 
     await store.create_instance(hub, new("done"))
     await make_completed(redis, hub.for_instance("done"), "done")
     before = await snapshot(redis, key_prefix)
-    assert await store.raise_event(hub, "done", convert.event_raised("Late", "x")) == "COMPLETED"
+    assert await store.raise_event(hub, "done", make.event_raised("Late", "x")) == "COMPLETED"
     assert await snapshot(redis, key_prefix) == before
 
 
@@ -124,9 +125,9 @@ async def test_terminate_a_scheduled_instance_ends_it_at_once(store: Store, hub,
     for iid in ids_in_distinct_partitions(hub):
         pk = hub.for_instance(iid)
         await scheduled(store, hub, iid)
-        raised = convert.event_raised("E", '"payload"')
+        raised = make.event_raised("E", '"payload"')
         await store.raise_event(hub, iid, raised)
-        terminated = convert.execution_terminated('"stopped"', True)
+        terminated = make.execution_terminated('"stopped"', True)
         async with published(redis, store.channel) as (messages, drain_until):
             t0 = await store.server_time_ms()
             notice = f"tell the parent of {iid}".encode()
@@ -153,7 +154,7 @@ async def test_terminate_a_scheduled_instance_ends_it_at_once(store: Store, hub,
 async def test_terminate_a_ready_instance_without_output(store: Store, hub, redis):
     await store.create_instance(hub, new("t"))
     pk = hub.for_instance("t")
-    await store.terminate_instance(hub, "t", convert.execution_terminated(None, False), None)
+    await store.terminate_instance(hub, "t", make.execution_terminated(None, False), None)
     h = await redis.hgetall(pk.instance("t"))
     assert h[b"status"] == b"TERMINATED" and b"output" not in h
     assert await where(redis, pk, "t") == (None, None)
@@ -163,13 +164,13 @@ async def test_terminate_a_ready_instance_without_output(store: Store, hub, redi
 
 async def test_terminate_a_terminal_instance_changes_nothing(store: Store, hub, redis, key_prefix):
     await store.create_instance(hub, new("twice"))
-    await store.terminate_instance(hub, "twice", convert.execution_terminated("first", False), "first")
+    await store.terminate_instance(hub, "twice", make.execution_terminated("first", False), "first")
     await store.create_instance(hub, new("completed"))
     await make_completed(redis, hub.for_instance("completed"), "completed")
     before = await snapshot(redis, key_prefix)
-    assert await store.terminate_instance(hub, "twice", convert.execution_terminated("2nd", False), "2nd") \
+    assert await store.terminate_instance(hub, "twice", make.execution_terminated("2nd", False), "2nd") \
         == "TERMINATED"
-    assert await store.terminate_instance(hub, "completed", convert.execution_terminated("x", False), "x") \
+    assert await store.terminate_instance(hub, "completed", make.execution_terminated("x", False), "x") \
         == "COMPLETED"
     assert await snapshot(redis, key_prefix) == before
 
@@ -178,7 +179,7 @@ async def test_terminate_a_running_instance_queues_the_event(store: Store, hub, 
     await store.create_instance(hub, new("run"))
     pk = hub.for_instance("run")
     await make_running(redis, pk, "run")
-    event = convert.execution_terminated("bye", False)
+    event = make.execution_terminated("bye", False)
     assert await store.terminate_instance(hub, "run", event, "bye", notice=b"for the parent") == "RUNNING"
     assert not await redis.exists(pk.outbox), "the episode that applies the event tells the parent"
     h = await redis.hgetall(pk.instance("run"))
@@ -192,9 +193,9 @@ async def test_terminate_a_running_instance_queues_the_event(store: Store, hub, 
 async def test_terminate_a_suspended_scheduled_instance(store: Store, hub, redis):
     await scheduled(store, hub, "s")
     pk = hub.for_instance("s")
-    suspended = convert.execution_suspended("hold")
+    suspended = make.execution_suspended("hold")
     await store.suspend_instance(hub, "s", suspended)
-    assert await store.terminate_instance(hub, "s", convert.execution_terminated(None, False), None) == "SUSPENDED"
+    assert await store.terminate_instance(hub, "s", make.execution_terminated(None, False), None) == "SUSPENDED"
     h = await redis.hgetall(pk.instance("s"))
     assert h[b"status"] == b"TERMINATED" and b"prev_status" not in h and b"due_ms" not in h
     assert await where(redis, pk, "s") == (None, None)
@@ -207,9 +208,9 @@ async def test_terminate_a_suspended_running_instance_lets_the_engine_apply_it(s
     await store.create_instance(hub, new("run"))
     pk = hub.for_instance("run")
     await make_running(redis, pk, "run")
-    await store.suspend_instance(hub, "run", convert.execution_suspended("hold"))
+    await store.suspend_instance(hub, "run", make.execution_suspended("hold"))
     assert (await where(redis, pk, "run"))[1] is None, "held: not ready while suspended"
-    event = convert.execution_terminated("bye", False)
+    event = make.execution_terminated("bye", False)
     async with published(redis, store.channel) as (_, drain_until):
         assert await store.terminate_instance(hub, "run", event, "bye") == "SUSPENDED"
         await drain_until(lambda m: f"{hub.hub} status run" in m)
@@ -222,7 +223,7 @@ async def test_terminate_a_suspended_running_instance_lets_the_engine_apply_it(s
 
 async def test_a_terminated_instance_is_never_promoted(store: Store, hub, redis):
     due = await scheduled(store, hub, "gone", ahead_ms=30)
-    await store.terminate_instance(hub, "gone", convert.execution_terminated(None, False), None)
+    await store.terminate_instance(hub, "gone", make.execution_terminated(None, False), None)
 
     async def past_due() -> bool:
         return await store.server_time_ms() > due
@@ -239,7 +240,7 @@ async def test_a_terminated_instance_is_never_promoted(store: Store, hub, redis)
 async def test_suspend_a_scheduled_instance_holds_it_past_its_due_time(store: Store, hub, redis):
     due = await scheduled(store, hub, "s", ahead_ms=30)
     pk = hub.for_instance("s")
-    event = convert.execution_suspended("maintenance")
+    event = make.execution_suspended("maintenance")
     async with published(redis, store.channel) as (_, drain_until):
         assert await store.suspend_instance(hub, "s", event) == "PENDING"
         await drain_until(lambda m: f"{hub.hub} status s" in m)
@@ -259,7 +260,7 @@ async def test_suspend_a_scheduled_instance_holds_it_past_its_due_time(store: St
     assert await where(redis, pk, "s") == (None, None)
 
     # The due time has passed while suspended: resume makes it ready at once.
-    resumed = convert.execution_resumed("back")
+    resumed = make.execution_resumed("back")
     t0 = await store.server_time_ms()
     assert await store.resume_instance(hub, "s", resumed) == "SUSPENDED"
     h = await redis.hgetall(pk.instance("s"))
@@ -273,9 +274,9 @@ async def test_suspend_a_scheduled_instance_holds_it_past_its_due_time(store: St
 async def test_resume_before_the_due_time_goes_back_to_the_due_set(store: Store, hub, redis):
     due = await scheduled(store, hub, "s")
     pk = hub.for_instance("s")
-    await store.suspend_instance(hub, "s", convert.execution_suspended(None))
+    await store.suspend_instance(hub, "s", make.execution_suspended(None))
     async with published(redis, store.channel) as (messages, drain_until):
-        await store.resume_instance(hub, "s", convert.execution_resumed(None))
+        await store.resume_instance(hub, "s", make.execution_resumed(None))
         # Wait for the wake-up itself: on a Cluster the suspend's status message, published on
         # another node before we subscribed, may still arrive after the subscription.
         await drain_until(lambda m: f"{hub.hub} due {due} {pk.due}" in m)  # fails at its deadline if never published
@@ -289,9 +290,9 @@ async def test_resume_behind_an_earlier_entry_publishes_no_due_wake_up(store: St
     first = next(i for i in (f"early-{n}" for n in range(1000)) if hub.for_instance(i) == pk)
     await scheduled(store, hub, first, ahead_ms=FUTURE // 2)
     due = await scheduled(store, hub, "late")
-    await store.suspend_instance(hub, "late", convert.execution_suspended(None))
+    await store.suspend_instance(hub, "late", make.execution_suspended(None))
     async with published(redis, store.channel) as (messages, drain_until):
-        await store.resume_instance(hub, "late", convert.execution_resumed(None))
+        await store.resume_instance(hub, "late", make.execution_resumed(None))
         await drain_until(lambda m: f"{hub.hub} status late" in m)
     assert not [m for m in messages if " due " in m]
     assert await where(redis, pk, "late") == (due, None)
@@ -300,14 +301,14 @@ async def test_resume_behind_an_earlier_entry_publishes_no_due_wake_up(store: St
 async def test_suspend_and_resume_a_ready_instance(store: Store, hub, redis):
     await store.create_instance(hub, new("r"))
     pk = hub.for_instance("r")
-    await store.suspend_instance(hub, "r", convert.execution_suspended(None))
+    await store.suspend_instance(hub, "r", make.execution_suspended(None))
     h = await redis.hgetall(pk.instance("r"))
     assert h[b"status"] == b"SUSPENDED" and b"due_ms" not in h
     assert await where(redis, pk, "r") == (None, None)
     # An event raised while suspended waits in the inbox; the instance is not made ready.
-    await store.raise_event(hub, "r", convert.event_raised("While", None))
+    await store.raise_event(hub, "r", make.event_raised("While", None))
     assert await where(redis, pk, "r") == (None, None)
-    await store.resume_instance(hub, "r", convert.execution_resumed(None))
+    await store.resume_instance(hub, "r", make.execution_resumed(None))
     assert (await where(redis, pk, "r"))[1] is not None
     kinds = [parsed(e).WhichOneof("eventType") for e in (await inbox(redis, pk, "r"))[1:]]
     assert kinds == ["executionSuspended", "eventRaised", "executionResumed"]
@@ -318,11 +319,11 @@ async def test_suspend_and_resume_a_running_instance(store: Store, hub, redis):
     pk = hub.for_instance("run")
     await make_running(redis, pk, "run")
     await redis.zadd(pk.ready, {"run": 1})
-    assert await store.suspend_instance(hub, "run", convert.execution_suspended(None)) == "RUNNING"
+    assert await store.suspend_instance(hub, "run", make.execution_suspended(None)) == "RUNNING"
     assert await redis.hget(pk.instance("run"), "prev_status") == b"RUNNING"
     assert await where(redis, pk, "run") == (None, None)
     assert await stats_of(redis, pk) == {"SUSPENDED": 1}
-    await store.resume_instance(hub, "run", convert.execution_resumed(None))
+    await store.resume_instance(hub, "run", make.execution_resumed(None))
     assert await redis.hget(pk.instance("run"), "status") == b"RUNNING"
     assert (await where(redis, pk, "run"))[1] is not None, "the engine must see the resume event"
     assert await stats_of(redis, pk) == {"RUNNING": 1}
@@ -333,13 +334,13 @@ async def test_suspend_is_a_no_op_when_suspended_or_terminal(store: Store, hub, 
     await scheduled(store, hub, "x")
     pk = hub.for_instance("x")
     if setup == "suspended":
-        await store.suspend_instance(hub, "x", convert.execution_suspended("first"))
+        await store.suspend_instance(hub, "x", make.execution_suspended("first"))
     elif setup == "completed":
         await make_completed(redis, pk, "x")
     else:
-        await store.terminate_instance(hub, "x", convert.execution_terminated(None, False), None)
+        await store.terminate_instance(hub, "x", make.execution_terminated(None, False), None)
     before = await snapshot(redis, key_prefix)
-    assert await store.suspend_instance(hub, "x", convert.execution_suspended("again")) == setup.upper()
+    assert await store.suspend_instance(hub, "x", make.execution_suspended("again")) == setup.upper()
     assert await snapshot(redis, key_prefix) == before
 
 
@@ -355,10 +356,10 @@ async def test_resume_is_a_no_op_unless_suspended(store: Store, hub, redis, key_
     elif setup == "completed":
         await make_completed(redis, pk, "x")
     elif setup == "terminated":
-        await store.terminate_instance(hub, "x", convert.execution_terminated(None, False), None)
+        await store.terminate_instance(hub, "x", make.execution_terminated(None, False), None)
     status = (await redis.hget(pk.instance("x"), "status")).decode()
     before = await snapshot(redis, key_prefix)
-    assert await store.resume_instance(hub, "x", convert.execution_resumed(None)) == status
+    assert await store.resume_instance(hub, "x", make.execution_resumed(None)) == status
     assert await snapshot(redis, key_prefix) == before
 
 
@@ -376,7 +377,7 @@ async def test_unknown_instance_is_not_found_and_nothing_is_written(store: Store
 async def test_concurrent_suspends_count_once(store: Store, hub, redis):
     await scheduled(store, hub, "c")
     pk = hub.for_instance("c")
-    results = await asyncio.gather(*[store.suspend_instance(hub, "c", convert.execution_suspended(str(i)))
+    results = await asyncio.gather(*[store.suspend_instance(hub, "c", make.execution_suspended(str(i)))
                                      for i in range(5)])
     assert sorted(results) == ["PENDING"] + ["SUSPENDED"] * 4
     assert await stats_of(redis, pk) == {"SUSPENDED": 1}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
-from scheduler import keys
+from scheduler.store import keys
 from scheduler.store import Store
 from store_helpers import PARTITIONS, ids_in_distinct_partitions, new
 
@@ -111,7 +111,7 @@ async def test_exactly_once_with_concurrent_promoters(make_store, key_prefix, hu
         await pipe.execute()
 
     promoters = [make_store(default_partitions=PARTITIONS) for _ in range(4)]
-    hubs = [await s.hub(hub_name) for s in promoters]
+    hubs = [await s.ensure_hub(hub_name) for s in promoters]
     start = asyncio.Event()
 
     async def run(s: Store, h: keys.HubKeys) -> int:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import asyncio
 
-from scheduler import keys
-from scheduler.promoter import Promoter
+from scheduler.store import keys
+from scheduler.engine.promoter import Promoter
 from scheduler.store import Promotion
 from store_helpers import eventually, ids_in_distinct_partitions, new
 

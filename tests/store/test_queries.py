@@ -6,8 +6,9 @@ import asyncio
 import pytest
 
 from instance_setup import finish, index_order, set_created
-from scheduler import errors, keys, store_queries
-from scheduler.store_queries import Cursor, InstanceFilter
+from scheduler import errors
+from scheduler.store import keys, queries as store_queries
+from scheduler.store import Cursor, InstanceFilter
 from store_helpers import PARTITIONS, new
 
 

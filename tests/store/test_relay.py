@@ -1,9 +1,22 @@
 """Messages between instances: delivered once in effect, whatever the relay repeats."""
 from __future__ import annotations
 
-from scheduler import relay
 from scheduler._proto import orchestrator_service_pb2 as pb
+from scheduler.engine.dispatcher import Dispatcher
+from scheduler.engine.orchestrations import Orchestrations
+from scheduler.engine.relay import Relay
+from scheduler.engine.waiters import Waiters
+from scheduler.protocol import OutboxMessage
 from store_helpers import new
+
+
+def make_relay(store, hub) -> Relay:
+    orchestrations = Orchestrations(store, Dispatcher(store, 30, 15), Waiters(), 10_000)
+    return Relay(store, hub, orchestrations)
+
+
+def encoded(message_id: str, kind: str, target: str, payload: bytes) -> bytes:
+    return OutboxMessage(message_id, kind, target, payload).encode()
 
 
 def raised(name: str) -> bytes:
@@ -28,10 +41,10 @@ async def test_the_relay_creates_a_child_once_and_empties_the_outbox(store, hub,
     started.orchestrationInstance.executionId.value = "x1"
     started.parentInstance.orchestrationInstance.executionId.value = "p1"
     payload = pb.HistoryEvent(eventId=-1, executionStarted=started).SerializeToString()
-    message = relay.message("mum:p1:5", "create", "kid", payload)
+    message = encoded("mum:p1:5", "create", "kid", payload)
     outbox = hub.partition(0).outbox
     await redis.rpush(outbox, message, message)  # the same message twice, as after a crash mid-delivery
-    r = relay.Relay(store, hub)
+    r = make_relay(store, hub)
     assert await r._step() > 0  # noqa: SLF001 - one relay round, driven directly
     assert await redis.llen(outbox) == 0
     h = await store.get_instance(hub, "kid")
@@ -48,9 +61,9 @@ def terminated(reason: str, recurse: bool = True) -> bytes:
 async def test_a_terminate_message_ends_a_pending_target_at_once_and_skips_an_unknown_one(store, hub, redis):
     await store.create_instance(hub, new("kid"))
     outbox = hub.partition(0).outbox
-    await redis.rpush(outbox, relay.message("mum:p1:terminate:kid", "terminate", "kid", terminated('"stop"')),
-                      relay.message("mum:p1:terminate:ghost", "terminate", "ghost", terminated('"stop"')))
-    await relay.Relay(store, hub)._step()  # noqa: SLF001 - one relay round, driven directly
+    await redis.rpush(outbox, encoded("mum:p1:terminate:kid", "terminate", "kid", terminated('"stop"')),
+                      encoded("mum:p1:terminate:ghost", "terminate", "ghost", terminated('"stop"')))
+    await make_relay(store, hub)._step()  # noqa: SLF001 - one relay round, driven directly
     assert await redis.llen(outbox) == 0
     h = await store.get_instance(hub, "kid")
     assert (h["status"], h["output"]) == (b"TERMINATED", b'"stop"')
@@ -78,14 +91,14 @@ def child_start(child: str, execution: str, parent: str = "mum", task_id: int = 
 async def deliver(store, hub, redis, *messages: bytes) -> None:
     outbox = hub.partition(0).outbox
     await redis.rpush(outbox, *messages)
-    await relay.Relay(store, hub)._step()  # noqa: SLF001 - one relay round, driven directly
+    await make_relay(store, hub)._step()  # noqa: SLF001 - one relay round, driven directly
     assert await redis.llen(outbox) == 0
 
 
 async def test_a_child_replaces_an_ended_instance_of_its_id_but_never_itself(store, hub, redis):
     await store.create_instance(hub, new("kid"))
     await store.terminate_instance(hub, "kid", terminated("x", recurse=False), None)  # an ended instance
-    create = relay.message("mum:p1:5", "create", "kid", child_start("kid", "x2"))
+    create = encoded("mum:p1:5", "create", "kid", child_start("kid", "x2"))
     await deliver(store, hub, redis, create)
     h = await store.get_instance(hub, "kid")
     assert (h["status"], h["execution_id"], h["parent_instance_id"]) == (b"PENDING", b"x2", b"mum")
@@ -98,7 +111,7 @@ async def test_a_child_replaces_an_ended_instance_of_its_id_but_never_itself(sto
 async def test_a_child_whose_id_is_held_by_a_live_instance_fails_the_parents_task(store, hub, redis):
     await store.create_instance(hub, new("mum"))
     await store.create_instance(hub, new("busy"))  # pending: not ended
-    await deliver(store, hub, redis, relay.message("mum:p1:5", "create", "busy", child_start("busy", "x3")))
+    await deliver(store, hub, redis, encoded("mum:p1:5", "create", "busy", child_start("busy", "x3")))
     assert (await store.get_instance(hub, "busy"))["execution_id"] == b"e-busy", "left as it was"
     last = pb.HistoryEvent.FromString((await redis.lrange(hub.for_instance("mum").inbox("mum"), -1, -1))[0])
     failed = last.subOrchestrationInstanceFailed

@@ -5,8 +5,9 @@ import fakeredis
 import pytest
 import redis.asyncio as aioredis
 
-from scheduler import errors, keys
-from scheduler.pipelining import PipelinedConnection
+from scheduler import errors
+from scheduler.store import keys
+from scheduler.store.pipelining import PipelinedConnection
 from scheduler.store import Store
 from scheduler.testing import free_port
 from store_helpers import new
@@ -30,7 +31,7 @@ async def dead_store(request):
 OPERATIONS = {
     "ping": lambda s, h: s.ping(),
     "server_time_ms": lambda s, h: s.server_time_ms(),
-    "hub": lambda s, h: s.hub("h"),
+    "ensure_hub": lambda s, h: s.ensure_hub("h"),
     "known_hubs": lambda s, h: s.known_hubs(),
     "create_task_hub": lambda s, h: s.create_task_hub("h", recreate_if_exists=False),
     "delete_task_hub": lambda s, h: s.delete_task_hub("h"),

@@ -6,8 +6,8 @@ import re
 import pytest
 from redis.crc import key_slot
 
-from scheduler import keys
-from scheduler.keys import HubKeys, partition_of, queue_of
+from scheduler.store import keys
+from scheduler.store.keys import HubKeys, partition_of, queue_of
 
 
 def hash_tag(key: str) -> str:

@@ -1,7 +1,7 @@
 """Which children recursive terminate and purge follow, read from history events."""
 from __future__ import annotations
 
-from scheduler import subtree
+from scheduler.engine import subtree
 from scheduler._proto import orchestrator_service_pb2 as pb
 
 
@@ -45,7 +45,7 @@ def test_termination_messages_carry_the_event_to_each_child_with_stable_ids():
     reason = pb.ExecutionTerminatedEvent(recurse=True)
     reason.input.value = '"stop"'
     messages = subtree.termination_messages("x1", ["b", "d"], reason)
-    assert [(m[0], m[1], m[2]) for m in messages] == [("x1:terminate:b", "terminate", "b"),
-                                                      ("x1:terminate:d", "terminate", "d")]
-    event = pb.HistoryEvent.FromString(messages[0][3]).executionTerminated
+    assert [(m.message_id, m.kind, m.target) for m in messages] == [("x1:terminate:b", "terminate", "b"),
+                                                                    ("x1:terminate:d", "terminate", "d")]
+    event = pb.HistoryEvent.FromString(messages[0].payload).executionTerminated
     assert event.recurse and event.input.value == '"stop"'

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from scheduler import validation as v
+from scheduler.api import validation as v
 from scheduler.errors import InvalidRequest, PayloadTooLarge
 
 

@@ -1,0 +1,140 @@
+"""The gRPC surface: translate TaskHubSidecarService requests to engine and store calls and back.
+
+It validates input, maps domain errors to gRPC status codes in one place
+(:func:`scheduler.api.status.status_of`) and never builds Redis commands itself.
+The RPCs are grouped: instance creation and reads here, lifecycle changes in
+lifecycle.py, queries and purges in queries.py, the worker protocol in work.py.
+"""
+from __future__ import annotations
+
+import grpc
+from google.protobuf import empty_pb2
+
+from .. import errors
+from .._proto import orchestrator_service_pb2 as pb
+from .._proto import orchestrator_service_pb2_grpc as pb_grpc
+from ..config import NAME_RE, Config
+from ..engine import Engine
+from ..protocol import TERMINAL, new_id
+from ..store.keys import HubKeys
+from . import translate, validation
+from .lifecycle import LifecycleRPCs
+from .queries import QueryRPCs
+from .status import rpc
+from .work import WorkRPCs
+
+TASK_HUB_METADATA_KEY = "taskhub"
+# Waiters answer this long before the caller's deadline, so the caller gets our answer
+# (exists=false, or DEADLINE_EXCEEDED with a message) rather than its own bare timeout.
+WAIT_DEADLINE_MARGIN = 0.1
+
+
+class Servicer(LifecycleRPCs, QueryRPCs, WorkRPCs, pb_grpc.TaskHubSidecarServiceServicer):
+    def __init__(self, engine: Engine, config: Config) -> None:
+        self.engine = engine
+        self.store = engine.store  # reads that need no rule of the engine go to the store directly
+        self.config = config
+
+    def _hub_name(self, context: grpc.aio.ServicerContext) -> str:
+        """The task hub the caller names with the ``taskhub`` metadata key, else the default one."""
+        for key, value in context.invocation_metadata() or ():
+            if key == TASK_HUB_METADATA_KEY:
+                if not NAME_RE.match(value):
+                    raise errors.InvalidRequest(
+                        f"task hub name {value!r} (metadata '{TASK_HUB_METADATA_KEY}') must match {NAME_RE.pattern}")
+                return value
+        return self.config.task_hub
+
+    async def _hub(self, context: grpc.aio.ServicerContext) -> HubKeys:
+        """The caller's task hub, created on first use."""
+        return await self.engine.hubs.get(self._hub_name(context))
+
+    async def _existing_hub(self, context: grpc.aio.ServicerContext) -> HubKeys | None:
+        """Like :meth:`_hub` for calls that only read: None when the hub does not exist (nothing is created)."""
+        return await self.engine.hubs.existing(self._hub_name(context))
+
+    # -- RPCs ------------------------------------------------------------------------------
+
+    async def Hello(self, request, context):
+        return empty_pb2.Empty()
+
+    @rpc
+    async def StartInstance(self, request: pb.CreateInstanceRequest, context):
+        instance_id = request.instanceId or new_id()
+        validation.check_create_request(request, instance_id, self.config.max_payload_bytes)
+        hub = await self._hub(context)
+        await self.engine.orchestrations.start(hub, translate.new_instance(request, instance_id))
+        return pb.CreateInstanceResponse(instanceId=instance_id)
+
+    @rpc
+    async def GetInstance(self, request: pb.GetInstanceRequest, context):
+        hub = await self._existing_hub(context)
+        h = None if hub is None else await self.store.get_instance(hub, request.instanceId)
+        return _instance_response(request, h)
+
+    @rpc
+    async def WaitForInstanceStart(self, request: pb.GetInstanceRequest, context):
+        return await self._wait(request, context, _has_started, "start")
+
+    @rpc
+    async def WaitForInstanceCompletion(self, request: pb.GetInstanceRequest, context):
+        return await self._wait(request, context, _has_ended, "complete")
+
+    @rpc
+    async def CreateTaskHub(self, request: pb.CreateTaskHubRequest, context):
+        await self.engine.hubs.create(self._hub_name(context), request.recreateIfExists)
+        return pb.CreateTaskHubResponse()
+
+    @rpc
+    async def DeleteTaskHub(self, request: pb.DeleteTaskHubRequest, context):
+        await self.engine.hubs.delete(self._hub_name(context))
+        return pb.DeleteTaskHubResponse()
+
+    async def _wait(self, request: pb.GetInstanceRequest, context, done, what: str):
+        """Return the instance once ``done(instance hash)`` holds; DEADLINE_EXCEEDED at the caller's deadline."""
+        async def read() -> dict[str, bytes] | None:
+            hub = await self._existing_hub(context)
+            return None if hub is None else await self.store.get_instance(hub, request.instanceId)
+
+        def time_left() -> float | None:
+            remaining = context.time_remaining()
+            return None if remaining is None else remaining - WAIT_DEADLINE_MARGIN
+
+        h, ended = await self.engine.waiters.wait_for(self._hub_name(context), request.instanceId, read,
+                                                      lambda h: h is not None and done(h), time_left)
+        if not ended and h is not None:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"timed out waiting for instance '{request.instanceId}' to {what}")
+        return _instance_response(request, h)
+
+
+def _instance_response(request: pb.GetInstanceRequest, h: dict[str, bytes] | None) -> pb.GetInstanceResponse:
+    if h is None:
+        return pb.GetInstanceResponse(exists=False)
+    state = translate.orchestration_state(request.instanceId, h, request.getInputsAndOutputs)
+    return pb.GetInstanceResponse(exists=True, orchestrationState=state)
+
+
+def _has_started(h: dict[str, bytes]) -> bool:
+    """Left PENDING for good: a suspended instance that never ran (prev_status PENDING) has not started."""
+    status = h["status"]
+    return status != b"PENDING" and not (status == b"SUSPENDED" and h.get("prev_status") == b"PENDING")
+
+
+def _has_ended(h: dict[str, bytes]) -> bool:
+    return h["status"].decode() in TERMINAL
+
+
+def _unimplemented(name: str):
+    async def handler(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by this server yet")
+
+    handler.__name__ = name
+    return handler
+
+
+# Every RPC of the contract that this server does not implement yet answers
+# UNIMPLEMENTED naming itself (instead of the generated "Method not implemented!").
+for _method in pb.DESCRIPTOR.services_by_name["TaskHubSidecarService"].methods:
+    if getattr(Servicer, _method.name) is getattr(pb_grpc.TaskHubSidecarServiceServicer, _method.name):
+        setattr(Servicer, _method.name, _unimplemented(_method.name))

@@ -1,0 +1,64 @@
+"""Request validation: each rule raises InvalidRequest with a message a person understands."""
+from __future__ import annotations
+
+from google.protobuf import timestamp_pb2
+
+from .._proto import orchestrator_service_pb2 as pb
+from ..errors import InvalidRequest, PayloadTooLarge
+from ..protocol import MAX_ID_LENGTH, has_control_chars
+
+_KNOWN_STATUSES = frozenset(pb.OrchestrationStatus.values())
+MAX_NAME_LENGTH = 1024
+# Range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
+MIN_SECONDS = -62135596800
+MAX_SECONDS = 253402300799
+
+
+def check_identifier(what: str, value: str) -> None:
+    """Instance and execution ids: at most 256 characters, no control characters."""
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidRequest(f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}")
+    if has_control_chars(value):
+        raise InvalidRequest(f"{what} {value!r} contains control characters, which are not allowed")
+
+
+def check_name(what: str, value: str) -> None:
+    if not value.strip():
+        raise InvalidRequest(f"{what} is required and must not be empty")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidRequest(f"{what} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
+    if has_control_chars(value):
+        raise InvalidRequest(f"{what} {value!r} contains control characters, which are not allowed")
+
+
+def check_timestamp(what: str, ts: timestamp_pb2.Timestamp) -> None:
+    if not MIN_SECONDS <= ts.seconds <= MAX_SECONDS:
+        raise InvalidRequest(
+            f"{what} has seconds={ts.seconds}, outside the valid range "
+            f"[{MIN_SECONDS}, {MAX_SECONDS}] (years 1 to 9999)")
+    if not 0 <= ts.nanos <= 999_999_999:
+        raise InvalidRequest(f"{what} has nanos={ts.nanos}; nanos must be between 0 and 999999999")
+
+
+def check_payload(what: str, value: str, limit: int) -> None:
+    size = len(value.encode("utf-8"))
+    if size > limit:
+        raise PayloadTooLarge(f"{what} is {size} bytes; the configured limit is {limit} bytes")
+
+
+def check_create_request(req: pb.CreateInstanceRequest, instance_id: str, max_payload_bytes: int) -> None:
+    """Every rule for StartInstance; ``instance_id`` is the given or generated id."""
+    check_identifier("instanceId", instance_id)
+    check_name("name", req.name)
+    if req.HasField("executionId") and req.executionId.value:
+        check_identifier("executionId", req.executionId.value)
+    if req.HasField("version"):
+        check_identifier("version", req.version.value)
+    for field in ("scheduledStartTimestamp", "requestTime"):
+        if req.HasField(field):
+            check_timestamp(field, getattr(req, field))
+    if req.HasField("input"):
+        check_payload("input", req.input.value, max_payload_bytes)
+    for status in req.orchestrationIdReusePolicy.replaceableStatus:
+        if status not in _KNOWN_STATUSES:
+            raise InvalidRequest(f"orchestrationIdReusePolicy.replaceableStatus holds unknown status {status}")

@@ -1,0 +1,41 @@
+"""The engine: the rules of orchestrations and the replica's background work, over the store.
+
+- ``orchestrations.py``: what client calls and worker results do (one entry point per change);
+  ``episodes.py`` reads a worker's result, ``events.py`` builds the protocol's messages,
+  ``subtree.py`` follows sub-orchestrations.
+- ``dispatcher.py`` and ``streams.py``: work streams, leases and offers of this replica.
+- ``hubs.py``: the task hubs served here, each with a ``promoter.py`` and a ``relay.py`` loop
+  (``loops.py``: the one loop shape); ``wakeups.py`` routes the pub/sub wake-ups;
+  ``waiters.py``: callers waiting for a status.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..store import Store
+from .dispatcher import Dispatcher
+from .hubs import Hubs
+from .orchestrations import Orchestrations
+from .waiters import Waiters
+from .wakeups import Wakeups
+
+
+@dataclass
+class Engine:
+    """The engine's parts of one replica, wired together (see :meth:`build`)."""
+
+    store: Store
+    dispatcher: Dispatcher
+    waiters: Waiters
+    orchestrations: Orchestrations
+    hubs: Hubs
+    wakeups: Wakeups
+
+    @classmethod
+    def build(cls, store: Store, lease_seconds: float, ping_seconds: float, max_history_events: int,
+              promote_batch: int) -> Engine:
+        dispatcher = Dispatcher(store, lease_seconds, ping_seconds)
+        waiters = Waiters()
+        orchestrations = Orchestrations(store, dispatcher, waiters, max_history_events)
+        hubs = Hubs(store, orchestrations, promote_batch)
+        return cls(store, dispatcher, waiters, orchestrations, hubs, Wakeups(store, hubs, dispatcher, waiters))

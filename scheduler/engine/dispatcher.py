@@ -1,0 +1,96 @@
+"""The dispatcher: this replica's work streams and what it knows about the work they hold.
+
+It owns the open streams of each hub (engine/streams.py), the fields of the orchestration
+claims they hold (so a completion arriving on this replica needs not read them again),
+the offers of work that a request on this replica just queued, and the wake-ups that say
+where work may be. The gRPC surface opens streams through it; the engine's rules tell it
+what they queued and finished; the wake-ups and the lease sweep tell it where to look.
+Any replica accepts any completion: what it keeps here only saves round trips.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+from .. import errors
+from ..protocol import ACTIVITY, ORCHESTRATION, instance_of
+from ..store import Store
+from ..store.keys import WORK_QUEUES, HubKeys
+from .streams import ActivityWork, Lane, NameFilter, OrchestrationWork, WorkStream, Write
+
+log = logging.getLogger(__name__)
+
+SWEEP_BATCH = 100  # expired leases released per partition per sweep
+_QUEUE_KINDS = {queue: kind for kind, queue in WORK_QUEUES.items()}
+
+
+class Dispatcher:
+    def __init__(self, store: Store, lease_seconds: float, ping_seconds: float) -> None:
+        self.store = store
+        self.lease_seconds = lease_seconds
+        self.ping_seconds = ping_seconds
+        self.kinds = {ORCHESTRATION: OrchestrationWork(store), ACTIVITY: ActivityWork(store)}
+        self._streams: dict[str, set[WorkStream]] = defaultdict(set)  # hub -> this replica's open streams
+        self._claims: dict[str, dict[str, bytes]] = {}  # claim token -> instance fields at the claim
+
+    def streams(self, hub_name: str) -> set[WorkStream]:
+        return self._streams.get(hub_name, set())
+
+    async def serve(self, hub: HubKeys, limits: dict[str, int], filters: dict[str, NameFilter],
+                    write: Write) -> None:
+        """Run a work stream for a worker until it goes away: ``limits`` (0: none) and ``filters``
+        (None: any) of each kind of work it takes."""
+        lanes = [Lane(kind, limits.get(code, 0), filters.get(code), hub.partitions)
+                 for code, kind in self.kinds.items()]
+        stream = WorkStream(self.store, hub, lanes, self.lease_seconds, self.ping_seconds, self._claims)
+        self._streams[hub.hub].add(stream)
+        try:
+            await stream.run(write)
+        finally:
+            self._streams[hub.hub].discard(stream)
+
+    def work_available(self, hub_name: str, queue: tuple[str, int] | None = None) -> None:
+        """A work queue of the hub stopped being empty (``queue``: (name, partition), if known; None:
+        maybe any): wake this replica's streams to look there."""
+        kind = None if queue is None else _QUEUE_KINDS.get(queue[0])
+        for stream in self.streams(hub_name):
+            stream.look(kind, queue[1]) if kind else stream.look_everywhere()
+
+    def offer(self, hub_name: str, kind: str, items: list[str]) -> None:
+        """Work a request on this replica just queued: offer it to the least busy of this replica's
+        streams that take any work, which claims it at once."""
+        streams = [s for s in self.streams(hub_name) if s.takes_offers]
+        if streams and items:
+            stream = min(streams, key=lambda s: s.held)
+            for item in items:
+                stream.offer(kind, item)
+
+    def claimed_fields(self, token: str) -> dict[str, bytes] | None:
+        """The instance fields at the claim, if a stream of this replica holds it (taken: once)."""
+        return self._claims.pop(token, None)
+
+    def finished(self, hub_name: str, kind: str, item: str) -> None:
+        """A work item was completed or abandoned through this replica."""
+        for stream in self.streams(hub_name):
+            if item in stream.lanes[kind].held:
+                stream.done_with(kind, item)
+
+    async def abandon(self, hub: HubKeys, kind: str, item: str, token: str) -> None:
+        """Hand a work item back under its claim (LeaseLost when the claim is not current)."""
+        if not await self.kinds[kind].release(hub, item, token):
+            raise errors.LeaseLost(instance_of(item))
+        self.finished(hub.hub, kind, item)
+
+    async def sweep(self, hubs: list[HubKeys]) -> None:
+        """Re-queue work whose lease expired (a worker or replica died); any replica may run it."""
+        for hub in hubs:
+            try:
+                swept = await asyncio.gather(*(self.store.sweep_expired_leases(hub, p, SWEEP_BATCH)
+                                               for p in range(hub.partitions)))
+            except errors.StoreUnavailable:
+                return
+            count = sum(map(len, swept))
+            if count:
+                log.info("task hub %r: re-queued %d work item(s) whose lease expired", hub.hub, count)
+                self.work_available(hub.hub)

@@ -1,0 +1,184 @@
+"""What a worker's episode result means: the history events, work and messages of its actions.
+
+:func:`interpret` reads an OrchestratorResponse into an :class:`Episode`; the other
+functions build what an episode's end implies (the next execution of a continue-as-new,
+the message to a sub-orchestration's parent, the failure of an oversized history).
+Applying an episode is :meth:`scheduler.engine.orchestrations.Orchestrations.complete_episode`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from google.protobuf import wrappers_pb2
+
+from .._proto import orchestrator_service_pb2 as pb
+from ..protocol import OutboxMessage, activity_item, due_ms, is_valid_id, new_id
+from .events import execution_completed, history_event, status_name, sub_orchestration_failed
+
+_FINAL = (pb.ORCHESTRATION_STATUS_COMPLETED, pb.ORCHESTRATION_STATUS_FAILED, pb.ORCHESTRATION_STATUS_TERMINATED)
+_CROSS_INSTANCE = ("createSubOrchestration", "sendEvent", "terminateOrchestration")
+
+
+@dataclass
+class Episode:
+    """What a worker's episode result does: history events, work to queue, messages, and the end, if any."""
+
+    events: list[bytes] = field(default_factory=list)
+    activities: list[tuple[str, bytes]] = field(default_factory=list)  # (work item, serialized ActivityRequest)
+    timers: list[tuple[int, bytes]] = field(default_factory=list)  # (fire time ms, serialized TimerFired event)
+    status: str | None = None
+    output: str | None = None
+    failure: bytes | None = None
+    continue_as_new: pb.CompleteOrchestrationAction | None = None
+    outbox: list[OutboxMessage] = field(default_factory=list)
+
+
+def failed(event_id: int, error_type: str, message: str) -> Episode:
+    """An episode that fails the orchestration with a non-retriable failure."""
+    failure = pb.TaskFailureDetails(errorType=error_type, errorMessage=message, isNonRetriable=True)
+    return Episode(events=[execution_completed(event_id, pb.ORCHESTRATION_STATUS_FAILED, None, failure)],
+                   status="FAILED", failure=failure.SerializeToString())
+
+
+def interpret(response: pb.OrchestratorResponse, instance_id: str, execution_id: str, name: str) -> Episode:
+    """Translate a worker's actions into history events, work and messages.
+
+    Every action of the protocol but entity messages is supported; those (and unknown
+    actions) fail the instance with a failure saying so, rather than being dropped silently."""
+    episode = Episode()
+    for action in response.actions:
+        kind = action.WhichOneof("orchestratorActionType")
+        if kind == "scheduleTask":
+            scheduled, request = _activity(action, instance_id, execution_id)
+            episode.events.append(history_event(action.id, taskScheduled=scheduled))
+            episode.activities.append((activity_item(instance_id, execution_id, action.id),
+                                       request.SerializeToString()))
+        elif kind in _CROSS_INSTANCE:
+            event, message = _cross_instance(action, instance_id, execution_id, name)
+            if not is_valid_id(message.target):
+                return failed(action.id, "InvalidArgument", f"{kind} names an invalid instance id {message.target!r}")
+            if event is not None:
+                episode.events.append(event)
+            episode.outbox.append(message)
+        elif kind == "createTimer":
+            fire_at = action.createTimer.fireAt
+            episode.events.append(history_event(action.id, timerCreated=pb.TimerCreatedEvent(fireAt=fire_at)))
+            fired = pb.HistoryEvent(eventId=-1, timerFired=pb.TimerFiredEvent(fireAt=fire_at, timerId=action.id))
+            fired.timestamp.CopyFrom(fire_at)
+            episode.timers.append((due_ms(fire_at), fired.SerializeToString()))
+        elif kind == "completeOrchestration" and \
+                action.completeOrchestration.orchestrationStatus == pb.ORCHESTRATION_STATUS_CONTINUED_AS_NEW:
+            return Episode(continue_as_new=action.completeOrchestration)
+        elif kind == "completeOrchestration" and action.completeOrchestration.orchestrationStatus in _FINAL:
+            done = action.completeOrchestration
+            episode.status = status_name(done.orchestrationStatus)
+            episode.output = done.result.value if done.HasField("result") else None
+            failure = done.failureDetails if done.HasField("failureDetails") else None
+            episode.failure = None if failure is None else failure.SerializeToString()
+            episode.events.append(execution_completed(action.id, done.orchestrationStatus, episode.output, failure))
+            episode.activities, episode.timers = [], []  # it ended: nothing it scheduled will be awaited
+            return episode
+        else:
+            return failed(action.id, "NotSupported",
+                          f"the orchestration used {kind}, which this server does not support yet")
+    return episode
+
+
+def _activity(action: pb.OrchestratorAction, instance_id: str,
+              execution_id: str) -> tuple[pb.TaskScheduledEvent, pb.ActivityRequest]:
+    task = action.scheduleTask
+    scheduled = pb.TaskScheduledEvent(name=task.name, tags=task.tags)
+    request = pb.ActivityRequest(name=task.name, taskId=action.id, tags=task.tags,
+                                 orchestrationInstance=pb.OrchestrationInstance(
+                                     instanceId=instance_id, executionId=wrappers_pb2.StringValue(value=execution_id)))
+    for f in ("version", "input", "parentTraceContext"):
+        if task.HasField(f):
+            getattr(scheduled, f).CopyFrom(getattr(task, f))
+            getattr(request, f).CopyFrom(getattr(task, f))
+    return scheduled, request
+
+
+def _cross_instance(action: pb.OrchestratorAction, instance_id: str, execution_id: str,
+                    name: str) -> tuple[bytes | None, OutboxMessage]:
+    """(history event for the sender, outbox message) of an action that reaches another instance."""
+    kind = action.WhichOneof("orchestratorActionType")
+    message_id = f"{instance_id}:{execution_id}:{action.id}"
+    if kind == "createSubOrchestration":
+        sub = action.createSubOrchestration
+        created = pb.SubOrchestrationInstanceCreatedEvent(instanceId=sub.instanceId, name=sub.name, tags=sub.tags)
+        started = pb.ExecutionStartedEvent(
+            name=sub.name, tags=sub.tags,
+            orchestrationInstance=pb.OrchestrationInstance(instanceId=sub.instanceId,
+                                                           executionId=wrappers_pb2.StringValue(value=new_id())),
+            parentInstance=pb.ParentInstanceInfo(
+                taskScheduledId=action.id, name=wrappers_pb2.StringValue(value=name),
+                orchestrationInstance=pb.OrchestrationInstance(
+                    instanceId=instance_id, executionId=wrappers_pb2.StringValue(value=execution_id))))
+        for f in ("version", "input", "parentTraceContext"):
+            if sub.HasField(f):
+                getattr(created, f).CopyFrom(getattr(sub, f))
+                getattr(started, f).CopyFrom(getattr(sub, f))
+        return history_event(action.id, subOrchestrationInstanceCreated=created), \
+            OutboxMessage(message_id, "create", sub.instanceId, history_event(executionStarted=started))
+    if kind == "sendEvent":
+        send = action.sendEvent
+        sent = pb.EventSentEvent(instanceId=send.instance.instanceId, name=send.name)
+        raised = pb.EventRaisedEvent(name=send.name)
+        if send.HasField("data"):
+            sent.input.CopyFrom(send.data)
+            raised.input.CopyFrom(send.data)
+        return history_event(action.id, eventSent=sent), \
+            OutboxMessage(message_id, "event", send.instance.instanceId, history_event(eventRaised=raised))
+    stop = action.terminateOrchestration
+    terminated = pb.ExecutionTerminatedEvent(recurse=stop.recurse)
+    if stop.HasField("reason"):
+        terminated.input.CopyFrom(stop.reason)
+    return None, OutboxMessage(message_id, "terminate", stop.instanceId,
+                               history_event(executionTerminated=terminated))
+
+
+def next_execution(done: pb.CompleteOrchestrationAction, previous_start: bytes) -> tuple[str, list[bytes]]:
+    """(execution id, events) of the execution a continue-as-new starts: its ExecutionStarted event
+    (built from the previous one: same name, parent, tags and trace context; the new input and
+    version), then the carried-over events."""
+    execution_id = new_id()
+    event = pb.HistoryEvent.FromString(previous_start)
+    started = event.executionStarted
+    started.orchestrationInstance.executionId.value = execution_id
+    started.ClearField("scheduledStartTimestamp")
+    started.ClearField("input")
+    if done.HasField("result"):
+        started.input.CopyFrom(done.result)
+    if done.HasField("newVersion"):
+        started.version.CopyFrom(done.newVersion)
+    event.timestamp.FromNanoseconds(time.time_ns())
+    return execution_id, [event.SerializeToString(), *(e.SerializeToString() for e in done.carryoverEvents)]
+
+
+def parent_notification(h: dict[str, bytes], status: str, output: str | None,
+                        failure: bytes | None) -> OutboxMessage | None:
+    """The message telling a sub-orchestration's parent how it ended (``status``), if it has a parent."""
+    parent = h.get("parent_instance_id")
+    if parent is None:
+        return None
+    task_id = int(h.get("parent_task_id", b"-1"))
+    if status == "COMPLETED":
+        done = pb.SubOrchestrationInstanceCompletedEvent(taskScheduledId=task_id)
+        if output is not None:
+            done.result.value = output
+        event = history_event(subOrchestrationInstanceCompleted=done)
+    else:
+        details = pb.TaskFailureDetails.FromString(failure) if failure else pb.TaskFailureDetails(
+            errorType="Terminated" if status == "TERMINATED" else "Failed",
+            errorMessage=f"the sub-orchestration ended {status}")
+        event = sub_orchestration_failed(task_id, details)
+    child_execution = h.get("execution_id", b"").decode()
+    return OutboxMessage(f"{child_execution}:done", "event", parent.decode(), event)
+
+
+def history_limit_failure(limit: int, would_be: int) -> Episode:
+    """The episode that fails an orchestration whose history would exceed the configured limit."""
+    return failed(-1, "HistoryLimitExceeded",
+                  f"the orchestration's history would grow to {would_be} events; the limit is {limit} "
+                  "(continue-as-new keeps long-running orchestrations small)")

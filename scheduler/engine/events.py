@@ -1,0 +1,95 @@
+"""The protocol messages the engine writes: history events, work items, status numbers.
+
+History events are kept and passed around serialized (bytes), as the store keeps them.
+"""
+from __future__ import annotations
+
+import time
+
+from google.protobuf import wrappers_pb2
+
+from .._proto import orchestrator_service_pb2 as pb
+from ..protocol import STATUS_PREFIX
+
+
+def status_name(value: int) -> str:
+    """``pb.ORCHESTRATION_STATUS_PENDING`` -> ``"PENDING"``; ValueError for an unknown number."""
+    return pb.OrchestrationStatus.Name(value)[len(STATUS_PREFIX):]
+
+
+def status_value(name: str) -> int:
+    return pb.OrchestrationStatus.Value(STATUS_PREFIX + name)
+
+
+def history_event(event_id: int = -1, **kind) -> bytes:
+    """A serialized HistoryEvent stamped now, of one kind (e.g. ``eventRaised=...``)."""
+    event = pb.HistoryEvent(eventId=event_id, **kind)
+    event.timestamp.FromNanoseconds(time.time_ns())
+    return event.SerializeToString()
+
+
+def text(value: str | None) -> wrappers_pb2.StringValue | None:
+    return None if value is None else wrappers_pb2.StringValue(value=value)
+
+
+def event_raised(name: str, payload: str | None) -> bytes:
+    return history_event(eventRaised=pb.EventRaisedEvent(name=name, input=text(payload)))
+
+
+def execution_terminated(output: str | None, recurse: bool) -> bytes:
+    return history_event(executionTerminated=pb.ExecutionTerminatedEvent(input=text(output), recurse=recurse))
+
+
+def execution_suspended(reason: str | None) -> bytes:
+    return history_event(executionSuspended=pb.ExecutionSuspendedEvent(input=text(reason)))
+
+
+def execution_resumed(reason: str | None) -> bytes:
+    return history_event(executionResumed=pb.ExecutionResumedEvent(input=text(reason)))
+
+
+def orchestrator_started() -> bytes:
+    """The OrchestratorStarted event stamped now that opens every episode handed to a worker."""
+    return history_event(orchestratorStarted=pb.OrchestratorStartedEvent())
+
+
+def execution_completed(event_id: int, status: int, output: str | None,
+                        failure: pb.TaskFailureDetails | None) -> bytes:
+    done = pb.ExecutionCompletedEvent(orchestrationStatus=status, result=text(output))
+    if failure is not None:
+        done.failureDetails.CopyFrom(failure)
+    return history_event(event_id, executionCompleted=done)
+
+
+def activity_result(response: pb.ActivityResponse) -> bytes:
+    """The TaskCompleted or TaskFailed event of an activity's result."""
+    if response.HasField("failureDetails"):
+        return history_event(taskFailed=pb.TaskFailedEvent(taskScheduledId=response.taskId,
+                                                           failureDetails=response.failureDetails))
+    completed = pb.TaskCompletedEvent(taskScheduledId=response.taskId)
+    if response.HasField("result"):
+        completed.result.CopyFrom(response.result)
+    return history_event(taskCompleted=completed)
+
+
+def sub_orchestration_failed(task_id: int, failure: pb.TaskFailureDetails) -> bytes:
+    """The SubOrchestrationInstanceFailed event that fails a parent's sub-orchestration task."""
+    return history_event(subOrchestrationInstanceFailed=pb.SubOrchestrationInstanceFailedEvent(
+        taskScheduledId=task_id, failureDetails=failure))
+
+
+def orchestrator_work_item(instance_id: str, execution_id: bytes | None, past: list[bytes], new: list[bytes],
+                           token: str) -> pb.WorkItem:
+    """The WorkItem of a claimed episode: its history, then the new events (OrchestratorStarted first)."""
+    request = pb.OrchestratorRequest(instanceId=instance_id)
+    if execution_id is not None:
+        request.executionId.value = execution_id.decode()
+    for raw in past:
+        request.pastEvents.add().ParseFromString(raw)
+    for raw in new:
+        request.newEvents.add().ParseFromString(raw)
+    return pb.WorkItem(orchestratorRequest=request, completionToken=token)
+
+
+def activity_work_item(payload: bytes, token: str) -> pb.WorkItem:
+    return pb.WorkItem(activityRequest=pb.ActivityRequest.FromString(payload), completionToken=token)

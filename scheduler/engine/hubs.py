@@ -1,0 +1,102 @@
+"""The task hubs this replica serves, and the background loops each one runs here.
+
+Every replica runs a promoter (promoter.py) and a relay (relay.py) for every hub on its
+Redis, whichever replica created the hub: a hub is served once this replica uses it, or
+when the periodic refresh finds it in the hub registry. A hub deleted elsewhere stops
+its loops here (on its wake-up, or at the next refresh at the latest).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .. import errors
+from ..store import Store
+from ..store.keys import HubKeys
+from .orchestrations import Orchestrations
+from .promoter import Promoter
+from .relay import Relay
+
+log = logging.getLogger(__name__)
+
+
+class Hubs:
+    def __init__(self, store: Store, orchestrations: Orchestrations, promote_batch: int) -> None:
+        self.store = store
+        self.orchestrations = orchestrations
+        self.promote_batch = promote_batch
+        self.promoters: dict[str, Promoter] = {}
+        self.relays: dict[str, Relay] = {}
+        self._stopping: set[asyncio.Task] = set()
+
+    def served(self) -> list[HubKeys]:
+        """The hubs whose loops run here."""
+        return [promoter.hub for promoter in self.promoters.values()]
+
+    async def get(self, name: str) -> HubKeys:
+        """The hub ``name``, created on first use (fixing its partition count), and served here."""
+        hub = self.store.cached_hub(name) or await self.store.ensure_hub(name)
+        self.serve(hub)  # also when a read cached it first
+        return hub
+
+    async def existing(self, name: str) -> HubKeys | None:
+        """The hub ``name`` if it exists; nothing is created (for calls that only read or end things)."""
+        return self.store.cached_hub(name) or await self.store.find_hub(name)
+
+    async def create(self, name: str, recreate_if_exists: bool) -> HubKeys:
+        hub = await self.store.create_task_hub(name, recreate_if_exists)
+        self.serve(hub)
+        return hub
+
+    async def delete(self, name: str) -> None:
+        await self.store.delete_task_hub(name)
+
+    def serve(self, hub: HubKeys) -> None:
+        """Run the hub's loops here; replace those of an earlier incarnation of the hub."""
+        current = self.promoters.get(hub.hub)
+        if current is not None and current.hub == hub:
+            return
+        if current is not None:
+            self.forget(hub.hub)
+        self.promoters[hub.hub] = Promoter(self.store, hub, self.promote_batch)
+        self.relays[hub.hub] = Relay(self.store, hub, self.orchestrations)
+        self.promoters[hub.hub].start()
+        self.relays[hub.hub].start()
+
+    def forget(self, name: str) -> None:
+        """Stop serving a hub (it was deleted): drop it from the cache and stop its loops."""
+        self.store.forget_hub(name)
+        for loop in (self.promoters.pop(name, None), self.relays.pop(name, None)):
+            if loop is not None:
+                task = asyncio.ensure_future(loop.stop())
+                self._stopping.add(task)
+                task.add_done_callback(self._stopping.discard)
+
+    def due_at(self, name: str, due_ms: int, partition: int | None) -> None:
+        promoter = self.promoters.get(name)
+        if promoter is not None:
+            promoter.due_at(due_ms, partition)
+
+    def outbox_written(self, name: str) -> None:
+        relay = self.relays.get(name)
+        if relay is not None:
+            relay.wake()
+
+    async def refresh(self) -> None:
+        """Serve every hub registered on this Redis, and forget cached hubs that are gone (a missed
+        deletion message, Redis data lost)."""
+        try:
+            for name in await self.store.revalidate_hubs():
+                self.forget(name)
+            for name in await self.store.known_hubs():
+                hub = await self.store.find_hub(name)
+                if hub is not None:
+                    self.serve(hub)
+        except errors.StoreUnavailable as exc:
+            log.debug("hub refresh skipped: %s", exc)
+
+    async def stop(self) -> None:
+        for loop in [*self.promoters.values(), *self.relays.values()]:
+            await loop.stop()
+        if self._stopping:
+            await asyncio.wait(self._stopping)

@@ -1,0 +1,181 @@
+"""The rules of orchestrations: what each client call and each worker result does to them.
+
+Each method takes the task hub it acts in and makes its change in one atomic store
+step; it then tells this replica's dispatcher about work it made (offers) and its
+waiters about status changes it made, which saves them the pub/sub round trip.
+
+- :meth:`Orchestrations.complete_episode` is the one entry point of a worker's episode
+  result: continue-as-new, the history limit, a sub-orchestration's parent and a
+  recursive termination are decided here.
+- :meth:`Orchestrations.terminate` is the one way to terminate, whoever asks (a client,
+  a parent's episode through the relay).
+"""
+from __future__ import annotations
+
+import time
+
+from google.protobuf import timestamp_pb2, wrappers_pb2
+
+from .. import errors
+from .._proto import orchestrator_service_pb2 as pb
+from ..protocol import ACTIVITY, ORCHESTRATION, TERMINAL, due_ms, instance_of, new_id
+from ..store import NewInstance, Store
+from ..store.keys import HubKeys
+from . import events, subtree
+from .dispatcher import Dispatcher
+from .episodes import Episode, history_limit_failure, interpret, next_execution, parent_notification
+from .waiters import Waiters
+
+
+def new_instance(started: pb.ExecutionStartedEvent, at: timestamp_pb2.Timestamp | None = None,
+                 request_time: str | None = None, replaceable: tuple[str, ...] = (),
+                 same_is_done: bool = False) -> NewInstance:
+    """The store record of an instance whose first event is ``started``, stamped ``at`` (default: now).
+
+    The hash keeps short scalar fields only (readable with ``redis-cli HGETALL``, and compact:
+    one value over 64 bytes would switch the hash to Redis' hashtable encoding and double the
+    memory of a pending instance); the input and the tags stay in the start event."""
+    fields: dict[str, str | bytes] = {"name": started.name,
+                                      "execution_id": started.orchestrationInstance.executionId.value}
+    if started.HasField("version"):
+        fields["version"] = started.version.value
+    if started.HasField("scheduledStartTimestamp"):
+        fields["scheduled_start"] = started.scheduledStartTimestamp.ToJsonString()
+    if request_time is not None:
+        fields["request_time"] = request_time
+    if started.HasField("parentInstance"):
+        parent = started.parentInstance
+        fields.update(parent_instance_id=parent.orchestrationInstance.instanceId,
+                      parent_execution_id=parent.orchestrationInstance.executionId.value,
+                      parent_task_id=str(parent.taskScheduledId))
+    event = pb.HistoryEvent(eventId=-1, executionStarted=started)
+    if at is not None:
+        event.timestamp.CopyFrom(at)
+    else:
+        event.timestamp.FromNanoseconds(time.time_ns())
+    due = due_ms(started.scheduledStartTimestamp) if started.HasField("scheduledStartTimestamp") else None
+    return NewInstance(started.orchestrationInstance.instanceId, fields, event.SerializeToString(), due,
+                       replaceable, same_is_done)
+
+
+class Orchestrations:
+    def __init__(self, store: Store, dispatcher: Dispatcher, waiters: Waiters, max_history_events: int) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.waiters = waiters
+        self.max_history_events = max_history_events
+
+    # -- client calls ----------------------------------------------------------------------
+
+    async def start(self, hub: HubKeys, new: NewInstance) -> None:
+        await self.store.create_instance(hub, new)
+        if new.due_ms is None:
+            self.dispatcher.offer(hub.hub, ORCHESTRATION, [new.instance_id])
+
+    async def restart(self, hub: HubKeys, instance_id: str, with_new_id: bool) -> str:
+        """Start a terminal instance again, with its name, version and input (as the SDK's reference
+        does); under the same id it replaces the finished instance. Returns the id it runs under."""
+        h = await self.store.get_instance(hub, instance_id)
+        if h is None:
+            raise errors.InstanceNotFound(instance_id)
+        status = h["status"].decode()
+        if status not in TERMINAL:
+            raise errors.FailedPrecondition(
+                f"orchestration instance '{instance_id}' is {status}; only a completed, failed or "
+                "terminated instance can be restarted")
+        previous = pb.HistoryEvent.FromString(h["start_event"]).executionStarted
+        new_instance_id = new_id() if with_new_id else instance_id
+        started = pb.ExecutionStartedEvent(name=previous.name, orchestrationInstance=pb.OrchestrationInstance(
+            instanceId=new_instance_id, executionId=wrappers_pb2.StringValue(value=new_id())))
+        for f in ("version", "input"):
+            if previous.HasField(f):
+                getattr(started, f).CopyFrom(getattr(previous, f))
+        replaceable = () if with_new_id else tuple(sorted(TERMINAL))  # replace the finished one, nothing else
+        await self.start(hub, new_instance(started, replaceable=replaceable))
+        return new_instance_id
+
+    async def raise_event(self, hub: HubKeys, instance_id: str, name: str, payload: str | None) -> None:
+        await self.store.raise_event(hub, instance_id, events.event_raised(name, payload))
+
+    async def suspend(self, hub: HubKeys, instance_id: str, reason: str | None) -> None:
+        await self.store.suspend_instance(hub, instance_id, events.execution_suspended(reason))
+
+    async def resume(self, hub: HubKeys, instance_id: str, reason: str | None) -> None:
+        await self.store.resume_instance(hub, instance_id, events.execution_resumed(reason))
+
+    async def terminate(self, hub: HubKeys, instance_id: str, output: str | None, recursive: bool) -> str:
+        """Terminate an instance (see Store.terminate_instance): one never dispatched ends at once,
+        a running one when its worker applies the event. A sub-orchestration that no worker ran yet
+        ends without an episode, so the message telling its parent goes with it. With ``recursive``,
+        the children are terminated when the termination takes effect (see :meth:`_apply`).
+        Returns the status before."""
+        notice = b""
+        h = await self.store.get_instance(hub, instance_id)
+        if h is not None and (h["status"] == b"PENDING" or h.get("prev_status") == b"PENDING"):
+            told = parent_notification(h, "TERMINATED", output, None)
+            notice = b"" if told is None else told.encode()
+        event = events.execution_terminated(output, recursive)
+        return await self.store.terminate_instance(hub, instance_id, event, output, notice)
+
+    # -- worker results --------------------------------------------------------------------
+
+    async def complete_episode(self, hub: HubKeys, instance_id: str, token: str,
+                               response: pb.OrchestratorResponse) -> None:
+        """Apply a worker's episode result under its claim (LeaseLost, with nothing changed, when
+        ``token`` is not the current claim)."""
+        h = self.dispatcher.claimed_fields(token)  # claimed through this replica: no read needed
+        if h is None:
+            h = await self._claimed_instance(hub, instance_id)
+        custom = response.customStatus.value if response.HasField("customStatus") else None
+        episode = interpret(response, instance_id, h.get("execution_id", b"").decode(), h["name"].decode())
+        if episode.continue_as_new is not None:
+            if "start_event" not in h:  # the claim's fields do not hold it
+                h = await self._claimed_instance(hub, instance_id)
+            execution_id, first_events = next_execution(episode.continue_as_new, h["start_event"])
+            await self.store.continue_as_new(hub, instance_id, token, execution_id, first_events, custom)
+        else:
+            try:
+                await self._apply(hub, instance_id, token, h, episode, custom, self.max_history_events)
+            except errors.HistoryLimitExceeded as exc:  # nothing was written: end it with a clear failure instead
+                episode = history_limit_failure(self.max_history_events, exc.would_be)
+                await self._apply(hub, instance_id, token, h, episode, custom, None)
+        self.dispatcher.finished(hub.hub, ORCHESTRATION, instance_id)
+
+    async def _claimed_instance(self, hub: HubKeys, instance_id: str) -> dict[str, bytes]:
+        h = await self.store.get_instance(hub, instance_id)
+        if h is None:
+            raise errors.LeaseLost(instance_id)
+        return h
+
+    async def _apply(self, hub: HubKeys, instance_id: str, token: str, h: dict[str, bytes], episode: Episode,
+                     custom: str | None, max_history: int | None) -> None:
+        messages = list(episode.outbox)
+        if episode.status is not None:
+            notice = parent_notification(h, episode.status, episode.output, episode.failure)
+            if notice is not None:
+                messages.append(notice)
+            if episode.status == "TERMINATED":
+                messages += await self._recursive_termination(hub, instance_id, h, episode)
+        await self.store.complete_orchestration(
+            hub, instance_id, token, episode.events, episode.status, episode.output, episode.failure, custom,
+            episode.activities, episode.timers, [m.encode() for m in messages], max_history)
+        self.dispatcher.offer(hub.hub, ACTIVITY, [item for item, _ in episode.activities])
+        if episode.status is not None:
+            self.waiters.status_changed(hub.hub, instance_id)
+
+    async def _recursive_termination(self, hub: HubKeys, instance_id: str, h: dict[str, bytes],
+                                     episode: Episode) -> list:
+        """Messages terminating the children that have not ended, when the episode ended the instance
+        because of a recursive ExecutionTerminated event (see :mod:`scheduler.engine.subtree`)."""
+        history, delivered = await self.store.episode_events(hub, instance_id, int(h.get("claimed_n", b"0")))
+        terminated = subtree.recursive_termination(delivered)
+        if terminated is None:
+            return []
+        children = subtree.open_children([*history, *delivered, *episode.events])
+        return subtree.termination_messages(h.get("execution_id", b"").decode(), children, terminated)
+
+    async def complete_activity(self, hub: HubKeys, item: str, token: str, response: pb.ActivityResponse) -> None:
+        """Deliver an activity's result to its orchestration under the activity's claim."""
+        await self.store.complete_activity(hub, item, token, events.activity_result(response))
+        self.dispatcher.finished(hub.hub, ACTIVITY, item)
+        self.dispatcher.offer(hub.hub, ORCHESTRATION, [instance_of(item)])  # it has a new event

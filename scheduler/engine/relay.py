@@ -1,0 +1,93 @@
+"""The outbox relay: delivers messages between instances, each exactly once in effect.
+
+Work that crosses instances (a sub-orchestration to create, an event sent to another
+instance, a child's result for its parent, a termination passed on) is written to the
+sender's partition outbox in the same atomic step as the sender's episode result.
+Every replica runs a relay per hub: it reads outbox messages, applies each to its
+target (any partition) and only then removes it. A message applied twice (a replica
+died in between) changes nothing: creations are idempotent by execution id and events
+are de-duplicated by message id in the target's ``delivered`` set.
+
+Kinds (protocol.OutboxMessage): ``create`` (a sub-orchestration, as the SDK's reference
+creates one), ``event`` (appended once) and ``terminate`` (applied as TerminateInstance
+is; an ended or unknown target is left alone).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .. import errors
+from .._proto import orchestrator_service_pb2 as pb
+from ..protocol import TERMINAL, OutboxMessage
+from ..store import Store
+from ..store.keys import HubKeys
+from .events import sub_orchestration_failed
+from .loops import Loop
+from .orchestrations import Orchestrations, new_instance
+
+log = logging.getLogger(__name__)
+
+BATCH = 100
+MAX_SLEEP_SECONDS = 1.0
+
+
+class Relay:
+    def __init__(self, store: Store, hub: HubKeys, orchestrations: Orchestrations) -> None:
+        self.store = store
+        self.hub = hub
+        self.orchestrations = orchestrations
+        self._loop = Loop(f"relay[{hub.hub}]", self._step, MAX_SLEEP_SECONDS)
+
+    def start(self) -> None:
+        self._loop.start()
+
+    async def stop(self) -> None:
+        await self._loop.stop()
+
+    def wake(self) -> None:
+        self._loop.wake()
+
+    async def _step(self) -> float:
+        counts = await asyncio.gather(*(self._drain(p) for p in range(self.hub.partitions)))
+        return 0 if any(n >= BATCH for n in counts) else MAX_SLEEP_SECONDS
+
+    async def _drain(self, partition: int) -> int:
+        raw_messages = await self.store.outbox_batch(self.hub, partition, BATCH)
+        for raw in raw_messages:
+            await self.deliver(OutboxMessage.decode(raw))
+            await self.store.outbox_remove(self.hub, partition, raw)
+        return len(raw_messages)
+
+    async def deliver(self, message: OutboxMessage) -> None:
+        if message.kind == "create":
+            await self._create_child(message)
+        elif message.kind == "event":
+            await self.store.deliver_event(self.hub, message.target, message.message_id, message.payload)
+        elif message.kind == "terminate":
+            terminated = pb.HistoryEvent.FromString(message.payload).executionTerminated
+            output = terminated.input.value if terminated.HasField("input") else None
+            try:
+                await self.orchestrations.terminate(self.hub, message.target, output, terminated.recurse)
+            except errors.InstanceNotFound:
+                pass  # never created, or purged meanwhile
+        else:
+            log.warning("dropping outbox message %r of unknown kind %r", message.message_id, message.kind)
+
+    async def _create_child(self, message: OutboxMessage) -> None:
+        """Create a sub-orchestration, as the SDK's reference does: replacing an ended instance of that id;
+        if one that has not ended holds the id, the parent's task fails. Delivered again (same execution
+        id), it changes nothing."""
+        event = pb.HistoryEvent.FromString(message.payload)
+        child = new_instance(event.executionStarted, at=event.timestamp, replaceable=tuple(sorted(TERMINAL)),
+                             same_is_done=True)
+        try:
+            await self.orchestrations.start(self.hub, child)
+        except errors.InstanceExists as exc:
+            if exc.done_before:
+                return
+            parent = event.executionStarted.parentInstance
+            failed = sub_orchestration_failed(parent.taskScheduledId, pb.TaskFailureDetails(
+                errorType="InstanceExists", errorMessage=str(exc), isNonRetriable=True))
+            await self.store.deliver_event(self.hub, parent.orchestrationInstance.instanceId,
+                                           f"{message.message_id}:taken", failed)

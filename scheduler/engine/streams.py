@@ -1,0 +1,292 @@
+"""A work stream: one connected worker, handed work items of the kinds it takes under leases.
+
+A stream claims queued work of its hub (any partition; competing streams on any replica
+claim each item once), writes it to its worker, renews the leases of what it handed out
+while it lives, and hands them back when it closes. Leases of a replica that died expire
+and any replica's sweep re-queues them.
+
+Each kind of work item (:class:`WorkKind`: orchestrations, activities) has a lane on the
+stream (:class:`Lane`): what it holds, its limit and filter, where to look next and what
+was offered to it. A stream looks only where work may be: the partitions whose queue a
+"work" wake-up named (sent when a queue stops being empty), those it took work from last
+time (until a look finds nothing more) and, for orchestrations, the partition of one it
+just finished (its completion may have made it ready again). A few times a second it
+looks everywhere, in case a wake-up was lost, and it sends a HealthPing at the
+configured interval. Work that a request on this replica just queued is offered to one
+of its streams by id (see dispatcher.py), which tries to claim it at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from .. import errors
+from .._proto import orchestrator_service_pb2 as pb
+from ..protocol import ACTIVITY, ORCHESTRATION, claim_token, instance_of
+from ..store import Store
+from ..store.keys import HubKeys, partition_of
+from . import events
+from .loops import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+RESCAN_SECONDS = 0.25
+CANDIDATES_PER_PARTITION = 8
+FILTERED_CANDIDATES_PER_PARTITION = 64  # a filtering stream looks further, past work it does not take
+
+# name -> accepted versions (empty: any version); None: no filtering. As the SDK's reference backend.
+NameFilter = dict[str, frozenset[str]] | None
+Write = Callable[[pb.WorkItem], Awaitable[None]]
+
+
+def name_filter(filters) -> NameFilter:
+    """The accepted names and versions of OrchestrationFilter or ActivityFilter messages."""
+    accepted: dict[str, frozenset[str]] = {}
+    for f in filters:
+        accepted[f.name] = accepted.get(f.name, frozenset()) | frozenset(f.versions)
+    return accepted
+
+
+def accepts(flt: NameFilter, name: str, version: str) -> bool:
+    if flt is None:
+        return True
+    versions = flt.get(name)
+    return versions is not None and (not versions or version in versions)
+
+
+class WorkKind:
+    """How one kind of work item is named, claimed, renewed and handed back."""
+
+    code: str  # protocol.ORCHESTRATION, protocol.ACTIVITY
+    look_after_done = False  # finishing an item may have queued its partition again
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def names(self, hub: HubKeys, items: list[str]) -> list[tuple[str | None, str]]:
+        """(name or None if gone, version or "") of each item, for work-item filters."""
+        raise NotImplementedError
+
+    async def claim(self, hub: HubKeys, item: str, token: str,
+                    lease_ms: int) -> tuple[pb.WorkItem, dict[str, bytes] | None] | None:
+        """Claim a queued item: (its work item, fields to keep for its completion), or None if it is gone."""
+        raise NotImplementedError
+
+    async def renew(self, hub: HubKeys, partition: int, items: list[tuple[str, str]], lease_ms: int) -> list[str]:
+        raise NotImplementedError
+
+    async def release(self, hub: HubKeys, item: str, token: str) -> bool:
+        raise NotImplementedError
+
+
+class OrchestrationWork(WorkKind):
+    code = ORCHESTRATION
+    look_after_done = True  # events that arrived during the episode make the instance ready again
+
+    async def names(self, hub, items):
+        return await self.store.instance_names(hub, items)
+
+    async def claim(self, hub, item, token, lease_ms):
+        claim = await self.store.claim_orchestration(hub, item, token, lease_ms, events.orchestrator_started())
+        if claim is None:
+            return None
+        new_events = [claim.fields["episode_start"], *claim.new_events]
+        return events.orchestrator_work_item(item, claim.fields.get("execution_id"), claim.past_events,
+                                             new_events, token), claim.fields
+
+    async def renew(self, hub, partition, items, lease_ms):
+        return await self.store.renew_orchestration_leases(hub, partition, items, lease_ms)
+
+    async def release(self, hub, item, token):
+        return await self.store.release_orchestration(hub, item, token)
+
+
+class ActivityWork(WorkKind):
+    code = ACTIVITY
+
+    async def names(self, hub, items):
+        names = []
+        for raw in await self.store.activity_requests(hub, items):
+            request = None if raw is None else pb.ActivityRequest.FromString(raw)
+            names.append((None, "") if request is None else (request.name, request.version.value))
+        return names
+
+    async def claim(self, hub, item, token, lease_ms):
+        payload = await self.store.claim_activity(hub, item, token, lease_ms)
+        return None if payload is None else (events.activity_work_item(payload, token), None)
+
+    async def renew(self, hub, partition, items, lease_ms):
+        return await self.store.renew_activity_leases(hub, partition, items, lease_ms)
+
+    async def release(self, hub, item, token):
+        return await self.store.release_activity(hub, item, token)
+
+
+class Lane:
+    """One kind of work on one stream."""
+
+    def __init__(self, kind: WorkKind, limit: int, flt: NameFilter, partitions: int) -> None:
+        self.kind = kind
+        self.limit = limit  # most items held at once; 0: no limit
+        self.filter = flt
+        self.held: dict[str, str] = {}  # item -> claim token, for what this stream handed out
+        self.look: set[int] = set(range(partitions))  # partitions to look at next
+        self.offered: list[str] = []  # items to try first
+
+    @property
+    def room(self) -> int:
+        return self.limit - len(self.held) if self.limit else 1 << 30
+
+
+class WorkStream:
+    def __init__(self, store: Store, hub: HubKeys, lanes: list[Lane], lease_seconds: float, ping_seconds: float,
+                 claims: dict[str, dict[str, bytes]]) -> None:
+        self.store = store
+        self.hub = hub
+        self.lanes = {lane.kind.code: lane for lane in lanes}
+        self.lease_ms = int(lease_seconds * 1000)
+        self.ping_seconds = ping_seconds
+        # claim token -> fields kept for the completion, while held: shared by the replica's streams, so
+        # that a completion arriving here needs not read them again (they do not change during a claim)
+        self.claims = claims
+        self.wake = asyncio.Event()
+        self._offset = itertools.count()
+
+    @property
+    def held(self) -> int:
+        return sum(len(lane.held) for lane in self.lanes.values())
+
+    @property
+    def takes_offers(self) -> bool:
+        """True when the stream takes any work (no filter) and has room for more of every kind."""
+        return all(lane.filter is None and lane.room > 0 for lane in self.lanes.values())
+
+    def offer(self, kind: str, item: str) -> None:
+        """An item of this kind was just queued: try it first."""
+        self.lanes[kind].offered.append(item)
+        self.wake.set()
+
+    def look(self, kind: str, partition: int) -> None:
+        """Work of this kind may be waiting in this partition."""
+        self.lanes[kind].look.add(partition)
+        self.wake.set()
+
+    def look_everywhere(self) -> None:
+        for lane in self.lanes.values():
+            lane.look.update(range(self.hub.partitions))
+        self.wake.set()
+
+    def done_with(self, kind: str, item: str) -> None:
+        """The worker completed or abandoned this item, or its claim was lost."""
+        lane = self.lanes[kind]
+        self.claims.pop(lane.held.pop(item, ""), None)
+        if lane.kind.look_after_done:
+            lane.look.add(partition_of(instance_of(item), self.hub.partitions))
+        self.wake.set()  # room for one more, if the stream is at its limit
+
+    async def run(self, write: Write) -> None:
+        renewer = asyncio.ensure_future(self._renew_forever())
+        try:
+            last_write = time.monotonic()
+            while True:
+                self.wake.clear()
+                sent = 0
+                for lane in self.lanes.values():
+                    sent += await self._dispatch(lane, write)
+                if sent:
+                    last_write = time.monotonic()
+                    continue
+                ping_in = last_write + self.ping_seconds - time.monotonic()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), max(0.0, min(RESCAN_SECONDS, ping_in)))
+                except asyncio.TimeoutError:
+                    self.look_everywhere()  # a wake-up may have been lost
+                if time.monotonic() - last_write >= self.ping_seconds:
+                    await write(pb.WorkItem(healthPing=pb.HealthPing()))
+                    last_write = time.monotonic()
+        finally:
+            await cancel_and_wait(renewer)
+            await self._hand_back()
+
+    async def _dispatch(self, lane: Lane, write: Write) -> int:
+        """Claim and write what is queued now (what was offered first), up to the lane's limit;
+        returns how many went out."""
+        room = lane.room
+        offered, lane.offered = lane.offered, []
+        sent = await self._claim(lane, write, offered, room)
+        if room - sent <= 0 or not lane.look:
+            return sent
+        per_partition = CANDIDATES_PER_PARTITION if lane.filter is None else FILTERED_CANDIDATES_PER_PARTITION
+        candidates = list(itertools.chain.from_iterable(await asyncio.gather(*(
+            self.store.queued(self.hub, lane.kind.code, p, min(room - sent, per_partition))
+            for p in self._where_to_look(lane)))))
+        if lane.filter is not None and candidates:
+            names = await lane.kind.names(self.hub, candidates)
+            candidates = [item for item, (name, version) in zip(candidates, names)
+                          if name is not None and accepts(lane.filter, name, version)]
+        return sent + await self._claim(lane, write, candidates, room - sent)
+
+    async def _claim(self, lane: Lane, write: Write, items: list[str], room: int) -> int:
+        sent = 0
+        for item in items:
+            partition = partition_of(instance_of(item), self.hub.partitions)
+            if sent >= room:  # no room for the rest: look for them later
+                lane.look.add(partition)
+                continue
+            token = claim_token(self.hub.hub, partition, lane.kind.code, item)
+            claimed = await lane.kind.claim(self.hub, item, token, self.lease_ms)
+            if claimed is None:
+                continue
+            work_item, kept = claimed
+            lane.held[item] = token
+            lane.look.add(partition)  # look again until nothing is left
+            if kept is not None:
+                self.claims[token] = kept
+            await write(work_item)
+            sent += 1
+        return sent
+
+    def _where_to_look(self, lane: Lane) -> list[int]:
+        """The partitions to look at now, starting at a rotating one (so that no partition is always
+        served last); the set is emptied: what is found re-adds its partition."""
+        wanted, lane.look = lane.look, set()
+        start = next(self._offset) % self.hub.partitions
+        return sorted(wanted, key=lambda p: (p - start) % self.hub.partitions)
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            for lane in self.lanes.values():
+                await self._renew(lane)
+
+    async def _renew(self, lane: Lane) -> None:
+        by_partition: dict[int, list[tuple[str, str]]] = {}
+        for item, token in list(lane.held.items()):
+            by_partition.setdefault(partition_of(instance_of(item), self.hub.partitions), []).append((item, token))
+        try:
+            renewed = await asyncio.gather(*(lane.kind.renew(self.hub, p, items, self.lease_ms)
+                                             for p, items in by_partition.items()))
+        except errors.StoreUnavailable as exc:
+            log.warning("lease renewal failed: %s", exc)
+            return
+        still = {item for items in renewed for item in items}
+        for items in by_partition.values():
+            for item, _ in items:
+                if item not in still:  # completed through another replica, or the lease was taken over
+                    self.done_with(lane.kind.code, item)
+
+    async def _hand_back(self) -> None:
+        """The worker went away: its unfinished items are queued again at once (not after the lease)."""
+        releases = []
+        for lane in self.lanes.values():
+            held, lane.held = lane.held, {}
+            for item, token in held.items():
+                self.claims.pop(token, None)
+                releases.append(lane.kind.release(self.hub, item, token))
+        try:
+            await asyncio.gather(*releases)
+        except errors.StoreError as exc:  # the lease sweep re-queues what is left
+            log.warning("could not hand back every work item: %s", exc)

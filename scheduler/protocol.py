@@ -1,0 +1,134 @@
+"""The shared vocabulary, below the gRPC surface, the engine and the store.
+
+Status names, ids and times, and the formats that one layer writes and another
+reads: claim tokens, work items and outbox messages, each built and parsed side by
+side here. Nothing here imports the generated protobuf module, so the store (and
+the SDK end-to-end tests, which must not load it) can use all of it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import secrets
+from dataclasses import dataclass
+
+from google.protobuf import timestamp_pb2
+
+from .errors import InvalidRequest
+
+# -- statuses ------------------------------------------------------------------------------
+# The names are the protocol's OrchestrationStatus names without their prefix; the store
+# writes them as they are, and the Lua prelude gets the same sets (store/scripts.py).
+
+STATUS_PREFIX = "ORCHESTRATION_STATUS_"
+TERMINAL = frozenset({"COMPLETED", "FAILED", "TERMINATED"})  # an instance in one never runs again
+IDLE = TERMINAL | {"SUSPENDED"}  # an instance in one is not dispatched
+
+
+# -- ids and times -------------------------------------------------------------------------
+
+MAX_ID_LENGTH = 256
+# C0 and C1 control characters, and DEL: never in an id (work item names rely on it).
+has_control_chars = re.compile("[\x00-\x1f\x7f-\x9f]").search
+
+
+def is_valid_id(value: str) -> bool:
+    """An instance id this service accepts: not empty, at most 256 characters, no control characters."""
+    return bool(value) and len(value) <= MAX_ID_LENGTH and not has_control_chars(value)
+
+def new_id() -> str:
+    """A random 128-bit id in hex (what uuid4().hex gives, without building a UUID)."""
+    return os.urandom(16).hex()
+
+
+def due_ms(ts: timestamp_pb2.Timestamp) -> int:
+    """Epoch ms of a timestamp, rounded up so that nothing due at it can be promoted early."""
+    return ts.seconds * 1000 + math.ceil(ts.nanos / 1_000_000)
+
+
+def ts_from_ms(ms: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+
+
+def ts_from_text(text: bytes) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromJsonString(text.decode())
+    return ts
+
+
+# -- work items and claim tokens -------------------------------------------------------------
+# A work item is named by a string that starts with its orchestration's instance id (ids hold
+# no control characters): an orchestration work item by the id itself, an activity work item
+# by "<instance id>\n<execution id>\n<task id>". Work items are leased under a claim token
+# that names what it claims, so any replica can take a completion or an abandon.
+
+ORCHESTRATION = "o"  # kinds of work item, as they appear in claim tokens and lease members
+ACTIVITY = "a"
+_KIND_NAMES = {ORCHESTRATION: "an orchestration", ACTIVITY: "an activity"}
+
+
+def activity_item(instance_id: str, execution_id: str, task_id: int) -> str:
+    return f"{instance_id}\n{execution_id}\n{task_id}"
+
+
+def parse_activity_item(item: str) -> tuple[str, str, int]:
+    """(instance id, execution id, task id) of an activity work item."""
+    instance_id, execution_id, task_id = item.split("\n")
+    return instance_id, execution_id, int(task_id)
+
+
+def instance_of(item: str) -> str:
+    """The orchestration instance id of a work item of any kind."""
+    return item.split("\n", 1)[0]
+
+
+@dataclass(frozen=True)
+class ClaimToken:
+    """A parsed claim token: ``<hub>|<partition>|<kind>|<work item>|<random>``."""
+
+    hub: str
+    kind: str
+    item: str
+
+    @property
+    def instance_id(self) -> str:
+        return instance_of(self.item)
+
+
+def claim_token(hub: str, partition: int, kind: str, item: str) -> str:
+    """A fresh, unguessable claim token that names what it claims."""
+    return f"{hub}|{partition}|{kind}|{item}|{secrets.token_hex(8)}"
+
+
+def parse_claim_token(token: str, kind: str) -> ClaimToken:
+    """The claim a token names; InvalidRequest unless it is a token of this kind that we issued."""
+    hub, sep1, rest = token.partition("|")
+    _, sep2, rest = rest.partition("|")
+    token_kind, sep3, rest = rest.partition("|")
+    item, sep4, _ = rest.rpartition("|")
+    if not (sep1 and sep2 and sep3 and sep4) or token_kind != kind or not item:
+        raise InvalidRequest(f"completionToken {token!r} is not a token this service issued for {_KIND_NAMES[kind]}")
+    return ClaimToken(hub, kind, item)
+
+
+# -- outbox messages -----------------------------------------------------------------------
+# Work that crosses instances leaves through an outbox, written in the sender's atomic step
+# and delivered by the relay (engine/relay.py). Kinds: "create" (payload: the child's
+# ExecutionStarted event), "event" (the event to append) and "terminate" (an
+# ExecutionTerminated event).
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    message_id: str  # unique per sender and action: the target de-duplicates by it
+    kind: str
+    target: str  # instance id
+    payload: bytes  # a serialized HistoryEvent
+
+    def encode(self) -> bytes:
+        return f"{self.message_id}\n{self.kind}\n{self.target}\n".encode() + self.payload
+
+    @classmethod
+    def decode(cls, raw: bytes) -> OutboxMessage:
+        message_id, kind, target, payload = raw.split(b"\n", 3)
+        return cls(message_id.decode(), kind.decode(), target.decode(), payload)

@@ -1,0 +1,78 @@
+"""Store operations on activity work items (mixed into the Store).
+
+An activity work item (``protocol.activity_item``) lives in its instance's partition:
+queued in ``activities``, its ActivityRequest in ``act-payloads`` until it is completed,
+and, while a worker holds it, its claim token in ``act-tokens`` and its lease member on
+``leases``. A completion is applied once, under the current claim.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from .. import protocol
+from . import keys
+from .common import unavailable_on_redis_errors
+from .scripts import Code, outcome
+
+
+class ActivityOps:
+    """Uses the Store's ``_eval`` and ``_execute``."""
+
+    SCRIPTS: tuple[str, ...] = ("claim_activity", "release_activity", "sweep_activity_lease",
+                                "renew_activity_leases", "complete_activity")
+
+    @unavailable_on_redis_errors
+    async def claim_activity(self, hub: keys.HubKeys, item: str, token: str, lease_ms: int) -> bytes | None:
+        """Claim a queued activity item; its serialized ActivityRequest, or None if another claim won."""
+        pk = hub.for_instance(protocol.instance_of(item))
+        reply = await self._eval("claim_activity", hub.hub, [pk.activities, pk.leases, pk.activity_tokens,
+                                                             pk.activity_payloads], [item, token, lease_ms])
+        code, values = outcome(reply, protocol.instance_of(item), Code.NOT_READY)
+        return values[1] if code is Code.OK else None
+
+    @unavailable_on_redis_errors
+    async def release_activity(self, hub: keys.HubKeys, item: str, token: str) -> bool:
+        """Put a claimed item back in the queue if ``token`` is its current claim."""
+        pk = hub.for_instance(protocol.instance_of(item))
+        reply = await self._eval("release_activity", hub.hub, [pk.activities, pk.leases, pk.activity_tokens],
+                                 [item, token])
+        return outcome(reply, protocol.instance_of(item), Code.LEASE_LOST)[0] is Code.OK
+
+    @unavailable_on_redis_errors
+    async def sweep_activity_lease(self, hub: keys.HubKeys, item: str) -> bool:
+        """Re-queue the item if its lease has expired (see sweep_activity_lease.lua); True if it was."""
+        pk = hub.for_instance(protocol.instance_of(item))
+        reply = await self._eval("sweep_activity_lease", hub.hub, [pk.activities, pk.leases, pk.activity_tokens],
+                                 [item])
+        return outcome(reply, protocol.instance_of(item), Code.NOT_READY)[0] is Code.OK
+
+    @unavailable_on_redis_errors
+    async def renew_activity_leases(self, hub: keys.HubKeys, partition: int, items: list[tuple[str, str]],
+                                    lease_ms: int) -> list[str]:
+        """Extend the leases of (item, token) pairs of one partition still held; returns the items renewed."""
+        pk = hub.partition(partition)
+        args: list = [lease_ms]
+        for item, token in items:
+            args += [item, token]
+        reply = await self._eval("renew_activity_leases", hub.hub, [pk.leases, pk.activity_tokens], args)
+        return [m.decode() for m in outcome(reply, hub.hub)[1][1:]]
+
+    @unavailable_on_redis_errors
+    async def complete_activity(self, hub: keys.HubKeys, item: str, token: str, event: bytes) -> None:
+        """Deliver a serialized TaskCompleted/TaskFailed event for the item (see complete_activity.lua);
+        LeaseLost, with nothing changed, when ``token`` is not the current claim."""
+        instance_id, execution_id, _ = protocol.parse_activity_item(item)
+        pk = hub.for_instance(instance_id)
+        reply = await self._eval(
+            "complete_activity", hub.hub,
+            [pk.activity_tokens, pk.activity_payloads, pk.leases, pk.instance(instance_id), pk.inbox(instance_id),
+             pk.ready],
+            [item, token, instance_id, execution_id, event])
+        outcome(reply, instance_id)
+
+    @unavailable_on_redis_errors
+    async def activity_requests(self, hub: keys.HubKeys, items: list[str]) -> list[bytes | None]:
+        """The serialized ActivityRequest of each item (None if gone); one round trip."""
+        return list(await asyncio.gather(*(
+            self._execute("HGET", hub.for_instance(protocol.instance_of(item)).activity_payloads, item)
+            for item in items)))

@@ -1,0 +1,95 @@
+"""Connections to Redis: a URL, a Redis Cluster or the embedded in-process store, and the batcher.
+
+The request path shares round trips: on a standalone Redis through the auto-pipelined
+connection (pipelining.py), elsewhere through :class:`Batcher`, which coalesces the
+commands issued during one event-loop turn into one non-transactional pipeline (every
+command keeps its own atomicity; a script is atomic by itself).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_WARNING = (
+    "No --redis-url given: running on the EMBEDDED in-process store (fakeredis). "
+    "Nothing survives a restart and replicas do not share it. For anything but a "
+    "try-out, pass --redis-url redis://host:6379/0."
+)
+
+# Fail fast instead of hanging a request when Redis is gone; redis-py reconnects
+# by itself on the next command once Redis is back.
+_CLIENT_OPTIONS = dict(socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=15)
+
+
+def connect_fast(url: str | None, cluster: bool = False):
+    """The auto-pipelining connection for the request path, where the deployment allows one."""
+    if url is None or cluster:
+        return None
+    from .pipelining import PipelinedConnection
+
+    return PipelinedConnection(url)
+
+
+def connect(url: str | None, cluster: bool = False):
+    """Return an asyncio Redis client for the URL (or the embedded store when ``url`` is None)."""
+    if url is None:
+        import fakeredis  # imported lazily: only the embedded mode needs it
+
+        log.warning(EMBEDDED_WARNING)
+        return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    if cluster:
+        return RedisCluster.from_url(url, **_CLIENT_OPTIONS)
+    return aioredis.Redis.from_url(url, **_CLIENT_OPTIONS)
+
+
+class Batcher:
+    def __init__(self, redis, max_batch: int = 512) -> None:
+        self._redis = redis
+        self._max_batch = max_batch
+        self._pending: list[tuple[tuple, asyncio.Future]] = []
+        self._tasks: set[asyncio.Task] = set()
+
+    def execute(self, *args) -> asyncio.Future:
+        """Queue one command; the future resolves to its reply (or its error)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((args, future))
+        if len(self._pending) >= self._max_batch:
+            self._flush()
+        return future
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[tuple, asyncio.Future]]) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for args, _ in batch:
+                    pipe.execute_command(*args)
+                replies = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:  # the round trip failed: every command in it failed
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for (_, future), reply in zip(batch, replies):
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)

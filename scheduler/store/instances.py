@@ -1,0 +1,112 @@
+"""Store operations that create, read and change one instance (mixed into the Store).
+
+Each is one script in ``lua/`` (its header tells what it does in each status). The
+lifecycle operations return the instance's status *before* the call, so the caller
+can tell what happened. The hash fields ``prev_status`` and ``due_ms`` exist only
+while an instance is SUSPENDED: the status to go back to, and the due time to go
+back to (if it was waiting on the due set).
+"""
+from __future__ import annotations
+
+from .common import unavailable_on_redis_errors
+from .keys import HubKeys
+from .records import NewInstance
+from .scripts import Code, outcome
+
+
+class InstanceOps:
+    """Uses the Store's ``_eval``."""
+
+    SCRIPTS: tuple[str, ...] = ("create_instance", "get_instance", "raise_event", "terminate_instance",
+                                "suspend_instance", "resume_instance", "deliver_event")
+
+    @unavailable_on_redis_errors
+    async def create_instance(self, hub: HubKeys, new: NewInstance) -> int:
+        """Write a new instance (see create_instance.lua); returns its creation time in ms.
+        InstanceExists when the id is taken (``done_before`` when it is this very creation)."""
+        pk = hub.for_instance(new.instance_id)
+        iid = new.instance_id
+        args: list = [iid, "" if new.due_ms is None else new.due_ms, new.start_event, " ".join(new.replaceable),
+                      "1" if new.same_is_done else "0", new.fields.get("execution_id", "")]
+        for name, value in new.fields.items():
+            args += [name, value]
+        reply = await self._eval(
+            "create_instance", hub.hub,
+            [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.due, pk.ready, pk.by_created, pk.stats,
+             pk.timers(iid), pk.delivered(iid)], args)
+        _, (created_ms,) = outcome(reply, iid)
+        return int(created_ms)
+
+    @unavailable_on_redis_errors
+    async def get_instance(self, hub: HubKeys, instance_id: str) -> dict[str, bytes] | None:
+        """The instance hash (field name -> raw value) plus ``start_event``, the serialized
+        ExecutionStarted event of its current execution (input, tags); None if there is no such instance."""
+        pk = hub.for_instance(instance_id)
+        reply = await self._eval("get_instance", hub.hub, [pk.instance(instance_id), pk.inbox(instance_id),
+                                                          pk.history(instance_id)], [])
+        code, values = outcome(reply, instance_id, Code.NOT_FOUND)
+        if code is Code.NOT_FOUND:
+            return None
+        raw, event = values
+        h = {raw[i].decode(): raw[i + 1] for i in range(0, len(raw), 2)}
+        if event:
+            h["start_event"] = event
+        return h
+
+    @unavailable_on_redis_errors
+    async def raise_event(self, hub: HubKeys, instance_id: str, event: bytes) -> str:
+        """Append a serialized EventRaised event to the inbox (see raise_event.lua); terminal
+        instances are left unchanged. Returns the instance's status."""
+        pk = hub.for_instance(instance_id)
+        reply = await self._eval("raise_event", hub.hub, [pk.instance(instance_id), pk.inbox(instance_id), pk.ready],
+                                 [instance_id, event])
+        return _status(reply, instance_id)
+
+    @unavailable_on_redis_errors
+    async def terminate_instance(self, hub: HubKeys, instance_id: str, event: bytes, output: str | None,
+                                 notice: bytes = b"") -> str:
+        """End an instance not yet dispatched at once, or queue the serialized ExecutionTerminated event
+        for a dispatched one (see terminate_instance.lua). ``notice``: the outbox message telling its
+        parent, written only if it is ended at once. Returns the status before."""
+        pk = hub.for_instance(instance_id)
+        reply = await self._eval(
+            "terminate_instance", hub.hub,
+            [pk.instance(instance_id), pk.inbox(instance_id), pk.history(instance_id), pk.due, pk.ready, pk.stats,
+             pk.outbox],
+            [instance_id, event, "0" if output is None else "1", output or "", notice])
+        return _status(reply, instance_id)
+
+    @unavailable_on_redis_errors
+    async def suspend_instance(self, hub: HubKeys, instance_id: str, event: bytes) -> str:
+        """Hold a PENDING or RUNNING instance out of due and ready (see suspend_instance.lua).
+        Returns the status before."""
+        return await self._suspend_or_resume("suspend_instance", hub, instance_id, event)
+
+    @unavailable_on_redis_errors
+    async def resume_instance(self, hub: HubKeys, instance_id: str, event: bytes) -> str:
+        """Give a SUSPENDED instance back its status and its place in due or ready
+        (see resume_instance.lua). Returns the status before."""
+        return await self._suspend_or_resume("resume_instance", hub, instance_id, event)
+
+    async def _suspend_or_resume(self, script: str, hub: HubKeys, instance_id: str, event: bytes) -> str:
+        pk = hub.for_instance(instance_id)
+        reply = await self._eval(script, hub.hub, [pk.instance(instance_id), pk.inbox(instance_id), pk.due, pk.ready,
+                                                   pk.stats], [instance_id, event])
+        return _status(reply, instance_id)
+
+    @unavailable_on_redis_errors
+    async def deliver_event(self, hub: HubKeys, instance_id: str, message_id: str, event: bytes) -> bool:
+        """Append an event from another instance once (see deliver_event.lua); False if it was delivered
+        before, or the instance is gone or has ended."""
+        pk = hub.for_instance(instance_id)
+        reply = await self._eval("deliver_event", hub.hub, [pk.delivered(instance_id), pk.instance(instance_id),
+                                                            pk.inbox(instance_id), pk.ready],
+                                 [instance_id, message_id, event])
+        code, _ = outcome(reply, instance_id, Code.DONE_BEFORE, Code.NOT_FOUND, Code.WRONG_STATUS)
+        return code is Code.OK
+
+
+def _status(reply, instance_id: str) -> str:
+    """The status in a lifecycle script's reply; InstanceNotFound for NOT_FOUND."""
+    _, (status,) = outcome(reply, instance_id)
+    return status.decode()

@@ -1,0 +1,175 @@
+"""Every Redis key name of the store, built in one place.
+
+All keys of one instance, and the queues of its partition, share the hash tag
+``{H:p}`` so that each script touches one Redis Cluster slot. Scripts receive
+their keys as KEYS and never build or scan key names themselves.
+
+=====================================  ======  ===============================================
+key                                    type    holds
+=====================================  ======  ===============================================
+``<prefix>:hubs``                      set     names of the task hubs created on this Redis
+``<prefix>:events``                    pubsub  wake-ups, "<hub> <kind> <arg>" (see notify.py)
+``<prefix>:{H}:meta``                  hash    partitions, schema version, created time (ms)
+``<prefix>:{H:p}:inst:<id>``           hash    one instance's scalar fields (see api/translate.py)
+``<prefix>:{H:p}:inbox:<id>``          list    new events (serialized HistoryEvent) not yet given to a worker
+``<prefix>:{H:p}:hist:<id>``           list    the instance's history, one serialized HistoryEvent each
+``<prefix>:{H:p}:timers:<id>``         zset    the instance's pending TimerFired events; score = fire time (ms)
+``<prefix>:{H:p}:delivered:<id>``      set     ids of outbox messages already delivered to the instance
+``<prefix>:{H:p}:outbox``              list    messages from this partition's instances to other instances
+``<prefix>:{H:p}:due``                 zset    instance ids that become ready at a time; score = due epoch ms
+``<prefix>:{H:p}:ready``               zset    instance ids with work to dispatch; score = ready since (ms)
+``<prefix>:{H:p}:leases``              zset    claimed work items (lease_member: "o|<id>", "a|<item>"); score = lease expiry (ms)
+``<prefix>:{H:p}:by-created``          zset    instance ids by creation time (ms)
+``<prefix>:{H:p}:stats``               hash    instance count per status name
+``<prefix>:{H:p}:activities``          zset    activity work items ready to hand out; score = queued since (ms)
+``<prefix>:{H:p}:act-payloads``        hash    activity work item -> serialized ActivityRequest, until completed
+``<prefix>:{H:p}:act-tokens``          hash    activity work item -> claim token, while claimed
+=====================================  ======  ===============================================
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from ..protocol import ACTIVITY, ORCHESTRATION
+
+# The partition queues that work waits in, and the due set; named by wake-ups (see queue_of).
+WORK_QUEUES = {ORCHESTRATION: "ready", ACTIVITY: "activities"}
+
+def partition_of(instance_id: str, partitions: int) -> int:
+    """Stable partition of an instance id (CRC-32, the same on every replica and Python version)."""
+    return zlib.crc32(instance_id.encode("utf-8")) % partitions
+
+
+@dataclass(frozen=True)
+class PartitionKeys:
+    """Keys of one partition of one hub; all share the hash tag ``{hub:p}``."""
+
+    base: str  # "<prefix>:{<hub>:<p>}:"
+
+    def queue(self, name: str) -> str:
+        """The partition queue ``name`` (one of WORK_QUEUES' values, or "due")."""
+        return self.base + name
+
+    @property
+    def due(self) -> str:
+        return self.base + "due"
+
+    @property
+    def ready(self) -> str:
+        return self.base + "ready"
+
+    @property
+    def leases(self) -> str:
+        return self.base + "leases"
+
+    @property
+    def by_created(self) -> str:
+        return self.base + "by-created"
+
+    @property
+    def stats(self) -> str:
+        return self.base + "stats"
+
+    @property
+    def outbox(self) -> str:
+        return self.base + "outbox"
+
+    @property
+    def activities(self) -> str:
+        return self.base + "activities"
+
+    @property
+    def activity_payloads(self) -> str:
+        return self.base + "act-payloads"
+
+    @property
+    def activity_tokens(self) -> str:
+        return self.base + "act-tokens"
+
+    def instance(self, instance_id: str) -> str:
+        return self.base + "inst:" + instance_id
+
+    def inbox(self, instance_id: str) -> str:
+        return self.base + "inbox:" + instance_id
+
+    def history(self, instance_id: str) -> str:
+        return self.base + "hist:" + instance_id
+
+    def timers(self, instance_id: str) -> str:
+        return self.base + "timers:" + instance_id
+
+    def delivered(self, instance_id: str) -> str:
+        return self.base + "delivered:" + instance_id
+
+
+@dataclass(frozen=True)
+class HubKeys:
+    """Keys of one task hub with a fixed number of partitions."""
+
+    prefix: str
+    hub: str
+    partitions: int
+
+    @property
+    def meta(self) -> str:
+        return meta_key(self.prefix, self.hub)
+
+    def partition(self, p: int) -> PartitionKeys:
+        return PartitionKeys(f"{self.prefix}:{{{self.hub}:{p}}}:")
+
+    def for_instance(self, instance_id: str) -> PartitionKeys:
+        return self.partition(partition_of(instance_id, self.partitions))
+
+    def all_partitions(self) -> list[PartitionKeys]:
+        return [self.partition(p) for p in range(self.partitions)]
+
+    def scan_patterns(self) -> list[str]:
+        """Glob patterns that match every key of this hub (hub names hold no glob characters)."""
+        return [f"{self.prefix}:{{{self.hub}}}:*", f"{self.prefix}:{{{self.hub}:*}}:*"]
+
+    def owns(self, key: str) -> bool:
+        """True only for keys of this hub: guards deletion against look-alike hubs and foreign keys."""
+        head = f"{self.prefix}:{{{self.hub}"
+        if not key.startswith(head):
+            return False
+        rest = key[len(head):]
+        if rest.startswith("}:"):
+            return True
+        if not rest.startswith(":"):
+            return False
+        digits, sep, _ = rest[1:].partition("}:")
+        return bool(sep) and digits.isdigit()
+
+
+def queue_of(key: str) -> tuple[str, int] | None:
+    """("ready", "activities" or "due", partition) of a partition queue key, as named in a "work" or
+    "due" wake-up; None for any other text (then any partition may be meant)."""
+    head, sep, name = key.rpartition("}:")
+    digits = head.rpartition(":")[2]
+    if not sep or name not in (*WORK_QUEUES.values(), "due") or not digits.isdigit():
+        return None
+    return name, int(digits)
+
+
+def lease_member(kind: str, item: str) -> str:
+    """The member of a claimed work item in a partition's leases zset (as the Lua prelude builds it)."""
+    return f"{kind}|{item}"
+
+
+def parse_lease_member(member: str) -> tuple[str, str]:
+    """(kind, work item) of a leases zset member."""
+    kind, _, item = member.partition("|")
+    return kind, item
+
+
+def meta_key(prefix: str, hub: str) -> str:
+    return f"{prefix}:{{{hub}}}:meta"
+
+
+def hubs_key(prefix: str) -> str:
+    return f"{prefix}:hubs"
+
+
+def events_channel(prefix: str) -> str:
+    return f"{prefix}:events"

@@ -1,0 +1,60 @@
+-- create_instance: StartInstance's one atomic write.
+--
+-- Writes the instance hash (status PENDING), its first event into the inbox, its
+-- creation index and stats, and makes it ready now or puts it on the due set at
+-- its scheduled start. An existing instance is replaced only when its status is
+-- one of the replaceable ones; otherwise nothing is written. With `same_is_done`,
+-- an existing instance of the same execution id is this creation, done before
+-- (an outbox message delivered again): it is left alone, whatever its status.
+--
+-- KEYS[1] inst        instance hash
+-- KEYS[2] inbox       instance inbox list
+-- KEYS[3] hist        instance history list
+-- KEYS[4] due         partition due zset
+-- KEYS[5] ready       partition ready zset
+-- KEYS[6] by_created  partition creation index zset
+-- KEYS[7] stats       partition status counts hash
+-- KEYS[8] timers      instance pending timers zset (dropped with a replaced instance)
+-- KEYS[9] delivered   instance set of delivered message ids (dropped with a replaced instance)
+-- ARGV[3] instance_id
+-- ARGV[4] due_ms        scheduled start in epoch ms rounded up, or "" to start now
+-- ARGV[5] start_event   serialized ExecutionStarted HistoryEvent
+-- ARGV[6] replaceable   space-separated status names that may be replaced
+-- ARGV[7] same_is_done  "1" or "0", see above
+-- ARGV[8] execution_id  the new execution's id
+-- ARGV[9..] field, value pairs of the instance hash (the input and tags travel in the start event)
+-- Returns {OK, created_ms}, {EXISTS, status} if the id is taken, {DONE_BEFORE, status} if this
+-- creation was done before.
+local inst_key, inbox_key, hist_key = KEYS[1], KEYS[2], KEYS[3]
+local due_key, ready_key, created_key, stats_key = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local timers_key, delivered_key = KEYS[8], KEYS[9]
+local instance_id, due_ms, start_event = ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local replaceable = ' ' .. ARGV[6] .. ' '
+local same_is_done, execution_id = ARGV[7] == '1', ARGV[8]
+
+local now = now_ms()
+local old_status = redis.call('HGET', inst_key, 'status')
+if old_status then
+  if same_is_done and redis.call('HGET', inst_key, 'execution_id') == execution_id then
+    return {CODE.DONE_BEFORE, old_status}
+  end
+  if not string.find(replaceable, ' ' .. old_status .. ' ', 1, true) then
+    return {CODE.EXISTS, old_status}
+  end
+  redis.call('DEL', inst_key, inbox_key, hist_key, timers_key, delivered_key)
+  redis.call('ZREM', due_key, instance_id)
+  redis.call('ZREM', ready_key, instance_id)
+  redis.call('HINCRBY', stats_key, old_status, -1)
+end
+
+redis.call('HSET', inst_key, 'status', 'PENDING', 'created_ms', now, 'updated_ms', now,
+  'start', 'inbox 0', unpack(ARGV, 9))
+redis.call('RPUSH', inbox_key, start_event)
+redis.call('ZADD', created_key, now, instance_id)
+redis.call('HINCRBY', stats_key, 'PENDING', 1)
+if due_ms and due_ms > now then
+  add_due(due_key, instance_id, due_ms, false)
+else
+  push_work(ready_key, instance_id, now)
+end
+return {CODE.OK, now}

@@ -1,0 +1,80 @@
+-- prelude: prepended to every script when it is loaded (store/scripts.py), after a generated
+-- header that defines CODE (the result codes: every script returns {CODE.<name>, ...}),
+-- TERMINAL (statuses an instance never leaves), IDLE (TERMINAL and SUSPENDED: statuses in which
+-- an instance is not dispatched) and KIND (work item kinds, as in lease members).
+--
+-- Every script's first two arguments say where its wake-ups go; its own arguments start at ARGV[3]:
+-- ARGV[1] channel  pub/sub channel of the wake-ups, "<hub> <kind> <arg>" (see store/notify.py)
+-- ARGV[2] hub      task hub name
+local CHANNEL, HUB = ARGV[1], ARGV[2]
+
+-- Redis server time in epoch ms: the one clock that every replica shares.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A whole number as digits (Lua writes large numbers as "2.5e+14").
+local function int(n)
+  return string.format('%d', n)
+end
+
+local function wake(kind, arg)
+  redis.call('PUBLISH', CHANNEL, HUB .. ' ' .. kind .. ' ' .. arg)
+end
+
+-- fn(values[first..last]) in slices of at most 1000 values (Lua's unpack fails past a few thousand).
+local function in_chunks(values, fn, first, last)
+  first, last = first or 1, last or #values
+  for i = first, last, 1000 do
+    fn(unpack(values, i, math.min(i + 999, last)))
+  end
+end
+
+local function rpush_all(key, values, first, last)
+  in_chunks(values, function(...) redis.call('RPUSH', key, ...) end, first, last)
+end
+
+-- The member of a claimed work item in a partition's leases zset.
+local function lease_member(kind, item)
+  return kind .. '|' .. item
+end
+
+-- Count an instance under status `to` instead of `from` in its partition's stats.
+local function count_status(stats_key, from, to)
+  redis.call('HINCRBY', stats_key, from, -1)
+  redis.call('HINCRBY', stats_key, to, 1)
+end
+
+-- Queue `member` on a work queue zset (ready instances, activity items), keeping an earlier
+-- place; idle work streams are woken when the queue was empty.
+local function push_work(queue_key, member, now)
+  if redis.call('ZCARD', queue_key) == 0 then wake('work', queue_key) end
+  redis.call('ZADD', queue_key, 'NX', now, member)
+end
+
+-- Put `member` on a due set at `due_ms` (with `earlier_only`, an entry already there only moves
+-- earlier); the promoters are woken when it is the partition's earliest entry.
+local function add_due(due_key, member, due_ms, earlier_only)
+  local head = redis.call('ZRANGE', due_key, 0, 0, 'WITHSCORES')
+  if earlier_only then
+    redis.call('ZADD', due_key, 'LT', due_ms, member)
+  else
+    redis.call('ZADD', due_key, due_ms, member)
+  end
+  if not head[2] or due_ms < tonumber(head[2]) then wake('due', int(due_ms) .. ' ' .. due_key) end
+end
+
+-- Append an event to an instance's inbox. A RUNNING instance is made ready to process it; a
+-- PENDING one gets it with its first run, a SUSPENDED one once it is resumed.
+local function deliver(inst_key, inbox_key, ready_key, instance_id, status, event, now)
+  redis.call('RPUSH', inbox_key, event)
+  redis.call('HSET', inst_key, 'updated_ms', now)
+  if status == 'RUNNING' then push_work(ready_key, instance_id, now) end
+end
+
+-- Drop the claim on an orchestration work item: its lease and the claim fields of its hash.
+local function drop_claim(leases_key, inst_key, instance_id)
+  redis.call('ZREM', leases_key, lease_member(KIND.ORCHESTRATION, instance_id))
+  redis.call('HDEL', inst_key, 'lease', 'claimed_n', 'episode_start')
+end

@@ -1,0 +1,34 @@
+-- promote_due: move due entries whose time has come to the ready set.
+--
+-- Bounded: moves at most `limit` entries per call; the caller calls again at
+-- once when the batch was full, otherwise sleeps until the returned next due
+-- time. An entry is removed from the due set in the same step it is made ready,
+-- so concurrent promoters on many replicas promote each entry exactly once.
+-- Time is Redis server time: an entry due at ms D moves only once now >= D.
+--
+-- KEYS[1] due    partition due zset (score = due epoch ms)
+-- KEYS[2] ready  partition ready zset (score = ready since, ms)
+-- ARGV[3] limit  most entries to move
+-- Returns {OK, now_ms, next_due_ms or -1, due_ms of each promoted entry...}.
+local due_key, ready_key = KEYS[1], KEYS[2]
+local limit = tonumber(ARGV[3])
+
+local now = now_ms()
+local entries = redis.call('ZRANGEBYSCORE', due_key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+local result = {CODE.OK, now, -1}
+if #entries > 0 then
+  local members, scored = {}, {}  -- ready since its due time: (score, member) pairs
+  for i = 1, #entries, 2 do
+    members[#members + 1] = entries[i]
+    scored[#scored + 1] = entries[i + 1]
+    scored[#scored + 1] = entries[i]
+    result[#result + 1] = entries[i + 1]
+  end
+  if redis.call('ZCARD', ready_key) == 0 then wake('work', ready_key) end
+  in_chunks(members, function(...) redis.call('ZREM', due_key, ...) end)
+  in_chunks(scored, function(...) redis.call('ZADD', ready_key, 'NX', ...) end)
+end
+
+local head = redis.call('ZRANGE', due_key, 0, 0, 'WITHSCORES')
+if head[2] then result[3] = head[2] end
+return result

@@ -1,0 +1,22 @@
+-- release_orchestration: hand a claimed orchestration back (stream closed, Abandon).
+--
+-- Only the current claim can release: with a token that is not the instance's
+-- `lease` nothing changes. The claim goes; the events are still in the inbox, so
+-- the instance is queued again (keeping an earlier ready time) unless its status
+-- cannot run now (terminal, SUSPENDED): whatever makes it runnable again re-adds it.
+--
+-- KEYS[1] leases  partition leases zset (score = lease expiry, ms)
+-- KEYS[2] ready   partition ready zset (score = ready since, ms)
+-- KEYS[3] inst    instance hash
+-- ARGV[3] instance_id
+-- ARGV[4] token   the claim token being handed back
+-- Returns {OK, status} when released, {LEASE_LOST} when the token is not the current claim.
+local leases_key, ready_key, inst_key = KEYS[1], KEYS[2], KEYS[3]
+local instance_id, token = ARGV[3], ARGV[4]
+
+local h = redis.call('HMGET', inst_key, 'lease', 'status')
+local lease, status = h[1], h[2]
+if lease ~= token then return {CODE.LEASE_LOST} end
+drop_claim(leases_key, inst_key, instance_id)
+if not IDLE[status] then push_work(ready_key, instance_id, now_ms()) end
+return {CODE.OK, status}

@@ -1,0 +1,34 @@
+-- resume_instance: ResumeInstance's one atomic write.
+--
+-- A SUSPENDED instance gets back its previous status and an ExecutionResumed
+-- event in its inbox. It returns to the due set at its remembered due time if that
+-- is still ahead; otherwise, and always when it had been RUNNING, it is made ready.
+-- Like the SDK's reference backend, resuming an instance that is not suspended is
+-- accepted; there is nothing to resume, so nothing is written.
+--
+-- KEYS[1] inst   instance hash
+-- KEYS[2] inbox  instance inbox list
+-- KEYS[3] due    partition due zset
+-- KEYS[4] ready  partition ready zset
+-- KEYS[5] stats  partition status counts hash
+-- ARGV[3] instance_id
+-- ARGV[4] event  serialized ExecutionResumed HistoryEvent
+-- Returns {OK, status before}, or {NOT_FOUND}.
+local inst_key, inbox_key, due_key, ready_key, stats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local instance_id, event = ARGV[3], ARGV[4]
+
+local h = redis.call('HMGET', inst_key, 'status', 'prev_status', 'due_ms')
+local status, prev, due_ms = h[1], h[2] or 'PENDING', tonumber(h[3])
+if not status then return {CODE.NOT_FOUND} end
+if status ~= 'SUSPENDED' then return {CODE.OK, status} end
+
+local now = now_ms()
+redis.call('RPUSH', inbox_key, event)
+redis.call('HSET', inst_key, 'status', prev, 'updated_ms', now)
+redis.call('HDEL', inst_key, 'prev_status', 'due_ms')
+count_status(stats_key, 'SUSPENDED', prev)
+local waits = due_ms and due_ms > now
+if waits then add_due(due_key, instance_id, due_ms, false) end
+if not waits or prev == 'RUNNING' then push_work(ready_key, instance_id, now) end
+wake('status', instance_id)
+return {CODE.OK, status}

@@ -1,0 +1,33 @@
+-- suspend_instance: SuspendInstance's one atomic write.
+--
+-- A PENDING or RUNNING instance becomes SUSPENDED: the previous status is kept in
+-- `prev_status`, its due time (if it waits on the due set) in `due_ms`, and it is
+-- taken out of due and ready so that nothing promotes or dispatches it until it is
+-- resumed; an ExecutionSuspended event is appended to its inbox. Like the SDK's
+-- reference backend, suspending a suspended instance is a no-op; so is suspending
+-- a terminal one (it can never run again).
+--
+-- KEYS[1] inst   instance hash
+-- KEYS[2] inbox  instance inbox list
+-- KEYS[3] due    partition due zset
+-- KEYS[4] ready  partition ready zset
+-- KEYS[5] stats  partition status counts hash
+-- ARGV[3] instance_id
+-- ARGV[4] event  serialized ExecutionSuspended HistoryEvent
+-- Returns {OK, status before}, or {NOT_FOUND}.
+local inst_key, inbox_key, due_key, ready_key, stats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local instance_id, event = ARGV[3], ARGV[4]
+
+local status = redis.call('HGET', inst_key, 'status')
+if not status then return {CODE.NOT_FOUND} end
+if status ~= 'PENDING' and status ~= 'RUNNING' then return {CODE.OK, status} end
+
+local due_ms = redis.call('ZSCORE', due_key, instance_id)
+if due_ms then redis.call('HSET', inst_key, 'due_ms', due_ms) end
+redis.call('ZREM', due_key, instance_id)
+redis.call('ZREM', ready_key, instance_id)
+redis.call('RPUSH', inbox_key, event)
+redis.call('HSET', inst_key, 'status', 'SUSPENDED', 'prev_status', status, 'updated_ms', now_ms())
+count_status(stats_key, status, 'SUSPENDED')
+wake('status', instance_id)
+return {CODE.OK, status}

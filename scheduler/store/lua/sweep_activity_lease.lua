@@ -1,0 +1,22 @@
+-- sweep_activity_lease: re-queue one activity work item whose lease has expired (a step of the lease sweep).
+--
+-- Re-checks with Redis time that the lease is still expired, so one renewed or
+-- released in between is left alone; then does what release_activity does, without
+-- a token. Any replica may run it at any time; a second run finds nothing to do.
+--
+-- KEYS[1] activities  partition activity queue zset
+-- KEYS[2] leases      partition leases zset
+-- KEYS[3] act_tokens  partition hash: item -> claim token
+-- ARGV[3] item
+-- Returns {OK} when re-queued, {NOT_READY} when the lease is not expired or gone.
+local activities_key, leases_key, tokens_key = KEYS[1], KEYS[2], KEYS[3]
+local item = ARGV[3]
+local member = lease_member(KIND.ACTIVITY, item)
+
+local now = now_ms()
+local expiry = redis.call('ZSCORE', leases_key, member)
+if not expiry or tonumber(expiry) > now then return {CODE.NOT_READY} end
+redis.call('ZREM', leases_key, member)
+redis.call('HDEL', tokens_key, item)
+push_work(activities_key, item, now)
+return {CODE.OK}

@@ -1,0 +1,27 @@
+-- sweep_orchestration_lease: release one orchestration whose lease has expired (a step of the lease sweep).
+--
+-- The sweep first reads expired members of a partition's leases zset, then runs
+-- this script for each with the instance's keys. It re-checks, with Redis time,
+-- that the lease is still expired, so a lease renewed, released or taken over in
+-- between is left alone. Then it does what release_orchestration does, without a
+-- token (the claim's worker is gone or too slow). A lease of an instance that no
+-- longer exists is just removed. Any replica may run it at any time; a second run
+-- finds nothing to do.
+--
+-- KEYS[1] leases  partition leases zset (score = lease expiry, ms)
+-- KEYS[2] ready   partition ready zset (score = ready since, ms)
+-- KEYS[3] inst    instance hash
+-- ARGV[3] instance_id
+-- Returns {OK, status or false} when the expired lease was released, {NOT_READY} when it is not
+-- expired or gone.
+local leases_key, ready_key, inst_key = KEYS[1], KEYS[2], KEYS[3]
+local instance_id = ARGV[3]
+
+local now = now_ms()
+local expiry = redis.call('ZSCORE', leases_key, lease_member(KIND.ORCHESTRATION, instance_id))
+if not expiry or tonumber(expiry) > now then return {CODE.NOT_READY} end
+drop_claim(leases_key, inst_key, instance_id)
+local status = redis.call('HGET', inst_key, 'status')
+if not status then return {CODE.OK, false} end
+if not IDLE[status] then push_work(ready_key, instance_id, now) end
+return {CODE.OK, status}

@@ -1,0 +1,87 @@
+"""Wake-ups across replicas: the messages scripts publish on one Redis pub/sub channel, parsed.
+
+Scripts publish ``"<hub> due <ms> <due key>"`` when they add an entry that is due before
+everything else in its partition, ``"<hub> status <instance id>"`` when an instance's
+status changes, ``"<hub> work <queue key>"`` when a work queue stops being empty and
+``"<hub> outbox -"`` when messages for other instances were written; deleting a hub
+publishes ``"<hub> deleted -"``. The engine (engine/wakeups.py) keeps one subscription per
+replica and routes them. Pub/sub is only a wake-up: a missed message costs latency, never
+correctness.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
+
+from .. import errors
+from .keys import queue_of
+
+log = logging.getLogger(__name__)
+
+KINDS = ("due", "status", "work", "outbox", "deleted")
+
+
+@dataclass(frozen=True)
+class Wakeup:
+    """One parsed wake-up; kind "subscribed" means: listening from now on (anything may have
+    happened before)."""
+
+    hub: str
+    kind: str
+    instance_id: str = ""  # "status": whose status changed
+    due_ms: int | None = None  # "due": when the new entry is due
+    queue: tuple[str, int] | None = None  # "due", "work": (queue name, partition) it names, if it does
+
+
+SUBSCRIBED = Wakeup("", "subscribed")
+
+
+def parse(data: bytes) -> Wakeup:
+    """The wake-up of a published message; ValueError if it is not one."""
+    hub, kind, arg = data.decode("utf-8", "replace").split(" ", 2)
+    if kind not in KINDS:
+        raise ValueError(f"unknown wake-up kind {kind!r}")
+    if kind == "due":
+        ms, _, key = arg.partition(" ")
+        return Wakeup(hub, kind, due_ms=int(ms), queue=queue_of(key))
+    if kind == "work":
+        return Wakeup(hub, kind, queue=queue_of(arg))
+    return Wakeup(hub, kind, instance_id=arg if kind == "status" else "")
+
+
+async def wakeups(redis, channel: str) -> AsyncIterator[Wakeup]:
+    """The wake-ups published on ``channel``: first SUBSCRIBED, then each message as it comes.
+    Ends with StoreUnavailable when the subscription is lost. On a Cluster a PUBLISH reaches
+    every node, so one node will do."""
+    client = redis
+    pubsub = None
+    try:
+        if isinstance(redis, RedisCluster):
+            await redis.initialize()
+            node = redis.get_default_node()
+            client = aioredis.Redis(host=node.host, port=node.port)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(channel)
+        yield SUBSCRIBED
+        async for message in pubsub.listen():
+            if message and message.get("type") == "message":
+                try:
+                    wakeup = parse(message["data"])
+                except ValueError:
+                    log.warning("ignoring malformed wake-up %r", message["data"])
+                    continue
+                yield wakeup
+    except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+        raise errors.StoreUnavailable(f"pub/sub subscription lost: {exc}") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            if pubsub is not None:
+                await pubsub.aclose()
+            if client is not redis:
+                await client.aclose()

@@ -1,0 +1,162 @@
+"""Store operations on orchestration work items and what crosses instances (mixed into the Store).
+
+A claim takes an instance out of its partition's ready set and puts its lease
+member on the partition's ``leases`` zset (score = lease expiry, Redis time).
+While claimed, the instance hash holds ``lease`` (the claim token), ``claimed_n``
+(how many inbox events were handed out) and ``episode_start`` (the serialized
+OrchestratorStarted event handed out). The inbox is not consumed at claim: the
+completion trims the first ``claimed_n`` events, so an expired or released claim
+loses nothing, and events that arrive during the episode stay for the next one.
+The completion is applied only while ``lease`` equals its token.
+
+Messages for other instances wait in the partition's outbox, written by the
+completion in the same step; the relay reads them (:meth:`outbox_batch`), delivers
+each and then removes it (:meth:`outbox_remove`).
+"""
+from __future__ import annotations
+
+import asyncio
+
+from . import keys
+from .common import unavailable_on_redis_errors
+from .records import Claim
+from .scripts import Code, outcome
+
+RENEW_BATCH = 100  # most leases one renew script call touches
+
+
+class OrchestrationOps:
+    """Uses the Store's ``_eval``, ``_execute`` and ``redis``."""
+
+    SCRIPTS: tuple[str, ...] = ("claim_orchestration", "renew_orchestration_leases", "release_orchestration",
+                                "sweep_orchestration_lease", "complete_orchestration", "continue_as_new")
+
+    @unavailable_on_redis_errors
+    async def claim_orchestration(self, hub: keys.HubKeys, instance_id: str, token: str, lease_ms: int,
+                                  episode_start: bytes) -> Claim | None:
+        """Claim a ready instance under a lease of ``lease_ms`` (see claim_orchestration.lua).
+
+        None when there is nothing to hand out: another claim won, or the instance is missing,
+        cannot run now (terminal, suspended) or is in an episode under a live lease."""
+        pk = hub.for_instance(instance_id)
+        iid = instance_id
+        reply = await self._eval(
+            "claim_orchestration", hub.hub,
+            [pk.ready, pk.leases, pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.stats, pk.timers(iid),
+             pk.due],
+            [iid, token, lease_ms, episode_start])
+        code, values = outcome(reply, iid, Code.NOT_READY, Code.NOT_FOUND, Code.WRONG_STATUS, Code.LEASED)
+        if code is not Code.OK:
+            return None
+        expiry, raw, past, new = values
+        fields = {raw[i].decode(): raw[i + 1] for i in range(0, len(raw), 2)}
+        return Claim(iid, token, fields, list(past), list(new), int(expiry))
+
+    @unavailable_on_redis_errors
+    async def renew_orchestration_leases(self, hub: keys.HubKeys, partition: int, items: list[tuple[str, str]],
+                                         lease_ms: int) -> list[str]:
+        """Extend to now + ``lease_ms`` the leases of ``(instance id, token)`` items of one partition
+        whose token is still current (see renew_orchestration_leases.lua); returns the ids renewed.
+        Batches of :data:`RENEW_BATCH` items go in separate script calls that share one round trip."""
+        pk = hub.partition(partition)
+        for iid, _ in items:
+            if keys.partition_of(iid, hub.partitions) != partition:
+                raise ValueError(f"instance {iid!r} is not in partition {partition}")
+        calls = []
+        for start in range(0, len(items), RENEW_BATCH):
+            batch = items[start:start + RENEW_BATCH]
+            args: list = [lease_ms]
+            for iid, token in batch:
+                args += [iid, token]
+            calls.append(self._eval("renew_orchestration_leases", hub.hub,
+                                    [pk.leases] + [pk.instance(iid) for iid, _ in batch], args))
+        replies = await asyncio.gather(*calls)
+        return [m.decode() for reply in replies for m in outcome(reply, hub.hub)[1][1:]]
+
+    @unavailable_on_redis_errors
+    async def release_orchestration(self, hub: keys.HubKeys, instance_id: str, token: str) -> bool:
+        """Hand a claim back (see release_orchestration.lua): True if ``token`` was the current
+        claim and the instance is ready again; False, with nothing changed, otherwise."""
+        pk = hub.for_instance(instance_id)
+        reply = await self._eval("release_orchestration", hub.hub, [pk.leases, pk.ready, pk.instance(instance_id)],
+                                 [instance_id, token])
+        return outcome(reply, instance_id, Code.LEASE_LOST)[0] is Code.OK
+
+    @unavailable_on_redis_errors
+    async def sweep_orchestration_lease(self, hub: keys.HubKeys, instance_id: str) -> bool:
+        """Release the claim on an instance if its lease has expired (see sweep_orchestration_lease.lua);
+        True if it was released."""
+        pk = hub.for_instance(instance_id)
+        reply = await self._eval("sweep_orchestration_lease", hub.hub, [pk.leases, pk.ready, pk.instance(instance_id)],
+                                 [instance_id])
+        return outcome(reply, instance_id, Code.NOT_READY)[0] is Code.OK
+
+    @unavailable_on_redis_errors
+    async def complete_orchestration(self, hub: keys.HubKeys, instance_id: str, token: str, events: list[bytes],
+                                     status: str | None = None, output: str | None = None,
+                                     failure: bytes | None = None, custom_status: str | None = None,
+                                     activities: list[tuple[str, bytes]] = (),
+                                     timers: list[tuple[int, bytes]] = (), outbox: list[bytes] = (),
+                                     max_history: int | None = None) -> None:
+        """Apply an episode's result under its claim (see complete_orchestration.lua): ``events`` are
+        the history events of the worker's actions; ``status`` the final status if it ended;
+        ``activities`` (item, serialized ActivityRequest) pairs to queue; ``timers`` (fire time ms,
+        serialized TimerFired event) pairs to deliver at their time; ``outbox`` encoded messages for
+        other instances. HistoryLimitExceeded, with nothing changed, when the history would grow past
+        ``max_history`` events; LeaseLost, with nothing changed, when ``token`` is not the current claim."""
+        pk = hub.for_instance(instance_id)
+        iid = instance_id
+        pairs = [x for item in activities for x in item]
+        timer_pairs = [x for timer in timers for x in timer]
+        reply = await self._eval(
+            "complete_orchestration", hub.hub,
+            [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.ready, pk.leases, pk.stats,
+             pk.activities, pk.activity_payloads, pk.timers(iid), pk.due, pk.outbox],
+            [iid, token, status or "", "" if output is None else "=" + output, failure or b"",
+             "" if custom_status is None else "=" + custom_status, len(events),
+             len(activities), len(timers), max_history or 0, *events, *pairs, *timer_pairs, *outbox])
+        outcome(reply, instance_id)
+
+    @unavailable_on_redis_errors
+    async def continue_as_new(self, hub: keys.HubKeys, instance_id: str, token: str, execution_id: str,
+                              events: list[bytes], custom_status: str | None = None) -> None:
+        """Start the next execution under the episode's claim (see continue_as_new.lua): ``events`` are
+        the new ExecutionStarted event and the carried-over events. LeaseLost when ``token`` is stale."""
+        pk = hub.for_instance(instance_id)
+        iid = instance_id
+        reply = await self._eval(
+            "continue_as_new", hub.hub,
+            [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.ready, pk.leases, pk.timers(iid), pk.due],
+            [iid, token, execution_id, "" if custom_status is None else "=" + custom_status, *events])
+        outcome(reply, instance_id)
+
+    @unavailable_on_redis_errors
+    async def episode_events(self, hub: keys.HubKeys, instance_id: str, claimed_n: int) -> tuple[list[bytes],
+                                                                                                   list[bytes]]:
+        """(history, new events handed out with the current claim) of a claimed instance. Both stay as
+        they are while the claim holds, so reading them apart from the completion is consistent."""
+        pk = hub.for_instance(instance_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(pk.history(instance_id), 0, -1)
+            pipe.lrange(pk.inbox(instance_id), 0, claimed_n - 1)  # LRANGE 0 -1 would be all: trimmed below
+            history, delivered = await pipe.execute()
+        return history, delivered[:claimed_n]
+
+    @unavailable_on_redis_errors
+    async def instance_names(self, hub: keys.HubKeys, instance_ids: list[str]) -> list[tuple[str | None, str]]:
+        """(name, version or "") of each instance, (None, "") for one that is gone; one round trip."""
+        replies = await asyncio.gather(*(
+            self._execute("HMGET", hub.for_instance(iid).instance(iid), "name", "version") for iid in instance_ids))
+        return [(None if name is None else name.decode(), (version or b"").decode()) for name, version in replies]
+
+    # -- the outbox ----------------------------------------------------------------------------
+
+    @unavailable_on_redis_errors
+    async def outbox_batch(self, hub: keys.HubKeys, partition: int, limit: int) -> list[bytes]:
+        """Up to ``limit`` of the oldest encoded messages in a partition's outbox (left there)."""
+        return list(await self._execute("LRANGE", hub.partition(partition).outbox, 0, limit - 1))
+
+    @unavailable_on_redis_errors
+    async def outbox_remove(self, hub: keys.HubKeys, partition: int, message: bytes) -> None:
+        """Remove a delivered message from a partition's outbox."""
+        await self._execute("LREM", hub.partition(partition).outbox, 1, message)

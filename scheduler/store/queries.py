@@ -1,0 +1,188 @@
+"""Store operations that find, list and purge instances (mixed into the Store).
+
+Every query walks the hub's per-partition ``by-created`` zsets merged into one
+order, ``(created_ms, instance id)``: the zsets order members the same way
+(score, then member bytes). A :class:`Cursor` is a position in that order; a
+page continues strictly after it, so instances created while a client pages are
+never returned twice and never shift what follows (their ``created_ms`` is now).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+
+from ..protocol import TERMINAL
+from . import keys
+from .common import count_in_batches, score, unavailable_on_redis_errors
+from .records import Cursor, Found, InstanceFilter
+from .scripts import Code, outcome
+
+_PURGE_BATCH = 100
+
+
+class QueryOps:
+    """Uses the Store's ``_eval`` and ``redis``."""
+
+    SCRIPTS: tuple[str, ...] = ("purge_instance",)
+
+    # -- queries -------------------------------------------------------------------------------
+
+    @unavailable_on_redis_errors
+    async def query_instances(self, hub: keys.HubKeys, flt: InstanceFilter, page_size: int,
+                              after: Cursor | None = None, start_events: bool = True
+                              ) -> tuple[list[Found], Cursor | None]:
+        """Up to ``page_size`` matching instances after ``after`` in (created_ms, id) order, and the
+        cursor to continue from: None when nothing further matches (the scan looks one match ahead)."""
+        found: list[Found] = []
+        async for item in self._matching(hub, flt, after, page_size + 1, start_events):
+            found.append(item)
+            if len(found) > page_size:
+                break
+        if len(found) > page_size:
+            return found[:page_size], found[page_size - 1].cursor
+        return found, None
+
+    async def _matching(self, hub: keys.HubKeys, flt: InstanceFilter, after: Cursor | None, batch: int,
+                        start_events: bool) -> AsyncIterator[Found]:
+        """Matching instances in order, reading at most ``batch`` index entries per partition per round."""
+        async for chunk in self._candidates(hub, flt, after, batch):
+            pks = [hub.for_instance(c.instance_id) for c in chunk]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for c, pk in zip(chunk, pks):
+                    pipe.hgetall(pk.instance(c.instance_id))
+                hashes = await pipe.execute()
+            hits = [(c, pk, {k.decode(): v for k, v in h.items()})
+                    for c, pk, h in zip(chunk, pks, hashes) if h]  # an empty hash: purged meanwhile
+            hits = [(c, pk, h) for c, pk, h in hits if flt.matches(h)]
+            if start_events and hits:
+                await self._add_start_events(hits)
+            for c, _, h in hits:
+                yield Found(c, h)
+
+    async def _add_start_events(self, hits: list[tuple[Cursor, keys.PartitionKeys, dict[str, bytes]]]) -> None:
+        """Read the ExecutionStarted event (input, tags) of each hit, where its ``start`` field says."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for c, pk, h in hits:
+                where, _, index = h.get("start", b"").decode().partition(" ")
+                key = pk.inbox(c.instance_id) if where == "inbox" else pk.history(c.instance_id)
+                pipe.lindex(key, int(index) if index.isdigit() else 0)
+            events = await pipe.execute()
+        for (_, _, h), event in zip(hits, events):
+            if event is not None and "start" in h:
+                h["start_event"] = event
+
+    async def _candidates(self, hub: keys.HubKeys, flt: InstanceFilter, after: Cursor | None,
+                          batch: int) -> AsyncIterator[list[Cursor]]:
+        """Index entries after ``after`` within the creation bounds whose id has the prefix, in order.
+
+        Each round reads at most ``batch`` entries per partition past the cursor's millisecond
+        (plus the entries at exactly that millisecond, which the cursor's id splits) and yields
+        the ones that no unread entry can precede: those up to the smallest last entry of the
+        partitions that filled their batch. The entries at exactly the cursor's millisecond are read
+        whole: they are bounded by how many instances one partition creates in one millisecond."""
+        hi = "+inf" if flt.created_to_ms is None else f"({flt.created_to_ms}"
+        if flt.created_from_ms is not None and (after is None or after.created_ms < flt.created_from_ms):
+            after = None
+        live = hub.all_partitions()
+        while live:
+            if after is not None and flt.created_to_ms is not None and after.created_ms >= flt.created_to_ms:
+                return
+            if after is not None:
+                lo = f"({after.created_ms}"
+            else:
+                lo = "-inf" if flt.created_from_ms is None else flt.created_from_ms
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for pk in live:
+                    if after is not None:  # the entries at the cursor's ms, which its id splits
+                        pipe.zrangebyscore(pk.by_created, after.created_ms, after.created_ms, withscores=True)
+                    pipe.zrangebyscore(pk.by_created, lo, hi, start=0, num=batch, withscores=True)
+                replies = iter(await pipe.execute())
+            per_part: list[list[Cursor]] = []
+            full: list[bool] = []
+            bound: Cursor | None = None
+            for _ in live:
+                entries = []
+                if after is not None:
+                    entries = [c for c in (Cursor(score(s), m.decode()) for m, s in next(replies)) if c > after]
+                rest = next(replies)
+                entries += [Cursor(score(s), m.decode()) for m, s in rest]
+                per_part.append(entries)
+                full.append(len(rest) >= batch)
+                if full[-1] and (bound is None or entries[-1] < bound):
+                    bound = entries[-1]
+            ready = sorted(c for entries in per_part for c in entries if bound is None or c <= bound)
+            chunk = [c for c in ready if c.instance_id.startswith(flt.id_prefix)]
+            for i in range(0, len(chunk), batch):
+                yield chunk[i:i + batch]
+            if bound is None:
+                return
+            live = [pk for pk, entries, was_full in zip(live, per_part, full)
+                    if was_full or (entries and entries[-1] > bound)]
+            after = bound
+
+    # -- purge ---------------------------------------------------------------------------------
+
+    @unavailable_on_redis_errors
+    async def purge_instance(self, hub: keys.HubKeys, instance_id: str) -> bool:
+        """Delete a terminal instance (see purge_instance.lua); False if absent or not terminal."""
+        pk = hub.for_instance(instance_id)
+        reply = await self._eval("purge_instance", hub.hub, [
+            pk.instance(instance_id), pk.inbox(instance_id), pk.history(instance_id),
+            pk.by_created, pk.due, pk.ready, pk.stats, pk.timers(instance_id), pk.delivered(instance_id)],
+            [instance_id])
+        return outcome(reply, instance_id, Code.NOT_FOUND, Code.WRONG_STATUS)[0] is Code.OK
+
+    @unavailable_on_redis_errors
+    async def terminal_history(self, hub: keys.HubKeys, instance_id: str) -> list[bytes] | None:
+        """The whole history of a terminal instance (what a recursive purge reads its children from);
+        None if the instance is absent or not terminal."""
+        pk = hub.for_instance(instance_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(pk.instance(instance_id), "status")
+            pipe.lrange(pk.history(instance_id), 0, -1)
+            status, events = await pipe.execute()
+        return events if status is not None and status.decode() in TERMINAL else None
+
+    @unavailable_on_redis_errors
+    async def purge_instances(self, hub: keys.HubKeys, instance_ids: Iterable[str]) -> int:
+        """Purge each terminal instance of the ids (one script each, sent together); returns how many went."""
+        return await count_in_batches(instance_ids, lambda iid: self.purge_instance(hub, iid), _PURGE_BATCH)
+
+    @unavailable_on_redis_errors
+    async def purge_matching(self, hub: keys.HubKeys, flt: InstanceFilter, timeout: float | None = None,
+                             purge: Callable[[keys.HubKeys, list[str]], Awaitable[int]] | None = None
+                             ) -> tuple[int, bool]:
+        """Purge the terminal instances that match, walking the creation index in bounded batches.
+
+        Returns (how many went, complete); with a ``timeout`` (seconds) it stops at the first batch
+        boundary after it and reports complete=False if matches may remain. ``purge`` deletes a batch
+        of ids and counts what went (default :meth:`purge_instances`)."""
+        purge = purge or self.purge_instances
+        deadline = None if timeout is None else time.monotonic() + timeout
+        flt = dataclasses.replace(flt, terminal_only=True)
+        deleted = 0
+        batch: list[str] = []
+        async for item in self._matching(hub, flt, None, _PURGE_BATCH, start_events=False):
+            batch.append(item.cursor.instance_id)
+            if len(batch) >= _PURGE_BATCH:
+                deleted += await purge(hub, batch)
+                batch = []
+                if deadline is not None and time.monotonic() >= deadline:
+                    return deleted, False
+        deleted += await purge(hub, batch)
+        return deleted, True
+
+    # -- history -------------------------------------------------------------------------------
+
+    @unavailable_on_redis_errors
+    async def history_page(self, hub: keys.HubKeys, instance_id: str, start: int,
+                           count: int) -> list[bytes] | None:
+        """``count`` history events (serialized HistoryEvent) from index ``start``; None if there is no
+        such instance. Before the first dispatch the history is empty: the events wait in the inbox."""
+        pk = hub.for_instance(instance_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(pk.instance(instance_id))
+            pipe.lrange(pk.history(instance_id), start, start + count - 1)
+            exists, events = await pipe.execute()
+        return events if exists else None

@@ -1,0 +1,46 @@
+"""Store operations common to every kind of work item (mixed into the Store).
+
+Work waits in a per-partition queue zset (keys.WORK_QUEUES: ``ready`` for orchestrations,
+``activities`` for activity items; score = queued since, ms) until a stream claims it;
+a claimed item has a member on its partition's ``leases`` zset (keys.lease_member; score
+= lease expiry, Redis time) until it is completed, handed back or swept.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from .. import protocol
+from . import keys
+from .common import unavailable_on_redis_errors
+
+
+class WorkOps:
+    """Uses the Store's ``_execute``, ``redis``, ``server_time_ms`` and the sweep of each kind."""
+
+    SCRIPTS: tuple[str, ...] = ()
+
+    @unavailable_on_redis_errors
+    async def queued(self, hub: keys.HubKeys, kind: str, partition: int, limit: int) -> list[str]:
+        """Up to ``limit`` queued work items of ``kind`` in one partition, longest queued first (to feed
+        a claim; another replica may claim any of them first)."""
+        if limit <= 0:
+            return []
+        queue = hub.partition(partition).queue(keys.WORK_QUEUES[kind])
+        return [m.decode() for m in await self._execute("ZRANGE", queue, 0, limit - 1)]
+
+    @unavailable_on_redis_errors
+    async def sweep_expired_leases(self, hub: keys.HubKeys, partition: int, limit: int) -> list[str]:
+        """Release at most ``limit`` work items of one partition whose lease expired; returns them.
+
+        Two steps, because a script must name each instance's keys: read the expired members
+        (Redis time), then run the sweep script of each, which re-checks the expiry atomically, so a
+        lease renewed or released in between is left alone. Any replica may run it."""
+        if limit <= 0:
+            return []
+        now_ms = await self.server_time_ms()
+        members = await self.redis.zrangebyscore(hub.partition(partition).leases, "-inf", now_ms, start=0, num=limit)
+        sweeps = {protocol.ORCHESTRATION: self.sweep_orchestration_lease, protocol.ACTIVITY: self.sweep_activity_lease}
+        items = [keys.parse_lease_member(member.decode()) for member in members]
+        items = [(kind, item) for kind, item in items if kind in sweeps]
+        released = await asyncio.gather(*(sweeps[kind](hub, item) for kind, item in items))
+        return [item for (_, item), done in zip(items, released) if done]
