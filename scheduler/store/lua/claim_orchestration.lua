@@ -8,8 +8,8 @@
 -- arrived during its episode) is taken out of ready too: the episode's completion
 -- re-readies it when events remain past `claimed_n` (release and the lease sweep
 -- always do). An expired lease not yet swept is taken over (its token stops
--- being current). Timers whose time has come join the inbox; the next one keeps
--- the instance on the due set. The inbox is not consumed: the completion trims the
+-- being current). Timers whose time has come join the inbox; the next one (only)
+-- keeps the instance on the due set. The inbox is not consumed: the completion trims the
 -- first `claimed_n` events, so an abandoned claim loses nothing. PENDING becomes RUNNING.
 --
 -- KEYS[1] ready   partition ready zset (score = ready since, ms)
@@ -46,7 +46,11 @@ if #fired > 0 then
   redis.call('ZREMRANGEBYSCORE', timers_key, '-inf', now)
 end
 local next_timer = redis.call('ZRANGE', timers_key, 0, 0, 'WITHSCORES')
-if next_timer[2] then add_due(due_key, instance_id, tonumber(next_timer[2]), true) end
+if next_timer[2] then
+  add_due(due_key, instance_id, tonumber(next_timer[2]), false)
+else
+  redis.call('ZREM', due_key, instance_id)  -- a passed entry of a timer delivered now, not yet promoted
+end
 
 local expiry = now + lease_ms
 local claimed_n = redis.call('LLEN', inbox_key)

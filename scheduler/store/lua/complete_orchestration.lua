@@ -6,7 +6,8 @@
 -- writes the outbox messages; queues the activities and arms the timers the episode
 -- scheduled; drops the claim; applies the custom status and, when the episode ended
 -- the orchestration, its final status, output and failure. Events that arrived
--- during the episode stay in the inbox and make the instance ready again.
+-- during the episode stay in the inbox and make the instance ready again, unless it
+-- was suspended meanwhile (then it stays out of ready and due until it is resumed).
 --
 -- KEYS[1] inst          instance hash
 -- KEYS[2] inbox         instance inbox list
@@ -74,9 +75,10 @@ for i = first_activity, first_timer - 1, 2 do
   redis.call('HSET', payloads_key, ARGV[i], ARGV[i + 1])
   push_work(activities_key, ARGV[i], now)
 end
+local suspended = old_status == 'SUSPENDED'  -- meanwhile: resume makes it ready, its claim arms the timers
 for i = first_timer, first_message - 1, 2 do
   redis.call('ZADD', timers_key, ARGV[i], ARGV[i + 1])
-  add_due(due_key, instance_id, tonumber(ARGV[i]), true)
+  if not suspended then add_due(due_key, instance_id, tonumber(ARGV[i]), true) end
 end
 
 drop_claim(leases_key, inst_key, instance_id)
@@ -86,12 +88,13 @@ if status ~= '' then
   redis.call('HSET', inst_key, 'status', status, 'completed_ms', now)
   if output ~= '' then redis.call('HSET', inst_key, 'output', string.sub(output, 2)) end
   if failure ~= '' then redis.call('HSET', inst_key, 'failure', failure) end
+  redis.call('HDEL', inst_key, 'prev_status', 'due_ms')  -- suspended meanwhile: it ended all the same
   count_status(stats_key, old_status, status)
   redis.call('ZREM', ready_key, instance_id)
   redis.call('ZREM', due_key, instance_id)
   redis.call('DEL', timers_key)
   wake('status', instance_id)
-elseif redis.call('LLEN', inbox_key) > 0 then
+elseif not suspended and redis.call('LLEN', inbox_key) > 0 then
   push_work(ready_key, instance_id, now)
 end
 return {CODE.OK}

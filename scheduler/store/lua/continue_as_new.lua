@@ -4,7 +4,8 @@
 -- inbox events of the ending execution; puts the new execution's ExecutionStarted
 -- event and the carried-over events at the head of the inbox (events that arrived
 -- during the episode follow them); records the new execution id; drops the claim
--- and makes the instance ready, so the new execution starts at once.
+-- and makes the instance ready, so the new execution starts at once (unless it was
+-- suspended meanwhile: then when it is resumed).
 --
 -- KEYS[1] inst    instance hash
 -- KEYS[2] inbox   instance inbox list
@@ -23,9 +24,9 @@ local inst_key, inbox_key, hist_key, ready_key = KEYS[1], KEYS[2], KEYS[3], KEYS
 local leases_key, timers_key, due_key = KEYS[5], KEYS[6], KEYS[7]
 local instance_id, token, execution_id, custom_status = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 
-local claim = redis.call('HMGET', inst_key, 'lease', 'claimed_n')
+local claim = redis.call('HMGET', inst_key, 'lease', 'claimed_n', 'status')
 if claim[1] ~= token then return {CODE.LEASE_LOST} end
-local claimed_n = tonumber(claim[2])
+local claimed_n, status = tonumber(claim[2]), claim[3]
 local now = now_ms()
 
 if claimed_n > 0 then redis.call('LTRIM', inbox_key, claimed_n, -1) end
@@ -38,5 +39,5 @@ drop_claim(leases_key, inst_key, instance_id)
 redis.call('HDEL', inst_key, 'output', 'failure')
 redis.call('HSET', inst_key, 'execution_id', execution_id, 'start', 'inbox 0', 'updated_ms', now)
 if custom_status ~= '' then redis.call('HSET', inst_key, 'custom_status', string.sub(custom_status, 2)) end
-push_work(ready_key, instance_id, now)
+if not IDLE[status] then push_work(ready_key, instance_id, now) end  -- suspended meanwhile: on resume
 return {CODE.OK}
