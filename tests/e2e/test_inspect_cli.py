@@ -63,3 +63,14 @@ def test_inspect_of_an_empty_hub(server, redis_url, key_prefix, hub_name):
     view = _inspect(redis_url, key_prefix, hub_name)
     assert view == {"instances by status": "none", "due set": "0 entries, next due -",
                     "ready queue": "0 entries, oldest waiting -"}
+
+
+def test_inspect_never_creates_the_hub_it_is_asked_about(redis_url, key_prefix, hub_name, rds):
+    """A typo in --task-hub must not create a hub (every replica would start serving it)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "scheduler", "inspect", "--redis-url", redis_url,
+         "--key-prefix", key_prefix, "--task-hub", hub_name + "-typo", "--log-level", "WARNING"],
+        capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip() == f"task hub {hub_name + '-typo'!r}: no such hub"
+    assert list(rds.scan_iter(match=f"{key_prefix}:*")) == []

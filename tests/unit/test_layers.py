@@ -1,0 +1,96 @@
+"""The code map holds: the gRPC surface -> the engine -> the store, nothing imports upward, only the
+store talks to Redis, and modules stay small (README "Code map")."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "scheduler"
+
+# Higher layers may import lower ones, never the reverse. The shared vocabulary sits below the three;
+# the composition root and the tools around it sit above them.
+LAYERS = {"api": 3, "engine": 2, "store": 1}
+BOTTOM = {"_proto", "protocol", "errors", "config"}
+TOP = {"app", "cli", "inspector", "testing", "__main__", "__init__"}
+REDIS_CLIENTS = {"redis", "hiredis", "fakeredis"}
+MAX_LINES = 400
+
+
+def layer(module: str) -> int:
+    """The layer of a module named ``scheduler.<part>[...]``."""
+    part = module.split(".")[1]
+    if part in LAYERS:
+        return LAYERS[part]
+    if part in BOTTOM:
+        return 0
+    assert part in TOP, f"{module} is in no layer: add it to the code map (README) and to this test"
+    return 4
+
+
+def modules() -> list[tuple[str, Path]]:
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]
+        found.append((".".join(parts), path))
+    return found
+
+
+def imports(module: str, path: Path) -> list[str]:
+    """Every module name the file imports, relative imports resolved."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[:len(anchor) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            names.append(base)
+            names += [f"{base}.{alias.name}" for alias in node.names]  # "from . import x" names a module
+    return names
+
+
+MODULES = [(name, path) for name, path in modules() if name != "scheduler"]
+
+
+@pytest.mark.parametrize("module,path", MODULES, ids=[name for name, _ in MODULES])
+def test_nothing_imports_upward(module, path):
+    own = layer(module)
+    upward = sorted({name for name in imports(module, path)
+                     if name.startswith("scheduler.") and name.split(".")[1] != "__init__"
+                     and _is_module(name) and layer(name) > own})
+    assert not upward, f"{module} (layer {own}) imports {upward} from a higher layer"
+
+
+@pytest.mark.parametrize("module,path", MODULES, ids=[name for name, _ in MODULES])
+def test_only_the_store_imports_a_redis_client(module, path):
+    clients = sorted({name for name in imports(module, path) if name.split(".")[0] in REDIS_CLIENTS})
+    if module.split(".")[1] != "store":
+        assert not clients, f"{module} imports {clients}: only scheduler.store may talk to Redis"
+
+
+@pytest.mark.parametrize("module,path", MODULES, ids=[name for name, _ in MODULES])
+def test_hand_written_modules_stay_small(module, path):
+    if module.startswith("scheduler._proto.orchestrator_service_pb2"):
+        return  # generated
+    lines = len(path.read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_LINES, f"{module} has {lines} lines; split it (style.md: most modules under ~300)"
+
+
+def test_the_rule_is_checked_on_every_layer():
+    """The walk above sees modules of each layer, so the rule cannot pass by finding nothing."""
+    seen = {name.split(".")[1] for name, _ in MODULES}
+    assert set(LAYERS) | {"protocol", "errors", "config", "app"} <= seen
+
+
+def _is_module(name: str) -> bool:
+    """True for a module or package of ours (not a class or function imported from one)."""
+    relative = Path(*name.split(".")[1:])
+    return (PACKAGE / relative).with_suffix(".py").exists() or (PACKAGE / relative / "__init__.py").exists()

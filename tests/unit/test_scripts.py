@@ -1,0 +1,70 @@
+"""The Lua scripts share one vocabulary: result codes, status sets and wake-ups come from one place."""
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+import pytest
+
+from scheduler import protocol
+from scheduler.store import Store
+from scheduler.store.scripts import Code, source
+
+LUA = resources.files("scheduler.store") / "lua"
+SCRIPTS = sorted(p.name.removesuffix(".lua") for p in LUA.iterdir() if p.name.endswith(".lua") and
+                 p.name != "prelude.lua")
+
+
+def body(name: str) -> str:
+    return (LUA / f"{name}.lua").read_text(encoding="utf-8")
+
+
+def code(name: str) -> str:
+    """The script without its comments."""
+    return "\n".join(line.split("--")[0] for line in body(name).splitlines())
+
+
+def test_every_script_file_is_registered_by_the_store_and_the_other_way_round():
+    assert sorted(Store.SCRIPTS) == SCRIPTS
+    assert len(set(Store.SCRIPTS)) == len(Store.SCRIPTS)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_returns_a_code_of_the_one_table(name):
+    returns = re.findall(r"\breturn\b\s*(.*)", code(name))
+    assert returns, f"{name}.lua returns nothing"
+    for value in returns:
+        assert value.startswith(("{CODE.", "result")), f"{name}.lua returns {value!r}, not {{CODE.<name>, ...}}"
+    for used in re.findall(r"CODE\.(\w+)", code(name)):
+        assert used in Code.__members__, f"{name}.lua uses unknown code {used}"
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_wake_ups_time_and_lease_members_come_from_the_prelude(name):
+    text = code(name)
+    assert "PUBLISH" not in text, f"{name}.lua publishes by itself: use wake/push_work/add_due of the prelude"
+    assert "'TIME'" not in text, f"{name}.lua reads TIME by itself: use now_ms()"
+    assert not re.search(r"'[oa]\|'", text), f"{name}.lua builds a lease member by itself: use lease_member()"
+    for status_set in ("COMPLETED = true", "SUSPENDED = true"):
+        assert status_set not in text, f"{name}.lua defines its own status set: use TERMINAL or IDLE"
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_header_names_its_keys_and_own_arguments(name):
+    header = "".join(line for line in body(name).splitlines(keepends=True) if line.startswith("--"))
+    for key in sorted(set(re.findall(r"KEYS\[(\d+)\]", code(name)))):
+        assert f"KEYS[{key}]" in header, f"{name}.lua uses KEYS[{key}] without naming it in its header"
+    for arg in sorted(set(re.findall(r"ARGV\[(\d+)\]", code(name)))):
+        assert f"ARGV[{arg}]" in header, f"{name}.lua uses ARGV[{arg}] without naming it in its header"
+        assert int(arg) >= 3, f"{name}.lua reads ARGV[{arg}]: its own arguments start at ARGV[3]"
+
+
+def test_the_generated_header_carries_the_python_facts():
+    text = source("raise_event")
+    for code in Code:
+        assert f"{code.name} = {code.value}" in text
+    terminal = re.search(r"local TERMINAL = \{(.*)\}", text).group(1)
+    idle = re.search(r"local IDLE = \{(.*)\}", text).group(1)
+    assert set(re.findall(r"(\w+) = true", terminal)) == protocol.TERMINAL
+    assert set(re.findall(r"(\w+) = true", idle)) == protocol.IDLE
+    assert f"ORCHESTRATION = '{protocol.ORCHESTRATION}'" in text and f"ACTIVITY = '{protocol.ACTIVITY}'" in text
