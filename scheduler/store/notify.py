@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
@@ -27,8 +27,7 @@ log = logging.getLogger(__name__)
 KINDS = ("due", "status", "work", "outbox", "deleted")
 
 
-@dataclass(frozen=True)
-class Wakeup:
+class Wakeup(NamedTuple):
     """One parsed wake-up; kind "subscribed" means: listening from now on (anything may have
     happened before)."""
 

@@ -8,7 +8,7 @@ import pytest
 
 from scheduler import protocol
 from scheduler.store import Store
-from scheduler.store.scripts import Code, source
+from scheduler.store.scripts import Code, _constants, source
 
 LUA = resources.files("scheduler.store") / "lua"
 SCRIPTS = sorted(p.name.removesuffix(".lua") for p in LUA.iterdir() if p.name.endswith(".lua") and
@@ -59,12 +59,28 @@ def test_every_script_header_names_its_keys_and_own_arguments(name):
         assert int(arg) >= 3, f"{name}.lua reads ARGV[{arg}]: its own arguments start at ARGV[3]"
 
 
-def test_the_generated_header_carries_the_python_facts():
-    text = source("raise_event")
+def test_the_generated_constants_carry_the_python_facts():
+    constants = "\n".join(_constants().values())
     for code in Code:
-        assert f"{code.name} = {code.value}" in text
-    terminal = re.search(r"local TERMINAL = \{(.*)\}", text).group(1)
-    idle = re.search(r"local IDLE = \{(.*)\}", text).group(1)
+        assert f"{code.name} = {code.value}" in constants
+    terminal = re.search(r"local TERMINAL = \{(.*)\}", constants).group(1)
+    idle = re.search(r"local IDLE = \{(.*)\}", constants).group(1)
     assert set(re.findall(r"(\w+) = true", terminal)) == protocol.TERMINAL
     assert set(re.findall(r"(\w+) = true", idle)) == protocol.IDLE
-    assert f"ORCHESTRATION = '{protocol.ORCHESTRATION}'" in text and f"ACTIVITY = '{protocol.ACTIVITY}'" in text
+    assert f"ORCHESTRATION = '{protocol.ORCHESTRATION}'" in constants
+    assert f"ACTIVITY = '{protocol.ACTIVITY}'" in constants
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_script_gets_what_it_uses_and_nothing_else(name):
+    """A script call runs its whole chunk: the shared constants and functions it does not use are left out."""
+    lines = [line.split("--")[0] for line in source(name).splitlines()]
+    for constant in ("CODE", "TERMINAL", "IDLE", "KIND"):
+        defined = [line for line in lines if line.startswith(f"local {constant} = ")]
+        used = any(re.search(rf"\b{constant}\b", line) for line in lines if line not in defined)
+        assert bool(defined) == used, f"{name}.lua: {constant} defined {bool(defined)}, used {used}"
+    for function in re.findall(r"^local function (\w+)\(", (LUA / "prelude.lua").read_text(), re.MULTILINE):
+        head = f"local function {function}("
+        defined = any(line.startswith(head) for line in lines)
+        used = any(re.search(rf"\b{function}\(", line) for line in lines if not line.startswith(head))
+        assert defined == used, f"{name}.lua: {function} defined {defined}, used {used}"
