@@ -48,7 +48,7 @@ end
 local next_timer = redis.call('ZRANGE', timers_key, 0, 0, 'WITHSCORES')
 if next_timer[2] then
   add_due(due_key, instance_id, tonumber(next_timer[2]), false)
-else
+elseif #fired > 0 then
   redis.call('ZREM', due_key, instance_id)  -- a passed entry of a timer delivered now, not yet promoted
 end
 

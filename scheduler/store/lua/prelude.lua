@@ -1,8 +1,8 @@
 -- prelude: shared by every script. When a script is loaded (store/scripts.py), this part and
--- the functions below that it uses are put in front of it, after generated constants: CODE (the
--- result codes: every script returns {CODE.<name>, ...}), TERMINAL (statuses an instance never
--- leaves), IDLE (TERMINAL and SUSPENDED: statuses in which an instance is not dispatched) and
--- KIND (work item kinds, as in lease members).
+-- the functions below that it uses are put in front of it, after generated constants: TERMINAL
+-- (statuses an instance never leaves), IDLE (TERMINAL and SUSPENDED: statuses in which an
+-- instance is not dispatched) and KIND (work item kinds, as in lease members). Every script
+-- returns {CODE.<name>, ...}: each CODE.<name> is replaced by the code's number when loaded.
 --
 -- Every script's first two arguments say where its wake-ups go; its own arguments start at ARGV[3]:
 -- ARGV[1] channel  pub/sub channel of the wake-ups, "<hub> <kind> <arg>" (see store/notify.py)
