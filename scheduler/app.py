@@ -13,9 +13,8 @@ from grpc_reflection.v1alpha import reflection
 
 from . import errors
 from ._proto import orchestrator_service_pb2 as pb
-from ._proto import orchestrator_service_pb2_grpc as pb_grpc
-from .api.servicer import Servicer
-from .config import MESSAGE_HEADROOM_BYTES, Config
+from .api.servicer import Servicer, add_to_server
+from .config import Config
 from .engine import Engine
 from .protocol import STATUS_PREFIX
 from .store import Store
@@ -29,6 +28,7 @@ HUB_REFRESH_SECONDS = 2.0
 HEALTH_CHECK_SECONDS = 1.0
 DEPTH_SAMPLE_SECONDS = 5.0
 LEASE_SWEEP_SECONDS = 1.0
+RETENTION_SECONDS = 5.0
 
 DUE_DEPTH = prometheus_client.Gauge("dt_due_entries", "Entries waiting in the due sets", ["hub"])
 READY_DEPTH = prometheus_client.Gauge("dt_ready_entries", "Instances waiting in the ready sets", ["hub"])
@@ -42,11 +42,11 @@ class App:
 
     def __init__(self, config: Config, redis=None) -> None:
         self.config = config
-        self.redis = redis if redis is not None else connect(config.redis_url, config.redis_cluster)
+        self.redis = redis if redis is not None else connect(config.redis_url, config.redis_cluster,
+                                                             config.redis_max_connections)
         fast = connect_fast(config.redis_url, config.redis_cluster) if redis is None else None
-        self.store = Store(self.redis, config.key_prefix, config.partitions, fast=fast)
-        self.engine = Engine.build(self.store, config.lease_seconds, config.health_ping_seconds,
-                                   config.max_history_events, config.promote_batch)
+        self.store = Store(self.redis, config.key_prefix, config.partitions, fast=fast, limits=config.limits)
+        self.engine = Engine.build(self.store, config)
         self.health = health.aio.HealthServicer()
         self.housekeeping = AsyncIOScheduler()
         self._running_jobs: set[asyncio.Task] = set()
@@ -63,18 +63,19 @@ class App:
         self.engine.wakeups.start()
         await self.engine.hubs.refresh()
         for job, seconds in ((self.engine.hubs.refresh, HUB_REFRESH_SECONDS), (self._check_health, HEALTH_CHECK_SECONDS),
-                             (self.sample_depths, DEPTH_SAMPLE_SECONDS), (self.sweep_leases, LEASE_SWEEP_SECONDS)):
+                             (self.sample_depths, DEPTH_SAMPLE_SECONDS), (self.sweep_leases, LEASE_SWEEP_SECONDS),
+                             (self.engine.retention.sweep, RETENTION_SECONDS)):
             self.add_housekeeping(job, seconds)
         self.housekeeping.start()
 
-        max_message = self.config.max_payload_bytes + MESSAGE_HEADROOM_BYTES
+        max_message = self.config.max_message_bytes
         self.server = grpc.aio.server(options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", max_message),
         ])
         self.servicer = Servicer(self.engine, self.config)
-        pb_grpc.add_TaskHubSidecarServiceServicer_to_server(self.servicer, self.server)
+        add_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), self.server)
         self.port = self.server.add_insecure_port(f"{self.config.host}:{self.config.port}")

@@ -9,7 +9,7 @@ import signal
 import sys
 
 from . import config as config_mod
-from .inspector import inspect_hubs
+from .inspector import configure_hub, inspect_hubs
 
 log = logging.getLogger("scheduler")
 
@@ -23,6 +23,14 @@ def _parser() -> argparse.ArgumentParser:
     config_mod.add_arguments(insp)
     insp.add_argument("--all-hubs", action="store_true", help="every hub on this Redis, not only --task-hub")
     insp.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="repeat every SECONDS until Ctrl-C")
+    conf = sub.add_parser("configure-hub", help="set what one task hub keeps (its own retention)")
+    config_mod.add_arguments(conf)
+    which = conf.add_mutually_exclusive_group(required=True)
+    which.add_argument("--hub-retention-seconds", type=float, metavar="SECONDS",
+                       help="purge the hub's finished instances this long after they ended (0: keep them), "
+                            "whatever --retention-seconds the replicas have")
+    which.add_argument("--clear-hub-retention", action="store_true",
+                       help="the hub follows the replicas' --retention-seconds again")
     return parser
 
 
@@ -71,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         asyncio.run(_serve(cfg))
         return 0
+    if args.command == "configure-hub":
+        retention = None if args.clear_hub_retention else args.hub_retention_seconds
+        return asyncio.run(configure_hub(cfg, retention))
     return asyncio.run(inspect_hubs(cfg, all_hubs=args.all_hubs, watch=args.watch))
 
 

@@ -1,4 +1,7 @@
-"""Domain errors: the store raises them, the gRPC surface maps each to one status (api/status.py)."""
+"""Domain errors: the store raises them, the gRPC surface maps each to one status (api/status.py).
+
+Every StoreError but StoreOutcomeUnknown means that nothing was written.
+"""
 from __future__ import annotations
 
 
@@ -35,17 +38,70 @@ class LeaseLost(FailedPrecondition):
         self.instance_id = instance_id
 
 
-class HistoryLimitExceeded(StoreError):
-    """An episode would grow an orchestration's history past the configured limit; nothing was written."""
+class LimitExceeded(StoreError):
+    """A bound of one instance would be passed (see the README's limits table); nothing was written."""
 
-    def __init__(self, instance_id: str, would_be: int) -> None:
-        super().__init__(f"the history of '{instance_id}' would grow to {would_be} events")
+
+class HistoryLimitExceeded(LimitExceeded):
+    def __init__(self, instance_id: str, would_be: int, limit: int) -> None:
+        super().__init__(f"the history of orchestration instance '{instance_id}' would grow to {would_be} events; "
+                         f"the limit is {limit}")
         self.instance_id = instance_id
         self.would_be = would_be
 
 
+class InboxFull(LimitExceeded):
+    def __init__(self, instance_id: str, limit: int) -> None:
+        super().__init__(f"orchestration instance '{instance_id}' already has {limit} pending events, as many as "
+                         "it may have (--max-inbox-events); retry once it has processed some")
+        self.instance_id = instance_id
+
+
+class WorkItemTooLarge(LimitExceeded):
+    """The instance's next work item (its history and pending events) would pass the message size."""
+
+    def __init__(self, instance_id: str, would_be: int, limit: int) -> None:
+        super().__init__(f"the history and pending events of orchestration instance '{instance_id}' would grow "
+                         f"to {would_be} bytes; a work item may carry {limit} bytes (--max-message-bytes)")
+        self.instance_id = instance_id
+        self.would_be = would_be
+
+
+class StateTooLarge(LimitExceeded):
+    """An instance's input, output, custom status and failure would not fit one reply."""
+
+    def __init__(self, instance_id: str, would_be: int, limit: int) -> None:
+        super().__init__(f"the input, output, custom status and failure of orchestration instance '{instance_id}' "
+                         f"would be {would_be} bytes; a reply may carry {limit} bytes (--max-message-bytes)")
+        self.instance_id = instance_id
+        self.would_be = would_be
+
+
+class HubGone(StoreError):
+    """The task hub the caller knew was deleted (or deleted and created again) meanwhile; nothing was
+    written. The caller looks the hub up again and retries."""
+
+    def __init__(self, subject: str) -> None:
+        super().__init__(f"the task hub was deleted, or deleted and created again, while '{subject}' was in use")
+
+
+class HubDeleting(StoreError):
+    def __init__(self, hub: str) -> None:
+        super().__init__(f"task hub '{hub}' is being deleted; retry once the deletion has finished")
+        self.hub = hub
+
+
 class StoreUnavailable(StoreError):
-    """Redis did not answer (down, unreachable, loading, timed out). Retry later."""
+    """Redis did not answer (down, unreachable, loading) and the command was not applied. Retry later."""
+
+
+class StoreOutcomeUnknown(StoreError):
+    """A command reached Redis (or may have) but its reply did not come back: it may or may not have
+    been applied."""
+
+
+class RedisOutOfMemory(StoreError):
+    """Redis refused a write: it is at its maxmemory. Nothing was written."""
 
 
 class InvalidRequest(Exception):

@@ -5,7 +5,7 @@ import asyncio
 from datetime import datetime, timezone
 
 from .config import Config
-from .errors import StoreUnavailable
+from .errors import StoreError, StoreUnavailable
 from .store import HubStats, Store
 from .store.connection import connect
 
@@ -51,5 +51,33 @@ async def inspect_hubs(cfg: Config, all_hubs: bool = False, watch: float | None 
         return 1
     except (KeyboardInterrupt, asyncio.CancelledError):
         return 0
+    finally:
+        await redis.aclose()
+
+
+async def configure_hub(cfg: Config, retention_seconds: float | None) -> int:
+    """Set (or with None, clear) the retention of the hub ``cfg.task_hub``; the hub must exist."""
+    if cfg.redis_url is None:
+        print("configure-hub needs --redis-url (the embedded store lives inside the serving process)")
+        return 2
+    if retention_seconds is not None and retention_seconds < 0:
+        print("configure-hub: --hub-retention-seconds must not be negative (0 keeps finished instances)")
+        return 2
+    redis = connect(cfg.redis_url, cfg.redis_cluster)
+    store = Store(redis, cfg.key_prefix, cfg.partitions)
+    try:
+        hub = await store.find_hub(cfg.task_hub)
+        if hub is None:
+            print(f"configure-hub: task hub {cfg.task_hub!r} does not exist")
+            return 1
+        await store.set_retention_seconds(hub, retention_seconds)
+        what = "follows --retention-seconds" if retention_seconds is None else \
+            ("keeps finished instances" if retention_seconds == 0 else
+             f"purges finished instances {retention_seconds:g} s after they ended")
+        print(f"task hub {cfg.task_hub!r} {what}")
+        return 0
+    except StoreError as exc:
+        print(f"configure-hub: {exc}")
+        return 1
     finally:
         await redis.aclose()

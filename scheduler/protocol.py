@@ -26,6 +26,16 @@ TERMINAL = frozenset({"COMPLETED", "FAILED", "TERMINATED"})  # an instance in on
 IDLE = TERMINAL | {"SUSPENDED"}  # an instance in one is not dispatched
 
 
+QUOTE_LIMIT = 64  # characters of a bad value that an error message quotes
+
+
+def quote(value: str, limit: int = QUOTE_LIMIT) -> str:
+    """A client's value for an error message: quoted, and cut to ``limit`` characters (the rest is counted)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
 # -- ids and times -------------------------------------------------------------------------
 
 MAX_ID_LENGTH = 256
@@ -104,11 +114,16 @@ def claim_token(hub: str, partition: int, kind: str, item: str) -> str:
 def parse_claim_token(token: str, kind: str) -> ClaimToken:
     """The claim a token names; InvalidRequest unless it is a token of this kind that we issued."""
     hub, sep1, rest = token.partition("|")
-    _, sep2, rest = rest.partition("|")
+    partition, sep2, rest = rest.partition("|")
     token_kind, sep3, rest = rest.partition("|")
     item, sep4, _ = rest.rpartition("|")
-    if not (sep1 and sep2 and sep3 and sep4) or token_kind != kind or not item:
-        raise InvalidRequest(f"completionToken {token!r} is not a token this service issued for {_KIND_NAMES[kind]}")
+    valid = sep1 and sep2 and sep3 and sep4 and partition.isdigit() and token_kind == kind and item
+    if valid and kind == ACTIVITY:
+        parts = item.split("\n")
+        valid = len(parts) == 3 and parts[2].lstrip("-").isdigit()
+    if not valid or not is_valid_id(instance_of(item)):
+        raise InvalidRequest(f"completionToken {quote(token)} is not a token this service issued for "
+                             f"{_KIND_NAMES[kind]}")
     return ClaimToken(hub, kind, item)
 
 

@@ -27,11 +27,12 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000  # larger requests get pages of this size (the SDK asks for 2**31-1 by default)
 HISTORY_CHUNK = 100
 MAX_PURGE_BATCH = 10_000
+FRAMING_BYTES = 16  # what a message adds around each element of a repeated field, at most
 _KNOWN_STATUSES = frozenset(pb.OrchestrationStatus.values())
 
 
 class QueryRPCs:
-    """Uses the Servicer's ``store`` and ``_existing_hub``."""
+    """Uses the Servicer's ``store``, ``config`` and ``_existing_hub``."""
 
     @rpc
     async def QueryInstances(self, request: pb.QueryInstancesRequest, context):
@@ -49,8 +50,15 @@ class QueryRPCs:
         if hub is None:
             return pb.QueryInstancesResponse()
         found, more = await self.store.query_instances(hub, flt, page_size, after)
-        reply = pb.QueryInstancesResponse(orchestrationState=[
-            translate.orchestration_state(f.cursor.instance_id, f.fields, q.fetchInputsAndOutputs) for f in found])
+        reply = pb.QueryInstancesResponse()
+        budget = self.config.reply_bytes  # a page ends early rather than pass what a reply may carry
+        for i, f in enumerate(found):
+            state = translate.orchestration_state(f.cursor.instance_id, f.fields, q.fetchInputsAndOutputs)
+            budget -= state.ByteSize() + FRAMING_BYTES
+            if budget < 0 and i > 0:
+                more = found[i - 1].cursor
+                break
+            reply.orchestrationState.append(state)
         if more is not None:
             reply.continuationToken.value = more.encode()
         return reply
@@ -95,7 +103,7 @@ class QueryRPCs:
                                  created_to_ms=_ms(f, "createdTimeTo", "purgeInstanceFilter."))
             timeout = None
             if f.HasField("timeout"):
-                timeout = f.timeout.ToTimedelta().total_seconds()
+                timeout = validation.duration_seconds("purgeInstanceFilter.timeout", f.timeout)
                 if timeout <= 0:
                     raise errors.InvalidRequest("purgeInstanceFilter.timeout must be greater than zero")
         else:
@@ -127,11 +135,25 @@ class QueryRPCs:
             raise errors.InstanceNotFound(request.instanceId)
         start = 0
         while events:
-            await context.write(pb.HistoryChunk(events=[pb.HistoryEvent.FromString(e) for e in events]))
+            for chunk in _chunks(events, self.config.reply_bytes):
+                await context.write(pb.HistoryChunk(events=[pb.HistoryEvent.FromString(e) for e in chunk]))
             if len(events) < HISTORY_CHUNK:
                 return
             start += len(events)
             events = await self.store.history_page(hub, request.instanceId, start, HISTORY_CHUNK) or []
+
+
+def _chunks(events: list[bytes], budget: int) -> list[list[bytes]]:
+    """The events in order, in chunks that each fit ``budget`` bytes (an event alone always goes)."""
+    chunks: list[list[bytes]] = [[]]
+    size = 0
+    for event in events:
+        if chunks[-1] and size + len(event) + FRAMING_BYTES > budget:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(event)
+        size += len(event) + FRAMING_BYTES
+    return chunks
 
 
 def _page_size(what: str, value: int) -> int:

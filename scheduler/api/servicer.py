@@ -7,15 +7,17 @@ lifecycle.py, queries and purges in queries.py, the worker protocol in work.py.
 """
 from __future__ import annotations
 
+import logging
+
 import grpc
-from google.protobuf import empty_pb2
+from google.protobuf import empty_pb2, message_factory
 
 from .. import errors
 from .._proto import orchestrator_service_pb2 as pb
 from .._proto import orchestrator_service_pb2_grpc as pb_grpc
 from ..config import NAME_RE, Config
 from ..engine import Engine
-from ..protocol import TERMINAL, new_id
+from ..protocol import TERMINAL, new_id, quote
 from ..store.keys import HubKeys
 from . import translate, validation
 from .lifecycle import LifecycleRPCs
@@ -23,6 +25,9 @@ from .queries import QueryRPCs
 from .status import rpc
 from .work import WorkRPCs
 
+log = logging.getLogger(__name__)
+
+SERVICE = pb.DESCRIPTOR.services_by_name["TaskHubSidecarService"]
 TASK_HUB_METADATA_KEY = "taskhub"
 # Waiters answer this long before the caller's deadline, so the caller gets our answer
 # (exists=false, or DEADLINE_EXCEEDED with a message) rather than its own bare timeout.
@@ -41,7 +46,7 @@ class Servicer(LifecycleRPCs, QueryRPCs, WorkRPCs, pb_grpc.TaskHubSidecarService
             if key == TASK_HUB_METADATA_KEY:
                 if not NAME_RE.match(value):
                     raise errors.InvalidRequest(
-                        f"task hub name {value!r} (metadata '{TASK_HUB_METADATA_KEY}') must match {NAME_RE.pattern}")
+                        f"task hub name {quote(value)} (metadata '{TASK_HUB_METADATA_KEY}') must match {NAME_RE.pattern}")
                 return value
         return self.config.task_hub
 
@@ -61,7 +66,8 @@ class Servicer(LifecycleRPCs, QueryRPCs, WorkRPCs, pb_grpc.TaskHubSidecarService
     @rpc
     async def StartInstance(self, request: pb.CreateInstanceRequest, context):
         instance_id = request.instanceId or new_id()
-        validation.check_create_request(request, instance_id, self.config.max_payload_bytes)
+        validation.check_create_request(request, instance_id, self.config.max_payload_bytes,
+                                        self.config.limits.max_state_bytes)
         hub = await self._hub(context)
         await self.engine.orchestrations.start(hub, translate.new_instance(request, instance_id))
         return pb.CreateInstanceResponse(instanceId=instance_id)
@@ -125,6 +131,31 @@ def _has_ended(h: dict[str, bytes]) -> bool:
     return h["status"].decode() in TERMINAL
 
 
+def add_to_server(servicer: Servicer, server: grpc.aio.Server) -> None:
+    """Register the servicer as the generated code would, but with request parsing that never fails:
+    a request whose bytes do not parse reaches its handler as None, which answers INVALID_ARGUMENT
+    (the generated deserializers make grpc answer UNKNOWN and log a traceback per call)."""
+    handlers = {}
+    for method in SERVICE.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(getattr(servicer, method.name), request_deserializer=_parser(request_class),
+                                     response_serializer=response_class.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)
+
+
+def _parser(message_class):
+    def parse(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except Exception:  # noqa: BLE001 - whatever the bytes are, the handler answers INVALID_ARGUMENT
+            return None
+
+    return parse
+
+
 def _unimplemented(name: str):
     async def handler(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by this server yet")
@@ -135,6 +166,6 @@ def _unimplemented(name: str):
 
 # Every RPC of the contract that this server does not implement yet answers
 # UNIMPLEMENTED naming itself (instead of the generated "Method not implemented!").
-for _method in pb.DESCRIPTOR.services_by_name["TaskHubSidecarService"].methods:
+for _method in SERVICE.methods:
     if getattr(Servicer, _method.name) is getattr(pb_grpc.TaskHubSidecarServiceServicer, _method.name):
         setattr(Servicer, _method.name, _unimplemented(_method.name))

@@ -1,17 +1,25 @@
-"""What every RPC handler shares: the one mapping from domain errors to gRPC status codes."""
+"""What every RPC handler shares: the one mapping from domain errors to gRPC status codes.
+
+A rejected request gets a status and a message a person understands, and one log line (no
+traceback); an unexpected error gets INTERNAL and its traceback in the log. A call that meets
+a task hub deleted meanwhile (HubGone: nothing was written) looks the hub up again and runs once more.
+"""
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 
 import grpc
 
 from .. import errors
+from ..engine.streams import StreamStalled
 
+log = logging.getLogger(__name__)
 
 def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
-    """The one mapping from domain errors to gRPC status codes."""
-    if isinstance(exc, errors.PayloadTooLarge):
+    """The one mapping from domain errors to gRPC status codes (None: not a domain error)."""
+    if isinstance(exc, (errors.PayloadTooLarge, errors.LimitExceeded, errors.RedisOutOfMemory)):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, errors.InvalidRequest):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
@@ -21,20 +29,40 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, errors.FailedPrecondition):
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
-    if isinstance(exc, errors.StoreUnavailable):
-        return grpc.StatusCode.UNAVAILABLE, f"{exc}; retry later"
+    if isinstance(exc, (errors.StoreUnavailable, errors.HubDeleting, errors.HubGone, StreamStalled)):
+        return grpc.StatusCode.UNAVAILABLE, f"{exc}; nothing was written, retry later"
+    if isinstance(exc, errors.StoreOutcomeUnknown):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, f"{exc}; the change may or may not have been applied"
     return None
 
 
 def rpc(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
-    """Run an RPC handler; expected errors become their gRPC status."""
+    """Run an RPC handler; domain errors become their gRPC status, anything else INTERNAL."""
+    name = method.__name__
 
     @functools.wraps(method)
     async def handler(self, request, context: grpc.aio.ServicerContext):
+        if request is None:  # the request bytes did not parse (see servicer.add_to_server)
+            return await _reject(context, name, grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"the {name} request could not be parsed as its protobuf message")
         try:
-            return await method(self, request, context)
-        except (errors.StoreError, errors.InvalidRequest) as exc:
+            try:
+                return await method(self, request, context)
+            except errors.HubGone:  # nothing was written: once more, with the hub as it is now
+                self.engine.hubs.forget(self._hub_name(context))
+                return await method(self, request, context)
+        except (errors.StoreError, errors.InvalidRequest, StreamStalled) as exc:
             code, message = status_of(exc)
-            await context.abort(code, message)
+            return await _reject(context, name, code, message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:  # noqa: BLE001 - a bug: say so, and keep the details in the log
+            log.exception("%s failed unexpectedly", name)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{name} failed unexpectedly; the server log has details")
 
     return handler
+
+
+async def _reject(context: grpc.aio.ServicerContext, method: str, code: grpc.StatusCode, message: str):
+    log.info("%s rejected: %s %s", method, code.name, message)
+    await context.abort(code, message)

@@ -5,7 +5,7 @@ from google.protobuf import timestamp_pb2
 
 from .._proto import orchestrator_service_pb2 as pb
 from ..errors import InvalidRequest, PayloadTooLarge
-from ..protocol import MAX_ID_LENGTH, has_control_chars
+from ..protocol import MAX_ID_LENGTH, has_control_chars, quote
 
 _KNOWN_STATUSES = frozenset(pb.OrchestrationStatus.values())
 MAX_NAME_LENGTH = 1024
@@ -19,7 +19,7 @@ def check_identifier(what: str, value: str) -> None:
     if len(value) > MAX_ID_LENGTH:
         raise InvalidRequest(f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}")
     if has_control_chars(value):
-        raise InvalidRequest(f"{what} {value!r} contains control characters, which are not allowed")
+        raise InvalidRequest(f"{what} {quote(value)} contains control characters, which are not allowed")
 
 
 def check_name(what: str, value: str) -> None:
@@ -28,7 +28,7 @@ def check_name(what: str, value: str) -> None:
     if len(value) > MAX_NAME_LENGTH:
         raise InvalidRequest(f"{what} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
     if has_control_chars(value):
-        raise InvalidRequest(f"{what} {value!r} contains control characters, which are not allowed")
+        raise InvalidRequest(f"{what} {quote(value)} contains control characters, which are not allowed")
 
 
 def check_timestamp(what: str, ts: timestamp_pb2.Timestamp) -> None:
@@ -40,13 +40,26 @@ def check_timestamp(what: str, ts: timestamp_pb2.Timestamp) -> None:
         raise InvalidRequest(f"{what} has nanos={ts.nanos}; nanos must be between 0 and 999999999")
 
 
+MAX_DURATION_SECONDS = 315_576_000_000  # the range of google.protobuf.Duration
+
+
+def duration_seconds(what: str, duration) -> float:
+    """Seconds of a google.protobuf.Duration field, checked against the Duration's range."""
+    if not -MAX_DURATION_SECONDS <= duration.seconds <= MAX_DURATION_SECONDS or \
+            not -999_999_999 <= duration.nanos <= 999_999_999:
+        raise InvalidRequest(f"{what} ({duration.seconds} s, {duration.nanos} ns) is outside the range of a "
+                             "Duration (about 10,000 years)")
+    return duration.seconds + duration.nanos / 1e9
+
+
 def check_payload(what: str, value: str, limit: int) -> None:
     size = len(value.encode("utf-8"))
     if size > limit:
         raise PayloadTooLarge(f"{what} is {size} bytes; the configured limit is {limit} bytes")
 
 
-def check_create_request(req: pb.CreateInstanceRequest, instance_id: str, max_payload_bytes: int) -> None:
+def check_create_request(req: pb.CreateInstanceRequest, instance_id: str, max_payload_bytes: int,
+                         max_state_bytes: int) -> None:
     """Every rule for StartInstance; ``instance_id`` is the given or generated id."""
     check_identifier("instanceId", instance_id)
     check_name("name", req.name)
@@ -59,6 +72,10 @@ def check_create_request(req: pb.CreateInstanceRequest, instance_id: str, max_pa
             check_timestamp(field, getattr(req, field))
     if req.HasField("input"):
         check_payload("input", req.input.value, max_payload_bytes)
+    size = req.ByteSize()  # the input with the tags and the rest must fit one reply (GetInstance)
+    if size > max_state_bytes:
+        raise PayloadTooLarge(f"the request (input, tags, names) is {size} bytes; an instance's state may be "
+                              f"{max_state_bytes} bytes (--max-message-bytes)")
     for status in req.orchestrationIdReusePolicy.replaceableStatus:
         if status not in _KNOWN_STATUSES:
             raise InvalidRequest(f"orchestrationIdReusePolicy.replaceableStatus holds unknown status {status}")

@@ -6,16 +6,18 @@
 - ``dispatcher.py`` and ``streams.py``: work streams, leases and offers of this replica.
 - ``hubs.py``: the task hubs served here, each with a ``promoter.py`` and a ``relay.py`` loop
   (``loops.py``: the one loop shape); ``wakeups.py`` routes the pub/sub wake-ups;
-  ``waiters.py``: callers waiting for a status.
+  ``waiters.py``: callers waiting for a status; ``retention.py`` purges what finished long ago.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import Config
 from ..store import Store
 from .dispatcher import Dispatcher
 from .hubs import Hubs
 from .orchestrations import Orchestrations
+from .retention import Retention
 from .waiters import Waiters
 from .wakeups import Wakeups
 
@@ -30,12 +32,14 @@ class Engine:
     orchestrations: Orchestrations
     hubs: Hubs
     wakeups: Wakeups
+    retention: Retention
 
     @classmethod
-    def build(cls, store: Store, lease_seconds: float, ping_seconds: float, max_history_events: int,
-              promote_batch: int) -> Engine:
-        dispatcher = Dispatcher(store, lease_seconds, ping_seconds)
+    def build(cls, store: Store, config: Config) -> Engine:
+        dispatcher = Dispatcher(store, config)
         waiters = Waiters()
-        orchestrations = Orchestrations(store, dispatcher, waiters, max_history_events)
-        hubs = Hubs(store, orchestrations, promote_batch)
-        return cls(store, dispatcher, waiters, orchestrations, hubs, Wakeups(store, hubs, dispatcher, waiters))
+        orchestrations = Orchestrations(store, dispatcher, waiters)
+        dispatcher.fail_claimed = orchestrations.fail_claimed
+        hubs = Hubs(store, orchestrations, config.promote_batch)
+        return cls(store, dispatcher, waiters, orchestrations, hubs, Wakeups(store, hubs, dispatcher, waiters),
+                   Retention(store, hubs, config.retention_seconds))

@@ -14,10 +14,12 @@ import logging
 from collections import defaultdict
 
 from .. import errors
+from ..config import Config
 from ..protocol import ACTIVITY, ORCHESTRATION, instance_of
 from ..store import Store
 from ..store.keys import WORK_QUEUES, HubKeys
-from .streams import ActivityWork, Lane, NameFilter, OrchestrationWork, WorkStream, Write
+from .streams import (ActivityWork, FailClaimed, Lane, NameFilter, OrchestrationWork, StreamOptions, WorkStream,
+                      Write)
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +28,15 @@ _QUEUE_KINDS = {queue: kind for kind, queue in WORK_QUEUES.items()}
 
 
 class Dispatcher:
-    def __init__(self, store: Store, lease_seconds: float, ping_seconds: float) -> None:
+    def __init__(self, store: Store, config: Config) -> None:
         self.store = store
-        self.lease_seconds = lease_seconds
-        self.ping_seconds = ping_seconds
-        self.kinds = {ORCHESTRATION: OrchestrationWork(store), ACTIVITY: ActivityWork(store)}
+        self.options = StreamOptions(config.lease_seconds, config.health_ping_seconds,
+                                     config.stream_write_timeout_seconds, config.max_work_item_seconds)
+        self.max_stream_work_items = config.max_stream_work_items
+        self.kinds = {ORCHESTRATION: OrchestrationWork(store, config.max_message_bytes, self._fail_claimed),
+                      ACTIVITY: ActivityWork(store, config.max_message_bytes)}
+        # set by the engine: ends a claimed episode that cannot go to a worker by failing the orchestration
+        self.fail_claimed: FailClaimed | None = None
         self._streams: dict[str, set[WorkStream]] = defaultdict(set)  # hub -> this replica's open streams
         self._claims: dict[str, dict[str, bytes]] = {}  # claim token -> instance fields at the claim
 
@@ -39,11 +45,13 @@ class Dispatcher:
 
     async def serve(self, hub: HubKeys, limits: dict[str, int], filters: dict[str, NameFilter],
                     write: Write) -> None:
-        """Run a work stream for a worker until it goes away: ``limits`` (0: none) and ``filters``
-        (None: any) of each kind of work it takes."""
-        lanes = [Lane(kind, limits.get(code, 0), filters.get(code), hub.partitions)
+        """Run a work stream for a worker until it goes away: ``limits`` (what its worker declares it
+        runs at once; 0: not declared) and ``filters`` (None: any) of each kind of work it takes. A
+        stream holds at most its worker's limit, and never more than --max-stream-work-items."""
+        cap = self.max_stream_work_items
+        lanes = [Lane(kind, min(limits.get(code) or cap, cap), filters.get(code), hub.partitions)
                  for code, kind in self.kinds.items()]
-        stream = WorkStream(self.store, hub, lanes, self.lease_seconds, self.ping_seconds, self._claims)
+        stream = WorkStream(self.store, hub, lanes, self.options, self._claims)
         self._streams[hub.hub].add(stream)
         try:
             await stream.run(write)
@@ -65,6 +73,9 @@ class Dispatcher:
             stream = min(streams, key=lambda s: s.held)
             for item in items:
                 stream.offer(kind, item)
+
+    async def _fail_claimed(self, *args) -> None:
+        await self.fail_claimed(*args)
 
     def claimed_fields(self, token: str) -> dict[str, bytes] | None:
         """The instance fields at the claim, if a stream of this replica holds it (taken: once)."""
@@ -88,7 +99,10 @@ class Dispatcher:
             try:
                 swept = await asyncio.gather(*(self.store.sweep_expired_leases(hub, p, SWEEP_BATCH)
                                                for p in range(hub.partitions)))
-            except errors.StoreUnavailable:
+            except errors.HubGone:
+                continue  # deleted meanwhile: the hub refresh stops serving it
+            except errors.StoreError as exc:
+                log.debug("lease sweep skipped: %s", exc)
                 return
             count = sum(map(len, swept))
             if count:

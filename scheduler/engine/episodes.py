@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 from google.protobuf import wrappers_pb2
 
+from .. import errors
 from .._proto import orchestrator_service_pb2 as pb
-from ..protocol import OutboxMessage, activity_item, due_ms, is_valid_id, new_id
+from ..config import Limits
+from ..protocol import OutboxMessage, activity_item, due_ms, is_valid_id, new_id, quote
 from .events import execution_completed, history_event, status_name, sub_orchestration_failed
 
 _FINAL = (pb.ORCHESTRATION_STATUS_COMPLETED, pb.ORCHESTRATION_STATUS_FAILED, pb.ORCHESTRATION_STATUS_TERMINATED)
@@ -57,7 +59,7 @@ def interpret(response: pb.OrchestratorResponse, instance_id: str, execution_id:
         elif kind in _CROSS_INSTANCE:
             event, message = _cross_instance(action, instance_id, execution_id, name)
             if not is_valid_id(message.target):
-                return failed(action.id, "InvalidArgument", f"{kind} names an invalid instance id {message.target!r}")
+                return failed(action.id, "InvalidArgument", f"{kind} names an invalid instance id {quote(message.target)}")
             if event is not None:
                 episode.events.append(event)
             episode.outbox.append(message)
@@ -177,8 +179,18 @@ def parent_notification(h: dict[str, bytes], status: str, output: str | None,
     return OutboxMessage(f"{child_execution}:done", "event", parent.decode(), event)
 
 
-def history_limit_failure(limit: int, would_be: int) -> Episode:
-    """The episode that fails an orchestration whose history would exceed the configured limit."""
-    return failed(-1, "HistoryLimitExceeded",
-                  f"the orchestration's history would grow to {would_be} events; the limit is {limit} "
-                  "(continue-as-new keeps long-running orchestrations small)")
+def limit_failure(exc: errors.LimitExceeded) -> Episode:
+    """The episode that fails an orchestration whose episode would pass one of its limits instead."""
+    if isinstance(exc, errors.HistoryLimitExceeded):
+        return failed(-1, "HistoryLimitExceeded", f"{exc} (the limit is --max-history-events; continue-as-new "
+                                                  "keeps long-running orchestrations small)")
+    if isinstance(exc, errors.StateTooLarge):
+        return failed(-1, "OutputTooLarge", str(exc))
+    return failed(-1, "WorkItemTooLarge", f"{exc} (continue-as-new keeps long-running orchestrations small)")
+
+
+def overflow_failure(error_type: str, what: str, limits: Limits) -> str:
+    """The failure ("<error type>\n<message>") an instance gets when an event for it finds no room."""
+    return (f"{error_type}\n{what}; the orchestration had no room left for it (at most "
+            f"{limits.max_inbox_events} pending events and {limits.max_work_item_bytes} bytes of history "
+            "and pending events)")

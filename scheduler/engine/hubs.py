@@ -19,6 +19,8 @@ from .relay import Relay
 
 log = logging.getLogger(__name__)
 
+UNFINISHED_DELETION_MS = 60_000  # a deletion marked this long ago whose replica is presumed dead
+
 
 class Hubs:
     def __init__(self, store: Store, orchestrations: Orchestrations, promote_batch: int) -> None:
@@ -50,6 +52,7 @@ class Hubs:
 
     async def delete(self, name: str) -> None:
         await self.store.delete_task_hub(name)
+        self.forget(name)
 
     def serve(self, hub: HubKeys) -> None:
         """Run the hub's loops here; replace those of an earlier incarnation of the hub."""
@@ -83,16 +86,24 @@ class Hubs:
             relay.wake()
 
     async def refresh(self) -> None:
-        """Serve every hub registered on this Redis, and forget cached hubs that are gone (a missed
-        deletion message, Redis data lost)."""
+        """Serve every hub registered on this Redis; forget cached hubs that are gone, being deleted or
+        of another generation (a missed deletion message, Redis data lost); keep the hubs served here
+        registered; finish deletions that a replica left unfinished."""
         try:
             for name in await self.store.revalidate_hubs():
                 self.forget(name)
+            await self.store.register_hubs([hub.hub for hub in self.served()])
             for name in await self.store.known_hubs():
-                hub = await self.store.find_hub(name)
+                try:
+                    hub = await self.store.find_hub(name)
+                except errors.HubDeleting:
+                    continue
                 if hub is not None:
                     self.serve(hub)
-        except errors.StoreUnavailable as exc:
+            for name in await self.store.unfinished_deletions(UNFINISHED_DELETION_MS):
+                log.warning("task hub %r: finishing a deletion that another replica left unfinished", name)
+                await self.store.delete_task_hub(name)
+        except errors.StoreError as exc:
             log.debug("hub refresh skipped: %s", exc)
 
     async def stop(self) -> None:

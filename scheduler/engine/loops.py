@@ -10,6 +10,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from .. import errors
+
 log = logging.getLogger(__name__)
 
 MIN_BACKOFF = 0.05
@@ -60,6 +62,8 @@ class Loop:
                 backoff = MIN_BACKOFF
             except asyncio.CancelledError:
                 raise
+            except errors.HubGone:  # the loop's task hub was deleted: the hubs' refresh stops the loop
+                delay = self._max_sleep
             except Exception as exc:  # noqa: BLE001 - a background loop must survive anything
                 log.warning("%s: %s; retrying in %.2fs", self.name, exc, backoff)
                 delay, backoff = backoff, min(backoff * 2, MAX_BACKOFF)

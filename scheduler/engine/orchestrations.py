@@ -23,7 +23,8 @@ from ..store import NewInstance, Store
 from ..store.keys import HubKeys
 from . import events, subtree
 from .dispatcher import Dispatcher
-from .episodes import Episode, history_limit_failure, interpret, next_execution, parent_notification
+from .episodes import (Episode, failed, interpret, limit_failure, next_execution, overflow_failure,
+                       parent_notification)
 from .waiters import Waiters
 
 
@@ -59,11 +60,10 @@ def new_instance(started: pb.ExecutionStartedEvent, at: timestamp_pb2.Timestamp 
 
 
 class Orchestrations:
-    def __init__(self, store: Store, dispatcher: Dispatcher, waiters: Waiters, max_history_events: int) -> None:
+    def __init__(self, store: Store, dispatcher: Dispatcher, waiters: Waiters) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.waiters = waiters
-        self.max_history_events = max_history_events
 
     # -- client calls ----------------------------------------------------------------------
 
@@ -122,23 +122,32 @@ class Orchestrations:
     async def complete_episode(self, hub: HubKeys, instance_id: str, token: str,
                                response: pb.OrchestratorResponse) -> None:
         """Apply a worker's episode result under its claim (LeaseLost, with nothing changed, when
-        ``token`` is not the current claim)."""
+        ``token`` is not the current claim). An episode that would pass a limit of the instance (its
+        history, its next work item, its state) fails the orchestration instead, with a failure
+        that says which limit: nothing of the episode was written."""
         h = self.dispatcher.claimed_fields(token)  # claimed through this replica: no read needed
         if h is None:
             h = await self._claimed_instance(hub, instance_id)
         custom = response.customStatus.value if response.HasField("customStatus") else None
         episode = interpret(response, instance_id, h.get("execution_id", b"").decode(), h["name"].decode())
-        if episode.continue_as_new is not None:
-            if "start_event" not in h:  # the claim's fields do not hold it
-                h = await self._claimed_instance(hub, instance_id)
-            execution_id, first_events = next_execution(episode.continue_as_new, h["start_event"])
-            await self.store.continue_as_new(hub, instance_id, token, execution_id, first_events, custom)
-        else:
-            try:
-                await self._apply(hub, instance_id, token, h, episode, custom, self.max_history_events)
-            except errors.HistoryLimitExceeded as exc:  # nothing was written: end it with a clear failure instead
-                episode = history_limit_failure(self.max_history_events, exc.would_be)
-                await self._apply(hub, instance_id, token, h, episode, custom, None)
+        try:
+            if episode.continue_as_new is not None:
+                if "start_event" not in h:  # the claim's fields do not hold it
+                    h = await self._claimed_instance(hub, instance_id)
+                execution_id, first_events = next_execution(episode.continue_as_new, h["start_event"])
+                await self.store.continue_as_new(hub, instance_id, token, execution_id, first_events, custom)
+            else:
+                await self._apply(hub, instance_id, token, h, episode, custom)
+        except errors.LimitExceeded as exc:
+            await self._apply(hub, instance_id, token, h, limit_failure(exc), None, enforce_limits=False)
+        self.dispatcher.finished(hub.hub, ORCHESTRATION, instance_id)
+
+    async def fail_claimed(self, hub: HubKeys, instance_id: str, token: str, fields: dict[str, bytes],
+                           error_type: str, message: str) -> None:
+        """End a claimed episode that cannot be handed to a worker (an event had no room, the work
+        item would be too large to send) by failing the orchestration with a clear failure."""
+        await self._apply(hub, instance_id, token, fields, failed(-1, error_type, message), None,
+                          enforce_limits=False)
         self.dispatcher.finished(hub.hub, ORCHESTRATION, instance_id)
 
     async def _claimed_instance(self, hub: HubKeys, instance_id: str) -> dict[str, bytes]:
@@ -148,7 +157,7 @@ class Orchestrations:
         return h
 
     async def _apply(self, hub: HubKeys, instance_id: str, token: str, h: dict[str, bytes], episode: Episode,
-                     custom: str | None, max_history: int | None) -> None:
+                     custom: str | None, enforce_limits: bool = True) -> None:
         messages = list(episode.outbox)
         if episode.status is not None:
             notice = parent_notification(h, episode.status, episode.output, episode.failure)
@@ -158,7 +167,7 @@ class Orchestrations:
                 messages += await self._recursive_termination(hub, instance_id, h, episode)
         await self.store.complete_orchestration(
             hub, instance_id, token, episode.events, episode.status, episode.output, episode.failure, custom,
-            episode.activities, episode.timers, [m.encode() for m in messages], max_history)
+            episode.activities, episode.timers, [m.encode() for m in messages], enforce_limits)
         self.dispatcher.offer(hub.hub, ACTIVITY, [item for item, _ in episode.activities])
         if episode.status is not None:
             self.waiters.status_changed(hub.hub, instance_id)
@@ -175,7 +184,13 @@ class Orchestrations:
         return subtree.termination_messages(h.get("execution_id", b"").decode(), children, terminated)
 
     async def complete_activity(self, hub: HubKeys, item: str, token: str, response: pb.ActivityResponse) -> None:
-        """Deliver an activity's result to its orchestration under the activity's claim."""
-        await self.store.complete_activity(hub, item, token, events.activity_result(response))
+        """Deliver an activity's result to its orchestration under the activity's claim. A result that
+        the orchestration's next work item has no room for fails the orchestration (at its next
+        dispatch) with a failure that says so; the worker's call succeeds all the same."""
+        result = events.activity_result(response)
+        overflow = overflow_failure("ActivityResultTooLarge",
+                                    f"the result of activity task {response.taskId} is {len(result)} bytes",
+                                    self.store.limits)
+        await self.store.complete_activity(hub, item, token, result, overflow)
         self.dispatcher.finished(hub.hub, ACTIVITY, item)
         self.dispatcher.offer(hub.hub, ORCHESTRATION, [instance_of(item)])  # it has a new event

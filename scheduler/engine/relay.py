@@ -19,9 +19,12 @@ import logging
 
 from .. import errors
 from .._proto import orchestrator_service_pb2 as pb
+from ..config import Limits
 from ..protocol import TERMINAL, OutboxMessage
 from ..store import Store
 from ..store.keys import HubKeys
+from ..store.scripts import Code
+from .episodes import overflow_failure
 from .events import sub_orchestration_failed
 from .loops import Loop
 from .orchestrations import Orchestrations, new_instance
@@ -63,7 +66,11 @@ class Relay:
         if message.kind == "create":
             await self._create_child(message)
         elif message.kind == "event":
-            await self.store.deliver_event(self.hub, message.target, message.message_id, message.payload)
+            code = await self.store.deliver_event(self.hub, message.target, message.message_id, message.payload,
+                                                  _overflow(message, self.store.limits))
+            if code in (Code.INBOX_FULL, Code.TOO_LARGE):
+                log.warning("task hub %r: instance %r had no room for message %r; it fails at its next dispatch",
+                            self.hub.hub, message.target, message.message_id)
         elif message.kind == "terminate":
             terminated = pb.HistoryEvent.FromString(message.payload).executionTerminated
             output = terminated.input.value if terminated.HasField("input") else None
@@ -89,5 +96,22 @@ class Relay:
             parent = event.executionStarted.parentInstance
             failed = sub_orchestration_failed(parent.taskScheduledId, pb.TaskFailureDetails(
                 errorType="InstanceExists", errorMessage=str(exc), isNonRetriable=True))
-            await self.store.deliver_event(self.hub, parent.orchestrationInstance.instanceId,
-                                           f"{message.message_id}:taken", failed)
+            notice = OutboxMessage(f"{message.message_id}:taken", "event", parent.orchestrationInstance.instanceId,
+                                   failed)
+            await self.store.deliver_event(self.hub, notice.target, notice.message_id, failed,
+                                           _overflow(notice, self.store.limits))
+
+
+def _overflow(message: OutboxMessage, limits: Limits) -> str:
+    """The failure of the target of an event it has no room for."""
+    event = pb.HistoryEvent.FromString(message.payload)
+    size = len(message.payload)
+    if event.HasField("subOrchestrationInstanceCompleted"):
+        what = (f"the output of sub-orchestration task {event.subOrchestrationInstanceCompleted.taskScheduledId} "
+                f"is {size} bytes")
+        return overflow_failure("SubOrchestrationOutputTooLarge", what, limits)
+    if event.HasField("eventRaised"):
+        return overflow_failure("EventTooLarge", f"the event '{event.eventRaised.name}' sent to it is {size} bytes",
+                                limits)
+    return overflow_failure("EventTooLarge", f"a {event.WhichOneof('eventType')} event sent to it is {size} bytes",
+                            limits)

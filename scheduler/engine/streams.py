@@ -22,6 +22,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from .. import errors
 from .._proto import orchestrator_service_pb2 as pb
@@ -57,14 +58,18 @@ def accepts(flt: NameFilter, name: str, version: str) -> bool:
     return versions is not None and (not versions or version in versions)
 
 
+FailClaimed = Callable[[HubKeys, str, str, dict, str, str], Awaitable[None]]
+
+
 class WorkKind:
     """How one kind of work item is named, claimed, renewed and handed back."""
 
     code: str  # protocol.ORCHESTRATION, protocol.ACTIVITY
     look_after_done = False  # finishing an item may have queued its partition again
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, max_message_bytes: int) -> None:
         self.store = store
+        self.max_message_bytes = max_message_bytes
 
     async def names(self, hub: HubKeys, items: list[str]) -> list[tuple[str | None, str]]:
         """(name or None if gone, version or "") of each item, for work-item filters."""
@@ -89,13 +94,35 @@ class OrchestrationWork(WorkKind):
     async def names(self, hub, items):
         return await self.store.instance_names(hub, items)
 
+    def __init__(self, store: Store, max_message_bytes: int, fail_claimed: FailClaimed) -> None:
+        super().__init__(store, max_message_bytes)
+        self.fail_claimed = fail_claimed
+
     async def claim(self, hub, item, token, lease_ms):
         claim = await self.store.claim_orchestration(hub, item, token, lease_ms, events.orchestrator_started())
         if claim is None:
             return None
         new_events = [claim.fields["episode_start"], *claim.new_events]
-        return events.orchestrator_work_item(item, claim.fields.get("execution_id"), claim.past_events,
-                                             new_events, token), claim.fields
+        work_item = events.orchestrator_work_item(item, claim.fields.get("execution_id"), claim.past_events,
+                                                  new_events, token)
+        problem = self._unsendable(claim.fields, work_item)
+        if problem is not None:  # the episode can never be handed out: the orchestration fails instead
+            log.warning("task hub %r: orchestration %r fails: %s", hub.hub, item, problem[1])
+            await self.fail_claimed(hub, item, token, claim.fields, *problem)
+            return None
+        return work_item, claim.fields
+
+    def _unsendable(self, fields: dict[str, bytes], work_item: pb.WorkItem) -> tuple[str, str] | None:
+        """(error type, message) when a claimed episode cannot go to a worker, else None."""
+        if "overflow" in fields:  # an event found no room: see deliver_event.lua
+            error_type, _, message = fields["overflow"].decode().partition("\n")
+            return error_type, message
+        size = work_item.ByteSize()
+        if size > self.max_message_bytes:
+            return "WorkItemTooLarge", (f"the orchestration's work item (its history and new events) is {size} "
+                                        f"bytes; a message may carry {self.max_message_bytes} bytes "
+                                        "(--max-message-bytes)")
+        return None
 
     async def renew(self, hub, partition, items, lease_ms):
         return await self.store.renew_orchestration_leases(hub, partition, items, lease_ms)
@@ -133,6 +160,7 @@ class Lane:
         self.limit = limit  # most items held at once; 0: no limit
         self.filter = flt
         self.held: dict[str, str] = {}  # item -> claim token, for what this stream handed out
+        self.since: dict[str, float] = {}  # item -> when it was handed out (monotonic seconds)
         self.look: set[int] = set(range(partitions))  # partitions to look at next
         self.offered: list[str] = []  # items to try first
 
@@ -141,14 +169,27 @@ class Lane:
         return self.limit - len(self.held) if self.limit else 1 << 30
 
 
+@dataclass(frozen=True)
+class StreamOptions:
+    lease_seconds: float  # lease of a work item, renewed while the stream lives
+    ping_seconds: float  # HealthPing interval while idle
+    write_timeout_seconds: float  # a write its worker does not take off the wire this long ends the stream
+    max_hold_seconds: float  # the longest a work item stays leased to this stream
+
+
+class StreamStalled(Exception):
+    """The worker took nothing off the wire for too long: the stream ends and its work goes back."""
+
+
 class WorkStream:
-    def __init__(self, store: Store, hub: HubKeys, lanes: list[Lane], lease_seconds: float, ping_seconds: float,
+    def __init__(self, store: Store, hub: HubKeys, lanes: list[Lane], options: StreamOptions,
                  claims: dict[str, dict[str, bytes]]) -> None:
         self.store = store
         self.hub = hub
         self.lanes = {lane.kind.code: lane for lane in lanes}
-        self.lease_ms = int(lease_seconds * 1000)
-        self.ping_seconds = ping_seconds
+        self.options = options
+        self.lease_ms = int(options.lease_seconds * 1000)
+        self.ping_seconds = options.ping_seconds
         # claim token -> fields kept for the completion, while held: shared by the replica's streams, so
         # that a completion arriving here needs not read them again (they do not change during a claim)
         self.claims = claims
@@ -183,6 +224,7 @@ class WorkStream:
         """The worker completed or abandoned this item, or its claim was lost."""
         lane = self.lanes[kind]
         self.claims.pop(lane.held.pop(item, ""), None)
+        lane.since.pop(item, None)
         if lane.kind.look_after_done:
             lane.look.add(partition_of(instance_of(item), self.hub.partitions))
         self.wake.set()  # room for one more, if the stream is at its limit
@@ -205,7 +247,7 @@ class WorkStream:
                 except asyncio.TimeoutError:
                     self.look_everywhere()  # a wake-up may have been lost
                 if time.monotonic() - last_write >= self.ping_seconds:
-                    await write(pb.WorkItem(healthPing=pb.HealthPing()))
+                    await self._write(write, pb.WorkItem(healthPing=pb.HealthPing()))
                     last_write = time.monotonic()
         finally:
             await cancel_and_wait(renewer)
@@ -242,12 +284,23 @@ class WorkStream:
                 continue
             work_item, kept = claimed
             lane.held[item] = token
+            lane.since[item] = time.monotonic()
             lane.look.add(partition)  # look again until nothing is left
             if kept is not None:
                 self.claims[token] = kept
-            await write(work_item)
+            await self._write(write, work_item)
             sent += 1
         return sent
+
+    async def _write(self, write: Write, work_item: pb.WorkItem) -> None:
+        """Write to the worker; a worker that takes nothing off the wire ends the stream (its work,
+        held or being written, goes back when the stream ends)."""
+        try:
+            await asyncio.wait_for(write(work_item), self.options.write_timeout_seconds)
+        except asyncio.TimeoutError:
+            raise StreamStalled(
+                f"the worker took no work item off the wire for {self.options.write_timeout_seconds:g} s "
+                "(--stream-write-timeout-seconds); its work items were handed back") from None
 
     def _where_to_look(self, lane: Lane) -> list[int]:
         """The partitions to look at now, starting at a rotating one (so that no partition is always
@@ -260,7 +313,18 @@ class WorkStream:
         while True:
             await asyncio.sleep(self.lease_ms / 3000)
             for lane in self.lanes.values():
+                self._let_go_of_old(lane)
                 await self._renew(lane)
+
+    def _let_go_of_old(self, lane: Lane) -> None:
+        """Stop renewing items held longer than the longest a work item may stay leased: their lease
+        expires and the sweep queues them again (the worker's late completion is refused)."""
+        oldest = time.monotonic() - self.options.max_hold_seconds
+        for item in [item for item, since in lane.since.items() if since < oldest]:
+            log.warning("task hub %r: work item %r was held by one worker for %g s (--max-work-item-seconds): "
+                        "it goes back to the queue when its lease expires", self.hub.hub, item,
+                        self.options.max_hold_seconds)
+            self.done_with(lane.kind.code, item)
 
     async def _renew(self, lane: Lane) -> None:
         by_partition: dict[int, list[tuple[str, str]]] = {}
@@ -282,7 +346,7 @@ class WorkStream:
         """The worker went away: its unfinished items are queued again at once (not after the lease)."""
         releases = []
         for lane in self.lanes.values():
-            held, lane.held = lane.held, {}
+            held, lane.held, lane.since = lane.held, {}, {}
             for item, token in held.items():
                 self.claims.pop(token, None)
                 releases.append(lane.kind.release(self.hub, item, token))

@@ -12,11 +12,14 @@ import asyncio
 from .. import protocol
 from . import keys
 from .common import unavailable_on_redis_errors
-from .scripts import Code, outcome
+from .scripts import Code
+
+
+DEFAULT_OVERFLOW = "EventTooLarge\nan event found no room"
 
 
 class ActivityOps:
-    """Uses the Store's ``_eval`` and ``_execute``."""
+    """Uses the Store's ``_write``, ``_outcome``, ``_execute`` and ``limits``."""
 
     SCRIPTS: tuple[str, ...] = ("claim_activity", "release_activity", "sweep_activity_lease",
                                 "renew_activity_leases", "complete_activity")
@@ -25,26 +28,26 @@ class ActivityOps:
     async def claim_activity(self, hub: keys.HubKeys, item: str, token: str, lease_ms: int) -> bytes | None:
         """Claim a queued activity item; its serialized ActivityRequest, or None if another claim won."""
         pk = hub.for_instance(protocol.instance_of(item))
-        reply = await self._eval("claim_activity", hub.hub, [pk.activities, pk.leases, pk.activity_tokens,
-                                                             pk.activity_payloads], [item, token, lease_ms])
-        code, values = outcome(reply, protocol.instance_of(item), Code.NOT_READY)
+        reply = await self._write("claim_activity", hub, pk, [pk.activities, pk.leases, pk.activity_tokens,
+                                                              pk.activity_payloads], [item, token, lease_ms])
+        code, values = self._outcome(reply, protocol.instance_of(item), Code.NOT_READY)
         return values[1] if code is Code.OK else None
 
     @unavailable_on_redis_errors
     async def release_activity(self, hub: keys.HubKeys, item: str, token: str) -> bool:
         """Put a claimed item back in the queue if ``token`` is its current claim."""
         pk = hub.for_instance(protocol.instance_of(item))
-        reply = await self._eval("release_activity", hub.hub, [pk.activities, pk.leases, pk.activity_tokens],
-                                 [item, token])
-        return outcome(reply, protocol.instance_of(item), Code.LEASE_LOST)[0] is Code.OK
+        reply = await self._write("release_activity", hub, pk, [pk.activities, pk.leases, pk.activity_tokens],
+                                  [item, token])
+        return self._outcome(reply, protocol.instance_of(item), Code.LEASE_LOST)[0] is Code.OK
 
     @unavailable_on_redis_errors
     async def sweep_activity_lease(self, hub: keys.HubKeys, item: str) -> bool:
         """Re-queue the item if its lease has expired (see sweep_activity_lease.lua); True if it was."""
         pk = hub.for_instance(protocol.instance_of(item))
-        reply = await self._eval("sweep_activity_lease", hub.hub, [pk.activities, pk.leases, pk.activity_tokens],
-                                 [item])
-        return outcome(reply, protocol.instance_of(item), Code.NOT_READY)[0] is Code.OK
+        reply = await self._write("sweep_activity_lease", hub, pk, [pk.activities, pk.leases, pk.activity_tokens],
+                                  [item])
+        return self._outcome(reply, protocol.instance_of(item), Code.NOT_READY)[0] is Code.OK
 
     @unavailable_on_redis_errors
     async def renew_activity_leases(self, hub: keys.HubKeys, partition: int, items: list[tuple[str, str]],
@@ -54,21 +57,23 @@ class ActivityOps:
         args: list = [lease_ms]
         for item, token in items:
             args += [item, token]
-        reply = await self._eval("renew_activity_leases", hub.hub, [pk.leases, pk.activity_tokens], args)
-        return [m.decode() for m in outcome(reply, hub.hub)[1][1:]]
+        reply = await self._write("renew_activity_leases", hub, pk, [pk.leases, pk.activity_tokens], args)
+        return [m.decode() for m in self._outcome(reply, hub.hub)[1][1:]]
 
     @unavailable_on_redis_errors
-    async def complete_activity(self, hub: keys.HubKeys, item: str, token: str, event: bytes) -> None:
+    async def complete_activity(self, hub: keys.HubKeys, item: str, token: str, event: bytes,
+                                overflow: str = DEFAULT_OVERFLOW) -> bool:
         """Deliver a serialized TaskCompleted/TaskFailed event for the item (see complete_activity.lua);
-        LeaseLost, with nothing changed, when ``token`` is not the current claim."""
+        LeaseLost, with nothing changed, when ``token`` is not the current claim. False when the
+        instance had no room for the event and was marked to fail with ``overflow``."""
         instance_id, execution_id, _ = protocol.parse_activity_item(item)
         pk = hub.for_instance(instance_id)
-        reply = await self._eval(
-            "complete_activity", hub.hub,
+        reply = await self._write(
+            "complete_activity", hub, pk,
             [pk.activity_tokens, pk.activity_payloads, pk.leases, pk.instance(instance_id), pk.inbox(instance_id),
              pk.ready],
-            [item, token, instance_id, execution_id, event])
-        outcome(reply, instance_id)
+            [item, token, instance_id, execution_id, event, self.limits.max_work_item_bytes, overflow])
+        return self._outcome(reply, instance_id, Code.TOO_LARGE)[0] is Code.OK
 
     @unavailable_on_redis_errors
     async def activity_requests(self, hub: keys.HubKeys, items: list[str]) -> list[bytes | None]:

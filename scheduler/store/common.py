@@ -9,20 +9,45 @@ from typing import TypeVar
 import redis.exceptions as rexc
 
 from .. import errors
+from .pipelining import CommandNotSent, ReplyLost
 
 
 def unavailable_on_redis_errors(fn):
-    """Turn "Redis did not answer" into StoreUnavailable; everything else passes through."""
+    """Turn Redis failures into domain errors that say whether anything may have been written:
+    StoreUnavailable (the command was not applied), StoreOutcomeUnknown (it reached Redis, or may
+    have, and its reply is lost), RedisOutOfMemory (refused: nothing written)."""
 
     @functools.wraps(fn)
     async def wrapper(*args, **kwargs):
         try:
             return await fn(*args, **kwargs)
+        except rexc.ResponseError as exc:
+            if str(exc).startswith("OOM"):
+                raise errors.RedisOutOfMemory(
+                    "Redis is out of memory (maxmemory reached) and refused the write; nothing was written") from exc
+            raise
         except (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, rexc.ClusterDownError,
-                rexc.TryAgainError, OSError) as exc:
-            raise errors.StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+                rexc.TryAgainError, rexc.MaxConnectionsError, OSError) as exc:
+            raise store_failure(exc) from exc
 
     return wrapper
+
+
+# What redis-py (and fakeredis, the embedded store) say when a command could not be sent at all.
+_NOT_SENT = ("connecting", "No connection available", "Too many connections", "emulating a connection error")
+
+
+def store_failure(exc: Exception) -> errors.StoreError:
+    """The domain error of a failed Redis call."""
+    text = str(exc)
+    not_applied = (
+        isinstance(exc, (CommandNotSent, rexc.BusyLoadingError, rexc.ClusterDownError, rexc.TryAgainError,
+                         rexc.MaxConnectionsError))  # never sent, or refused by Redis
+        or (isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError)) and not isinstance(exc, ReplyLost)
+            and any(sign in text for sign in _NOT_SENT)))
+    if not_applied:
+        return errors.StoreUnavailable(f"Redis is unavailable: {exc}")
+    return errors.StoreOutcomeUnknown(f"Redis did not answer: {exc}")
 
 
 T = TypeVar("T")

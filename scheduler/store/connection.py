@@ -12,6 +12,8 @@ import logging
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +24,10 @@ EMBEDDED_WARNING = (
 )
 
 # Fail fast instead of hanging a request when Redis is gone; redis-py reconnects
-# by itself on the next command once Redis is back.
+# by itself on the next command once Redis is back. No automatic retries: a script
+# retried after its reply was lost could be applied twice.
 _CLIENT_OPTIONS = dict(socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=15)
+POOL_TIMEOUT = 5.0  # seconds a call waits for a free connection before it is refused
 
 
 def connect_fast(url: str | None, cluster: bool = False):
@@ -35,16 +39,73 @@ def connect_fast(url: str | None, cluster: bool = False):
     return PipelinedConnection(url)
 
 
-def connect(url: str | None, cluster: bool = False):
-    """Return an asyncio Redis client for the URL (or the embedded store when ``url`` is None)."""
+def connect(url: str | None, cluster: bool = False, max_connections: int = 32):
+    """An asyncio Redis client for the URL (or the embedded store when ``url`` is None) with at most
+    ``max_connections`` connections, however many task hubs and calls there are: a call waits
+    (up to POOL_TIMEOUT) for a free connection rather than failing."""
     if url is None:
         import fakeredis  # imported lazily: only the embedded mode needs it
 
         log.warning(EMBEDDED_WARNING)
         return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
     if cluster:
-        return RedisCluster.from_url(url, **_CLIENT_OPTIONS)
-    return aioredis.Redis.from_url(url, **_CLIENT_OPTIONS)
+        client = RedisCluster.from_url(url, max_connections=max_connections, retry=Retry(NoBackoff(), 0),
+                                       **_CLIENT_OPTIONS)
+        return Gated(client, max_connections)
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=POOL_TIMEOUT,
+                                                    retry=None, **_CLIENT_OPTIONS)
+    return aioredis.Redis.from_pool(pool)
+
+
+class Gated:
+    """A Redis Cluster client whose calls wait for one of ``limit`` slots (redis-py's cluster pools
+    refuse a call past their size instead of waiting). Everything else passes through."""
+
+    def __init__(self, client: RedisCluster, limit: int) -> None:
+        self._client = client
+        self._slots = asyncio.Semaphore(limit)
+
+    @property
+    def client(self) -> RedisCluster:
+        return self._client
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if name in ("pipeline", "pubsub", "register_script", "scan_iter", "get_default_node", "initialize") or \
+                not asyncio.iscoroutinefunction(attr):
+            return _GatedPipelineFactory(attr, self._slots) if name == "pipeline" else attr
+
+        async def gated(*args, **kwargs):
+            async with self._slots:
+                return await attr(*args, **kwargs)
+        return gated
+
+
+class _GatedPipelineFactory:
+    def __init__(self, make, slots: asyncio.Semaphore) -> None:
+        self._make, self._slots = make, slots
+
+    def __call__(self, *args, **kwargs):
+        return _GatedPipeline(self._make(*args, **kwargs), self._slots)
+
+
+class _GatedPipeline:
+    def __init__(self, pipe, slots: asyncio.Semaphore) -> None:
+        self._pipe, self._slots = pipe, slots
+
+    async def __aenter__(self):
+        await self._pipe.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc):
+        return await self._pipe.__aexit__(*exc)
+
+    def __getattr__(self, name: str):
+        return getattr(self._pipe, name)
+
+    async def execute(self, *args, **kwargs):
+        async with self._slots:
+            return await self._pipe.execute(*args, **kwargs)
 
 
 class Batcher:

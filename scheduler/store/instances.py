@@ -11,11 +11,12 @@ from __future__ import annotations
 from .common import unavailable_on_redis_errors
 from .keys import HubKeys
 from .records import NewInstance
-from .scripts import Code, outcome
+from .activities import DEFAULT_OVERFLOW
+from .scripts import Code
 
 
 class InstanceOps:
-    """Uses the Store's ``_eval``."""
+    """Uses the Store's ``_eval``, ``_write``, ``_outcome`` and ``limits``."""
 
     SCRIPTS: tuple[str, ...] = ("create_instance", "get_instance", "raise_event", "terminate_instance",
                                 "suspend_instance", "resume_instance", "deliver_event")
@@ -30,11 +31,11 @@ class InstanceOps:
                       "1" if new.same_is_done else "0", new.fields.get("execution_id", "")]
         for name, value in new.fields.items():
             args += [name, value]
-        reply = await self._eval(
-            "create_instance", hub.hub,
+        reply = await self._write(
+            "create_instance", hub, pk,
             [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.due, pk.ready, pk.by_created, pk.stats,
-             pk.timers(iid), pk.delivered(iid)], args)
-        _, (created_ms,) = outcome(reply, iid)
+             pk.timers(iid), pk.delivered(iid), pk.by_completed], args)
+        _, (created_ms,) = self._outcome(reply, iid)
         return int(created_ms)
 
     @unavailable_on_redis_errors
@@ -42,9 +43,9 @@ class InstanceOps:
         """The instance hash (field name -> raw value) plus ``start_event``, the serialized
         ExecutionStarted event of its current execution (input, tags); None if there is no such instance."""
         pk = hub.for_instance(instance_id)
-        reply = await self._eval("get_instance", hub.hub, [pk.instance(instance_id), pk.inbox(instance_id),
-                                                          pk.history(instance_id)], [])
-        code, values = outcome(reply, instance_id, Code.NOT_FOUND)
+        reply = await self._eval("get_instance", hub, [pk.instance(instance_id), pk.inbox(instance_id),
+                                                      pk.history(instance_id)], [])
+        code, values = self._outcome(reply, instance_id, Code.NOT_FOUND)
         if code is Code.NOT_FOUND:
             return None
         raw, event = values
@@ -56,11 +57,12 @@ class InstanceOps:
     @unavailable_on_redis_errors
     async def raise_event(self, hub: HubKeys, instance_id: str, event: bytes) -> str:
         """Append a serialized EventRaised event to the inbox (see raise_event.lua); terminal
-        instances are left unchanged. Returns the instance's status."""
+        instances are left unchanged. Returns the instance's status. InboxFull or WorkItemTooLarge,
+        with nothing written, when the instance has no room for it."""
         pk = hub.for_instance(instance_id)
-        reply = await self._eval("raise_event", hub.hub, [pk.instance(instance_id), pk.inbox(instance_id), pk.ready],
-                                 [instance_id, event])
-        return _status(reply, instance_id)
+        reply = await self._write("raise_event", hub, pk, [pk.instance(instance_id), pk.inbox(instance_id), pk.ready],
+                                  [instance_id, event, self.limits.max_inbox_events, self.limits.max_work_item_bytes])
+        return self._status(reply, instance_id)
 
     @unavailable_on_redis_errors
     async def terminate_instance(self, hub: HubKeys, instance_id: str, event: bytes, output: str | None,
@@ -69,12 +71,12 @@ class InstanceOps:
         for a dispatched one (see terminate_instance.lua). ``notice``: the outbox message telling its
         parent, written only if it is ended at once. Returns the status before."""
         pk = hub.for_instance(instance_id)
-        reply = await self._eval(
-            "terminate_instance", hub.hub,
+        reply = await self._write(
+            "terminate_instance", hub, pk,
             [pk.instance(instance_id), pk.inbox(instance_id), pk.history(instance_id), pk.due, pk.ready, pk.stats,
-             pk.outbox],
+             pk.outbox, pk.by_completed],
             [instance_id, event, "0" if output is None else "1", output or "", notice])
-        return _status(reply, instance_id)
+        return self._status(reply, instance_id)
 
     @unavailable_on_redis_errors
     async def suspend_instance(self, hub: HubKeys, instance_id: str, event: bytes) -> str:
@@ -90,23 +92,26 @@ class InstanceOps:
 
     async def _suspend_or_resume(self, script: str, hub: HubKeys, instance_id: str, event: bytes) -> str:
         pk = hub.for_instance(instance_id)
-        reply = await self._eval(script, hub.hub, [pk.instance(instance_id), pk.inbox(instance_id), pk.due, pk.ready,
-                                                   pk.stats], [instance_id, event])
-        return _status(reply, instance_id)
+        reply = await self._write(script, hub, pk, [pk.instance(instance_id), pk.inbox(instance_id), pk.due,
+                                                    pk.ready, pk.stats], [instance_id, event])
+        return self._status(reply, instance_id)
 
     @unavailable_on_redis_errors
-    async def deliver_event(self, hub: HubKeys, instance_id: str, message_id: str, event: bytes) -> bool:
-        """Append an event from another instance once (see deliver_event.lua); False if it was delivered
-        before, or the instance is gone or has ended."""
+    async def deliver_event(self, hub: HubKeys, instance_id: str, message_id: str, event: bytes,
+                            overflow: str = DEFAULT_OVERFLOW) -> Code:
+        """Append an event from another instance once (see deliver_event.lua). Returns OK when it was
+        appended; DONE_BEFORE, NOT_FOUND or WRONG_STATUS (ended) when nothing was; INBOX_FULL or
+        TOO_LARGE when the instance had no room and was marked to fail with ``overflow``
+        ("<error type>\n<message>")."""
         pk = hub.for_instance(instance_id)
-        reply = await self._eval("deliver_event", hub.hub, [pk.delivered(instance_id), pk.instance(instance_id),
-                                                            pk.inbox(instance_id), pk.ready],
-                                 [instance_id, message_id, event])
-        code, _ = outcome(reply, instance_id, Code.DONE_BEFORE, Code.NOT_FOUND, Code.WRONG_STATUS)
-        return code is Code.OK
+        reply = await self._write("deliver_event", hub, pk, [pk.delivered(instance_id), pk.instance(instance_id),
+                                                             pk.inbox(instance_id), pk.ready],
+                                  [instance_id, message_id, event, self.limits.max_inbox_events,
+                                   self.limits.max_work_item_bytes, overflow])
+        return self._outcome(reply, instance_id, Code.DONE_BEFORE, Code.NOT_FOUND, Code.WRONG_STATUS,
+                             Code.INBOX_FULL, Code.TOO_LARGE)[0]
 
-
-def _status(reply, instance_id: str) -> str:
-    """The status in a lifecycle script's reply; InstanceNotFound for NOT_FOUND."""
-    _, (status,) = outcome(reply, instance_id)
-    return status.decode()
+    def _status(self, reply, instance_id: str) -> str:
+        """The status in a lifecycle script's reply; InstanceNotFound for NOT_FOUND."""
+        _, (status,) = self._outcome(reply, instance_id)
+        return status.decode()

@@ -8,8 +8,12 @@ their keys as KEYS and never build or scan key names themselves.
 key                                    type    holds
 =====================================  ======  ===============================================
 ``<prefix>:hubs``                      set     names of the task hubs created on this Redis
+``<prefix>:generations``               string  counter that numbers task hub generations (see store.py)
 ``<prefix>:events``                    pubsub  wake-ups, "<hub> <kind> <arg>" (see notify.py)
-``<prefix>:{H}:meta``                  hash    partitions, schema version, created time (ms)
+``<prefix>:{H}:meta``                  hash    partitions, schema version, created time (ms), generation, retention;
+                                              while the hub is being deleted: deleting (tombstone generation), deleting_ms
+``<prefix>:{H}:turn:<job>``            string  which replica runs a housekeeping job of the hub now (expires)
+``<prefix>:{H:p}:generation``          string  the generation that owns the partition (writes of an older one are refused)
 ``<prefix>:{H:p}:inst:<id>``           hash    one instance's scalar fields (see api/translate.py)
 ``<prefix>:{H:p}:inbox:<id>``          list    new events (serialized HistoryEvent) not yet given to a worker
 ``<prefix>:{H:p}:hist:<id>``           list    the instance's history, one serialized HistoryEvent each
@@ -20,6 +24,7 @@ key                                    type    holds
 ``<prefix>:{H:p}:ready``               zset    instance ids with work to dispatch; score = ready since (ms)
 ``<prefix>:{H:p}:leases``              zset    claimed work items (lease_member: "o|<id>", "a|<item>"); score = lease expiry (ms)
 ``<prefix>:{H:p}:by-created``          zset    instance ids by creation time (ms)
+``<prefix>:{H:p}:by-completed``        zset    ids of ended instances by completion time (ms): what retention purges
 ``<prefix>:{H:p}:stats``               hash    instance count per status name
 ``<prefix>:{H:p}:activities``          zset    activity work items ready to hand out; score = queued since (ms)
 ``<prefix>:{H:p}:act-payloads``        hash    activity work item -> serialized ActivityRequest, until completed
@@ -46,6 +51,14 @@ class PartitionKeys:
     """Keys of one partition of one hub; all share the hash tag ``{hub:p}``."""
 
     base: str  # "<prefix>:{<hub>:<p>}:"
+
+    @property
+    def generation(self) -> str:
+        return self.base + "generation"
+
+    @property
+    def by_completed(self) -> str:
+        return self.base + "by-completed"
 
     def queue(self, name: str) -> str:
         """The partition queue ``name`` (one of WORK_QUEUES' values, or "due")."""
@@ -110,10 +123,15 @@ class HubKeys:
     prefix: str
     hub: str
     partitions: int
+    generation: int = 0  # which incarnation of the hub (a deleted and recreated hub has a newer one)
 
     @property
     def meta(self) -> str:
         return meta_key(self.prefix, self.hub)
+
+    def turn(self, job: str) -> str:
+        """The lock by which one replica at a time runs a housekeeping job for the hub."""
+        return f"{self.prefix}:{{{self.hub}}}:turn:{job}"
 
     def partition(self, p: int) -> PartitionKeys:
         return PartitionKeys(f"{self.prefix}:{{{self.hub}:{p}}}:")
@@ -169,6 +187,10 @@ def meta_key(prefix: str, hub: str) -> str:
 
 def hubs_key(prefix: str) -> str:
     return f"{prefix}:hubs"
+
+
+def generations_key(prefix: str) -> str:
+    return f"{prefix}:generations"
 
 
 def events_channel(prefix: str) -> str:

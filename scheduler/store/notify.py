@@ -20,6 +20,7 @@ import redis.exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
 
 from .. import errors
+from .connection import Gated
 from .keys import queue_of
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ async def wakeups(redis, channel: str) -> AsyncIterator[Wakeup]:
     """The wake-ups published on ``channel``: first SUBSCRIBED, then each message as it comes.
     Ends with StoreUnavailable when the subscription is lost. On a Cluster a PUBLISH reaches
     every node, so one node will do."""
+    if isinstance(redis, Gated):
+        redis = redis.client
     client = redis
     pubsub = None
     try:

@@ -20,13 +20,13 @@ import asyncio
 from . import keys
 from .common import unavailable_on_redis_errors
 from .records import Claim
-from .scripts import Code, outcome
+from .scripts import Code
 
 RENEW_BATCH = 100  # most leases one renew script call touches
 
 
 class OrchestrationOps:
-    """Uses the Store's ``_eval``, ``_execute`` and ``redis``."""
+    """Uses the Store's ``_write``, ``_outcome``, ``_execute``, ``redis`` and ``limits``."""
 
     SCRIPTS: tuple[str, ...] = ("claim_orchestration", "renew_orchestration_leases", "release_orchestration",
                                 "sweep_orchestration_lease", "complete_orchestration", "continue_as_new")
@@ -40,12 +40,12 @@ class OrchestrationOps:
         cannot run now (terminal, suspended) or is in an episode under a live lease."""
         pk = hub.for_instance(instance_id)
         iid = instance_id
-        reply = await self._eval(
-            "claim_orchestration", hub.hub,
+        reply = await self._write(
+            "claim_orchestration", hub, pk,
             [pk.ready, pk.leases, pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.stats, pk.timers(iid),
              pk.due],
             [iid, token, lease_ms, episode_start])
-        code, values = outcome(reply, iid, Code.NOT_READY, Code.NOT_FOUND, Code.WRONG_STATUS, Code.LEASED)
+        code, values = self._outcome(reply, iid, Code.NOT_READY, Code.NOT_FOUND, Code.WRONG_STATUS, Code.LEASED)
         if code is not Code.OK:
             return None
         expiry, raw, past, new = values
@@ -68,28 +68,28 @@ class OrchestrationOps:
             args: list = [lease_ms]
             for iid, token in batch:
                 args += [iid, token]
-            calls.append(self._eval("renew_orchestration_leases", hub.hub,
-                                    [pk.leases] + [pk.instance(iid) for iid, _ in batch], args))
+            calls.append(self._write("renew_orchestration_leases", hub, pk,
+                                     [pk.leases] + [pk.instance(iid) for iid, _ in batch], args))
         replies = await asyncio.gather(*calls)
-        return [m.decode() for reply in replies for m in outcome(reply, hub.hub)[1][1:]]
+        return [m.decode() for reply in replies for m in self._outcome(reply, hub.hub)[1][1:]]
 
     @unavailable_on_redis_errors
     async def release_orchestration(self, hub: keys.HubKeys, instance_id: str, token: str) -> bool:
         """Hand a claim back (see release_orchestration.lua): True if ``token`` was the current
         claim and the instance is ready again; False, with nothing changed, otherwise."""
         pk = hub.for_instance(instance_id)
-        reply = await self._eval("release_orchestration", hub.hub, [pk.leases, pk.ready, pk.instance(instance_id)],
-                                 [instance_id, token])
-        return outcome(reply, instance_id, Code.LEASE_LOST)[0] is Code.OK
+        reply = await self._write("release_orchestration", hub, pk, [pk.leases, pk.ready, pk.instance(instance_id)],
+                                  [instance_id, token])
+        return self._outcome(reply, instance_id, Code.LEASE_LOST)[0] is Code.OK
 
     @unavailable_on_redis_errors
     async def sweep_orchestration_lease(self, hub: keys.HubKeys, instance_id: str) -> bool:
         """Release the claim on an instance if its lease has expired (see sweep_orchestration_lease.lua);
         True if it was released."""
         pk = hub.for_instance(instance_id)
-        reply = await self._eval("sweep_orchestration_lease", hub.hub, [pk.leases, pk.ready, pk.instance(instance_id)],
-                                 [instance_id])
-        return outcome(reply, instance_id, Code.NOT_READY)[0] is Code.OK
+        reply = await self._write("sweep_orchestration_lease", hub, pk,
+                                  [pk.leases, pk.ready, pk.instance(instance_id)], [instance_id])
+        return self._outcome(reply, instance_id, Code.NOT_READY)[0] is Code.OK
 
     @unavailable_on_redis_errors
     async def complete_orchestration(self, hub: keys.HubKeys, instance_id: str, token: str, events: list[bytes],
@@ -97,38 +97,43 @@ class OrchestrationOps:
                                      failure: bytes | None = None, custom_status: str | None = None,
                                      activities: list[tuple[str, bytes]] = (),
                                      timers: list[tuple[int, bytes]] = (), outbox: list[bytes] = (),
-                                     max_history: int | None = None) -> None:
+                                     enforce_limits: bool = True) -> None:
         """Apply an episode's result under its claim (see complete_orchestration.lua): ``events`` are
         the history events of the worker's actions; ``status`` the final status if it ended;
         ``activities`` (item, serialized ActivityRequest) pairs to queue; ``timers`` (fire time ms,
         serialized TimerFired event) pairs to deliver at their time; ``outbox`` encoded messages for
-        other instances. HistoryLimitExceeded, with nothing changed, when the history would grow past
-        ``max_history`` events; LeaseLost, with nothing changed, when ``token`` is not the current claim."""
+        other instances. With nothing changed: LeaseLost when ``token`` is not the current claim;
+        with ``enforce_limits``, HistoryLimitExceeded, WorkItemTooLarge or StateTooLarge when the
+        history, the next work item or the instance's state would pass its limit."""
         pk = hub.for_instance(instance_id)
         iid = instance_id
         pairs = [x for item in activities for x in item]
         timer_pairs = [x for timer in timers for x in timer]
-        reply = await self._eval(
-            "complete_orchestration", hub.hub,
+        limits = (self.limits.max_history_events, self.limits.max_work_item_bytes, self.limits.max_state_bytes) \
+            if enforce_limits else (0, 0, 0)
+        reply = await self._write(
+            "complete_orchestration", hub, pk,
             [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.ready, pk.leases, pk.stats,
-             pk.activities, pk.activity_payloads, pk.timers(iid), pk.due, pk.outbox],
+             pk.activities, pk.activity_payloads, pk.timers(iid), pk.due, pk.outbox, pk.by_completed],
             [iid, token, status or "", "" if output is None else "=" + output, failure or b"",
              "" if custom_status is None else "=" + custom_status, len(events),
-             len(activities), len(timers), max_history or 0, *events, *pairs, *timer_pairs, *outbox])
-        outcome(reply, instance_id)
+             len(activities), len(timers), *limits, *events, *pairs, *timer_pairs, *outbox])
+        self._outcome(reply, instance_id)
 
     @unavailable_on_redis_errors
     async def continue_as_new(self, hub: keys.HubKeys, instance_id: str, token: str, execution_id: str,
                               events: list[bytes], custom_status: str | None = None) -> None:
         """Start the next execution under the episode's claim (see continue_as_new.lua): ``events`` are
-        the new ExecutionStarted event and the carried-over events. LeaseLost when ``token`` is stale."""
+        the new ExecutionStarted event and the carried-over events. LeaseLost when ``token`` is stale;
+        WorkItemTooLarge when the next work item would not fit (nothing changed in both cases)."""
         pk = hub.for_instance(instance_id)
         iid = instance_id
-        reply = await self._eval(
-            "continue_as_new", hub.hub,
+        reply = await self._write(
+            "continue_as_new", hub, pk,
             [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.ready, pk.leases, pk.timers(iid), pk.due],
-            [iid, token, execution_id, "" if custom_status is None else "=" + custom_status, *events])
-        outcome(reply, instance_id)
+            [iid, token, execution_id, "" if custom_status is None else "=" + custom_status,
+             self.limits.max_work_item_bytes, *events])
+        self._outcome(reply, instance_id)
 
     @unavailable_on_redis_errors
     async def episode_events(self, hub: keys.HubKeys, instance_id: str, claimed_n: int) -> tuple[list[bytes],

@@ -7,9 +7,13 @@ each command (packed by hiredis) to a buffer that is written once per event-loop
 turn, and matches replies to callers in order with hiredis' parser. Every
 command keeps its own atomicity; only the round trip is shared.
 
-Errors use redis-py's exception classes, so callers handle both transports alike.
-It reconnects on the next command after a failure, and a watchdog closes a
-connection whose replies stall (Redis hung), failing its callers promptly.
+Errors use redis-py's exception classes, so callers handle both transports alike,
+and say whether the command may have been applied: :class:`CommandNotSent` (it never
+left this process: not applied) or :class:`ReplyLost` (it was written to Redis and
+its reply did not come back: it may have been applied). A connection is used only
+after Redis answered a PING on it, so commands are never written to a Redis that is
+stopped or not yet serving. It reconnects on the next command after a failure, and a
+watchdog closes a connection whose replies stall (Redis hung), failing its callers promptly.
 """
 from __future__ import annotations
 
@@ -24,6 +28,14 @@ import redis.exceptions as rexc
 
 CONNECT_TIMEOUT = 2.0
 REPLY_TIMEOUT = 5.0
+
+
+class CommandNotSent(rexc.ConnectionError):
+    """The command was not written to Redis: it was not applied."""
+
+
+class ReplyLost(rexc.TimeoutError):
+    """The command was written to Redis but its reply did not come back: it may have been applied."""
 
 
 def _reply_error(message: str) -> Exception:
@@ -62,11 +74,15 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.owner._lost(self)
-        error = rexc.ConnectionError(f"connection to Redis lost: {exc or 'closed by server'}")
-        while self.waiting:
+        reason = exc or "closed"
+        sent = len(self.waiting) - len(self.buffer)  # the rest is still in the buffer: never written
+        lost = ReplyLost(f"the connection to Redis was lost ({reason}) before its reply came back")
+        unsent = CommandNotSent(f"the connection to Redis was lost ({reason}) before the command was sent")
+        for n in range(len(self.waiting)):
             future = self.waiting.popleft()
             if not future.done():
-                future.set_exception(error)
+                future.set_exception(lost if n < sent else unsent)
+        self.buffer = []
 
 
 class PipelinedConnection:
@@ -114,8 +130,8 @@ class PipelinedConnection:
                 loop.create_connection(lambda: _Protocol(self), self.host, self.port, ssl=self.ssl),
                 CONNECT_TIMEOUT)
         except (OSError, asyncio.TimeoutError) as exc:
-            raise rexc.ConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {exc}") from exc
-        setup = []
+            raise CommandNotSent(f"cannot connect to Redis at {self.host}:{self.port}: {exc}") from exc
+        setup = [("PING",)]  # nothing else is written until Redis answers (a stopped Redis accepts connections)
         if self.password is not None:
             setup.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
         if self.db:
@@ -128,6 +144,16 @@ class PipelinedConnection:
             futures.append(future)
         try:
             await asyncio.wait_for(asyncio.gather(*futures), CONNECT_TIMEOUT)
+        except asyncio.TimeoutError as exc:
+            protocol.transport.abort()
+            raise CommandNotSent(f"Redis at {self.host}:{self.port} did not answer within {CONNECT_TIMEOUT:g} s "
+                                 "of connecting") from exc
+        except rexc.ResponseError:  # AUTH or SELECT refused: say so as it is
+            protocol.transport.abort()
+            raise
+        except Exception as exc:
+            protocol.transport.abort()
+            raise CommandNotSent(f"the connection to Redis at {self.host}:{self.port} failed: {exc}") from exc
         except BaseException:
             protocol.transport.abort()
             raise
@@ -136,9 +162,10 @@ class PipelinedConnection:
 
     @staticmethod
     def _flush(protocol: _Protocol) -> None:
+        if protocol.transport is None or protocol.transport.is_closing():
+            return  # connection_lost fails what is buffered as not sent
         data, protocol.buffer = b"".join(protocol.buffer), []
-        if protocol.transport is not None and not protocol.transport.is_closing():
-            protocol.transport.write(data)
+        protocol.transport.write(data)
 
     def _watch(self, protocol: _Protocol) -> None:
         """Close a connection whose replies stall, so callers fail fast and the next command reconnects."""

@@ -16,13 +16,13 @@ from ..protocol import TERMINAL
 from . import keys
 from .common import count_in_batches, score, unavailable_on_redis_errors
 from .records import Cursor, Found, InstanceFilter
-from .scripts import Code, outcome
+from .scripts import Code
 
 _PURGE_BATCH = 100
 
 
 class QueryOps:
-    """Uses the Store's ``_eval`` and ``redis``."""
+    """Uses the Store's ``_write``, ``_outcome`` and ``redis``."""
 
     SCRIPTS: tuple[str, ...] = ("purge_instance",)
 
@@ -127,11 +127,11 @@ class QueryOps:
     async def purge_instance(self, hub: keys.HubKeys, instance_id: str) -> bool:
         """Delete a terminal instance (see purge_instance.lua); False if absent or not terminal."""
         pk = hub.for_instance(instance_id)
-        reply = await self._eval("purge_instance", hub.hub, [
+        reply = await self._write("purge_instance", hub, pk, [
             pk.instance(instance_id), pk.inbox(instance_id), pk.history(instance_id),
-            pk.by_created, pk.due, pk.ready, pk.stats, pk.timers(instance_id), pk.delivered(instance_id)],
-            [instance_id])
-        return outcome(reply, instance_id, Code.NOT_FOUND, Code.WRONG_STATUS)[0] is Code.OK
+            pk.by_created, pk.due, pk.ready, pk.stats, pk.timers(instance_id), pk.delivered(instance_id),
+            pk.by_completed], [instance_id])
+        return self._outcome(reply, instance_id, Code.NOT_FOUND, Code.WRONG_STATUS)[0] is Code.OK
 
     @unavailable_on_redis_errors
     async def terminal_history(self, hub: keys.HubKeys, instance_id: str) -> list[bytes] | None:
@@ -172,6 +172,35 @@ class QueryOps:
                     return deleted, False
         deleted += await purge(hub, batch)
         return deleted, True
+
+    # -- retention -----------------------------------------------------------------------------
+
+    @unavailable_on_redis_errors
+    async def ended_before(self, hub: keys.HubKeys, partition: int, before_ms: int, limit: int) -> list[str]:
+        """Up to ``limit`` ids of instances of one partition that ended before ``before_ms`` (Redis
+        time), those that ended first first."""
+        ids = await self.redis.zrangebyscore(hub.partition(partition).by_completed, "-inf", f"({before_ms}",
+                                             start=0, num=limit)
+        return [i.decode() for i in ids]
+
+    @unavailable_on_redis_errors
+    async def retention_seconds(self, hub: keys.HubKeys) -> float | None:
+        """The hub's own retention (seconds; 0: keep finished instances), or None if it has none."""
+        value = await self.redis.hget(hub.meta, "retention_seconds")
+        return None if value is None else float(value)
+
+    @unavailable_on_redis_errors
+    async def set_retention_seconds(self, hub: keys.HubKeys, seconds: float | None) -> None:
+        """Set (or with None, clear) the hub's own retention."""
+        if seconds is None:
+            await self.redis.hdel(hub.meta, "retention_seconds")
+        else:
+            await self.redis.hset(hub.meta, "retention_seconds", repr(float(seconds)))
+
+    @unavailable_on_redis_errors
+    async def take_turn(self, hub: keys.HubKeys, job: str, owner: str, ttl_ms: int) -> bool:
+        """True if this caller may run ``job`` for the hub now: one replica at a time, for ``ttl_ms``."""
+        return bool(await self.redis.set(hub.turn(job), owner, nx=True, px=ttl_ms))
 
     # -- history -------------------------------------------------------------------------------
 

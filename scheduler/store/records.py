@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass, field
 
 from .. import errors
-from ..protocol import TERMINAL
+from ..protocol import TERMINAL, quote
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class Cursor:
     def decode(cls, token: str, what: str) -> Cursor:
         match = _TOKEN.fullmatch(token)
         if match is None:
-            raise errors.InvalidRequest(f"{what} {token!r} is not a token this server issued")
+            raise errors.InvalidRequest(f"{what} {quote(token)} is not a token this server issued")
         return cls(int(match.group(1)), match.group(2))
 
 

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Iterable
 
 import redis.exceptions as rexc
 
+from ..config import Limits
+from .. import errors
 from . import keys, notify
 from .activities import ActivityOps
 from .common import score, unavailable_on_redis_errors
@@ -22,41 +24,59 @@ from .notify import Wakeup
 from .orchestrations import OrchestrationOps
 from .queries import QueryOps
 from .records import HubStats, PartitionStats, Promotion
-from .scripts import outcome, source
+from .scripts import Code, outcome, source
 from .work import WorkOps
 
 SCHEMA_VERSION = 1
 _DELETE_BATCH = 500
+# A deleted hub's partitions keep their tombstone generation this long (writers that still knew the
+# hub have long noticed by then: every replica revalidates its hubs every few seconds).
+_TOMBSTONE_MS = 24 * 3600 * 1000
 
 
 class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, QueryOps):
     """Domain operations over one Redis; every other layer reaches Redis only through it."""
 
-    SCRIPTS = (("ensure_hub", "promote_due") + InstanceOps.SCRIPTS + OrchestrationOps.SCRIPTS
+    SCRIPTS = (("ensure_hub", "mark_hub_deleting", "retire_partition", "promote_due") + InstanceOps.SCRIPTS + OrchestrationOps.SCRIPTS
                + ActivityOps.SCRIPTS + QueryOps.SCRIPTS)
 
-    def __init__(self, redis, prefix: str = "dt", default_partitions: int = 16, fast=None) -> None:
+    def __init__(self, redis, prefix: str = "dt", default_partitions: int = 16, fast=None,
+                 limits: Limits = Limits()) -> None:
         """``fast``: a :class:`~scheduler.store.pipelining.PipelinedConnection` for the request path of a
-        standalone Redis; without one (embedded store, Cluster) requests are batched over ``redis``."""
+        standalone Redis; without one (embedded store, Cluster) requests are batched over ``redis``.
+        ``limits``: the bounds of one instance that the scripts check when it grows."""
         self.redis = redis
         self.prefix = prefix
         self.default_partitions = default_partitions
+        self.limits = limits
         self.channel = keys.events_channel(prefix)
         self._scripts = {name: redis.register_script(source(name)) for name in self.SCRIPTS}
         self._hubs: dict[str, keys.HubKeys] = {}
         self._execute = fast.execute if fast is not None else Batcher(redis).execute
         self._fast = fast
 
-    async def _eval(self, name: str, hub: str, keys_: list[str], args: list):
-        """Run script ``name`` about task hub ``hub`` (its first two arguments: the wake-up channel and
-        the hub, see lua/prelude.lua); reload it once if Redis lost it (restart, flush)."""
+    async def _run(self, name: str, hub: str, generation: int, keys_: list[str], args: list):
+        """Run script ``name`` (its first arguments: the wake-up channel, the task hub and its
+        generation, see lua/prelude.lua); reload it once if Redis lost it (restart, flush)."""
         script = self._scripts[name]
-        command = ("EVALSHA", script.sha, len(keys_), *keys_, self.channel, hub, *args)
+        command = ("EVALSHA", script.sha, len(keys_), *keys_, self.channel, hub, generation, *args)
         try:
             return await self._execute(*command)
         except rexc.NoScriptError:
             await self.redis.script_load(script.script)
             return await self._execute(*command)
+
+    async def _eval(self, name: str, hub: keys.HubKeys, keys_: list[str], args: list):
+        """Run a script that only reads the hub's keys."""
+        return await self._run(name, hub.hub, hub.generation, keys_, args)
+
+    async def _write(self, name: str, hub: keys.HubKeys, pk: keys.PartitionKeys, keys_: list[str], args: list):
+        """Run a script that writes to partition ``pk``: its first key is the partition's generation key,
+        which the script checks first (HUB_GONE if the hub was deleted since ``hub`` was read)."""
+        return await self._run(name, hub.hub, hub.generation, [pk.generation, *keys_], args)
+
+    def _outcome(self, reply: list, subject: str, *expected: Code) -> tuple[Code, list]:
+        return outcome(reply, subject, *expected, limits=self.limits)
 
     @unavailable_on_redis_errors
     async def load_scripts(self) -> None:
@@ -86,6 +106,10 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, QueryOps):
         return seconds * 1000 + micros // 1000
 
     # -- task hubs -------------------------------------------------------------------------
+    # A hub's metadata fixes its partition count and its generation (a number from the hub
+    # generation counter). Every script that writes to a partition carries the generation its
+    # caller knows and is refused once the partition belongs to a newer one (HubGone), so a hub
+    # deleted on one replica cannot be written to by another that still knows the old one.
 
     def cached_hub(self, name: str) -> keys.HubKeys | None:
         """The hub's keys if this replica has used the hub before (no Redis call)."""
@@ -93,31 +117,37 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, QueryOps):
 
     @unavailable_on_redis_errors
     async def ensure_hub(self, name: str) -> keys.HubKeys:
-        """The hub's keys; creates its metadata (fixing its partition count) on first use."""
-        cached = self._hubs.get(name)
-        if cached is not None:
-            return cached
-        reply = await self._eval("ensure_hub", name, [keys.meta_key(self.prefix, name)],
-                                 [self.default_partitions, SCHEMA_VERSION])
-        _, (partitions, _, _) = outcome(reply, name)
+        """The hub's keys; creates its metadata (fixing its partition count and generation) on first
+        use. HubDeleting while the hub is being deleted."""
+        hub = await self.find_hub(name)
+        if hub is not None:
+            return hub
+        generation = await self.redis.incr(keys.generations_key(self.prefix))
+        reply = await self._run("ensure_hub", name, generation, [keys.meta_key(self.prefix, name)],
+                                [self.default_partitions, SCHEMA_VERSION])
+        _, (partitions, _, generation, _) = self._outcome(reply, name)
         # The registry lets every replica's promoter find the hub. It is a separate,
         # idempotent single-key write (another slot on a Cluster): repeating it is harmless.
         await self.redis.sadd(keys.hubs_key(self.prefix), name)
-        hub = keys.HubKeys(self.prefix, name, int(partitions))
-        self._hubs[name] = hub
-        return hub
+        return self._cache(keys.HubKeys(self.prefix, name, int(partitions), int(generation)))
 
     @unavailable_on_redis_errors
     async def find_hub(self, name: str) -> keys.HubKeys | None:
-        """The hub's keys if the hub exists, without creating it (for read-only calls)."""
+        """The hub's keys if the hub exists, without creating it (for calls that only read); None
+        for a hub that does not exist. HubDeleting while the hub is being deleted."""
         cached = self._hubs.get(name)
         if cached is not None:
             return cached
-        partitions = await self.redis.hget(keys.meta_key(self.prefix, name), "partitions")
+        partitions, generation, deleting = await self.redis.hmget(
+            keys.meta_key(self.prefix, name), "partitions", "generation", "deleting")
+        if deleting is not None:
+            raise errors.HubDeleting(name)
         if partitions is None:
             return None
-        hub = keys.HubKeys(self.prefix, name, int(partitions))
-        self._hubs[name] = hub
+        return self._cache(keys.HubKeys(self.prefix, name, int(partitions), int(generation or 0)))
+
+    def _cache(self, hub: keys.HubKeys) -> keys.HubKeys:
+        self._hubs[hub.hub] = hub
         return hub
 
     def forget_hub(self, name: str) -> None:
@@ -126,18 +156,26 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, QueryOps):
 
     @unavailable_on_redis_errors
     async def revalidate_hubs(self) -> list[str]:
-        """Forget cached hubs whose metadata is gone (deleted elsewhere, Redis data lost); returns them."""
+        """Forget cached hubs that are gone or being deleted, or whose generation changed (deleted and
+        created again elsewhere, Redis data lost); returns them."""
         names = list(self._hubs)
         if not names:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
-                pipe.exists(keys.meta_key(self.prefix, name))
-            present = await pipe.execute()
-        gone = [name for name, there in zip(names, present) if not there]
+                pipe.hmget(keys.meta_key(self.prefix, name), "generation", "deleting")
+            metas = await pipe.execute()
+        gone = [name for name, (generation, deleting) in zip(names, metas)
+                if generation is None or deleting is not None or int(generation) != self._hubs[name].generation]
         for name in gone:
             self.forget_hub(name)
         return gone
+
+    @unavailable_on_redis_errors
+    async def register_hubs(self, names: list[str]) -> None:
+        """Keep hubs in the registry (idempotent; heals a registration lost to a concurrent deletion)."""
+        if names:
+            await self.redis.sadd(keys.hubs_key(self.prefix), *names)
 
     @unavailable_on_redis_errors
     async def known_hubs(self) -> list[str]:
@@ -150,23 +188,55 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, QueryOps):
 
     @unavailable_on_redis_errors
     async def delete_task_hub(self, name: str) -> int:
-        """Remove every key of the hub in bounded batches; returns how many keys went."""
+        """Remove every key of the hub; returns how many keys went. Atomic in effect against writers
+        on any replica: (1) the hub is marked as being deleted (it cannot be used or created again
+        meanwhile), (2) every partition is sealed with a tombstone generation (from then on no
+        write of the hub's generation lands), (3) its keys are removed in bounded batches, (4) its
+        metadata goes. Deleting a hub whose deletion a replica left unfinished finishes it."""
         self._hubs.pop(name, None)
-        hub = keys.HubKeys(self.prefix, name, 0)
+        meta = keys.meta_key(self.prefix, name)
+        tombstone = await self.redis.incr(keys.generations_key(self.prefix))
+        code, values = self._outcome(await self._run("mark_hub_deleting", name, tombstone, [meta], []), name,
+                                     Code.NOT_FOUND)
+        if code is Code.NOT_FOUND:
+            return 0
+        partitions, tombstone = int(values[0]), int(values[1])
+        hub = keys.HubKeys(self.prefix, name, partitions, tombstone)
+        for p in range(partitions):
+            pk = hub.partition(p)
+            self._outcome(await self._run("retire_partition", name, tombstone, [pk.generation], [_TOMBSTONE_MS]),
+                          name)
         deleted = 0
         for pattern in hub.scan_patterns():
             batch: list[bytes] = []
             async for key in self.redis.scan_iter(match=pattern, count=_DELETE_BATCH):
-                if hub.owns(key.decode("utf-8", "replace")):
+                text = key.decode("utf-8", "replace")
+                if hub.owns(text) and text != meta and not text.endswith("}:generation"):
                     batch.append(key)
                 if len(batch) >= _DELETE_BATCH:
                     deleted += await self.redis.unlink(*batch)
                     batch = []
             if batch:
                 deleted += await self.redis.unlink(*batch)
+        deleted += await self.redis.unlink(meta)
+        # A hub created again right now registers again: every replica re-registers the hubs it serves.
         await self.redis.srem(keys.hubs_key(self.prefix), name)
         await self.redis.publish(self.channel, f"{name} deleted -")
         return deleted
+
+    @unavailable_on_redis_errors
+    async def unfinished_deletions(self, older_than_ms: int) -> list[str]:
+        """Registered hubs marked as being deleted for longer than ``older_than_ms`` (their replica
+        died mid-way): any replica may finish them."""
+        names = await self.known_hubs()
+        if not names:
+            return []
+        now_ms = await self.server_time_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hget(keys.meta_key(self.prefix, name), "deleting_ms")
+            since = await pipe.execute()
+        return [name for name, ms in zip(names, since) if ms is not None and now_ms - int(ms) > older_than_ms]
 
     # -- scheduler worker ------------------------------------------------------------------
 
@@ -179,8 +249,8 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, QueryOps):
         calls = []
         for p in parts:
             pk = hub.partition(p)
-            calls.append(self._eval("promote_due", hub.hub, [pk.due, pk.ready], [limit]))
-        results = [outcome(reply, hub.hub)[1] for reply in await asyncio.gather(*calls)]
+            calls.append(self._write("promote_due", hub, pk, [pk.due, pk.ready], [limit]))
+        results = [self._outcome(reply, hub.hub)[1] for reply in await asyncio.gather(*calls)]
         heads = {p: (score(r[1]) if score(r[1]) >= 0 else None) for p, r in zip(parts, results)}
         known = [h for h in heads.values() if h is not None]
         return Promotion(

@@ -49,7 +49,7 @@ async def prefix_keys(redis, prefix: str) -> set[str]:
 
 def bookkeeping_keys(prefix: str, *hubs: str) -> set[str]:
     """Keys that exist without any instance: hub metadata and the hub registry."""
-    return {keys.hubs_key(prefix)} | {keys.meta_key(prefix, h) for h in hubs}
+    return {keys.hubs_key(prefix), keys.generations_key(prefix)} | {keys.meta_key(prefix, h) for h in hubs}
 
 
 @contextlib.contextmanager

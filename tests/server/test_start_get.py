@@ -8,6 +8,7 @@ import grpc
 from google.protobuf import empty_pb2, timestamp_pb2, wrappers_pb2
 
 from scheduler._proto import orchestrator_service_pb2 as pb
+from scheduler.protocol import quote
 from server_helpers import prefix_keys, rpc_error
 
 
@@ -115,7 +116,7 @@ async def test_invalid_taskhub_name_is_rejected(stub, redis, key_prefix):
         message = await rpc_error(
             stub.StartInstance(pb.CreateInstanceRequest(name="O"), metadata=(("taskhub", bad),)),
             grpc.StatusCode.INVALID_ARGUMENT)
-        assert repr(bad) in message
+        assert quote(bad) in message
     assert not [k for k in await prefix_keys(redis, key_prefix) if "inst:" in k]
 
 

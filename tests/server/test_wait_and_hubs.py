@@ -13,7 +13,7 @@ from scheduler.store import keys
 from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler.app import SERVICE_NAME
 from scheduler.api.servicer import WAIT_DEADLINE_MARGIN
-from server_helpers import prefix_keys, rpc_error, snapshot
+from server_helpers import PARTITIONS, prefix_keys, rpc_error, snapshot
 
 
 def delayed(iid: str, seconds: float = 600) -> pb.CreateInstanceRequest:
@@ -78,12 +78,20 @@ async def test_create_task_hub_without_recreate_is_idempotent(stub, redis, key_p
     assert all([await exists(stub, iid) for iid in ids])
 
 
+def tombstones(hub: keys.HubKeys) -> set[str]:
+    return {pk.generation for pk in hub.all_partitions()}
+
+
+async def hub_keys(redis, key_prefix: str, hub: keys.HubKeys) -> set[str]:
+    return {k for k in await prefix_keys(redis, key_prefix) if hub.owns(k)}
+
+
 async def test_create_task_hub_with_recreate_wipes_the_hub(stub, redis, key_prefix, hub_name):
     ids = await start_some(stub)
     other_ids = await start_some(stub, hub=hub_name + "-keep")
     await stub.CreateTaskHub(pb.CreateTaskHubRequest(recreateIfExists=True))
-    hub = keys.HubKeys(key_prefix, hub_name, 0)
-    assert [k for k in await prefix_keys(redis, key_prefix) if hub.owns(k)] == [hub.meta]
+    hub = keys.HubKeys(key_prefix, hub_name, PARTITIONS)
+    assert await hub_keys(redis, key_prefix, hub) == {hub.meta} | tombstones(hub)
     assert not any([await exists(stub, iid) for iid in ids])
     assert all([await exists(stub, iid, hub=hub_name + "-keep") for iid in other_ids])
 
@@ -93,8 +101,8 @@ async def test_delete_task_hub_removes_its_instances_only(stub, redis, key_prefi
     ids = await start_some(stub, hub=other)
     await start_some(stub)
     await stub.DeleteTaskHub(pb.DeleteTaskHubRequest())
-    hub = keys.HubKeys(key_prefix, hub_name, 0)
-    assert not [k for k in await prefix_keys(redis, key_prefix) if hub.owns(k)]
+    hub = keys.HubKeys(key_prefix, hub_name, PARTITIONS)
+    assert await hub_keys(redis, key_prefix, hub) == tombstones(hub)  # sealed against late writers; they expire
     assert all([await exists(stub, iid, hub=other) for iid in ids])
     assert await redis.smembers(keys.hubs_key(key_prefix)) == {other.encode()}
     await stub.DeleteTaskHub(pb.DeleteTaskHubRequest())  # deleting again is harmless

@@ -2,6 +2,8 @@
 scripts that hand an instance back to its ready queue; exact Redis contents."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from scheduler import errors, protocol
@@ -423,14 +425,16 @@ async def test_history_limit_exceeded_changes_nothing(store: Store, hub, redis, 
 
     async def exceed() -> pytest.ExceptionInfo:
         with pytest.raises(errors.HistoryLimitExceeded) as exceeded:
-            await store.complete_orchestration(hub, iid, got.token, [b"a2", b"a3"], max_history=6, **actions)
+            await store.complete_orchestration(hub, iid, got.token, [b"a2", b"a3"], **actions)
         return exceeded
 
+    store.limits = dataclasses.replace(store.limits, max_history_events=6)
     messages, exceeded = await during(redis, store.channel, pk.ready, exceed)
     assert exceeded.value.would_be == 7 and exceeded.value.instance_id == iid
     assert messages == []
     assert await snapshot(redis, key_prefix) == before
-    await store.complete_orchestration(hub, iid, got.token, [b"a2", b"a3"], max_history=7, **actions)  # at the limit
+    store.limits = dataclasses.replace(store.limits, max_history_events=7)
+    await store.complete_orchestration(hub, iid, got.token, [b"a2", b"a3"], **actions)  # at the limit
     assert await redis.llen(pk.history(iid)) == 7
     assert await redis.hget(pk.instance(iid), "status") == b"COMPLETED"
 

@@ -197,7 +197,8 @@ async def test_claim_of_a_missing_instance_only_takes_it_out_of_ready(store: Sto
     pk = hub.for_instance("ghost")
     await redis.zadd(pk.ready, {"ghost": 1})
     assert await claim(store, hub, "ghost") is None
-    assert await prefix_keys(redis, key_prefix) == {hub.meta, keys.hubs_key(key_prefix)}
+    assert await prefix_keys(redis, key_prefix) == {hub.meta, keys.hubs_key(key_prefix),
+                                                    keys.generations_key(key_prefix)}
 
 
 async def test_claim_during_a_live_episode_leaves_the_lease_and_unreadies(store: Store, hub, redis, make_store):

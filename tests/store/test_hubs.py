@@ -9,9 +9,10 @@ from store_helpers import PARTITIONS, ids_in_distinct_partitions, new, prefix_ke
 
 
 async def test_hub_metadata_is_created_once(store: Store, hub, redis, key_prefix, hub_name):
-    assert hub == keys.HubKeys(key_prefix, hub_name, PARTITIONS)
+    assert (hub.prefix, hub.hub, hub.partitions) == (key_prefix, hub_name, PARTITIONS) and hub.generation > 0
     meta = await redis.hgetall(hub.meta)
     assert meta[b"partitions"] == str(PARTITIONS).encode()
+    assert meta[b"generation"] == str(hub.generation).encode()
     assert meta[b"schema"] == str(SCHEMA_VERSION).encode()
     assert abs(int(meta[b"created_ms"]) - await store.server_time_ms()) < 5000
     assert await store.known_hubs() == [hub_name]
@@ -57,8 +58,9 @@ async def test_delete_task_hub_removes_only_that_hubs_keys(make_store, store, hu
     assert deleted == len(ours)
     remaining = await all_test_keys()
     assert not remaining & ours
-    assert {k: await redis.dump(k) for k in others_before if k != keys.hubs_key(key_prefix)} == \
-        {k: v for k, v in others_before.items() if k != keys.hubs_key(key_prefix)}
+    counters = {keys.hubs_key(key_prefix), keys.generations_key(key_prefix)}
+    assert {k: await redis.dump(k) for k in others_before if k not in counters} == \
+        {k: v for k, v in others_before.items() if k not in counters}
     assert await store.known_hubs() == sorted([hub_name + "-2", "z" + hub_name])
     assert await foreign.known_hubs() == [hub_name]
     assert await store.get_instance(lookalike, ids_in_distinct_partitions(lookalike, 1)[0]) is not None
@@ -70,7 +72,19 @@ async def test_delete_task_hub_in_batches(store: Store, hub, redis):
             pipe.set(hub.for_instance(f"b{i}").instance(f"b{i}"), "x")
         await pipe.execute()
     assert await store.delete_task_hub(hub.hub) == 1234 + 1  # + meta
-    assert [k for k in await prefix_keys(redis, hub.prefix) if hub.owns(k)] == []
+    assert await hub_keys_left(redis, hub) == tombstones(hub)
+
+
+def tombstones(hub: keys.HubKeys) -> set[str]:
+    """What a deleted hub leaves: each partition's generation, sealed against late writers (it expires)."""
+    return {pk.generation for pk in hub.all_partitions()}
+
+
+async def hub_keys_left(redis, hub: keys.HubKeys) -> set[str]:
+    left = {k for k in await prefix_keys(redis, hub.prefix) if hub.owns(k)}
+    for key in left & tombstones(hub):
+        assert 0 < await redis.pttl(key) <= 24 * 3600 * 1000, f"{key} should expire"
+    return left
 
 
 async def test_delete_unknown_hub_deletes_nothing(store: Store, hub, redis, key_prefix):
@@ -84,7 +98,7 @@ async def test_deleted_hub_is_recreated_on_next_use(store: Store, hub):
     await populate(store, hub)
     await store.delete_task_hub(hub.hub)
     again = await store.ensure_hub(hub.hub)
-    assert again == hub
+    assert again.partitions == hub.partitions and again.generation > hub.generation
     assert await store.get_instance(again, ids_in_distinct_partitions(hub, 1)[0]) is None
     assert (await store.hub_stats(again)).statuses == {}
 
@@ -112,7 +126,7 @@ async def test_create_task_hub_recreate_wipes(make_store, store, hub, key_prefix
     assert (stats.statuses, stats.due, stats.ready) == ({}, 0, 0)
     for iid in ids_in_distinct_partitions(hub):
         assert await store.get_instance(hub, iid) is None  # where the old instances lived
-    assert [k for k in await prefix_keys(store.redis, key_prefix) if hub.owns(k)] == [hub.meta]
+    assert await hub_keys_left(store.redis, hub) == {hub.meta} | tombstones(hub)
     assert await other.known_hubs() == [hub_name]
 
 

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 from scheduler._proto import orchestrator_service_pb2 as pb
+from scheduler.config import Config
 from scheduler.engine.dispatcher import Dispatcher
 from scheduler.engine.orchestrations import Orchestrations
 from scheduler.engine.relay import Relay
 from scheduler.engine.waiters import Waiters
 from scheduler.protocol import OutboxMessage
+from scheduler.store.scripts import Code
 from store_helpers import new
 
 
 def make_relay(store, hub) -> Relay:
-    orchestrations = Orchestrations(store, Dispatcher(store, 30, 15), Waiters(), 10_000)
+    orchestrations = Orchestrations(store, Dispatcher(store, Config()), Waiters())
     return Relay(store, hub, orchestrations)
 
 
@@ -27,10 +29,10 @@ async def test_an_event_message_is_delivered_once(store, hub, redis):
     await store.create_instance(hub, new("target"))
     pk = hub.for_instance("target")
     before = await redis.llen(pk.inbox("target"))
-    assert await store.deliver_event(hub, "target", "sender:e1:3", raised("go")) is True
-    assert await store.deliver_event(hub, "target", "sender:e1:3", raised("go")) is False  # a repeat
+    assert await store.deliver_event(hub, "target", "sender:e1:3", raised("go")) is Code.OK
+    assert await store.deliver_event(hub, "target", "sender:e1:3", raised("go")) is Code.DONE_BEFORE  # a repeat
     assert await redis.llen(pk.inbox("target")) == before + 1
-    assert await store.deliver_event(hub, "nobody", "sender:e1:4", raised("go")) is False
+    assert await store.deliver_event(hub, "nobody", "sender:e1:4", raised("go")) is Code.NOT_FOUND
 
 
 async def test_the_relay_creates_a_child_once_and_empties_the_outbox(store, hub, redis):

@@ -3,17 +3,19 @@
 -- The item leaves the activity queue in this step, so of many streams claiming it
 -- at once exactly one gets it. Its payload stays until the completion.
 --
--- KEYS[1] activities    partition activity queue zset
--- KEYS[2] leases        partition leases zset (score = lease expiry, ms)
--- KEYS[3] act_tokens    partition hash: item -> claim token
--- KEYS[4] act_payloads  partition hash: item -> serialized ActivityRequest
--- ARGV[3] item          the work item (protocol.activity_item)
--- ARGV[4] token         claim token
--- ARGV[5] lease_ms      lease duration
--- Returns {OK, lease_expiry_ms, payload}, or {NOT_READY} when another claim won or it is gone.
-local activities_key, leases_key, tokens_key, payloads_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local item, token, lease_ms = ARGV[3], ARGV[4], tonumber(ARGV[5])
+-- KEYS[1] generation    partition generation key
+-- KEYS[2] activities    partition activity queue zset
+-- KEYS[3] leases        partition leases zset (score = lease expiry, ms)
+-- KEYS[4] act_tokens    partition hash: item -> claim token
+-- KEYS[5] act_payloads  partition hash: item -> serialized ActivityRequest
+-- ARGV[4] item          the work item (protocol.activity_item)
+-- ARGV[5] token         claim token
+-- ARGV[6] lease_ms      lease duration
+-- Returns {OK, lease_expiry_ms, payload}, {NOT_READY} when another claim won or it is gone, or {HUB_GONE}.
+local activities_key, leases_key, tokens_key, payloads_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local item, token, lease_ms = ARGV[4], ARGV[5], tonumber(ARGV[6])
 
+if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
 if redis.call('ZREM', activities_key, item) == 0 then return {CODE.NOT_READY} end
 local payload = redis.call('HGET', payloads_key, item)
 if not payload then return {CODE.NOT_READY} end

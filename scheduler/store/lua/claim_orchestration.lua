@@ -9,43 +9,54 @@
 -- re-readies it when events remain past `claimed_n` (release and the lease sweep
 -- always do). An expired lease not yet swept is taken over (its token stops
 -- being current). Timers whose time has come join the inbox; the next one (only)
--- keeps the instance on the due set. The inbox is not consumed: the completion trims the
--- first `claimed_n` events, so an abandoned claim loses nothing. PENDING becomes RUNNING.
+-- keeps the instance on the due set. The inbox is not consumed: the completion trims
+-- the first `claimed_n` events, so an abandoned claim loses nothing. PENDING becomes
+-- RUNNING. Everything is read and checked before the first write.
 --
--- KEYS[1] ready   partition ready zset (score = ready since, ms)
--- KEYS[2] leases  partition leases zset (score = lease expiry, ms)
--- KEYS[3] inst    instance hash
--- KEYS[4] inbox   instance inbox list
--- KEYS[5] hist    instance history list
--- KEYS[6] stats   partition status counts hash
--- KEYS[7] timers  instance pending timers zset (TimerFired events, score = fire time ms)
--- KEYS[8] due     partition due zset
--- ARGV[3] instance_id
--- ARGV[4] token          claim token (opaque, made by the caller)
--- ARGV[5] lease_ms       lease duration
--- ARGV[6] episode_start  serialized OrchestratorStarted HistoryEvent handed to the worker
+-- KEYS[1] generation  partition generation key
+-- KEYS[2] ready       partition ready zset (score = ready since, ms)
+-- KEYS[3] leases      partition leases zset (score = lease expiry, ms)
+-- KEYS[4] inst        instance hash
+-- KEYS[5] inbox       instance inbox list
+-- KEYS[6] hist        instance history list
+-- KEYS[7] stats       partition status counts hash
+-- KEYS[8] timers      instance pending timers zset (TimerFired events, score = fire time ms)
+-- KEYS[9] due         partition due zset
+-- ARGV[4] instance_id
+-- ARGV[5] token          claim token (opaque, made by the caller)
+-- ARGV[6] lease_ms       lease duration
+-- ARGV[7] episode_start  serialized OrchestratorStarted HistoryEvent handed to the worker
 -- Returns {OK, lease_expiry_ms, flat hash field/value list, history events, new events} when claimed;
--- {NOT_READY} (another claim won), {NOT_FOUND}, {WRONG_STATUS, status} (it cannot run now) or
--- {LEASED} (it is in an episode under a live lease).
-local ready_key, leases_key, inst_key, inbox_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local hist_key, stats_key, timers_key, due_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local instance_id, token, lease_ms, episode_start = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+-- {NOT_READY} (another claim won), {NOT_FOUND}, {WRONG_STATUS, status} (it cannot run now),
+-- {LEASED} (it is in an episode under a live lease) or {HUB_GONE}.
+local ready_key, leases_key, inst_key, inbox_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local hist_key, stats_key, timers_key, due_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local instance_id, token, lease_ms, episode_start = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local member = lease_member(KIND.ORCHESTRATION, instance_id)
 
-if redis.call('ZREM', ready_key, instance_id) == 0 then return {CODE.NOT_READY} end
+if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
+if not redis.call('ZSCORE', ready_key, instance_id) then return {CODE.NOT_READY} end
 local status = redis.call('HGET', inst_key, 'status')
-if not status then return {CODE.NOT_FOUND} end
-if IDLE[status] then return {CODE.WRONG_STATUS, status} end
 local now = now_ms()
 local held = redis.call('ZSCORE', leases_key, member)
-if held and tonumber(held) > now then return {CODE.LEASED} end
+local refusal = nil
+if not status then
+  refusal = {CODE.NOT_FOUND}
+elseif IDLE[status] then
+  refusal = {CODE.WRONG_STATUS, status}
+elseif held and tonumber(held) > now then
+  refusal = {CODE.LEASED}
+end
+redis.call('ZREM', ready_key, instance_id)
+if refusal then return refusal end
 
 local fired = redis.call('ZRANGEBYSCORE', timers_key, '-inf', now)
+local next_timer = redis.call('ZRANGE', timers_key, #fired, #fired, 'WITHSCORES')  -- after the fired ones
 if #fired > 0 then
   rpush_all(inbox_key, fired)
+  redis.call('HINCRBY', inst_key, 'size', bytes_of(fired))
   redis.call('ZREMRANGEBYSCORE', timers_key, '-inf', now)
 end
-local next_timer = redis.call('ZRANGE', timers_key, 0, 0, 'WITHSCORES')
 if next_timer[2] then
   add_due(due_key, instance_id, tonumber(next_timer[2]), false)
 elseif #fired > 0 then

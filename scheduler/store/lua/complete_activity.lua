@@ -4,32 +4,45 @@
 -- token and lease go in the same step, so a duplicate or late completion changes
 -- nothing. The result event reaches the instance's inbox only if the instance is
 -- still in the execution that scheduled it and has not ended; a running instance
--- is made ready (a suspended one keeps the event until it is resumed).
+-- is made ready (a suspended one keeps the event until it is resumed). A result that
+-- the next work item has no room for is not appended: the instance is marked to fail
+-- (`overflow`, applied at its next dispatch), so it never waits for a lost result.
 --
--- KEYS[1] act_tokens    partition hash: item -> claim token
--- KEYS[2] act_payloads  partition hash: item -> serialized ActivityRequest
--- KEYS[3] leases        partition leases zset
--- KEYS[4] inst          instance hash
--- KEYS[5] inbox         instance inbox list
--- KEYS[6] ready         partition ready zset
--- ARGV[3] item
--- ARGV[4] token
--- ARGV[5] instance_id
--- ARGV[6] execution_id  the execution that scheduled the activity
--- ARGV[7] event         serialized TaskCompleted or TaskFailed HistoryEvent
--- Returns {OK} when applied, {LEASE_LOST} when the token is not the current claim.
-local tokens_key, payloads_key, leases_key = KEYS[1], KEYS[2], KEYS[3]
-local inst_key, inbox_key, ready_key = KEYS[4], KEYS[5], KEYS[6]
-local item, token, instance_id, execution_id, event = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+-- KEYS[1] generation    partition generation key
+-- KEYS[2] act_tokens    partition hash: item -> claim token
+-- KEYS[3] act_payloads  partition hash: item -> serialized ActivityRequest
+-- KEYS[4] leases        partition leases zset
+-- KEYS[5] inst          instance hash
+-- KEYS[6] inbox         instance inbox list
+-- KEYS[7] ready         partition ready zset
+-- ARGV[4] item
+-- ARGV[5] token
+-- ARGV[6] instance_id
+-- ARGV[7] execution_id  the execution that scheduled the activity
+-- ARGV[8] event         serialized TaskCompleted or TaskFailed HistoryEvent
+-- ARGV[9] max_bytes     bytes of history and inbox allowed
+-- ARGV[10] overflow     the failure ("<error type>\n<message>") if the result has no room
+-- Returns {OK} when applied (or dropped: another execution, an ended instance), {TOO_LARGE} when
+-- the instance was marked to fail, {LEASE_LOST} when the token is not the current claim, {HUB_GONE}.
+local tokens_key, payloads_key, leases_key = KEYS[2], KEYS[3], KEYS[4]
+local inst_key, inbox_key, ready_key = KEYS[5], KEYS[6], KEYS[7]
+local item, token, instance_id, execution_id, event = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local max_bytes, overflow = tonumber(ARGV[9]), ARGV[10]
 
+if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
 if redis.call('HGET', tokens_key, item) ~= token then return {CODE.LEASE_LOST} end
 redis.call('HDEL', tokens_key, item)
 redis.call('HDEL', payloads_key, item)
 redis.call('ZREM', leases_key, lease_member(KIND.ACTIVITY, item))
 
-local inst = redis.call('HMGET', inst_key, 'status', 'execution_id')
+local inst = redis.call('HMGET', inst_key, 'status', 'execution_id', 'size')
 local status = inst[1]
-if status and inst[2] == execution_id and not TERMINAL[status] then
-  deliver(inst_key, inbox_key, ready_key, instance_id, status, event, now_ms())
+if not status or inst[2] ~= execution_id or TERMINAL[status] then return {CODE.OK} end
+local now = now_ms()
+if tonumber(inst[3] or 0) + #event > max_bytes then
+  redis.call('HSETNX', inst_key, 'overflow', overflow)
+  if status == 'RUNNING' then push_work(ready_key, instance_id, now) end
+  return {CODE.TOO_LARGE}
 end
+deliver(inst_key, inbox_key, ready_key, instance_id, status, event, now)
 return {CODE.OK}

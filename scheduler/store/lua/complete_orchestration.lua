@@ -1,58 +1,82 @@
 -- complete_orchestration: apply a worker's episode result, only under its current claim.
 --
--- Checks the claim token and the history limit before writing anything. Moves the
--- OrchestratorStarted event handed out and the `claimed_n` delivered inbox events,
--- then the events of the worker's actions, to the history (keeping `start` right);
--- writes the outbox messages; queues the activities and arms the timers the episode
--- scheduled; drops the claim; applies the custom status and, when the episode ended
--- the orchestration, its final status, output and failure. Events that arrived
--- during the episode stay in the inbox and make the instance ready again, unless it
--- was suspended meanwhile (then it stays out of ready and due until it is resumed).
+-- Checks, before writing anything, the claim token, the history limit (events), the
+-- next work item (bytes of history and inbox) and, when the episode ends the
+-- orchestration or sets its custom status, the instance's state (input, output,
+-- custom status and failure must fit one reply). Then moves the OrchestratorStarted
+-- event handed out and the `claimed_n` delivered inbox events, then the events of the
+-- worker's actions, to the history (keeping `start` right); writes the outbox
+-- messages; queues the activities and arms the timers the episode scheduled; drops
+-- the claim; applies the custom status and, when the episode ended the orchestration,
+-- its final status, output and failure (indexed by completion time). Events that
+-- arrived during the episode stay in the inbox and make the instance ready again,
+-- unless it was suspended meanwhile (then it stays out of ready and due until it is resumed).
 --
--- KEYS[1] inst          instance hash
--- KEYS[2] inbox         instance inbox list
--- KEYS[3] hist          instance history list
--- KEYS[4] ready         partition ready zset
--- KEYS[5] leases        partition leases zset
--- KEYS[6] stats         partition status counts hash
--- KEYS[7] activities    partition activity queue zset
--- KEYS[8] act_payloads  partition hash: activity item -> serialized ActivityRequest
--- KEYS[9] timers        instance pending timers zset
--- KEYS[10] due          partition due zset
--- KEYS[11] outbox       partition outbox list (messages for other instances, delivered by the relay)
--- ARGV[3] instance_id
--- ARGV[4] token          the claim token of the work item
--- ARGV[5] status         final status name, or "" if the orchestration goes on
--- ARGV[6] output         "" or "=<output>" (a leading "=" marks a value, so "" can mean unset)
--- ARGV[7] failure        serialized TaskFailureDetails, or ""
--- ARGV[8] custom_status  "" or "=<custom status>"
--- ARGV[9] n              how many history events follow
--- ARGV[10] m             how many activity (item, request) pairs follow the events
--- ARGV[11] k             how many timer (fire time, event) pairs follow the activities
--- ARGV[12] max_history   history events allowed (0: no limit)
--- ARGV[13 .. 12+n]       history events of the worker's actions, serialized
+-- KEYS[1] generation     partition generation key
+-- KEYS[2] inst           instance hash
+-- KEYS[3] inbox          instance inbox list
+-- KEYS[4] hist           instance history list
+-- KEYS[5] ready          partition ready zset
+-- KEYS[6] leases         partition leases zset
+-- KEYS[7] stats          partition status counts hash
+-- KEYS[8] activities     partition activity queue zset
+-- KEYS[9] act_payloads   partition hash: activity item -> serialized ActivityRequest
+-- KEYS[10] timers        instance pending timers zset
+-- KEYS[11] due           partition due zset
+-- KEYS[12] outbox        partition outbox list (messages for other instances, delivered by the relay)
+-- KEYS[13] by_completed  partition completion index zset
+-- ARGV[4] instance_id
+-- ARGV[5] token          the claim token of the work item
+-- ARGV[6] status         final status name, or "" if the orchestration goes on
+-- ARGV[7] output         "" or "=<output>" (a leading "=" marks a value, so "" can mean unset)
+-- ARGV[8] failure        serialized TaskFailureDetails, or ""
+-- ARGV[9] custom_status  "" or "=<custom status>"
+-- ARGV[10] n             how many history events follow
+-- ARGV[11] m             how many activity (item, request) pairs follow the events
+-- ARGV[12] k             how many timer (fire time, event) pairs follow the activities
+-- ARGV[13] max_history   history events allowed (0: no limit)
+-- ARGV[14] max_bytes     bytes of history and inbox allowed (0: no limit)
+-- ARGV[15] max_state     bytes of start event, output, custom status and failure allowed (0: no limit)
+-- ARGV[16 .. 15+n]       history events of the worker's actions, serialized
 -- then 2m                activity item, serialized ActivityRequest pairs to queue
 -- then 2k                fire time (ms), serialized TimerFired event pairs of new timers
 -- then the rest          outbox messages (protocol.OutboxMessage) for other instances
--- Returns {OK}, {LEASE_LOST} when the token is not the current claim, {HISTORY_LIMIT, size} when
--- the history would grow past max_history (in both cases nothing changed).
-local inst_key, inbox_key, hist_key, ready_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local leases_key, stats_key, activities_key, payloads_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local timers_key, due_key, outbox_key = KEYS[9], KEYS[10], KEYS[11]
-local instance_id, token, status, output = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local failure, custom_status = ARGV[7], ARGV[8]
-local n_events, n_activities, n_timers = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-local max_history = tonumber(ARGV[12])
-local first_activity = 13 + n_events
+-- Returns {OK}; or, with nothing changed: {LEASE_LOST} when the token is not the current claim,
+-- {HISTORY_LIMIT, events} or {TOO_LARGE, bytes} (the history or the next work item would pass its
+-- limit), {STATE_TOO_LARGE, bytes} (the state would not fit one reply), {HUB_GONE}.
+local inst_key, inbox_key, hist_key, ready_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local leases_key, stats_key, activities_key, payloads_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local timers_key, due_key, outbox_key, completed_key = KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+local instance_id, token, status, output = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local failure, custom_status = ARGV[8], ARGV[9]
+local n_events, n_activities, n_timers = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+local max_history, max_bytes, max_state = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
+local first_event, last_event = 16, 15 + n_events
+local first_activity = last_event + 1
 local first_timer = first_activity + 2 * n_activities
 local first_message = first_timer + 2 * n_timers
 
-local claim = redis.call('HMGET', inst_key, 'lease', 'claimed_n', 'episode_start', 'start', 'status')
+if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
+local claim = redis.call('HMGET', inst_key, 'lease', 'claimed_n', 'episode_start', 'start', 'status', 'size')
 if claim[1] ~= token then return {CODE.LEASE_LOST} end
 local claimed_n, episode_start, start, old_status = tonumber(claim[2]), claim[3], claim[4], claim[5]
 local offset = redis.call('LLEN', hist_key)
 local would_be = offset + 1 + claimed_n + n_events
 if max_history > 0 and would_be > max_history then return {CODE.HISTORY_LIMIT, would_be} end
+local added = #episode_start + bytes_of(ARGV, first_event, last_event)
+local size = tonumber(claim[6] or 0) + added
+if max_bytes > 0 and size > max_bytes then return {CODE.TOO_LARGE, size} end
+if max_state > 0 and (status ~= '' or custom_status ~= '') then
+  local list, index = string.match(start or '', '^(%a+) (%d+)$')
+  local state = #(redis.call('LINDEX', list == 'hist' and hist_key or inbox_key, index or 0) or '')
+  state = state + math.max(#output - 1, 0) + #failure
+  if custom_status ~= '' then
+    state = state + #custom_status - 1
+  else
+    state = state + redis.call('HSTRLEN', inst_key, 'custom_status')
+  end
+  if state > max_state then return {CODE.STATE_TOO_LARGE, state} end
+end
 local now = now_ms()
 
 redis.call('RPUSH', hist_key, episode_start)
@@ -60,7 +84,8 @@ if claimed_n > 0 then
   rpush_all(hist_key, redis.call('LRANGE', inbox_key, 0, claimed_n - 1))
   redis.call('LTRIM', inbox_key, claimed_n, -1)
 end
-rpush_all(hist_key, ARGV, 13, 12 + n_events)
+rpush_all(hist_key, ARGV, first_event, last_event)
+redis.call('HINCRBY', inst_key, 'size', added)
 local index = start and tonumber(string.match(start, '^inbox (%d+)$'))
 if index then
   local moved = index < claimed_n
@@ -93,6 +118,7 @@ if status ~= '' then
   redis.call('ZREM', ready_key, instance_id)
   redis.call('ZREM', due_key, instance_id)
   redis.call('DEL', timers_key)
+  redis.call('ZADD', completed_key, now, instance_id)
   wake('status', instance_id)
 elseif not suspended and redis.call('LLEN', inbox_key) > 0 then
   push_work(ready_key, instance_id, now)

@@ -7,31 +7,34 @@
 -- an existing instance of the same execution id is this creation, done before
 -- (an outbox message delivered again): it is left alone, whatever its status.
 --
--- KEYS[1] inst        instance hash
--- KEYS[2] inbox       instance inbox list
--- KEYS[3] hist        instance history list
--- KEYS[4] due         partition due zset
--- KEYS[5] ready       partition ready zset
--- KEYS[6] by_created  partition creation index zset
--- KEYS[7] stats       partition status counts hash
--- KEYS[8] timers      instance pending timers zset (dropped with a replaced instance)
--- KEYS[9] delivered   instance set of delivered message ids (dropped with a replaced instance)
--- ARGV[3] instance_id
--- ARGV[4] due_ms        scheduled start in epoch ms rounded up, or "" to start now
--- ARGV[5] start_event   serialized ExecutionStarted HistoryEvent
--- ARGV[6] replaceable   space-separated status names that may be replaced
--- ARGV[7] same_is_done  "1" or "0", see above
--- ARGV[8] execution_id  the new execution's id
--- ARGV[9..] field, value pairs of the instance hash (the input and tags travel in the start event)
+-- KEYS[1] generation    partition generation key
+-- KEYS[2] inst          instance hash
+-- KEYS[3] inbox         instance inbox list
+-- KEYS[4] hist          instance history list
+-- KEYS[5] due           partition due zset
+-- KEYS[6] ready         partition ready zset
+-- KEYS[7] by_created    partition creation index zset
+-- KEYS[8] stats         partition status counts hash
+-- KEYS[9] timers        instance pending timers zset (dropped with a replaced instance)
+-- KEYS[10] delivered    instance set of delivered message ids (dropped with a replaced instance)
+-- KEYS[11] by_completed partition completion index zset
+-- ARGV[4] instance_id
+-- ARGV[5] due_ms        scheduled start in epoch ms rounded up, or "" to start now
+-- ARGV[6] start_event   serialized ExecutionStarted HistoryEvent
+-- ARGV[7] replaceable   space-separated status names that may be replaced
+-- ARGV[8] same_is_done  "1" or "0", see above
+-- ARGV[9] execution_id  the new execution's id
+-- ARGV[10..] field, value pairs of the instance hash (the input and tags travel in the start event)
 -- Returns {OK, created_ms}, {EXISTS, status} if the id is taken, {DONE_BEFORE, status} if this
--- creation was done before.
-local inst_key, inbox_key, hist_key = KEYS[1], KEYS[2], KEYS[3]
-local due_key, ready_key, created_key, stats_key = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local timers_key, delivered_key = KEYS[8], KEYS[9]
-local instance_id, due_ms, start_event = ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local replaceable = ' ' .. ARGV[6] .. ' '
-local same_is_done, execution_id = ARGV[7] == '1', ARGV[8]
+-- creation was done before, {HUB_GONE} if the caller's task hub was deleted.
+local inst_key, inbox_key, hist_key, due_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local ready_key, created_key, stats_key = KEYS[6], KEYS[7], KEYS[8]
+local timers_key, delivered_key, completed_key = KEYS[9], KEYS[10], KEYS[11]
+local instance_id, due_ms, start_event = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local replaceable = ' ' .. ARGV[7] .. ' '
+local same_is_done, execution_id = ARGV[8] == '1', ARGV[9]
 
+if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
 local now = now_ms()
 local old_status = redis.call('HGET', inst_key, 'status')
 if old_status then
@@ -44,11 +47,12 @@ if old_status then
   redis.call('DEL', inst_key, inbox_key, hist_key, timers_key, delivered_key)
   redis.call('ZREM', due_key, instance_id)
   redis.call('ZREM', ready_key, instance_id)
+  redis.call('ZREM', completed_key, instance_id)
   redis.call('HINCRBY', stats_key, old_status, -1)
 end
 
 redis.call('HSET', inst_key, 'status', 'PENDING', 'created_ms', now, 'updated_ms', now,
-  'start', 'inbox 0', unpack(ARGV, 9))
+  'start', 'inbox 0', 'size', #start_event, unpack(ARGV, 10))
 redis.call('RPUSH', inbox_key, start_event)
 redis.call('ZADD', created_key, now, instance_id)
 redis.call('HINCRBY', stats_key, 'PENDING', 1)

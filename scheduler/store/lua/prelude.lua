@@ -4,10 +4,21 @@
 -- instance is not dispatched) and KIND (work item kinds, as in lease members). Every script
 -- returns {CODE.<name>, ...}: each CODE.<name> is replaced by the code's number when loaded.
 --
--- Every script's first two arguments say where its wake-ups go; its own arguments start at ARGV[3]:
--- ARGV[1] channel  pub/sub channel of the wake-ups, "<hub> <kind> <arg>" (see store/notify.py)
--- ARGV[2] hub      task hub name
-local CHANNEL, HUB = ARGV[1], ARGV[2]
+-- Every script's first three arguments are the same; its own arguments start at ARGV[4]:
+-- ARGV[1] channel     pub/sub channel of the wake-ups, "<hub> <kind> <arg>" (see store/notify.py)
+-- ARGV[2] hub         task hub name
+-- ARGV[3] generation  the task hub's generation the caller knows (see hub_is_current)
+-- A script that writes to a partition gets that partition's generation key as KEYS[1] and checks
+-- it before anything else; its own keys start at KEYS[2].
+local CHANNEL, HUB, GENERATION = ARGV[1], ARGV[2], tonumber(ARGV[3])
+
+-- False once the task hub was deleted, or deleted and created again, since the caller read its
+-- generation: the deletion sealed the partition with a newer (tombstone) generation, and nothing of
+-- the caller's may be written. Generations only grow, so a hub created again after the deletion
+-- has a newer one still.
+local function hub_is_current(generation_key)
+  return tonumber(redis.call('GET', generation_key) or 0) <= GENERATION
+end
 
 -- Redis server time in epoch ms: the one clock that every replica shares.
 local function now_ms()
@@ -34,6 +45,13 @@ end
 
 local function rpush_all(key, values, first, last)
   in_chunks(values, function(...) redis.call('RPUSH', key, ...) end, first, last)
+end
+
+-- Bytes of values[first..last] (serialized events).
+local function bytes_of(values, first, last)
+  local n = 0
+  for i = first or 1, last or #values do n = n + #values[i] end
+  return n
 end
 
 -- The member of a claimed work item in a partition's leases zset.
@@ -66,12 +84,24 @@ local function add_due(due_key, member, due_ms, earlier_only)
   if not head[2] or due_ms < tonumber(head[2]) then wake('due', int(due_ms) .. ' ' .. due_key) end
 end
 
--- Append an event to an instance's inbox. A RUNNING instance is made ready to process it; a
--- PENDING one gets it with its first run, a SUSPENDED one once it is resumed.
+-- Append an event to an instance's inbox, counting its bytes in the instance's `size` (the bytes
+-- of its history and inbox: what its next work item carries). A RUNNING instance is made ready
+-- to process it; a PENDING one gets it with its first run, a SUSPENDED one once it is resumed.
 local function deliver(inst_key, inbox_key, ready_key, instance_id, status, event, now)
   redis.call('RPUSH', inbox_key, event)
+  redis.call('HINCRBY', inst_key, 'size', #event)
   redis.call('HSET', inst_key, 'updated_ms', now)
   if status == 'RUNNING' then push_work(ready_key, instance_id, now) end
+end
+
+-- Nil when one more event of `event_bytes` fits the instance's inbox (at most `max_events`
+-- pending events) and its next work item (at most `max_bytes` of history and inbox); else the
+-- code that says which bound it would pass.
+local function inbox_refusal(inst_key, inbox_key, event_bytes, max_events, max_bytes)
+  if redis.call('LLEN', inbox_key) >= max_events then return CODE.INBOX_FULL end
+  local size = tonumber(redis.call('HGET', inst_key, 'size') or 0)
+  if size + event_bytes > max_bytes then return CODE.TOO_LARGE end
+  return nil
 end
 
 -- Drop the claim on an orchestration work item: its lease and the claim fields of its hash.

@@ -6,13 +6,15 @@
 -- so concurrent promoters on many replicas promote each entry exactly once.
 -- Time is Redis server time: an entry due at ms D moves only once now >= D.
 --
--- KEYS[1] due    partition due zset (score = due epoch ms)
--- KEYS[2] ready  partition ready zset (score = ready since, ms)
--- ARGV[3] limit  most entries to move
--- Returns {OK, now_ms, next_due_ms or -1, due_ms of each promoted entry...}.
-local due_key, ready_key = KEYS[1], KEYS[2]
-local limit = tonumber(ARGV[3])
+-- KEYS[1] generation  partition generation key
+-- KEYS[2] due         partition due zset (score = due epoch ms)
+-- KEYS[3] ready       partition ready zset (score = ready since, ms)
+-- ARGV[4] limit       most entries to move
+-- Returns {OK, now_ms, next_due_ms or -1, due_ms of each promoted entry...}, or {HUB_GONE}.
+local due_key, ready_key = KEYS[2], KEYS[3]
+local limit = tonumber(ARGV[4])
 
+if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
 local now = now_ms()
 local entries = redis.call('ZRANGEBYSCORE', due_key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
 local result = {CODE.OK, now, -1}

@@ -2,15 +2,17 @@
 --
 -- Only the current claim can release: with a token that is not the item's, nothing changes.
 --
--- KEYS[1] activities  partition activity queue zset
--- KEYS[2] leases      partition leases zset
--- KEYS[3] act_tokens  partition hash: item -> claim token
--- ARGV[3] item
--- ARGV[4] token       the claim token being handed back
--- Returns {OK}, or {LEASE_LOST} when the token is not the current claim.
-local activities_key, leases_key, tokens_key = KEYS[1], KEYS[2], KEYS[3]
-local item, token = ARGV[3], ARGV[4]
+-- KEYS[1] generation  partition generation key
+-- KEYS[2] activities  partition activity queue zset
+-- KEYS[3] leases      partition leases zset
+-- KEYS[4] act_tokens  partition hash: item -> claim token
+-- ARGV[4] item
+-- ARGV[5] token       the claim token being handed back
+-- Returns {OK}, {LEASE_LOST} when the token is not the current claim, or {HUB_GONE}.
+local activities_key, leases_key, tokens_key = KEYS[2], KEYS[3], KEYS[4]
+local item, token = ARGV[4], ARGV[5]
 
+if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
 if redis.call('HGET', tokens_key, item) ~= token then return {CODE.LEASE_LOST} end
 redis.call('ZREM', leases_key, lease_member(KIND.ACTIVITY, item))
 redis.call('HDEL', tokens_key, item)

@@ -5,15 +5,17 @@
 -- the instance is queued again (keeping an earlier ready time) unless its status
 -- cannot run now (terminal, SUSPENDED): whatever makes it runnable again re-adds it.
 --
--- KEYS[1] leases  partition leases zset (score = lease expiry, ms)
--- KEYS[2] ready   partition ready zset (score = ready since, ms)
--- KEYS[3] inst    instance hash
--- ARGV[3] instance_id
--- ARGV[4] token   the claim token being handed back
--- Returns {OK, status} when released, {LEASE_LOST} when the token is not the current claim.
-local leases_key, ready_key, inst_key = KEYS[1], KEYS[2], KEYS[3]
-local instance_id, token = ARGV[3], ARGV[4]
+-- KEYS[1] generation  partition generation key
+-- KEYS[2] leases      partition leases zset (score = lease expiry, ms)
+-- KEYS[3] ready       partition ready zset (score = ready since, ms)
+-- KEYS[4] inst        instance hash
+-- ARGV[4] instance_id
+-- ARGV[5] token       the claim token being handed back
+-- Returns {OK, status} when released, {LEASE_LOST} when the token is not the current claim, or {HUB_GONE}.
+local leases_key, ready_key, inst_key = KEYS[2], KEYS[3], KEYS[4]
+local instance_id, token = ARGV[4], ARGV[5]
 
+if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
 local h = redis.call('HMGET', inst_key, 'lease', 'status')
 local lease, status = h[1], h[2]
 if lease ~= token then return {CODE.LEASE_LOST} end

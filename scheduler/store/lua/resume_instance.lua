@@ -6,17 +6,19 @@
 -- Like the SDK's reference backend, resuming an instance that is not suspended is
 -- accepted; there is nothing to resume, so nothing is written.
 --
--- KEYS[1] inst   instance hash
--- KEYS[2] inbox  instance inbox list
--- KEYS[3] due    partition due zset
--- KEYS[4] ready  partition ready zset
--- KEYS[5] stats  partition status counts hash
--- ARGV[3] instance_id
--- ARGV[4] event  serialized ExecutionResumed HistoryEvent
--- Returns {OK, status before}, or {NOT_FOUND}.
-local inst_key, inbox_key, due_key, ready_key, stats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local instance_id, event = ARGV[3], ARGV[4]
+-- KEYS[1] generation  partition generation key
+-- KEYS[2] inst        instance hash
+-- KEYS[3] inbox       instance inbox list
+-- KEYS[4] due         partition due zset
+-- KEYS[5] ready       partition ready zset
+-- KEYS[6] stats       partition status counts hash
+-- ARGV[4] instance_id
+-- ARGV[5] event       serialized ExecutionResumed HistoryEvent
+-- Returns {OK, status before}, {NOT_FOUND} or {HUB_GONE}.
+local inst_key, inbox_key, due_key, ready_key, stats_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local instance_id, event = ARGV[4], ARGV[5]
 
+if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
 local h = redis.call('HMGET', inst_key, 'status', 'prev_status', 'due_ms')
 local status, prev, due_ms = h[1], h[2] or 'PENDING', tonumber(h[3])
 if not status then return {CODE.NOT_FOUND} end
@@ -24,6 +26,7 @@ if status ~= 'SUSPENDED' then return {CODE.OK, status} end
 
 local now = now_ms()
 redis.call('RPUSH', inbox_key, event)
+redis.call('HINCRBY', inst_key, 'size', #event)
 redis.call('HSET', inst_key, 'status', prev, 'updated_ms', now)
 redis.call('HDEL', inst_key, 'prev_status', 'due_ms')
 count_status(stats_key, 'SUSPENDED', prev)

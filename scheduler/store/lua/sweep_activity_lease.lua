@@ -4,15 +4,17 @@
 -- released in between is left alone; then does what release_activity does, without
 -- a token. Any replica may run it at any time; a second run finds nothing to do.
 --
--- KEYS[1] activities  partition activity queue zset
--- KEYS[2] leases      partition leases zset
--- KEYS[3] act_tokens  partition hash: item -> claim token
--- ARGV[3] item
--- Returns {OK} when re-queued, {NOT_READY} when the lease is not expired or gone.
-local activities_key, leases_key, tokens_key = KEYS[1], KEYS[2], KEYS[3]
-local item = ARGV[3]
+-- KEYS[1] generation  partition generation key
+-- KEYS[2] activities  partition activity queue zset
+-- KEYS[3] leases      partition leases zset
+-- KEYS[4] act_tokens  partition hash: item -> claim token
+-- ARGV[4] item
+-- Returns {OK} when re-queued, {NOT_READY} when the lease is not expired or gone, or {HUB_GONE}.
+local activities_key, leases_key, tokens_key = KEYS[2], KEYS[3], KEYS[4]
+local item = ARGV[4]
 local member = lease_member(KIND.ACTIVITY, item)
 
+if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
 local now = now_ms()
 local expiry = redis.call('ZSCORE', leases_key, member)
 if not expiry or tonumber(expiry) > now then return {CODE.NOT_READY} end

@@ -8,15 +8,17 @@
 -- longer exists is just removed. Any replica may run it at any time; a second run
 -- finds nothing to do.
 --
--- KEYS[1] leases  partition leases zset (score = lease expiry, ms)
--- KEYS[2] ready   partition ready zset (score = ready since, ms)
--- KEYS[3] inst    instance hash
--- ARGV[3] instance_id
+-- KEYS[1] generation  partition generation key
+-- KEYS[2] leases      partition leases zset (score = lease expiry, ms)
+-- KEYS[3] ready       partition ready zset (score = ready since, ms)
+-- KEYS[4] inst        instance hash
+-- ARGV[4] instance_id
 -- Returns {OK, status or false} when the expired lease was released, {NOT_READY} when it is not
--- expired or gone.
-local leases_key, ready_key, inst_key = KEYS[1], KEYS[2], KEYS[3]
-local instance_id = ARGV[3]
+-- expired or gone, or {HUB_GONE}.
+local leases_key, ready_key, inst_key = KEYS[2], KEYS[3], KEYS[4]
+local instance_id = ARGV[4]
 
+if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
 local now = now_ms()
 local expiry = redis.call('ZSCORE', leases_key, lease_member(KIND.ORCHESTRATION, instance_id))
 if not expiry or tonumber(expiry) > now then return {CODE.NOT_READY} end

@@ -3,31 +3,34 @@
 -- Terminal instances are left as they are. One never dispatched (PENDING, or
 -- SUSPENDED from PENDING) ends at once: status TERMINATED, out of due and ready,
 -- its inbox moved to the history followed by the ExecutionTerminated event, `start`
--- pointed into the history, stats moved, status change published. One already
--- dispatched (RUNNING, or SUSPENDED from RUNNING) gets the event in its inbox and
--- is made ready: the engine applies it. A suspended one is RUNNING again for that
--- (dispatch is held while SUSPENDED; the SDKs apply a termination while suspended).
--- A sub-orchestration ended at once tells its parent through the outbox (the caller
--- prepares that message: `notice`).
+-- pointed into the history, stats moved, completion indexed, status change published.
+-- One already dispatched (RUNNING, or SUSPENDED from RUNNING) gets the event in its
+-- inbox and is made ready: the engine applies it. A suspended one is RUNNING again for
+-- that (dispatch is held while SUSPENDED; the SDKs apply a termination while suspended).
+-- A termination is never refused for want of room. A sub-orchestration ended at once
+-- tells its parent through the outbox (the caller prepares that message: `notice`).
 --
--- KEYS[1] inst    instance hash
--- KEYS[2] inbox   instance inbox list
--- KEYS[3] hist    instance history list
--- KEYS[4] due     partition due zset
--- KEYS[5] ready   partition ready zset
--- KEYS[6] stats   partition status counts hash
--- KEYS[7] outbox  partition outbox list
--- ARGV[3] instance_id
--- ARGV[4] event       serialized ExecutionTerminated HistoryEvent
--- ARGV[5] has_output  "1" to store ARGV[6] as the output, "0" to leave it unset
--- ARGV[6] output
--- ARGV[7] notice      outbox message for the parent if this ends it at once, or ""
--- Returns {OK, status before}, or {NOT_FOUND}.
-local inst_key, inbox_key, hist_key = KEYS[1], KEYS[2], KEYS[3]
-local due_key, ready_key, stats_key, outbox_key = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local instance_id, event, has_output, output = ARGV[3], ARGV[4], ARGV[5] == '1', ARGV[6]
-local notice = ARGV[7]
+-- KEYS[1] generation    partition generation key
+-- KEYS[2] inst          instance hash
+-- KEYS[3] inbox         instance inbox list
+-- KEYS[4] hist          instance history list
+-- KEYS[5] due           partition due zset
+-- KEYS[6] ready         partition ready zset
+-- KEYS[7] stats         partition status counts hash
+-- KEYS[8] outbox        partition outbox list
+-- KEYS[9] by_completed  partition completion index zset
+-- ARGV[4] instance_id
+-- ARGV[5] event       serialized ExecutionTerminated HistoryEvent
+-- ARGV[6] has_output  "1" to store ARGV[7] as the output, "0" to leave it unset
+-- ARGV[7] output
+-- ARGV[8] notice      outbox message for the parent if this ends it at once, or ""
+-- Returns {OK, status before}, {NOT_FOUND} or {HUB_GONE}.
+local inst_key, inbox_key, hist_key, due_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local ready_key, stats_key, outbox_key, completed_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local instance_id, event, has_output, output = ARGV[4], ARGV[5], ARGV[6] == '1', ARGV[7]
+local notice = ARGV[8]
 
+if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
 local status = redis.call('HGET', inst_key, 'status')
 if not status then return {CODE.NOT_FOUND} end
 if TERMINAL[status] then return {CODE.OK, status} end
@@ -52,10 +55,12 @@ redis.call('DEL', inbox_key)
 local index = string.match(redis.call('HGET', inst_key, 'start') or '', '^inbox (%d+)$')
 if index then redis.call('HSET', inst_key, 'start', 'hist ' .. (offset + tonumber(index))) end
 redis.call('HSET', inst_key, 'status', 'TERMINATED', 'updated_ms', now, 'completed_ms', now)
+redis.call('HINCRBY', inst_key, 'size', #event)
 if has_output then redis.call('HSET', inst_key, 'output', output) end
 redis.call('HDEL', inst_key, 'prev_status', 'due_ms')
 redis.call('ZREM', due_key, instance_id)
 redis.call('ZREM', ready_key, instance_id)
+redis.call('ZADD', completed_key, now, instance_id)
 count_status(stats_key, status, 'TERMINATED')
 wake('status', instance_id)
 if notice ~= '' then
