@@ -10,8 +10,10 @@ Any replica accepts any completion: what it keeps here only saves round trips.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 
 from .. import errors
 from ..config import Config
@@ -81,17 +83,29 @@ class Dispatcher:
         """The instance fields at the claim, if a stream of this replica holds it (taken: once)."""
         return self._claims.pop(token, None)
 
-    def finished(self, hub_name: str, kind: str, item: str) -> None:
-        """A work item was completed or abandoned through this replica."""
+    def finished(self, hub_name: str, kind: str, item: str, token: str) -> None:
+        """The claim ``token`` on a work item was completed, abandoned or refused through this replica:
+        the stream of this replica that handed it out under that claim (if any) has room again."""
         for stream in self.streams(hub_name):
-            if item in stream.lanes[kind].held:
+            if stream.lanes[kind].held.get(item) == token:
                 stream.done_with(kind, item)
+
+    @contextlib.contextmanager
+    def reported(self, hub_name: str, kind: str, item: str, token: str) -> Iterator[None]:
+        """Around a worker's completion or abandon: whether it is applied or refused (its claim was
+        lost), the worker is done with the item, so its stream has room again."""
+        try:
+            yield
+            self.finished(hub_name, kind, item, token)
+        except errors.LeaseLost:
+            self.finished(hub_name, kind, item, token)
+            raise
 
     async def abandon(self, hub: HubKeys, kind: str, item: str, token: str) -> None:
         """Hand a work item back under its claim (LeaseLost when the claim is not current)."""
-        if not await self.kinds[kind].release(hub, item, token):
-            raise errors.LeaseLost(instance_of(item))
-        self.finished(hub.hub, kind, item)
+        with self.reported(hub.hub, kind, item, token):
+            if not await self.kinds[kind].release(hub, item, token):
+                raise errors.LeaseLost(instance_of(item))
 
     async def sweep(self, hubs: list[HubKeys]) -> None:
         """Re-queue work whose lease expired (a worker or replica died); any replica may run it."""

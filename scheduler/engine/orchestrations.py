@@ -125,6 +125,11 @@ class Orchestrations:
         ``token`` is not the current claim). An episode that would pass a limit of the instance (its
         history, its next work item, its state) fails the orchestration instead, with a failure
         that says which limit: nothing of the episode was written."""
+        with self.dispatcher.reported(hub.hub, ORCHESTRATION, instance_id, token):
+            await self._complete_episode(hub, instance_id, token, response)
+
+    async def _complete_episode(self, hub: HubKeys, instance_id: str, token: str,
+                                response: pb.OrchestratorResponse) -> None:
         h = self.dispatcher.claimed_fields(token)  # claimed through this replica: no read needed
         if h is None:
             h = await self._claimed_instance(hub, instance_id)
@@ -140,7 +145,6 @@ class Orchestrations:
                 await self._apply(hub, instance_id, token, h, episode, custom)
         except errors.LimitExceeded as exc:
             await self._apply(hub, instance_id, token, h, limit_failure(exc), None, enforce_limits=False)
-        self.dispatcher.finished(hub.hub, ORCHESTRATION, instance_id)
 
     async def fail_claimed(self, hub: HubKeys, instance_id: str, token: str, fields: dict[str, bytes],
                            error_type: str, message: str) -> None:
@@ -148,7 +152,7 @@ class Orchestrations:
         item would be too large to send) by failing the orchestration with a clear failure."""
         await self._apply(hub, instance_id, token, fields, failed(-1, error_type, message), None,
                           enforce_limits=False)
-        self.dispatcher.finished(hub.hub, ORCHESTRATION, instance_id)
+        self.dispatcher.finished(hub.hub, ORCHESTRATION, instance_id, token)
 
     async def _claimed_instance(self, hub: HubKeys, instance_id: str) -> dict[str, bytes]:
         h = await self.store.get_instance(hub, instance_id)
@@ -191,6 +195,6 @@ class Orchestrations:
         overflow = overflow_failure("ActivityResultTooLarge",
                                     f"the result of activity task {response.taskId} is {len(result)} bytes",
                                     self.store.limits)
-        await self.store.complete_activity(hub, item, token, result, overflow)
-        self.dispatcher.finished(hub.hub, ACTIVITY, item)
+        with self.dispatcher.reported(hub.hub, ACTIVITY, item, token):
+            await self.store.complete_activity(hub, item, token, result, overflow)
         self.dispatcher.offer(hub.hub, ORCHESTRATION, [instance_of(item)])  # it has a new event

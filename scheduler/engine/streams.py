@@ -161,6 +161,7 @@ class Lane:
         self.filter = flt
         self.held: dict[str, str] = {}  # item -> claim token, for what this stream handed out
         self.since: dict[str, float] = {}  # item -> when it was handed out (monotonic seconds)
+        self.let_go: set[str] = set()  # held past the longest hold: no longer renewed, but still counted
         self.look: set[int] = set(range(partitions))  # partitions to look at next
         self.offered: list[str] = []  # items to try first
 
@@ -225,6 +226,7 @@ class WorkStream:
         lane = self.lanes[kind]
         self.claims.pop(lane.held.pop(item, ""), None)
         lane.since.pop(item, None)
+        lane.let_go.discard(item)
         if lane.kind.look_after_done:
             lane.look.add(partition_of(instance_of(item), self.hub.partitions))
         self.wake.set()  # room for one more, if the stream is at its limit
@@ -318,18 +320,21 @@ class WorkStream:
 
     def _let_go_of_old(self, lane: Lane) -> None:
         """Stop renewing items held longer than the longest a work item may stay leased: their lease
-        expires and the sweep queues them again (the worker's late completion is refused)."""
+        expires and the sweep queues them again for another worker (this worker's late completion is
+        refused). They keep their place in the lane until this worker completes or abandons them, so a
+        worker that finishes nothing is handed nothing more."""
         oldest = time.monotonic() - self.options.max_hold_seconds
-        for item in [item for item, since in lane.since.items() if since < oldest]:
+        for item in [item for item, since in lane.since.items() if since < oldest and item not in lane.let_go]:
             log.warning("task hub %r: work item %r was held by one worker for %g s (--max-work-item-seconds): "
                         "it goes back to the queue when its lease expires", self.hub.hub, item,
                         self.options.max_hold_seconds)
-            self.done_with(lane.kind.code, item)
+            lane.let_go.add(item)
 
     async def _renew(self, lane: Lane) -> None:
         by_partition: dict[int, list[tuple[str, str]]] = {}
         for item, token in list(lane.held.items()):
-            by_partition.setdefault(partition_of(instance_of(item), self.hub.partitions), []).append((item, token))
+            if item not in lane.let_go:
+                by_partition.setdefault(partition_of(instance_of(item), self.hub.partitions), []).append((item, token))
         try:
             renewed = await asyncio.gather(*(lane.kind.renew(self.hub, p, items, self.lease_ms)
                                              for p, items in by_partition.items()))
@@ -346,7 +351,7 @@ class WorkStream:
         """The worker went away: its unfinished items are queued again at once (not after the lease)."""
         releases = []
         for lane in self.lanes.values():
-            held, lane.held, lane.since = lane.held, {}, {}
+            held, lane.held, lane.since, lane.let_go = lane.held, {}, {}, set()
             for item, token in held.items():
                 self.claims.pop(token, None)
                 releases.append(lane.kind.release(self.hub, item, token))

@@ -21,8 +21,8 @@ def unavailable_on_redis_errors(fn):
     async def wrapper(*args, **kwargs):
         try:
             return await fn(*args, **kwargs)
-        except rexc.ResponseError as exc:
-            if str(exc).startswith("OOM"):
+        except rexc.ResponseError as exc:  # a script's OOM error keeps Redis' "OOM" prefix; a command's is a class
+            if isinstance(exc, rexc.OutOfMemoryError) or str(exc).startswith("OOM"):
                 raise errors.RedisOutOfMemory(
                     "Redis is out of memory (maxmemory reached) and refused the write; nothing was written") from exc
             raise
