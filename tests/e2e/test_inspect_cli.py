@@ -74,3 +74,23 @@ def test_inspect_never_creates_the_hub_it_is_asked_about(redis_url, key_prefix, 
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.strip() == f"task hub {hub_name + '-typo'!r}: no such hub"
     assert list(rds.scan_iter(match=f"{key_prefix}:*")) == []
+
+
+def test_configure_hub_sets_and_clears_the_hubs_own_retention(server, redis_url, key_prefix, hub_name, rds,
+                                                              hub_keys):
+    def configure(*flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "scheduler", "configure-hub", "--redis-url", redis_url,
+                               "--key-prefix", key_prefix, "--task-hub", hub_name, *flags],
+                              capture_output=True, text=True, timeout=30)
+
+    out = configure("--hub-retention-seconds", "3600")
+    assert out.returncode == 0 and "purges finished instances 3600 s after they ended" in out.stdout, out
+    assert rds.hget(hub_keys.meta, "retention_seconds") == b"3600.0"
+    out = configure("--clear-hub-retention")
+    assert out.returncode == 0 and "follows --retention-seconds" in out.stdout, out
+    assert rds.hget(hub_keys.meta, "retention_seconds") is None
+    out = subprocess.run([sys.executable, "-m", "scheduler", "configure-hub", "--redis-url", redis_url,
+                          "--key-prefix", key_prefix, "--task-hub", hub_name + "-none", "--hub-retention-seconds",
+                          "1"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "does not exist" in out.stdout
+    assert not rds.exists(f"{key_prefix}:{{{hub_name}-none}}:meta")
