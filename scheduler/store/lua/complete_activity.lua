@@ -31,14 +31,14 @@ local max_bytes, overflow = tonumber(ARGV[9]), ARGV[10]
 
 if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
 if redis.call('HGET', tokens_key, item) ~= token then return {CODE.LEASE_LOST} end
+local inst = redis.call('HMGET', inst_key, 'status', 'execution_id', 'size')
+local status = inst[1]
+local now = now_ms()
 redis.call('HDEL', tokens_key, item)
 redis.call('HDEL', payloads_key, item)
 redis.call('ZREM', leases_key, lease_member(KIND.ACTIVITY, item))
 
-local inst = redis.call('HMGET', inst_key, 'status', 'execution_id', 'size')
-local status = inst[1]
 if not status or inst[2] ~= execution_id or TERMINAL[status] then return {CODE.OK} end
-local now = now_ms()
 if tonumber(inst[3] or 0) + #event > max_bytes then
   redis.call('HSETNX', inst_key, 'overflow', overflow)
   if status == 'RUNNING' then push_work(ready_key, instance_id, now) end
