@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -13,7 +15,10 @@ from grpc_reflection.v1alpha import reflection
 
 from . import errors
 from ._proto import orchestrator_service_pb2 as pb
+from .api.auth import Authenticator, TokenFile
+from .api.interceptors import CallInterceptor
 from .api.servicer import Servicer, add_to_server
+from .api.tls import ServerCertificates
 from .config import Config
 from .engine import Engine
 from .protocol import STATUS_PREFIX
@@ -24,6 +29,10 @@ log = logging.getLogger(__name__)
 
 STATUS_NAMES = [name.removeprefix(STATUS_PREFIX) for name in pb.OrchestrationStatus.keys()]
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TaskHubSidecarService"].full_name
+# Health service names for Kubernetes' gRPC probes. Readiness: Redis answers through the connections
+# requests use, and the replica is not shutting down ("" and the service's own name say the same).
+# Liveness: the process and its event loop answer (a Redis outage must not restart every pod).
+READINESS, LIVENESS = "readiness", "liveness"
 HUB_REFRESH_SECONDS = 2.0
 HEALTH_CHECK_SECONDS = 1.0
 DEPTH_SAMPLE_SECONDS = 5.0
@@ -33,7 +42,14 @@ RETENTION_SECONDS = 5.0
 DUE_DEPTH = prometheus_client.Gauge("dt_due_entries", "Entries waiting in the due sets", ["hub"])
 READY_DEPTH = prometheus_client.Gauge("dt_ready_entries", "Instances waiting in the ready sets", ["hub"])
 READY_AGE = prometheus_client.Gauge("dt_ready_oldest_age_seconds", "Age of the oldest ready entry", ["hub"])
+OUTBOX_DEPTH = prometheus_client.Gauge("dt_outbox_messages", "Messages between instances not yet delivered", ["hub"])
 INSTANCES = prometheus_client.Gauge("dt_instances", "Instances by status", ["hub", "status"])
+STREAMS = prometheus_client.Gauge("dt_work_streams", "Work streams (connected workers) of this replica")
+HELD = prometheus_client.Gauge("dt_work_items_held", "Work items this replica's streams handed out, not yet reported")
+
+
+class StartupError(Exception):
+    """The replica cannot start (a port in use, ...): one line says why."""
 
 
 class App:
@@ -52,14 +68,45 @@ class App:
         self._running_jobs: set[asyncio.Task] = set()
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
+        self.draining = False
+        tokens = TokenFile(config.auth_tokens_file) if config.auth_tokens_file else None
+        self.interceptor = CallInterceptor(Authenticator(tokens), config.task_hub)
 
     async def start(self) -> int:
-        """Start everything; returns the bound gRPC port."""
+        """Start everything; returns the bound gRPC port. StartupError (with nothing left running) when
+        a port is taken."""
+        self._check_ports_free()
         try:
             await self.store.load_scripts()
             await self.engine.hubs.get(self.config.task_hub)
-        except errors.StoreUnavailable as exc:
+        except errors.StoreError as exc:
             log.warning("Redis is not reachable yet (%s); serving UNAVAILABLE until it is", exc)
+        self.server = grpc.aio.server(interceptors=[self.interceptor], options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", self.config.max_message_bytes),
+            ("grpc.max_send_message_length", self.config.max_message_bytes),
+        ])
+        self.servicer = Servicer(self.engine, self.config)
+        add_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), self.server)
+        address = f"{self.config.host}:{self.config.port}"
+        try:
+            if self.config.tls_cert_file:
+                certificates = ServerCertificates(self.config.tls_cert_file, self.config.tls_key_file,
+                                                  self.config.tls_client_ca_file)
+                self.port = self.server.add_secure_port(address, certificates.credentials())
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise StartupError(f"--port (DT_PORT): cannot listen on {address}: {exc}") from None
+        if self.config.metrics_port is not None:
+            try:
+                prometheus_client.start_http_server(self.config.metrics_port, addr=self.config.host)
+            except OSError as exc:
+                raise StartupError(f"--metrics-port (DT_METRICS_PORT): cannot listen on "
+                                   f"{self.config.host}:{self.config.metrics_port}: {exc.strerror}") from None
+        await self.server.start()
         self.engine.wakeups.start()
         await self.engine.hubs.refresh()
         for job, seconds in ((self.engine.hubs.refresh, HUB_REFRESH_SECONDS), (self._check_health, HEALTH_CHECK_SECONDS),
@@ -67,33 +114,40 @@ class App:
                              (self.engine.retention.sweep, RETENTION_SECONDS)):
             self.add_housekeeping(job, seconds)
         self.housekeeping.start()
-
-        max_message = self.config.max_message_bytes
-        self.server = grpc.aio.server(options=[
-            ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", max_message),
-            ("grpc.max_send_message_length", max_message),
-        ])
-        self.servicer = Servicer(self.engine, self.config)
-        add_to_server(self.servicer, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), self.server)
-        self.port = self.server.add_insecure_port(f"{self.config.host}:{self.config.port}")
-        await self.server.start()
-        if self.config.metrics_port is not None:
-            prometheus_client.start_http_server(self.config.metrics_port, addr=self.config.host)
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self._check_health()
         return self.port
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Stop taking requests, let running ones finish, then stop background work."""
+    def _check_ports_free(self) -> None:
+        """A taken port is said at once, in one line (before grpc logs its own)."""
+        for flag, port in (("--port (DT_PORT)", self.config.port), ("--metrics-port (DT_METRICS_PORT)",
+                                                                     self.config.metrics_port)):
+            if not port:
+                continue
+            family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind((self.config.host, port))
+                except OSError as exc:
+                    reason = "the address is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+                    raise StartupError(f"{flag}: cannot listen on {self.config.host}:{port}: {reason}") from None
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Shut down gracefully: readiness goes NOT_SERVING at once, work streams hand out nothing more,
+        work already handed out may be completed for up to ``grace`` seconds (default
+        --shutdown-grace-seconds); then leases go back and streams close, so their workers reconnect to
+        another replica; running calls get a last second; background work stops."""
+        grace = self.config.shutdown_grace_seconds if grace is None else grace
+        self.draining = True
+        await self._set_readiness(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.engine.dispatcher.drain(grace)
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
-            await self.server.stop(grace)
+            await self.server.stop(1.0)
         if self.housekeeping.running:
             self.housekeeping.pause()  # shutdown() would cancel a running job mid-step: let it finish
             if self._running_jobs:
-                await asyncio.wait(self._running_jobs, timeout=grace)
+                await asyncio.wait(self._running_jobs, timeout=5)
             self.housekeeping.shutdown(wait=False)
         await self.engine.hubs.stop()
         await self.engine.wakeups.stop()
@@ -122,25 +176,34 @@ class App:
         await self.engine.dispatcher.sweep(self.engine.hubs.served())
 
     async def sample_depths(self) -> None:
-        """Queue depths and instance counts of the hubs served here, for the metrics endpoint."""
+        """Queue depths and instance counts of the hubs served here, and this replica's streams, for the
+        metrics endpoint."""
+        STREAMS.set(len(self.engine.dispatcher.all_streams()))
+        HELD.set(self.engine.dispatcher.held())
         for hub in self.engine.hubs.served():
             try:
                 stats = await self.store.hub_stats(hub)
-            except errors.StoreUnavailable:
+            except errors.StoreError:
                 return
             DUE_DEPTH.labels(hub.hub).set(stats.due)
             READY_DEPTH.labels(hub.hub).set(stats.ready)
+            OUTBOX_DEPTH.labels(hub.hub).set(stats.outbox)
             oldest = stats.oldest_ready_ms
             READY_AGE.labels(hub.hub).set(0 if oldest is None else max(stats.now_ms - oldest, 0) / 1000)
             for status in STATUS_NAMES:
                 INSTANCES.labels(hub.hub, status).set(stats.statuses.get(status, 0))
 
     async def _check_health(self) -> None:
-        """SERVING only while Redis answers."""
+        """Readiness: SERVING while Redis answers through the connections requests use, unless draining."""
+        if self.draining:
+            return
         try:
             await self.store.ping()
             status = health_pb2.HealthCheckResponse.SERVING
-        except errors.StoreUnavailable:
+        except errors.StoreError:
             status = health_pb2.HealthCheckResponse.NOT_SERVING
-        for service in ("", SERVICE_NAME):
+        await self._set_readiness(status)
+
+    async def _set_readiness(self, status) -> None:
+        for service in ("", SERVICE_NAME, READINESS):
             await self.health.set(service, status)

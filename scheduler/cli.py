@@ -9,6 +9,7 @@ import signal
 import sys
 
 from . import config as config_mod
+from . import logs
 from .inspector import configure_hub, inspect_hubs
 
 log = logging.getLogger("scheduler")
@@ -31,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                             "whatever --retention-seconds the replicas have")
     which.add_argument("--clear-hub-retention", action="store_true",
                        help="the hub follows the replicas' --retention-seconds again")
+    sub.add_parser("hash-token", help="print the SHA-256 hash of a token read from standard input, for "
+                                      "--auth-tokens-file")
     return parser
 
 
@@ -42,43 +45,76 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _serve(cfg: config_mod.Config) -> None:
-    from .app import App  # the gRPC stack is only needed to serve
+async def _serve(cfg: config_mod.Config) -> int:
+    from .app import App, StartupError  # the gRPC stack is only needed to serve
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # honoured from now on, also while starting
         loop.add_signal_handler(sig, stop.set)
     app = App(cfg)
-    port = await app.start()
+    starting = asyncio.ensure_future(app.start())
+    await asyncio.wait({starting, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done() or starting.exception() is not None:
+        if not starting.done():
+            starting.cancel()
+            log.info("stopped while starting")
+        error = None if starting.cancelled() else starting.exception()
+        await app.store.aclose()
+        if isinstance(error, StartupError):
+            print(f"dt-scheduler: {error}", file=sys.stderr)
+            return 2
+        if error is not None:
+            raise error
+        return 0
+    port = starting.result()
     # What exists now (modules, generated protobuf classes: ~50k objects) lives as long as the process.
     # Frozen, the collector stops scanning it: full collections take ~1 ms instead of 20-35 ms, which
     # otherwise show up as late promotions and slow episodes.
     gc.collect()
     gc.freeze()
-    store = f"Redis at {cfg.redis_url}" if cfg.redis_url else "the EMBEDDED store"
-    log.info("serving TaskHubSidecarService on %s:%d (task hub %r, %s)", cfg.host, port, cfg.task_hub, store)
+    store = f"Redis at {config_mod.redacted(cfg.redis_url)}" if cfg.redis_url else "the EMBEDDED store"
+    security = ("mutual TLS" if cfg.tls_client_ca_file else "TLS") if cfg.tls_cert_file else "plaintext"
+    auth = "bearer tokens" if cfg.authenticates else "NO authentication"
+    log.info("serving TaskHubSidecarService on %s:%d (%s, %s; task hub %r, %s)", cfg.host, port, security, auth,
+             cfg.task_hub, store)
+    if not cfg.authenticates and cfg.allow_unauthenticated:
+        log.warning("--allow-unauthenticated: anyone who can reach %s:%d can start, terminate, purge and delete "
+                    "everything", cfg.host, port)
     # A line for scripts and tests that start us with --port 0.
     print(f"READY {cfg.host}:{port}", flush=True)
     await stop.wait()
-    log.info("shutting down")
-    await app.stop()
+    log.info("shutting down: draining for up to %g s", cfg.shutdown_grace_seconds)
+    stop.clear()
+    stopping = asyncio.ensure_future(app.stop())
+    await asyncio.wait({stopping, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    if not stopping.done():  # a second signal: no more grace
+        log.warning("second signal: stopping at once")
+        stopping.cancel()
+        await app.store.aclose()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "hash-token":
+        token = sys.stdin.readline().rstrip("\n")
+        if not token:
+            print("dt-scheduler hash-token: give the token on standard input", file=sys.stderr)
+            return 2
+        from .api.auth import hash_token
+
+        print(hash_token(token))
+        return 0
     try:
         cfg = config_mod.from_args(args)
     except ValueError as exc:
         print(f"dt-scheduler: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logs.configure(cfg.log_level, cfg.log_format, cfg.replica)
     _use_uvloop()
     if args.command == "serve":
-        asyncio.run(_serve(cfg))
-        return 0
+        return asyncio.run(_serve(cfg))
     if args.command == "configure-hub":
         retention = None if args.clear_hub_retention else args.hub_retention_seconds
         return asyncio.run(configure_hub(cfg, retention))

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import re
+import socket
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlparse, urlunparse
 
 # gRPC clients refuse messages over 4 MiB by default. A message carries more than its payloads
 # (ids, timestamps, status, the framing of each event): payloads keep 64 KiB of headroom below it.
@@ -57,41 +60,75 @@ class Config:
     max_work_item_seconds: float = 86400.0  # the longest a work item stays leased to one worker
     redis_max_connections: int = 32  # connections to Redis of one replica (requests wait for a free one)
     retention_seconds: float = 0.0  # finished instances older than this are purged; 0: kept until purged
+    tls_cert_file: str | None = None  # serve TLS with this certificate chain (PEM; re-read when it changes)
+    tls_key_file: str | None = None  # ... and this private key
+    tls_client_ca_file: str | None = None  # require client certificates signed by these CAs (mutual TLS)
+    auth_tokens_file: str | None = None  # bearer tokens (JSON, SHA-256 hashes) -> role and task hubs
+    allow_unauthenticated: bool = False  # listen beyond loopback without authentication
+    shutdown_grace_seconds: float = 25.0  # on SIGTERM, how long handed-out work may take to finish
+    log_format: str = "text"  # text or json
+    replica: str = ""  # this replica's name in logs and metrics; default: the host name
 
     def __post_init__(self) -> None:
         if self.max_payload_bytes is None:
             object.__setattr__(self, "max_payload_bytes", self.max_message_bytes - MESSAGE_HEADROOM_BYTES)
         if not NAME_RE.match(self.task_hub):
-            raise ValueError(f"task hub name {self.task_hub!r} must match {NAME_RE.pattern}")
+            raise ValueError(f"{_flag('task_hub')}: task hub name {self.task_hub!r} must match {NAME_RE.pattern}")
         if not NAME_RE.match(self.key_prefix):
-            raise ValueError(f"key prefix {self.key_prefix!r} must match {NAME_RE.pattern}")
+            raise ValueError(f"{_flag('key_prefix')}: key prefix {self.key_prefix!r} must match {NAME_RE.pattern}")
         if not 1 <= self.partitions <= 1024:
-            raise ValueError(f"partitions must be between 1 and 1024, got {self.partitions}")
+            raise ValueError(f"{_flag('partitions')} must be between 1 and 1024, got {self.partitions}")
         if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be between 0 and 65535, got {self.port}")
+            raise ValueError(f"{_flag('port')} must be between 0 and 65535, got {self.port}")
         if self.log_level not in LOG_LEVELS:
-            raise ValueError(f"log level {self.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
+            raise ValueError(f"{_flag('log_level')} {self.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
         if not 0.1 <= self.lease_seconds <= 3600:
-            raise ValueError(f"lease must be between 0.1 and 3600 seconds, got {self.lease_seconds}")
+            raise ValueError(f"{_flag('lease_seconds')} must be between 0.1 and 3600, got {self.lease_seconds}")
         if not 0.05 <= self.health_ping_seconds <= 60:
-            raise ValueError(f"health ping interval must be between 0.05 and 60 seconds, got {self.health_ping_seconds}")
+            raise ValueError(f"{_flag('health_ping_seconds')} must be between 0.05 and 60, got {self.health_ping_seconds}")
         if self.max_history_events < 10:
-            raise ValueError(f"history limit must be at least 10 events, got {self.max_history_events}")
+            raise ValueError(f"{_flag('max_history_events')} must be at least 10, got {self.max_history_events}")
         if self.promote_batch < 1:
             raise ValueError(f"promote batch must be at least 1, got {self.promote_batch}")
         if not 256 * 1024 <= self.max_message_bytes <= 1024 ** 3:
-            raise ValueError(f"max message size must be between 256 KiB and 1 GiB, got {self.max_message_bytes}")
+            raise ValueError(f"{_flag('max_message_bytes')} must be between 256 KiB and 1 GiB, got {self.max_message_bytes}")
         if not 1 <= self.max_payload_bytes <= self.max_message_bytes - MESSAGE_HEADROOM_BYTES:
-            raise ValueError(f"max payload size must be between 1 and the max message size minus 64 KiB "
+            raise ValueError(f"{_flag('max_payload_bytes')} must be between 1 and the max message size minus 64 KiB "
                              f"({self.max_message_bytes - MESSAGE_HEADROOM_BYTES}), got {self.max_payload_bytes}")
         for name in ("max_inbox_events", "max_stream_work_items", "redis_max_connections"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise ValueError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
         for name in ("stream_write_timeout_seconds", "max_work_item_seconds"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+                raise ValueError(f"{_flag(name)} must be positive, got {getattr(self, name)}")
         if self.retention_seconds < 0:
-            raise ValueError(f"retention must not be negative (0: off), got {self.retention_seconds}")
+            raise ValueError(f"{_flag('retention_seconds')} must not be negative (0: off), got {self.retention_seconds}")
+        if self.redis_url is not None:
+            check_redis_url(self.redis_url)
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(f"{_flag('tls_cert_file')} and {_flag('tls_key_file')} go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(f"{_flag('tls_client_ca_file')} (mutual TLS) needs {_flag('tls_cert_file')} and "
+                             f"{_flag('tls_key_file')}")
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"{_flag(name)}: no such file {path!r}")
+        if self.shutdown_grace_seconds < 0:
+            raise ValueError(f"{_flag('shutdown_grace_seconds')} must not be negative, got {self.shutdown_grace_seconds}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"{_flag('log_format')} must be text or json, got {self.log_format!r}")
+        if not self.replica:
+            object.__setattr__(self, "replica", os.environ.get("HOSTNAME") or socket.gethostname())
+        if self.auth_tokens_file is None and not self.allow_unauthenticated and not _is_loopback(self.host):
+            raise ValueError(
+                f"{_flag('host')} {self.host} listens beyond this machine, and no {_flag('auth_tokens_file')} is "
+                f"given: anyone who reaches the port could run and delete everything. Give the tokens file, or "
+                f"{_flag('allow_unauthenticated')} to accept that (a network policy, a mesh, a trusted network)")
+
+    @property
+    def authenticates(self) -> bool:
+        return self.auth_tokens_file is not None
 
     @property
     def limits(self) -> Limits:
@@ -132,7 +169,23 @@ _OPTIONS = [
     ("--redis-max-connections", "DT_REDIS_MAX_CONNECTIONS", int, "Redis connections of this replica"),
     ("--retention-seconds", "DT_RETENTION_SECONDS", float,
      "purge finished instances this long after they ended (0: keep them until a client purges)"),
+    ("--tls-cert-file", "DT_TLS_CERT_FILE", str, "serve TLS with this certificate chain (PEM, re-read when it changes)"),
+    ("--tls-key-file", "DT_TLS_KEY_FILE", str, "the private key of --tls-cert-file (PEM)"),
+    ("--tls-client-ca-file", "DT_TLS_CLIENT_CA_FILE", str,
+     "require client certificates signed by these CAs (mutual TLS; PEM)"),
+    ("--auth-tokens-file", "DT_AUTH_TOKENS_FILE", str,
+     "bearer tokens (JSON: SHA-256 hashes, each with a role and task hubs; re-read when it changes)"),
+    ("--shutdown-grace-seconds", "DT_SHUTDOWN_GRACE_SECONDS", float,
+     "on SIGTERM: how long work already handed out may take to finish (match terminationGracePeriodSeconds)"),
+    ("--log-format", "DT_LOG_FORMAT", str, "text or json (one object per line, with replica, hub and instance)"),
+    ("--replica", "DT_REPLICA", str, "this replica's name in logs and metrics (default: the host name)"),
 ]
+_SWITCHES = [  # (flag, environment variable, help): on when given, or when the variable is 1, true or yes
+    ("--redis-cluster", "DT_REDIS_CLUSTER", "the Redis URL names a node of a Redis Cluster"),
+    ("--allow-unauthenticated", "DT_ALLOW_UNAUTHENTICATED",
+     "listen beyond loopback without --auth-tokens-file (anyone who reaches the port may do anything)"),
+]
+_ENV = {_flag_name: env for _flag_name, env, *_ in _OPTIONS + _SWITCHES}
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 
 
@@ -140,24 +193,84 @@ def _field(flag: str) -> str:
     return flag[2:].replace("-", "_")
 
 
+def _flag(field: str) -> str:
+    """A Config field as the user names it: its flag and its environment variable."""
+    flag = "--" + field.replace("_", "-")
+    env = _ENV.get(flag)
+    return f"{flag} ({env})" if env else flag
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+_SSL_PARAMS = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname"}
+
+
+def check_redis_url(url: str) -> None:
+    """ValueError naming --redis-url unless the URL is one the service can use (files must exist)."""
+    what = _flag("redis_url")
+    parsed = urlparse(url)
+    if parsed.scheme not in ("redis", "rediss"):
+        raise ValueError(f"{what}: the scheme must be redis:// or rediss:// (TLS), got {parsed.scheme + '://' if parsed.scheme else 'none'}")
+    try:
+        port = parsed.port
+    except ValueError:
+        raise ValueError(f"{what}: the port is not a number") from None
+    if not parsed.hostname:
+        raise ValueError(f"{what}: no host")
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"{what}: port {port} is out of range")
+    db = parsed.path.strip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"{what}: the database (the path) must be a number, got {db!r}")
+    for name, value in parse_qsl(parsed.query):
+        if name not in _SSL_PARAMS:
+            continue
+        if name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") and not os.path.isfile(value):
+            raise ValueError(f"{what}: {name}: no such file {value!r}")
+        if name == "ssl_cert_reqs" and value not in ("none", "optional", "required"):
+            raise ValueError(f"{what}: ssl_cert_reqs must be none, optional or required, got {value!r}")
+
+
+def redacted(url: str | None) -> str | None:
+    """The URL without its password, for logs."""
+    if url is None:
+        return None
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.replace(":" + parsed.password + "@", ":***@", 1)
+    return urlunparse(parsed._replace(netloc=netloc))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every option; each flag falls back to its environment variable, then to its default."""
     for flag, env, typ, help_text in _OPTIONS:
         parser.add_argument(flag, type=typ, default=None,
                             help=f"{help_text} (env {env}, default {_DEFAULTS[_field(flag)]})")
-    parser.add_argument("--redis-cluster", action="store_true", default=None,
-                        help="connect to a Redis Cluster (env DT_REDIS_CLUSTER=1)")
+    for flag, env, help_text in _SWITCHES:
+        parser.add_argument(flag, action="store_true", default=None, help=f"{help_text} (env {env}=1)")
 
 
 def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
+    """The Config of parsed flags and the environment; ValueError naming the flag or variable that is wrong."""
     environ = os.environ if environ is None else environ
     values = {}
     for flag, env, typ, _ in _OPTIONS:
         name = _field(flag)
         value = getattr(args, name, None)
         if value is None and environ.get(env):
-            value = typ(environ[env])
+            try:
+                value = typ(environ[env])
+            except ValueError:
+                raise ValueError(f"{env}: {environ[env]!r} is not a valid {typ.__name__} (for {flag})") from None
         values[name] = _DEFAULTS[name] if value is None else value
-    cluster = args.redis_cluster if getattr(args, "redis_cluster", None) else environ.get("DT_REDIS_CLUSTER", "") in ("1", "true", "yes")
+    for flag, env, _ in _SWITCHES:
+        name = _field(flag)
+        values[name] = bool(getattr(args, name, None)) or environ.get(env, "").lower() in ("1", "true", "yes")
     values["log_level"] = str(values["log_level"]).upper()
-    return Config(redis_cluster=bool(cluster), **values)
+    return Config(**values)

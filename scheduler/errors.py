@@ -91,6 +91,13 @@ class HubDeleting(StoreError):
         self.hub = hub
 
 
+class Draining(StoreError):
+    """This replica is shutting down and takes no new work streams: connect to another one."""
+
+    def __init__(self) -> None:
+        super().__init__("this replica is shutting down and takes no new work streams; reconnect to another")
+
+
 class StoreUnavailable(StoreError):
     """Redis did not answer (down, unreachable, loading) and the command was not applied. Retry later."""
 

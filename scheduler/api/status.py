@@ -29,7 +29,7 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, errors.FailedPrecondition):
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
-    if isinstance(exc, (errors.StoreUnavailable, errors.HubDeleting, errors.HubGone, StreamStalled)):
+    if isinstance(exc, (errors.StoreUnavailable, errors.HubDeleting, errors.HubGone, errors.Draining, StreamStalled)):
         return grpc.StatusCode.UNAVAILABLE, f"{exc}; nothing was written, retry later"
     if isinstance(exc, errors.StoreOutcomeUnknown):
         return grpc.StatusCode.DEADLINE_EXCEEDED, f"{exc}; the change may or may not have been applied"

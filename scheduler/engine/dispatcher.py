@@ -39,6 +39,7 @@ class Dispatcher:
                       ACTIVITY: ActivityWork(store, config.max_message_bytes)}
         # set by the engine: ends a claimed episode that cannot go to a worker by failing the orchestration
         self.fail_claimed: FailClaimed | None = None
+        self.draining = False  # shutting down: no new streams, and streams hand out nothing more
         self._streams: dict[str, set[WorkStream]] = defaultdict(set)  # hub -> this replica's open streams
         self._claims: dict[str, dict[str, bytes]] = {}  # claim token -> instance fields at the claim
 
@@ -50,6 +51,8 @@ class Dispatcher:
         """Run a work stream for a worker until it goes away: ``limits`` (what its worker declares it
         runs at once; 0: not declared) and ``filters`` (None: any) of each kind of work it takes. A
         stream holds at most its worker's limit, and never more than --max-stream-work-items."""
+        if self.draining:
+            raise errors.Draining()
         cap = self.max_stream_work_items
         lanes = [Lane(kind, min(limits.get(code) or cap, cap), filters.get(code), hub.partitions)
                  for code, kind in self.kinds.items()]
@@ -59,6 +62,31 @@ class Dispatcher:
             await stream.run(write)
         finally:
             self._streams[hub.hub].discard(stream)
+
+    def all_streams(self) -> list[WorkStream]:
+        return [stream for streams in self._streams.values() for stream in streams]
+
+    def held(self) -> int:
+        """Work items that this replica's streams have handed out and their workers not yet reported."""
+        return sum(stream.held for stream in self.all_streams())
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Shut down gracefully: streams hand out nothing more (new ones are refused), work already handed
+        out may be completed for up to ``grace_seconds``; then what is still held goes back to the
+        queues and the streams end, so their workers reconnect to another replica."""
+        self.draining = True
+        for stream in self.all_streams():
+            stream.drain()
+        deadline = asyncio.get_running_loop().time() + grace_seconds
+        while self.held() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.held():
+            log.warning("shutting down with %d work item(s) not completed within %g s: they go back to the queues",
+                        self.held(), grace_seconds)
+        streams = self.all_streams()
+        for stream in streams:
+            stream.close()
+        await asyncio.gather(*(stream.closed.wait() for stream in streams))
 
     def work_available(self, hub_name: str, queue: tuple[str, int] | None = None) -> None:
         """A work queue of the hub stopped being empty (``queue``: (name, partition), if known; None:

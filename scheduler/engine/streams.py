@@ -195,6 +195,9 @@ class WorkStream:
         # that a completion arriving here needs not read them again (they do not change during a claim)
         self.claims = claims
         self.wake = asyncio.Event()
+        self.draining = False  # hand out nothing more
+        self._closing = False
+        self.closed = asyncio.Event()  # set once the stream has ended and handed its work back
         self._offset = itertools.count()
 
     @property
@@ -231,15 +234,26 @@ class WorkStream:
             lane.look.add(partition_of(instance_of(item), self.hub.partitions))
         self.wake.set()  # room for one more, if the stream is at its limit
 
+    def drain(self) -> None:
+        """Hand out nothing more; keep renewing what was handed out (its worker may still complete it)."""
+        self.draining = True
+        self.wake.set()
+
+    def close(self) -> None:
+        """End the stream: what it still holds goes back to the queues."""
+        self._closing = True
+        self.wake.set()
+
     async def run(self, write: Write) -> None:
         renewer = asyncio.ensure_future(self._renew_forever())
         try:
             last_write = time.monotonic()
-            while True:
+            while not self._closing:
                 self.wake.clear()
                 sent = 0
                 for lane in self.lanes.values():
-                    sent += await self._dispatch(lane, write)
+                    if not self.draining:
+                        sent += await self._dispatch(lane, write)
                 if sent:
                     last_write = time.monotonic()
                     continue
@@ -254,6 +268,7 @@ class WorkStream:
         finally:
             await cancel_and_wait(renewer)
             await self._hand_back()
+            self.closed.set()
 
     async def _dispatch(self, lane: Lane, write: Write) -> int:
         """Claim and write what is queued now (what was offered first), up to the lane's limit;

@@ -6,6 +6,7 @@ import functools
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
+import prometheus_client
 import redis.exceptions as rexc
 
 from .. import errors
@@ -37,8 +38,12 @@ def unavailable_on_redis_errors(fn):
 _NOT_SENT = ("connecting", "No connection available", "Too many connections", "emulating a connection error")
 
 
+REDIS_ERRORS = prometheus_client.Counter("dt_redis_errors_total", "Failed Redis calls, by what they mean",
+                                        ["outcome"])
+
+
 def store_failure(exc: Exception) -> errors.StoreError:
-    """The domain error of a failed Redis call."""
+    """The domain error of a failed Redis call (counted in dt_redis_errors_total)."""
     text = str(exc)
     not_applied = (
         isinstance(exc, (CommandNotSent, rexc.BusyLoadingError, rexc.ClusterDownError, rexc.TryAgainError,
@@ -46,7 +51,9 @@ def store_failure(exc: Exception) -> errors.StoreError:
         or (isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError)) and not isinstance(exc, ReplyLost)
             and any(sign in text for sign in _NOT_SENT)))
     if not_applied:
+        REDIS_ERRORS.labels("not_applied").inc()
         return errors.StoreUnavailable(f"Redis is unavailable: {exc}")
+    REDIS_ERRORS.labels("unknown").inc()
     return errors.StoreOutcomeUnknown(f"Redis did not answer: {exc}")
 
 

@@ -15,7 +15,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 
-import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
 
@@ -61,14 +60,13 @@ async def wakeups(redis, channel: str) -> AsyncIterator[Wakeup]:
     every node, so one node will do."""
     if isinstance(redis, Gated):
         redis = redis.client
-    client = redis
     pubsub = None
     try:
-        if isinstance(redis, RedisCluster):
+        if isinstance(redis, RedisCluster):  # one node, through its own connection settings (TLS, ACL user)
             await redis.initialize()
-            node = redis.get_default_node()
-            client = aioredis.Redis(host=node.host, port=node.port)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub = redis.pubsub(node=redis.get_default_node(), ignore_subscribe_messages=True)
+        else:
+            pubsub = redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(channel)
         yield SUBSCRIBED
         async for message in pubsub.listen():
@@ -85,5 +83,3 @@ async def wakeups(redis, channel: str) -> AsyncIterator[Wakeup]:
         with contextlib.suppress(Exception):
             if pubsub is not None:
                 await pubsub.aclose()
-            if client is not redis:
-                await client.aclose()

@@ -21,7 +21,7 @@ import asyncio
 import collections
 import ssl
 import time
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qsl, unquote, urlparse
 
 import hiredis
 import redis.exceptions as rexc
@@ -85,6 +85,19 @@ class _Protocol(asyncio.Protocol):
         self.buffer = []
 
 
+def ssl_context(params: dict[str, str]) -> ssl.SSLContext:
+    """The TLS context of a rediss:// URL's options, as redis-py reads them: ssl_ca_certs (CA bundle),
+    ssl_certfile and ssl_keyfile (a client certificate, for mutual TLS), ssl_cert_reqs (none, optional,
+    required: the default) and ssl_check_hostname (default true)."""
+    context = ssl.create_default_context(cafile=params.get("ssl_ca_certs"))
+    if params.get("ssl_certfile"):
+        context.load_cert_chain(params["ssl_certfile"], params.get("ssl_keyfile"))
+    reqs = params.get("ssl_cert_reqs", "required")
+    context.check_hostname = reqs == "required" and params.get("ssl_check_hostname", "true").lower() != "false"
+    context.verify_mode = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL}.get(reqs, ssl.CERT_REQUIRED)
+    return context
+
+
 class PipelinedConnection:
     """``await conn.execute(*args)`` returns the raw reply (bytes, int, list) or raises."""
 
@@ -94,7 +107,7 @@ class PipelinedConnection:
             raise ValueError(f"unsupported Redis URL scheme {parsed.scheme!r}")
         self.host = parsed.hostname or "127.0.0.1"
         self.port = parsed.port or 6379
-        self.ssl = ssl.create_default_context() if parsed.scheme == "rediss" else None
+        self.ssl = ssl_context(dict(parse_qsl(parsed.query))) if parsed.scheme == "rediss" else None
         self.username = unquote(parsed.username) if parsed.username else None
         self.password = unquote(parsed.password) if parsed.password else None
         path = parsed.path.strip("/")

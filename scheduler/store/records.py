@@ -50,6 +50,7 @@ class PartitionStats:
     next_due_ms: int | None = None
     ready: int = 0
     oldest_ready_ms: int | None = None
+    outbox: int = 0
 
 
 @dataclass
@@ -78,6 +79,10 @@ class HubStats:
     @property
     def ready(self) -> int:
         return sum(p.ready for p in self.per_partition)
+
+    @property
+    def outbox(self) -> int:
+        return sum(p.outbox for p in self.per_partition)
 
     @property
     def oldest_ready_ms(self) -> int | None:

@@ -98,6 +98,8 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, QueryOps):
 
     @unavailable_on_redis_errors
     async def ping(self) -> None:
+        """Redis answers through every connection requests use (the pipelined one, the pool)."""
+        await self._execute("PING")
         await self.redis.ping()
 
     @unavailable_on_redis_errors
@@ -273,13 +275,14 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, QueryOps):
                 pipe.zrange(pk.due, 0, 0, withscores=True)
                 pipe.zcard(pk.ready)
                 pipe.zrange(pk.ready, 0, 0, withscores=True)
+                pipe.llen(pk.outbox)
             results = await pipe.execute()
         parts = []
         for i in range(hub.partitions):
-            statuses, due, due_head, ready, ready_head = results[5 * i: 5 * i + 5]
+            statuses, due, due_head, ready, ready_head, outbox = results[6 * i: 6 * i + 6]
             parts.append(PartitionStats(
                 statuses={k.decode(): int(v) for k, v in statuses.items()},
                 due=due, next_due_ms=score(due_head[0][1]) if due_head else None,
-                ready=ready, oldest_ready_ms=score(ready_head[0][1]) if ready_head else None))
+                ready=ready, oldest_ready_ms=score(ready_head[0][1]) if ready_head else None, outbox=outbox))
         return HubStats(hub.hub, hub.partitions, now_ms, parts)
 

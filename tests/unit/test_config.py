@@ -27,21 +27,22 @@ def test_defaults_without_flags_or_environment():
 def test_flags_set_every_option():
     c = parse(["--host", "0.0.0.0", "--port", "5000", "--redis-url", "redis://h:1/2", "--redis-cluster",
                "--task-hub", "hub.a", "--partitions", "4", "--key-prefix", "pre_x", "--max-payload-bytes", "10",
-               "--log-level", "debug", "--metrics-port", "9100"])
+               "--log-level", "debug", "--metrics-port", "9100", "--allow-unauthenticated"])
     assert c == Config(host="0.0.0.0", port=5000, redis_url="redis://h:1/2", redis_cluster=True, task_hub="hub.a",
-                       partitions=4, key_prefix="pre_x", max_payload_bytes=10, log_level="DEBUG", metrics_port=9100)
+                       partitions=4, key_prefix="pre_x", max_payload_bytes=10, log_level="DEBUG", metrics_port=9100,
+                       allow_unauthenticated=True)
 
 
 ENV = {"DT_HOST": "10.0.0.1", "DT_PORT": "4100", "DT_REDIS_URL": "redis://env:6379/0", "DT_REDIS_CLUSTER": "1",
        "DT_TASK_HUB": "envhub", "DT_PARTITIONS": "8", "DT_KEY_PREFIX": "envp", "DT_MAX_PAYLOAD_BYTES": "123",
-       "DT_LOG_LEVEL": "warning", "DT_METRICS_PORT": "9200"}
+       "DT_LOG_LEVEL": "warning", "DT_METRICS_PORT": "9200", "DT_ALLOW_UNAUTHENTICATED": "1"}
 
 
 def test_environment_is_the_fallback_of_each_flag():
     c = parse([], ENV)
     assert c == Config(host="10.0.0.1", port=4100, redis_url="redis://env:6379/0", redis_cluster=True,
                        task_hub="envhub", partitions=8, key_prefix="envp", max_payload_bytes=123,
-                       log_level="WARNING", metrics_port=9200)
+                       log_level="WARNING", metrics_port=9200, allow_unauthenticated=True)
 
 
 def test_flags_win_over_environment():
@@ -110,3 +111,37 @@ def test_promote_batch_must_be_positive():
     # promote_batch=0 makes every promote call "full" (0 >= 0): the promoter spins without sleeping.
     with pytest.raises(ValueError, match="(?i)batch"):
         Config(promote_batch=0)
+
+
+def test_without_authentication_only_loopback_is_served_unless_allowed():
+    for host in ("0.0.0.0", "10.1.2.3", "::"):
+        with pytest.raises(ValueError, match="--allow-unauthenticated") as refused:
+            Config(host=host)
+        assert "--auth-tokens-file" in str(refused.value)
+        assert Config(host=host, allow_unauthenticated=True).host == host
+    for host in ("127.0.0.1", "::1", "localhost"):
+        assert Config(host=host).host == host
+
+
+@pytest.mark.parametrize("env, value, named", [("DT_PORT", "abc", "DT_PORT"), ("DT_LEASE_SECONDS", "soon", "DT_LEASE_SECONDS"),
+                                               ("DT_PARTITIONS", "1.5", "DT_PARTITIONS")])
+def test_a_bad_environment_value_names_its_variable(env, value, named):
+    with pytest.raises(ValueError) as bad:
+        parse([], {env: value})
+    assert str(bad.value).startswith(f"{named}: {value!r} is not a valid")
+
+
+@pytest.mark.parametrize("url, says", [
+    ("http://h:1", "scheme"), ("redis://:x@h:notaport/0", "port"), ("redis://h:1/zero", "database"),
+    ("rediss://h:1/0?ssl_ca_certs=/no/such/ca.pem", "ssl_ca_certs"), ("rediss://h/0?ssl_cert_reqs=maybe", "ssl_cert_reqs"),
+    ("redis:///0", "no host")])
+def test_a_bad_redis_url_is_refused_naming_the_flag(url, says):
+    with pytest.raises(ValueError) as bad:
+        Config(redis_url=url)
+    assert str(bad.value).startswith("--redis-url (DT_REDIS_URL): ") and says in str(bad.value)
+
+
+def test_passwords_are_redacted_for_logs():
+    assert cfg.redacted("rediss://:s3cret@host:6380/0") == "rediss://:***@host:6380/0"
+    assert cfg.redacted("redis://user:pw@host/1?ssl_cert_reqs=none") == "redis://user:***@host/1?ssl_cert_reqs=none"
+    assert cfg.redacted("redis://host:6379/0") == "redis://host:6379/0"
