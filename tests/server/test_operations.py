@@ -1,0 +1,148 @@
+"""What an operator relies on: readiness and liveness probes, a graceful drain, metrics and JSON logs."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import urllib.request
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from scheduler import logs
+from scheduler._proto import orchestrator_service_pb2 as pb
+from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
+from scheduler.testing import free_port
+from server_helpers import PARTITIONS, eventually, own_redis_server, rpc_error
+
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def status(health, service: str) -> int:
+    return (await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)).status
+
+
+async def test_readiness_follows_redis_and_liveness_does_not(start_app, key_prefix, hub_name):
+    with own_redis_server() as server:
+        app = await start_app(redis_url=f"redis://127.0.0.1:{server.port}/0", key_prefix=key_prefix,
+                              task_hub=hub_name, partitions=PARTITIONS)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("readiness", "liveness", ""):
+                assert await status(health, service) == SERVING
+            server.stop()
+
+            async def not_ready() -> bool:
+                return await status(health, "readiness") == NOT_SERVING
+
+            await eventually(not_ready, timeout=10)
+            assert await status(health, "") == NOT_SERVING
+            assert await status(health, "liveness") == SERVING  # a Redis outage must not restart the pod
+            server.start()
+
+            async def ready() -> bool:
+                return await status(health, "readiness") == SERVING
+
+            await eventually(ready, timeout=15)
+
+
+async def next_work(call) -> pb.WorkItem:
+    while True:
+        item = await asyncio.wait_for(call.read(), 5)
+        assert item is not grpc.aio.EOF
+        if not item.HasField("healthPing"):
+            return item
+
+
+def done(token: str) -> pb.OrchestratorResponse:
+    action = pb.OrchestratorAction(id=1, completeOrchestration=pb.CompleteOrchestrationAction(
+        orchestrationStatus=pb.ORCHESTRATION_STATUS_COMPLETED))
+    return pb.OrchestratorResponse(actions=[action], completionToken=token)
+
+
+async def test_a_drain_takes_no_new_work_lets_handed_out_work_finish_then_hands_back(start_app, redis_url,
+                                                                                      key_prefix, hub_name):
+    app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.TaskHubSidecarServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        for iid in ("held", "kept"):
+            await stub.StartInstance(pb.CreateInstanceRequest(instanceId=iid, name="Orch"))
+        call = stub.GetWorkItems(pb.GetWorkItemsRequest(maxConcurrentOrchestrationWorkItems=1))
+        first = await next_work(call)
+        held = first.orchestratorRequest.instanceId
+        stopping = asyncio.ensure_future(app.stop(grace=30))
+
+        async def draining() -> bool:
+            return await status(health, "readiness") == NOT_SERVING
+
+        await eventually(draining)
+        assert await status(health, "liveness") == SERVING
+        message = await rpc_error(stub.GetWorkItems(pb.GetWorkItemsRequest()).read(), grpc.StatusCode.UNAVAILABLE)
+        assert "shutting down" in message
+        await stub.CompleteOrchestratorTask(done(first.completionToken))  # the work handed out may finish
+        await asyncio.wait_for(stopping, 10)  # nothing held any more: the drain ends before its grace
+        reply = await asyncio.wait_for(call.read(), 5)  # the stream ended
+        assert reply is grpc.aio.EOF
+    assert held in ("held", "kept")
+    other = {"held": "kept", "kept": "held"}[held]
+    hub = app.store.cached_hub(hub_name) or await app.store.find_hub(hub_name)
+    redis = app.store.redis
+    assert await redis.hget(hub.for_instance(held).instance(held), "status") == b"COMPLETED"
+    assert await redis.hget(hub.for_instance(other).instance(other), "lease") is None  # never handed out
+
+
+async def test_a_drain_past_its_grace_hands_the_work_back(start_app, redis_url, key_prefix, hub_name, redis):
+    app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.TaskHubSidecarServiceStub(channel)
+        await stub.StartInstance(pb.CreateInstanceRequest(instanceId="slow", name="Orch"))
+        call = stub.GetWorkItems(pb.GetWorkItemsRequest())
+        await next_work(call)
+        await asyncio.wait_for(app.stop(grace=0.3), 10)  # the worker never completes it
+    hub = await app.store.find_hub(hub_name) if app.store.cached_hub(hub_name) is None else \
+        app.store.cached_hub(hub_name)
+    pk = hub.for_instance("slow")
+    assert await redis.hget(pk.instance("slow"), "lease") is None  # handed back at once, not after the lease
+    assert await redis.zscore(pk.ready, "slow") is not None
+
+
+async def test_metrics_count_calls_by_status_and_show_streams(start_app, redis_url, key_prefix, hub_name):
+    port = free_port()
+    app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS,
+                          metrics_port=port)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.TaskHubSidecarServiceStub(channel)
+        await stub.StartInstance(pb.CreateInstanceRequest(instanceId="m1", name="Orch"))
+        await rpc_error(stub.StartInstance(pb.CreateInstanceRequest(instanceId="m1", name="Orch")),
+                        grpc.StatusCode.ALREADY_EXISTS)
+        call = stub.GetWorkItems(pb.GetWorkItemsRequest())
+        await next_work(call)
+        await app.sample_depths()
+        text = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode())
+        call.cancel()
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line and not line.startswith("#")}
+    assert samples['dt_rpc_requests_total{code="OK",method="StartInstance"}'] >= 1
+    assert samples['dt_rpc_requests_total{code="ALREADY_EXISTS",method="StartInstance"}'] >= 1
+    assert samples['dt_rpc_duration_seconds_count{method="StartInstance"}'] >= 2
+    assert samples["dt_work_streams"] >= 1 and samples["dt_work_items_held"] >= 1
+    assert f'dt_outbox_messages{{hub="{hub_name}"}}' in samples
+    assert any(name.startswith("dt_redis_errors_total") for name in text.splitlines() if not name.startswith("#")) \
+        or "# HELP dt_redis_errors_total" in text
+
+
+def test_json_logs_carry_the_replica_hub_and_instance():
+    formatter = logs.JsonFormatter("replica-7")
+    record = logging.LogRecord("scheduler.x", logging.INFO, __file__, 1, "hello %s", ("there",), None)
+    token_hub, token_instance = logs.hub.set("orders"), logs.instance.set("order-42")
+    try:
+        entry = json.loads(formatter.format(record))
+    finally:
+        logs.hub.reset(token_hub)
+        logs.instance.reset(token_instance)
+    assert entry["message"] == "hello there" and entry["replica"] == "replica-7"
+    assert (entry["hub"], entry["instance"], entry["level"], entry["logger"]) == ("orders", "order-42", "INFO",
+                                                                                  "scheduler.x")
+    plain = json.loads(formatter.format(record))
+    assert "hub" not in plain and "instance" not in plain
