@@ -14,7 +14,11 @@ redis-server's own CPU (INFO cpu) is added, and shown apart.
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
+import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -43,6 +47,10 @@ class Side:
     redis: object | None = None  # ours: the redis-server whose CPU is added
     stub: object = None
     created: list = None  # ids made by the last StartInstance window
+    metadata: tuple = ()  # sent with every call (a bearer token)
+
+
+TOKEN = "bench-token"  # the secured side's tokens file holds its hash (admin, every hub)
 
 
 async def _window(side: Side, call, make_request, concurrency: int, warmup: float, duration: float,
@@ -116,21 +124,23 @@ def _requests(side: Side, rpc: str, tag: str):
                                                getInputsAndOutputs=True)), None
 
 
-async def _rounds(ref: Side, ours: Side, cfg: dict) -> list[dict]:
-    """Per round and RPC, one window per side; the side that goes first alternates between rounds."""
+async def _rounds(sides: list[Side], cfg: dict) -> list[dict]:
+    """Per round and RPC, one window per side; the order of the sides turns between rounds."""
     rounds = []
-    async with grpc.aio.insecure_channel(ref.address) as ref_channel, \
-            grpc.aio.insecure_channel(ours.address) as our_channel:
-        for side, channel in ((ref, ref_channel), (ours, our_channel)):
+    channels = [grpc.aio.insecure_channel(side.address) for side in sides]
+    try:
+        for side, channel in zip(sides, channels):
             await asyncio.wait_for(channel.channel_ready(), 30)
             side.stub = pb_grpc.TaskHubSidecarServiceStub(channel)
         for n in range(cfg["rounds"]):
             log(f"rpc round {n + 1}/{cfg['rounds']}")
-            out: dict[str, dict] = {"reference": {}, "ours": {}}
+            out: dict[str, dict] = {side.name: {} for side in sides}
+            order = sides[n % len(sides):] + sides[:n % len(sides)]
             for rpc in RPCS:
-                for side in ((ref, ours) if n % 2 == 0 else (ours, ref)):
+                for side in order:
                     make_request, on_ok = _requests(side, rpc, f"r{n}")
-                    r = await _window(side, getattr(side.stub, rpc), make_request, cfg["concurrency"],
+                    call = functools.partial(getattr(side.stub, rpc), metadata=side.metadata)
+                    r = await _window(side, call, make_request, cfg["concurrency"],
                                       cfg["warmup"], cfg["duration"], on_ok)
                     out[side.name][rpc] = r
                     log(f"  {side.name:9s} {rpc:13s} {r['calls_per_s']:6.0f} calls/s  server "
@@ -138,6 +148,9 @@ async def _rounds(ref: Side, ours: Side, cfg: dict) -> list[dict]:
                         f"client {r['client_cpu_ms_per_call']:.3f}  errors {r['errors']}  "
                         f"other load {r['other_load_cores']:.2f} cores")
             rounds.append(out)
+    finally:
+        for channel in channels:
+            await channel.close()
     return rounds
 
 
@@ -148,22 +161,31 @@ def run(quick: bool = False, duration: float | None = None, rounds: int | None =
     result = PartResult("rpc", details={"config": cfg, "cpus": os.cpu_count()})
     ref_proc, ref_address = ref_backend.start()
     try:
-        with testing.redis_server() as redis_url:
+        with testing.redis_server() as redis_url, tempfile.TemporaryDirectory() as tmp:
+            tokens = os.path.join(tmp, "tokens.json")
+            with open(tokens, "w") as f:
+                json.dump({"tokens": [{"name": "bench", "sha256": hashlib.sha256(TOKEN.encode()).hexdigest(),
+                                       "role": "admin", "hubs": ["*"]}]}, f)
             server = testing.start_server(redis_url)
+            secured_server = testing.start_server(redis_url, "--key-prefix", "secured", "--auth-tokens-file", tokens,
+                                                  "--metrics-port", str(testing.free_port()))
             try:
                 ref = Side("reference", ref_address, ref_proc.pid)
                 ours = Side("ours", server.address, server.pid)
+                secured = Side("secured", secured_server.address, secured_server.pid,
+                               metadata=(("authorization", f"Bearer {TOKEN}"),))
 
                 async def main() -> list[dict]:
-                    ours.redis = redis_client(redis_url)
+                    ours.redis = secured.redis = redis_client(redis_url)
                     try:
-                        return await _rounds(ref, ours, cfg)
+                        return await _rounds([ref, ours, secured], cfg)
                     finally:
                         await ours.redis.aclose()
 
                 rounds_out = run_async(main)
             finally:
                 server.stop()
+                secured_server.stop()
     finally:
         ref_backend.stop(ref_proc)
     result.details["rounds"] = rounds_out
@@ -218,14 +240,25 @@ def _summarise(result: PartResult, rounds_out: list[dict]) -> None:
             Row("rpc", "  client CPU/call (this proc)", med("ours", rpc, "client_cpu_ms_per_call"),
                 med("reference", rpc, "client_cpu_ms_per_call"), None, unit="ms"),
         ]
-        errors = sum(r[s][rpc]["errors"] for r in rounds_out for s in ("ours", "reference"))
+        errors = sum(r[s][rpc]["errors"] for r in rounds_out for s in r)
         if errors:
             result.notes.append(f"{rpc}: {errors} calls failed (see details.rounds)")
+    for rpc in RPCS:  # what bearer tokens and per-call metrics cost: the secured side against ours, same run
+        sec_tput, sec_cpu = med("secured", rpc, "calls_per_s"), med("secured", rpc, "server_cpu_ms_per_call")
+        result.rows += [
+            Row("rpc", f"{rpc} calls/s with tokens + metrics", sec_tput, None,
+                paired(per_round("secured", rpc, "calls_per_s"), per_round("ours", rpc, "calls_per_s"))),
+            Row("rpc", f"  {rpc} scheduler CPU/call with them", sec_cpu, None,
+                paired(per_round("secured", rpc, "server_cpu_ms_per_call"),
+                       per_round("ours", rpc, "server_cpu_ms_per_call")), unit="ms"),
+        ]
     result.details["medians"] = medians
     n, cfg = len(rounds_out), result.details["config"]
     other = [r[s][rpc]["other_load_cores"] for r in rounds_out for s in r for rpc in r[s]]
     result.notes.append(f"load from other processes on the machine during the windows: median {median(other):.2f}, "
                         f"max {max(other):.2f} cores (of {os.cpu_count()})")
+    result.notes.append("'with tokens + metrics': a second server of ours with --auth-tokens-file and "
+                        "--metrics-port, every call carrying a bearer token; its ratios are against ours without them")
     result.notes.append(
         f"{n} round(s); per round and RPC one window per side, back to back (the first side alternates); values are "
         f"medians over rounds, ratios the median of the per-round ours/reference ratios; {cfg['concurrency']} calls "

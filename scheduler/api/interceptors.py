@@ -27,9 +27,11 @@ DURATION = prometheus_client.Histogram(
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticator: Authenticator, default_hub: str) -> None:
+    def __init__(self, authenticator: Authenticator, default_hub: str, count: bool = True) -> None:
+        """``count``: keep the per-call metrics (only worth it when they are served)."""
         self.authenticator = authenticator
         self.default_hub = default_hub
+        self.count = count
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -61,9 +63,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                              context.peer())
                 return await inner(request, context)
             finally:
-                code = context.code()
-                REQUESTS.labels(method, "OK" if code is None else code.name).inc()
-                DURATION.labels(method).observe(time.perf_counter() - started)
+                if self.count:
+                    code = context.code()
+                    REQUESTS.labels(method, "OK" if code is None else code.name).inc()
+                    DURATION.labels(method).observe(time.perf_counter() - started)
 
         make = grpc.unary_stream_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
         return make(behavior, request_deserializer=handler.request_deserializer,
