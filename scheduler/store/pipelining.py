@@ -144,11 +144,14 @@ class PipelinedConnection:
                 CONNECT_TIMEOUT)
         except (OSError, asyncio.TimeoutError) as exc:
             raise CommandNotSent(f"cannot connect to Redis at {self.host}:{self.port}: {exc}") from exc
-        setup = [("PING",)]  # nothing else is written until Redis answers (a stopped Redis accepts connections)
+        # Requests are written only once Redis answered these (a stopped Redis accepts connections);
+        # AUTH goes first: a Redis that requires a password answers anything else with NOAUTH.
+        setup = []
         if self.password is not None:
             setup.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
         if self.db:
             setup.append(("SELECT", self.db))
+        setup.append(("PING",))
         futures = []
         for command in setup:
             future = loop.create_future()
@@ -161,9 +164,9 @@ class PipelinedConnection:
             protocol.transport.abort()
             raise CommandNotSent(f"Redis at {self.host}:{self.port} did not answer within {CONNECT_TIMEOUT:g} s "
                                  "of connecting") from exc
-        except rexc.ResponseError:  # AUTH or SELECT refused: say so as it is
+        except rexc.ResponseError as exc:  # AUTH or SELECT refused: say so (Redis' reply holds no password)
             protocol.transport.abort()
-            raise
+            raise CommandNotSent(f"Redis at {self.host}:{self.port} refused the connection's setup: {exc}") from exc
         except Exception as exc:
             protocol.transport.abort()
             raise CommandNotSent(f"the connection to Redis at {self.host}:{self.port} failed: {exc}") from exc
