@@ -32,8 +32,9 @@ class LeaseLost(FailedPrecondition):
     back, or unknown); nothing was changed."""
 
     def __init__(self, instance_id: str) -> None:
+        what = "entity" if instance_id.startswith("@") else "orchestration instance"
         super().__init__(
-            f"the work item of orchestration instance '{instance_id}' is no longer held by this claim "
+            f"the work item of {what} '{instance_id}' is no longer held by this claim "
             "(its lease expired or it was handed back); the result was discarded")
         self.instance_id = instance_id
 
@@ -55,6 +56,14 @@ class InboxFull(LimitExceeded):
         super().__init__(f"orchestration instance '{instance_id}' already has {limit} pending events, as many as "
                          "it may have (--max-inbox-events); retry once it has processed some")
         self.instance_id = instance_id
+
+
+class EntityQueueFull(LimitExceeded):
+    def __init__(self, entity_id: str, max_operations: int, max_bytes: int) -> None:
+        super().__init__(f"entity '{entity_id}' has as many operations waiting as it may have (at most "
+                         f"{max_operations}, --max-inbox-events, and {max_bytes} bytes); retry once it has "
+                         "processed some")
+        self.entity_id = entity_id
 
 
 class WorkItemTooLarge(LimitExceeded):

@@ -47,6 +47,17 @@ def is_valid_id(value: str) -> bool:
     """An instance id this service accepts: not empty, at most 256 characters, no control characters."""
     return bool(value) and len(value) <= MAX_ID_LENGTH and not has_control_chars(value)
 
+def is_entity_id(value: str) -> bool:
+    """An entity instance id, ``@<name>@<key>`` (the SDKs' EntityInstanceId): a valid id whose name is
+    not empty. Orchestration instance ids may not start with "@"."""
+    return is_valid_id(value) and value.startswith("@") and value.find("@", 1) > 1
+
+
+def entity_name(entity_id: str) -> str:
+    """The name part of an entity id (what entity work-item filters name)."""
+    return entity_id[1:entity_id.index("@", 1)]
+
+
 def new_id() -> str:
     """A random 128-bit id in hex (what uuid4().hex gives, without building a UUID)."""
     return os.urandom(16).hex()
@@ -75,7 +86,8 @@ def ts_from_text(text: bytes) -> timestamp_pb2.Timestamp:
 
 ORCHESTRATION = "o"  # kinds of work item, as they appear in claim tokens and lease members
 ACTIVITY = "a"
-_KIND_NAMES = {ORCHESTRATION: "an orchestration", ACTIVITY: "an activity"}
+ENTITY = "e"  # an entity's batch of operations; the work item is named by the entity id
+_KIND_NAMES = {ORCHESTRATION: "an orchestration", ACTIVITY: "an activity", ENTITY: "an entity"}
 
 
 def activity_item(instance_id: str, execution_id: str, task_id: int) -> str:
@@ -121,6 +133,8 @@ def parse_claim_token(token: str, kind: str) -> ClaimToken:
     if valid and kind == ACTIVITY:
         parts = item.split("\n")
         valid = len(parts) == 3 and parts[2].lstrip("-").isdigit()
+    if valid and kind == ENTITY:
+        valid = is_entity_id(item)
     if not valid or not is_valid_id(instance_of(item)):
         raise InvalidRequest(f"completionToken {quote(token)} is not a token this service issued for "
                              f"{_KIND_NAMES[kind]}")
@@ -130,8 +144,10 @@ def parse_claim_token(token: str, kind: str) -> ClaimToken:
 # -- outbox messages -----------------------------------------------------------------------
 # Work that crosses instances leaves through an outbox, written in the sender's atomic step
 # and delivered by the relay (engine/relay.py). Kinds: "create" (payload: the child's
-# ExecutionStarted event), "event" (the event to append) and "terminate" (an
-# ExecutionTerminated event).
+# ExecutionStarted event), "event" (the event to append), "terminate" (an
+# ExecutionTerminated event), "entity" (an EntityMessage for an entity) and "start" (an
+# orchestration an entity starts: its ExecutionStarted event). The Lua prelude builds
+# "entity" and "event" messages of lock requests in this format too.
 
 @dataclass(frozen=True)
 class OutboxMessage:
@@ -147,3 +163,42 @@ class OutboxMessage:
     def decode(cls, raw: bytes) -> OutboxMessage:
         message_id, kind, target, payload = raw.split(b"\n", 3)
         return cls(message_id.decode(), kind.decode(), target.decode(), payload)
+
+
+# -- entity messages -----------------------------------------------------------------------
+# What waits in an entity's queues (store/lua/prelude.lua reads the header of these records and
+# builds the next lock request of a lock set itself, in this format):
+#   "<kind>\n<id>\n<parent>\n<arg>\n<lock set>\n<payload>"
+# kind: SIGNAL, CALL (operations a worker runs; payload: the HistoryEvent handed to it), LOCK (a
+# critical section's lock request; arg: the position in the lock set, the tab-separated entity ids
+# in one global order; payload: the EntityLockGranted event for the orchestration) or UNLOCK. id: the
+# request id of an operation, the critical section id of a lock or unlock. parent: the
+# orchestration instance that calls, locks or unlocks ("" for a signal). arg of a signal: the time
+# it is due (epoch ms), or "" for now. Ids hold no control characters, so the fields cannot clash.
+
+SIGNAL, CALL, LOCK, UNLOCK = "s", "c", "l", "u"
+
+
+@dataclass(frozen=True)
+class EntityMessage:
+    kind: str
+    id: str
+    parent: str = ""
+    arg: str = ""
+    lock_set: tuple[str, ...] = ()
+    payload: bytes = b""
+
+    @property
+    def due_ms(self) -> int | None:
+        """When a delayed signal is due (epoch ms); None for now."""
+        return int(self.arg) if self.kind == SIGNAL and self.arg else None
+
+    def encode(self) -> bytes:
+        head = "\n".join((self.kind, self.id, self.parent, self.arg, "\t".join(self.lock_set)))
+        return head.encode() + b"\n" + self.payload
+
+    @classmethod
+    def decode(cls, raw: bytes) -> EntityMessage:
+        kind, id_, parent, arg, lock_set, payload = raw.split(b"\n", 5)
+        locks = tuple(lock_set.decode().split("\t")) if lock_set else ()
+        return cls(kind.decode(), id_.decode(), parent.decode(), arg.decode(), locks, payload)

@@ -7,14 +7,20 @@ instance, suspending a suspended one and resuming one that is not suspended all 
 without changing anything. Unlike the reference, terminating an unknown instance is
 NOT_FOUND (as every other call about one instance). RestartInstance, as in the
 reference, starts a terminal instance again (same or new id) with its name, version and input.
+SkipGracefulOrchestrationTerminations ends each instance at once, a running one too (its
+worker's result is refused), and names those it did not terminate (unknown or already ended).
 """
 from __future__ import annotations
 
 from .. import errors
 from .._proto import orchestrator_service_pb2 as pb
+from ..protocol import TERMINAL
 from ..store.keys import HubKeys
 from . import validation
 from .status import rpc
+
+
+MAX_BATCH = 1000  # instances one SkipGracefulOrchestrationTerminations call ends
 
 
 def _text(request, field: str) -> str | None:
@@ -75,3 +81,24 @@ class LifecycleRPCs:
         hub = await self._instance_hub(request.instanceId, context)
         new_id = await self.engine.orchestrations.restart(hub, request.instanceId, request.restartWithNewInstanceId)
         return pb.RestartInstanceResponse(instanceId=new_id)
+
+    @rpc
+    async def SkipGracefulOrchestrationTerminations(self, request: pb.SkipGracefulOrchestrationTerminationsRequest,
+                                                    context):
+        ids = list(request.instanceBatch.instanceIds)
+        if len(ids) > MAX_BATCH:
+            raise errors.InvalidRequest(f"instanceBatch.instanceIds holds {len(ids)} ids; the limit is {MAX_BATCH}")
+        for i, instance_id in enumerate(ids):
+            validation.check_identifier(f"instanceBatch.instanceIds[{i}]", instance_id)
+        reason = self._payload(request, "reason")
+        hub = await self._existing_hub(context)
+        unterminated = []
+        for instance_id in ids:
+            try:
+                before = None if hub is None else await self.engine.orchestrations.terminate(
+                    hub, instance_id, reason, recursive=False, force=True)
+            except errors.InstanceNotFound:
+                before = None
+            if before is None or before in TERMINAL:
+                unterminated.append(instance_id)
+        return pb.SkipGracefulOrchestrationTerminationsResponse(unterminatedInstanceIds=unterminated)

@@ -84,7 +84,7 @@ class QueryRPCs:
     @rpc
     async def PurgeInstances(self, request: pb.PurgeInstancesRequest, context):
         # With `recursive`, each purged instance's sub-orchestrations go first (see scheduler.subtree) and
-        # count too. `isOrchestration` needs no handling: this server keeps no entities.
+        # count too. `isOrchestration` needs no handling: entities are removed by CleanEntityStorage, not purged.
         which = request.WhichOneof("request")
         complete = True
         if which == "instanceId":

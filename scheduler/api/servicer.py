@@ -3,7 +3,8 @@
 It validates input, maps domain errors to gRPC status codes in one place
 (:func:`scheduler.api.status.status_of`) and never builds Redis commands itself.
 The RPCs are grouped: instance creation and reads here, lifecycle changes in
-lifecycle.py, queries and purges in queries.py, the worker protocol in work.py.
+lifecycle.py, queries and purges in queries.py, the worker protocol in work.py, durable
+entities in entities.py.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..engine import Engine
 from ..protocol import TERMINAL, new_id, quote
 from ..store.keys import HubKeys
 from . import translate, validation
+from .entities import EntityRPCs
 from .lifecycle import LifecycleRPCs
 from .queries import QueryRPCs
 from .status import rpc
@@ -34,7 +36,7 @@ TASK_HUB_METADATA_KEY = "taskhub"
 WAIT_DEADLINE_MARGIN = 0.1
 
 
-class Servicer(LifecycleRPCs, QueryRPCs, WorkRPCs, pb_grpc.TaskHubSidecarServiceServicer):
+class Servicer(LifecycleRPCs, QueryRPCs, WorkRPCs, EntityRPCs, pb_grpc.TaskHubSidecarServiceServicer):
     def __init__(self, engine: Engine, config: Config) -> None:
         self.engine = engine
         self.store = engine.store  # reads that need no rule of the engine go to the store directly

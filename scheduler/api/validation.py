@@ -5,7 +5,7 @@ from google.protobuf import timestamp_pb2
 
 from .._proto import orchestrator_service_pb2 as pb
 from ..errors import InvalidRequest, PayloadTooLarge
-from ..protocol import MAX_ID_LENGTH, has_control_chars, quote
+from ..protocol import MAX_ID_LENGTH, has_control_chars, is_entity_id, quote
 
 _KNOWN_STATUSES = frozenset(pb.OrchestrationStatus.values())
 MAX_NAME_LENGTH = 1024
@@ -52,6 +52,13 @@ def duration_seconds(what: str, duration) -> float:
     return duration.seconds + duration.nanos / 1e9
 
 
+def check_entity_id(what: str, value: str) -> None:
+    """An entity instance id: ``@<name>@<key>`` with a name, at most 256 characters, no control characters."""
+    check_identifier(what, value)
+    if not is_entity_id(value):
+        raise InvalidRequest(f"{what} {quote(value)} is not an entity id: it must look like @<name>@<key>")
+
+
 def check_payload(what: str, value: str, limit: int) -> None:
     size = len(value.encode("utf-8"))
     if size > limit:
@@ -62,6 +69,9 @@ def check_create_request(req: pb.CreateInstanceRequest, instance_id: str, max_pa
                          max_state_bytes: int) -> None:
     """Every rule for StartInstance; ``instance_id`` is the given or generated id."""
     check_identifier("instanceId", instance_id)
+    if instance_id.startswith("@"):
+        raise InvalidRequest(f"instanceId {quote(instance_id)} starts with '@', which marks entity ids "
+                             "(@name@key); signal an entity with SignalEntity")
     check_name("name", req.name)
     if req.HasField("executionId") and req.executionId.value:
         check_identifier("executionId", req.executionId.value)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from .. import errors
 from .._proto import orchestrator_service_pb2 as pb
 from ..engine.streams import name_filter
-from ..protocol import ACTIVITY, ORCHESTRATION, ClaimToken, parse_claim_token
+from ..protocol import ACTIVITY, ENTITY, ORCHESTRATION, ClaimToken, parse_claim_token
 from ..store.keys import HubKeys
 from .status import rpc
 
@@ -20,11 +20,13 @@ class WorkRPCs:
     async def GetWorkItems(self, request: pb.GetWorkItemsRequest, context):
         hub = await self._hub(context)
         limits = {ORCHESTRATION: max(request.maxConcurrentOrchestrationWorkItems, 0),
-                  ACTIVITY: max(request.maxConcurrentActivityWorkItems, 0)}
+                  ACTIVITY: max(request.maxConcurrentActivityWorkItems, 0),
+                  ENTITY: max(request.maxConcurrentEntityWorkItems, 0)}
         filters = {}
         if request.HasField("workItemFilters"):
             f = request.workItemFilters
-            filters = {ORCHESTRATION: name_filter(f.orchestrations), ACTIVITY: name_filter(f.activities)}
+            filters = {ORCHESTRATION: name_filter(f.orchestrations), ACTIVITY: name_filter(f.activities),
+                       ENTITY: name_filter(f.entities)}
         await self.engine.dispatcher.serve(hub, limits, filters, context.write)
 
     async def _claim(self, token: str, kind: str, instance_id: str = "") -> tuple[HubKeys, ClaimToken]:
@@ -55,6 +57,18 @@ class WorkRPCs:
         hub, claim = await self._claim(request.completionToken, ORCHESTRATION)
         await self.engine.dispatcher.abandon(hub, ORCHESTRATION, claim.item, request.completionToken)
         return pb.AbandonOrchestrationTaskResponse()
+
+    @rpc
+    async def CompleteEntityTask(self, request: pb.EntityBatchResult, context):
+        hub, claim = await self._claim(request.completionToken, ENTITY)
+        await self.engine.entities.complete_batch(hub, claim.item, request.completionToken, request)
+        return pb.CompleteTaskResponse()
+
+    @rpc
+    async def AbandonTaskEntityWorkItem(self, request: pb.AbandonEntityTaskRequest, context):
+        hub, claim = await self._claim(request.completionToken, ENTITY)
+        await self.engine.dispatcher.abandon(hub, ENTITY, claim.item, request.completionToken)
+        return pb.AbandonEntityTaskResponse()
 
     @rpc
     async def AbandonTaskActivityWorkItem(self, request: pb.AbandonActivityTaskRequest, context):

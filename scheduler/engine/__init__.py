@@ -1,6 +1,7 @@
 """The engine: the rules of orchestrations and the replica's background work, over the store.
 
 - ``orchestrations.py``: what client calls and worker results do (one entry point per change);
+  ``entities.py``: the same for durable entities (and their work kind);
   ``episodes.py`` reads a worker's result, ``events.py`` builds the protocol's messages,
   ``subtree.py`` follows sub-orchestrations.
 - ``dispatcher.py`` and ``streams.py``: work streams, leases and offers of this replica.
@@ -13,8 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import Config
+from ..protocol import ENTITY
 from ..store import Store
 from .dispatcher import Dispatcher
+from .entities import Entities
 from .hubs import Hubs
 from .orchestrations import Orchestrations
 from .retention import Retention
@@ -30,6 +33,7 @@ class Engine:
     dispatcher: Dispatcher
     waiters: Waiters
     orchestrations: Orchestrations
+    entities: Entities
     hubs: Hubs
     wakeups: Wakeups
     retention: Retention
@@ -40,6 +44,9 @@ class Engine:
         waiters = Waiters()
         orchestrations = Orchestrations(store, dispatcher, waiters)
         dispatcher.fail_claimed = orchestrations.fail_claimed
-        hubs = Hubs(store, orchestrations, config.promote_batch)
-        return cls(store, dispatcher, waiters, orchestrations, hubs, Wakeups(store, hubs, dispatcher, waiters),
+        entities = Entities(store, dispatcher)
+        dispatcher.kinds[ENTITY].entities = entities
+        hubs = Hubs(store, orchestrations, entities, config.promote_batch)
+        return cls(store, dispatcher, waiters, orchestrations, entities, hubs,
+                   Wakeups(store, hubs, dispatcher, waiters),
                    Retention(store, hubs, config.retention_seconds))

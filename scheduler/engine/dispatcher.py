@@ -17,9 +17,10 @@ from collections.abc import Iterator
 
 from .. import errors
 from ..config import Config
-from ..protocol import ACTIVITY, ORCHESTRATION, instance_of
+from ..protocol import ACTIVITY, ENTITY, ORCHESTRATION, instance_of
 from ..store import Store
 from ..store.keys import WORK_QUEUES, HubKeys
+from .entities import EntityWork
 from .streams import (ActivityWork, FailClaimed, Lane, NameFilter, OrchestrationWork, StreamOptions, WorkStream,
                       Write)
 
@@ -36,7 +37,8 @@ class Dispatcher:
                                      config.stream_write_timeout_seconds, config.max_work_item_seconds)
         self.max_stream_work_items = config.max_stream_work_items
         self.kinds = {ORCHESTRATION: OrchestrationWork(store, config.max_message_bytes, self._fail_claimed),
-                      ACTIVITY: ActivityWork(store, config.max_message_bytes)}
+                      ACTIVITY: ActivityWork(store, config.max_message_bytes),
+                      ENTITY: EntityWork(store, config.max_message_bytes)}
         # set by the engine: ends a claimed episode that cannot go to a worker by failing the orchestration
         self.fail_claimed: FailClaimed | None = None
         self.draining = False  # shutting down: no new streams, and streams hand out nothing more

@@ -16,6 +16,7 @@ from .. import errors
 from .._proto import orchestrator_service_pb2 as pb
 from ..config import Limits
 from ..protocol import OutboxMessage, activity_item, due_ms, is_valid_id, new_id, quote
+from .entities import from_orchestration as entity_message
 from .events import execution_completed, history_event, status_name, sub_orchestration_failed
 
 _FINAL = (pb.ORCHESTRATION_STATUS_COMPLETED, pb.ORCHESTRATION_STATUS_FAILED, pb.ORCHESTRATION_STATUS_TERMINATED)
@@ -46,8 +47,8 @@ def failed(event_id: int, error_type: str, message: str) -> Episode:
 def interpret(response: pb.OrchestratorResponse, instance_id: str, execution_id: str, name: str) -> Episode:
     """Translate a worker's actions into history events, work and messages.
 
-    Every action of the protocol but entity messages is supported; those (and unknown
-    actions) fail the instance with a failure saying so, rather than being dropped silently."""
+    An unknown action fails the instance with a failure saying so, rather than being dropped
+    silently; so does an action that names an invalid instance or entity."""
     episode = Episode()
     for action in response.actions:
         kind = action.WhichOneof("orchestratorActionType")
@@ -58,10 +59,18 @@ def interpret(response: pb.OrchestratorResponse, instance_id: str, execution_id:
                                        request.SerializeToString()))
         elif kind in _CROSS_INSTANCE:
             event, message = _cross_instance(action, instance_id, execution_id, name)
-            if not is_valid_id(message.target):
-                return failed(action.id, "InvalidArgument", f"{kind} names an invalid instance id {quote(message.target)}")
+            if not is_valid_id(message.target) or message.target.startswith("@"):
+                return failed(action.id, "InvalidArgument", f"{kind} names an invalid instance id {quote(message.target)}"
+                                                            " (ids starting with '@' are entities')")
             if event is not None:
                 episode.events.append(event)
+            episode.outbox.append(message)
+        elif kind == "sendEntityMessage":
+            try:
+                event, message = entity_message(action, instance_id, execution_id)
+            except errors.InvalidRequest as exc:
+                return failed(action.id, "InvalidArgument", str(exc))
+            episode.events.append(event)
             episode.outbox.append(message)
         elif kind == "createTimer":
             fire_at = action.createTimer.fireAt
@@ -71,7 +80,8 @@ def interpret(response: pb.OrchestratorResponse, instance_id: str, execution_id:
             episode.timers.append((due_ms(fire_at), fired.SerializeToString()))
         elif kind == "completeOrchestration" and \
                 action.completeOrchestration.orchestrationStatus == pb.ORCHESTRATION_STATUS_CONTINUED_AS_NEW:
-            return Episode(continue_as_new=action.completeOrchestration)
+            # what the episode sent before goes (an entity unlock, a signal); what it scheduled does not
+            return Episode(continue_as_new=action.completeOrchestration, outbox=episode.outbox)
         elif kind == "completeOrchestration" and action.completeOrchestration.orchestrationStatus in _FINAL:
             done = action.completeOrchestration
             episode.status = status_name(done.orchestrationStatus)

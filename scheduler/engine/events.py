@@ -93,3 +93,29 @@ def orchestrator_work_item(instance_id: str, execution_id: bytes | None, past: l
 
 def activity_work_item(payload: bytes, token: str) -> pb.WorkItem:
     return pb.WorkItem(activityRequest=pb.ActivityRequest.FromString(payload), completionToken=token)
+
+
+def entity_work_item(entity_id: str, state: bytes | None, operations: list[bytes], token: str) -> pb.WorkItem:
+    """The WorkItem of an entity's batch, in the history-event form (``entityRequestV2``) that the SDKs'
+    workers take: the state, then the operations (EntityOperationSignaled/Called events) in order."""
+    request = pb.EntityRequest(instanceId=entity_id)
+    if state is not None:
+        request.entityState.value = state.decode()
+    for raw in operations:
+        request.operationRequests.add().ParseFromString(raw)
+    return pb.WorkItem(entityRequestV2=request, completionToken=token)
+
+
+def entity_result(request_id: str, result: pb.OperationResult | None,
+                  failure: pb.TaskFailureDetails | None = None) -> bytes:
+    """The EntityOperationCompleted or EntityOperationFailed event that answers a call: the worker's
+    ``result``, or ``failure`` when the operation could not run."""
+    if failure is None and result is not None and result.HasField("failure"):
+        failure = result.failure.failureDetails
+    if failure is not None:
+        return history_event(entityOperationFailed=pb.EntityOperationFailedEvent(requestId=request_id,
+                                                                                 failureDetails=failure))
+    completed = pb.EntityOperationCompletedEvent(requestId=request_id)
+    if result is not None and result.success.HasField("result"):
+        completed.output.CopyFrom(result.success.result)
+    return history_event(entityOperationCompleted=completed)

@@ -13,6 +13,7 @@ import logging
 from .. import errors
 from ..store import Store
 from ..store.keys import HubKeys
+from .entities import Entities
 from .orchestrations import Orchestrations
 from .promoter import Promoter
 from .relay import Relay
@@ -23,9 +24,10 @@ UNFINISHED_DELETION_MS = 60_000  # a deletion marked this long ago whose replica
 
 
 class Hubs:
-    def __init__(self, store: Store, orchestrations: Orchestrations, promote_batch: int) -> None:
+    def __init__(self, store: Store, orchestrations: Orchestrations, entities: Entities, promote_batch: int) -> None:
         self.store = store
         self.orchestrations = orchestrations
+        self.entities = entities
         self.promote_batch = promote_batch
         self.promoters: dict[str, Promoter] = {}
         self.relays: dict[str, Relay] = {}
@@ -62,7 +64,7 @@ class Hubs:
         if current is not None:
             self.forget(hub.hub)
         self.promoters[hub.hub] = Promoter(self.store, hub, self.promote_batch)
-        self.relays[hub.hub] = Relay(self.store, hub, self.orchestrations)
+        self.relays[hub.hub] = Relay(self.store, hub, self.orchestrations, self.entities)
         self.promoters[hub.hub].start()
         self.relays[hub.hub].start()
 

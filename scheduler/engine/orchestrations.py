@@ -103,19 +103,23 @@ class Orchestrations:
     async def resume(self, hub: HubKeys, instance_id: str, reason: str | None) -> None:
         await self.store.resume_instance(hub, instance_id, events.execution_resumed(reason))
 
-    async def terminate(self, hub: HubKeys, instance_id: str, output: str | None, recursive: bool) -> str:
+    async def terminate(self, hub: HubKeys, instance_id: str, output: str | None, recursive: bool,
+                        force: bool = False) -> str:
         """Terminate an instance (see Store.terminate_instance): one never dispatched ends at once,
-        a running one when its worker applies the event. A sub-orchestration that no worker ran yet
-        ends without an episode, so the message telling its parent goes with it. With ``recursive``,
-        the children are terminated when the termination takes effect (see :meth:`_apply`).
-        Returns the status before."""
+        a running one when its worker applies the event (with ``force``: at once, its worker's episode
+        is refused). A sub-orchestration that ends without an episode has the message telling its parent
+        go with it. With ``recursive``, the children are terminated when the termination takes effect
+        (see :meth:`_apply`). Returns the status before."""
         notice = b""
         h = await self.store.get_instance(hub, instance_id)
-        if h is not None and (h["status"] == b"PENDING" or h.get("prev_status") == b"PENDING"):
+        if h is not None and (force or h["status"] == b"PENDING" or h.get("prev_status") == b"PENDING"):
             told = parent_notification(h, "TERMINATED", output, None)
             notice = b"" if told is None else told.encode()
         event = events.execution_terminated(output, recursive)
-        return await self.store.terminate_instance(hub, instance_id, event, output, notice)
+        before = await self.store.terminate_instance(hub, instance_id, event, output, notice, force)
+        if force:
+            self.waiters.status_changed(hub.hub, instance_id)
+        return before
 
     # -- worker results --------------------------------------------------------------------
 
@@ -140,7 +144,8 @@ class Orchestrations:
                 if "start_event" not in h:  # the claim's fields do not hold it
                     h = await self._claimed_instance(hub, instance_id)
                 execution_id, first_events = next_execution(episode.continue_as_new, h["start_event"])
-                await self.store.continue_as_new(hub, instance_id, token, execution_id, first_events, custom)
+                await self.store.continue_as_new(hub, instance_id, token, execution_id, first_events, custom,
+                                                 [m.encode() for m in episode.outbox])
             else:
                 await self._apply(hub, instance_id, token, h, episode, custom)
         except errors.LimitExceeded as exc:

@@ -9,8 +9,9 @@ died in between) changes nothing: creations are idempotent by execution id and e
 are de-duplicated by message id in the target's ``delivered`` set.
 
 Kinds (protocol.OutboxMessage): ``create`` (a sub-orchestration, as the SDK's reference
-creates one), ``event`` (appended once) and ``terminate`` (applied as TerminateInstance
-is; an ended or unknown target is left alone).
+creates one), ``event`` (appended once), ``terminate`` (applied as TerminateInstance
+is; an ended or unknown target is left alone), ``entity`` (a message for an entity,
+de-duplicated by its id) and ``start`` (an orchestration an entity starts).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from ..protocol import TERMINAL, OutboxMessage
 from ..store import Store
 from ..store.keys import HubKeys
 from ..store.scripts import Code
+from .entities import Entities
 from .episodes import overflow_failure
 from .events import sub_orchestration_failed
 from .loops import Loop
@@ -36,10 +38,11 @@ MAX_SLEEP_SECONDS = 1.0
 
 
 class Relay:
-    def __init__(self, store: Store, hub: HubKeys, orchestrations: Orchestrations) -> None:
+    def __init__(self, store: Store, hub: HubKeys, orchestrations: Orchestrations, entities: Entities) -> None:
         self.store = store
         self.hub = hub
         self.orchestrations = orchestrations
+        self.entities = entities
         self._loop = Loop(f"relay[{hub.hub}]", self._step, MAX_SLEEP_SECONDS)
 
     def start(self) -> None:
@@ -71,6 +74,12 @@ class Relay:
             if code in (Code.INBOX_FULL, Code.TOO_LARGE):
                 log.warning("task hub %r: instance %r had no room for message %r; it fails at its next dispatch",
                             self.hub.hub, message.target, message.message_id)
+        elif message.kind == "entity":
+            notice = await self.entities.deliver(self.hub, message)
+            if notice is not None:
+                await self.deliver(notice)
+        elif message.kind == "start":
+            await self._start(message)
         elif message.kind == "terminate":
             terminated = pb.HistoryEvent.FromString(message.payload).executionTerminated
             output = terminated.input.value if terminated.HasField("input") else None
@@ -80,6 +89,16 @@ class Relay:
                 pass  # never created, or purged meanwhile
         else:
             log.warning("dropping outbox message %r of unknown kind %r", message.message_id, message.kind)
+
+    async def _start(self, message: OutboxMessage) -> None:
+        """Start an orchestration an entity's batch asked for; an id already taken is left as it is (as a
+        client's start of a taken id would be refused). Delivered again (same execution id), it changes nothing."""
+        event = pb.HistoryEvent.FromString(message.payload)
+        try:
+            await self.orchestrations.start(self.hub, new_instance(event.executionStarted, same_is_done=True))
+        except errors.InstanceExists as exc:
+            if not exc.done_before:
+                log.info("task hub %r: an entity's new orchestration was not started: %s", self.hub.hub, exc)
 
     async def _create_child(self, message: OutboxMessage) -> None:
         """Create a sub-orchestration, as the SDK's reference does: replacing an ended instance of that id;

@@ -44,10 +44,11 @@ Write = Callable[[pb.WorkItem], Awaitable[None]]
 
 
 def name_filter(filters) -> NameFilter:
-    """The accepted names and versions of OrchestrationFilter or ActivityFilter messages."""
+    """The accepted names and versions of OrchestrationFilter, ActivityFilter or EntityFilter messages
+    (an entity filter names no versions). No filter message: nothing is accepted."""
     accepted: dict[str, frozenset[str]] = {}
     for f in filters:
-        accepted[f.name] = accepted.get(f.name, frozenset()) | frozenset(f.versions)
+        accepted[f.name] = accepted.get(f.name, frozenset()) | frozenset(getattr(f, "versions", ()))
     return accepted
 
 
@@ -275,6 +276,8 @@ class WorkStream:
         returns how many went out."""
         room = lane.room
         offered, lane.offered = lane.offered, []
+        if lane.filter == {}:  # the worker takes no work of this kind
+            return 0
         sent = await self._claim(lane, write, offered, room)
         if room - sent <= 0 or not lane.look:
             return sent

@@ -66,16 +66,17 @@ class InstanceOps:
 
     @unavailable_on_redis_errors
     async def terminate_instance(self, hub: HubKeys, instance_id: str, event: bytes, output: str | None,
-                                 notice: bytes = b"") -> str:
+                                 notice: bytes = b"", force: bool = False) -> str:
         """End an instance not yet dispatched at once, or queue the serialized ExecutionTerminated event
-        for a dispatched one (see terminate_instance.lua). ``notice``: the outbox message telling its
-        parent, written only if it is ended at once. Returns the status before."""
+        for a dispatched one (see terminate_instance.lua); with ``force``, end any at once. ``notice``:
+        the outbox message telling its parent, written only if it is ended at once. Returns the status
+        before."""
         pk = hub.for_instance(instance_id)
         reply = await self._write(
             "terminate_instance", hub, pk,
             [pk.instance(instance_id), pk.inbox(instance_id), pk.history(instance_id), pk.due, pk.ready, pk.stats,
-             pk.outbox, pk.by_completed],
-            [instance_id, event, "0" if output is None else "1", output or "", notice])
+             pk.outbox, pk.by_completed, pk.leases, pk.timers(instance_id)],
+            [instance_id, event, "0" if output is None else "1", output or "", notice, "1" if force else "0"])
         return self._status(reply, instance_id)
 
     @unavailable_on_redis_errors

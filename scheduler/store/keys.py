@@ -29,6 +29,14 @@ key                                    type    holds
 ``<prefix>:{H:p}:activities``          zset    activity work items ready to hand out; score = queued since (ms)
 ``<prefix>:{H:p}:act-payloads``        hash    activity work item -> serialized ActivityRequest, until completed
 ``<prefix>:{H:p}:act-tokens``          hash    activity work item -> claim token, while claimed
+``<prefix>:{H:p}:ent:<id>``            hash    one entity: state, modified_ms, locked_by/lock_section, size; while a
+                                              batch is out: lease, claimed_n (see entities.py)
+``<prefix>:{H:p}:ent-ops:<id>``        list    the entity's messages that may run now, in order (protocol.EntityMessage)
+``<prefix>:{H:p}:ent-held:<id>``       list    messages held back while another orchestration has the entity locked
+``<prefix>:{H:p}:ent-later:<id>``      zset    delayed signals; score = due time (ms)
+``<prefix>:{H:p}:ent-seen:<id>``       zset    the entity's most recent message ids (de-duplication); score = ms
+``<prefix>:{H:p}:entities``            zset    entity ids with operations to dispatch; score = ready since (ms)
+``<prefix>:{H:p}:ent-index``           zset    every entity id of the partition, score 0 (lexical order: queries)
 =====================================  ======  ===============================================
 """
 from __future__ import annotations
@@ -36,10 +44,10 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from ..protocol import ACTIVITY, ORCHESTRATION
+from ..protocol import ACTIVITY, ENTITY, ORCHESTRATION
 
 # The partition queues that work waits in, and the due set; named by wake-ups (see queue_of).
-WORK_QUEUES = {ORCHESTRATION: "ready", ACTIVITY: "activities"}
+WORK_QUEUES = {ORCHESTRATION: "ready", ACTIVITY: "activities", ENTITY: "entities"}
 
 def partition_of(instance_id: str, partitions: int) -> int:
     """Stable partition of an instance id (CRC-32, the same on every replica and Python version)."""
@@ -100,6 +108,18 @@ class PartitionKeys:
     def activity_tokens(self) -> str:
         return self.base + "act-tokens"
 
+    @property
+    def entities(self) -> str:
+        return self.base + "entities"
+
+    @property
+    def entity_index(self) -> str:
+        return self.base + "ent-index"
+
+    def entity(self, entity_id: str) -> EntityKeys:
+        return EntityKeys(*(self.base + name + entity_id for name in
+                            ("ent:", "ent-ops:", "ent-held:", "ent-later:", "ent-seen:")))
+
     def instance(self, instance_id: str) -> str:
         return self.base + "inst:" + instance_id
 
@@ -114,6 +134,17 @@ class PartitionKeys:
 
     def delivered(self, instance_id: str) -> str:
         return self.base + "delivered:" + instance_id
+
+
+@dataclass(frozen=True)
+class EntityKeys:
+    """The keys of one entity (in its partition, like an instance's)."""
+
+    hash: str
+    ops: str
+    held: str
+    later: str
+    seen: str
 
 
 @dataclass(frozen=True)

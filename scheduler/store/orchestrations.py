@@ -122,17 +122,20 @@ class OrchestrationOps:
 
     @unavailable_on_redis_errors
     async def continue_as_new(self, hub: keys.HubKeys, instance_id: str, token: str, execution_id: str,
-                              events: list[bytes], custom_status: str | None = None) -> None:
+                              events: list[bytes], custom_status: str | None = None,
+                              outbox: list[bytes] = ()) -> None:
         """Start the next execution under the episode's claim (see continue_as_new.lua): ``events`` are
-        the new ExecutionStarted event and the carried-over events. LeaseLost when ``token`` is stale;
-        WorkItemTooLarge when the next work item would not fit (nothing changed in both cases)."""
+        the new ExecutionStarted event and the carried-over events; ``outbox`` encoded messages the ending
+        execution sent. LeaseLost when ``token`` is stale; WorkItemTooLarge when the next work item would
+        not fit (nothing changed in both cases)."""
         pk = hub.for_instance(instance_id)
         iid = instance_id
         reply = await self._write(
             "continue_as_new", hub, pk,
-            [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.ready, pk.leases, pk.timers(iid), pk.due],
+            [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.ready, pk.leases, pk.timers(iid), pk.due,
+             pk.outbox],
             [iid, token, execution_id, "" if custom_status is None else "=" + custom_status,
-             self.limits.max_work_item_bytes, *events])
+             self.limits.max_work_item_bytes, len(events), *events, *outbox])
         self._outcome(reply, instance_id)
 
     @unavailable_on_redis_errors

@@ -47,7 +47,8 @@ def _lua_set(names) -> str:
 
 def _constants() -> dict[str, str]:
     """The generated constants, by name: the facts Python and Lua share."""
-    kinds = f"ORCHESTRATION = '{protocol.ORCHESTRATION}', ACTIVITY = '{protocol.ACTIVITY}'"
+    kinds = (f"ORCHESTRATION = '{protocol.ORCHESTRATION}', ACTIVITY = '{protocol.ACTIVITY}', "
+             f"ENTITY = '{protocol.ENTITY}'")
     return {"TERMINAL": f"local TERMINAL = {_lua_set(protocol.TERMINAL)}",
             "IDLE": f"local IDLE = {_lua_set(protocol.IDLE)}",
             "KIND": f"local KIND = {{{kinds}}}"}

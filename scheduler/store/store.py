@@ -19,6 +19,7 @@ from . import keys, notify
 from .activities import ActivityOps
 from .common import score, unavailable_on_redis_errors
 from .connection import Batcher
+from .entities import EntityOps
 from .instances import InstanceOps
 from .notify import Wakeup
 from .orchestrations import OrchestrationOps
@@ -34,11 +35,11 @@ _DELETE_BATCH = 500
 _TOMBSTONE_MS = 24 * 3600 * 1000
 
 
-class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, QueryOps):
+class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, QueryOps):
     """Domain operations over one Redis; every other layer reaches Redis only through it."""
 
     SCRIPTS = (("ensure_hub", "mark_hub_deleting", "retire_partition", "promote_due") + InstanceOps.SCRIPTS + OrchestrationOps.SCRIPTS
-               + ActivityOps.SCRIPTS + QueryOps.SCRIPTS)
+               + ActivityOps.SCRIPTS + EntityOps.SCRIPTS + QueryOps.SCRIPTS)
 
     def __init__(self, redis, prefix: str = "dt", default_partitions: int = 16, fast=None,
                  limits: Limits = Limits()) -> None:
@@ -251,7 +252,7 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, QueryOps):
         calls = []
         for p in parts:
             pk = hub.partition(p)
-            calls.append(self._write("promote_due", hub, pk, [pk.due, pk.ready], [limit]))
+            calls.append(self._write("promote_due", hub, pk, [pk.due, pk.ready, pk.entities], [limit]))
         results = [self._outcome(reply, hub.hub)[1] for reply in await asyncio.gather(*calls)]
         heads = {p: (score(r[1]) if score(r[1]) >= 0 else None) for p, r in zip(parts, results)}
         known = [h for h in heads.values() if h is not None]

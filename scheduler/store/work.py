@@ -39,7 +39,8 @@ class WorkOps:
             return []
         now_ms = await self.server_time_ms()
         members = await self.redis.zrangebyscore(hub.partition(partition).leases, "-inf", now_ms, start=0, num=limit)
-        sweeps = {protocol.ORCHESTRATION: self.sweep_orchestration_lease, protocol.ACTIVITY: self.sweep_activity_lease}
+        sweeps = {protocol.ORCHESTRATION: self.sweep_orchestration_lease, protocol.ACTIVITY: self.sweep_activity_lease,
+                  protocol.ENTITY: self.sweep_entity_lease}
         items = [keys.parse_lease_member(member.decode()) for member in members]
         items = [(kind, item) for kind, item in items if kind in sweeps]
         released = await asyncio.gather(*(sweeps[kind](hub, item) for kind, item in items))

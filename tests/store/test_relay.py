@@ -4,6 +4,7 @@ from __future__ import annotations
 from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler.config import Config
 from scheduler.engine.dispatcher import Dispatcher
+from scheduler.engine.entities import Entities
 from scheduler.engine.orchestrations import Orchestrations
 from scheduler.engine.relay import Relay
 from scheduler.engine.waiters import Waiters
@@ -13,8 +14,9 @@ from store_helpers import new
 
 
 def make_relay(store, hub) -> Relay:
-    orchestrations = Orchestrations(store, Dispatcher(store, Config()), Waiters())
-    return Relay(store, hub, orchestrations)
+    dispatcher = Dispatcher(store, Config())
+    orchestrations = Orchestrations(store, dispatcher, Waiters())
+    return Relay(store, hub, orchestrations, Entities(store, dispatcher))
 
 
 def encoded(message_id: str, kind: str, target: str, payload: bytes) -> bytes:

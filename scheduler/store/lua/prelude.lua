@@ -109,3 +109,101 @@ local function drop_claim(leases_key, inst_key, instance_id)
   redis.call('ZREM', leases_key, lease_member(KIND.ORCHESTRATION, instance_id))
   redis.call('HDEL', inst_key, 'lease', 'claimed_n', 'episode_start')
 end
+
+-- The header of an entity message (protocol.EntityMessage): its kind, id, parent, arg and lock
+-- set, and where its payload starts.
+local function entity_header(record)
+  local fields, from = {}, 1
+  for i = 1, 5 do
+    local at = string.find(record, '\n', from, true)
+    fields[i] = string.sub(record, from, at - 1)
+    from = at + 1
+  end
+  return fields[1], fields[2], fields[3], fields[4], fields[5], from
+end
+
+-- The keys of an entity, passed as five KEYS from `first` on (store/keys.py EntityKeys).
+local function entity_keys(first)
+  return {hash = KEYS[first], ops = KEYS[first + 1], held = KEYS[first + 2], later = KEYS[first + 3],
+          seen = KEYS[first + 4]}
+end
+
+-- Queue a message on an entity: with what may run now, or, while another orchestration holds the
+-- entity's lock, with what waits for the unlock. A locked entity runs only its holder's calls and
+-- takes only the unlock of its critical section.
+local function entity_queue(ek, record)
+  local kind, id, parent = entity_header(record)
+  local lock = redis.call('HMGET', ek.hash, 'locked_by', 'lock_section')
+  if not lock[1] or (kind == 'c' and parent == lock[1]) or (kind == 'u' and id == lock[2]) then
+    redis.call('RPUSH', ek.ops, record)
+  else
+    redis.call('RPUSH', ek.held, record)
+  end
+end
+
+-- Queue the entity's delayed signals whose time has come (in due order) and keep the entity on the
+-- due set at the time of its next one.
+local function entity_release_due(ek, due_key, entity_id, now)
+  local due = redis.call('ZRANGEBYSCORE', ek.later, '-inf', now)
+  for _, record in ipairs(due) do entity_queue(ek, record) end
+  if #due > 0 then redis.call('ZREMRANGEBYSCORE', ek.later, '-inf', now) end
+  local nxt = redis.call('ZRANGE', ek.later, 0, 0, 'WITHSCORES')
+  if nxt[2] then add_due(due_key, entity_id, tonumber(nxt[2]), false) end
+end
+
+-- Unlock an entity: what waited for the unlock goes back to the head of its queue, in order.
+local function entity_unlock(ek)
+  redis.call('HDEL', ek.hash, 'locked_by', 'lock_section')
+  local held = redis.call('LRANGE', ek.held, 0, -1)
+  redis.call('DEL', ek.held)
+  for i = #held, 1, -1 do redis.call('LPUSH', ek.ops, held[i]) end
+end
+
+-- Run the lock requests and unlocks at the head of an entity's queue (only while no batch is out):
+-- a lock request locks the entity for its critical section, holds back what else waits, and goes on
+-- through the outbox to the next entity of its lock set, or, from the last one, grants the lock to the
+-- orchestration; the unlock of the critical section unlocks it; a stale unlock is dropped. Returns
+-- true when an operation (a worker's) is at the head, false when the queue is empty.
+local function entity_settle(ek, outbox_key)
+  while true do
+    local head = redis.call('LINDEX', ek.ops, 0)
+    if not head then return false end
+    local kind, id, parent, arg, locks, from = entity_header(head)
+    if kind == 's' or kind == 'c' then return true end
+    redis.call('LPOP', ek.ops)
+    local lock = redis.call('HMGET', ek.hash, 'locked_by', 'lock_section')
+    if kind == 'l' and lock[1] then
+      redis.call('RPUSH', ek.held, head)  -- locked meanwhile: it waits its turn
+    else
+      redis.call('HINCRBY', ek.hash, 'size', -#head)
+      if kind == 'l' then
+        redis.call('HSET', ek.hash, 'locked_by', parent, 'lock_section', id)
+        if redis.call('LLEN', ek.held) == 0 then
+          if redis.call('EXISTS', ek.ops) == 1 then redis.call('RENAME', ek.ops, ek.held) end
+        else
+          rpush_all(ek.held, redis.call('LRANGE', ek.ops, 0, -1))
+          redis.call('DEL', ek.ops)
+        end
+        local set = {}
+        for entity in string.gmatch(locks, '[^\t]+') do set[#set + 1] = entity end
+        local pos, message = tonumber(arg) + 1, nil
+        if pos < #set then
+          message = id .. ':' .. pos .. '\nentity\n' .. set[pos + 1] .. '\nl\n' .. id .. '\n' .. parent .. '\n'
+            .. pos .. '\n' .. locks .. '\n' .. string.sub(head, from)
+        else
+          message = id .. ':granted\nevent\n' .. parent .. '\n' .. string.sub(head, from)
+        end
+        redis.call('RPUSH', outbox_key, message)
+        wake('outbox', '-')
+      elseif kind == 'u' and lock[2] == id then
+        entity_unlock(ek)
+      end
+    end
+  end
+end
+
+-- Drop the claim on an entity's batch; its operations stay queued (a completion trims those done).
+local function entity_drop_claim(ek, leases_key, entity_id)
+  redis.call('ZREM', leases_key, lease_member(KIND.ENTITY, entity_id))
+  redis.call('HDEL', ek.hash, 'lease', 'claimed_n')
+end

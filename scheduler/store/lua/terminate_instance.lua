@@ -9,6 +9,8 @@
 -- that (dispatch is held while SUSPENDED; the SDKs apply a termination while suspended).
 -- A termination is never refused for want of room. A sub-orchestration ended at once
 -- tells its parent through the outbox (the caller prepares that message: `notice`).
+-- With `force` (SkipGracefulOrchestrationTerminations), a dispatched one ends at once
+-- too: its claim is dropped (a late completion is refused) and its timers with it.
 --
 -- KEYS[1] generation    partition generation key
 -- KEYS[2] inst          instance hash
@@ -19,16 +21,20 @@
 -- KEYS[7] stats         partition status counts hash
 -- KEYS[8] outbox        partition outbox list
 -- KEYS[9] by_completed  partition completion index zset
+-- KEYS[10] leases       partition leases zset
+-- KEYS[11] timers       instance pending timers zset
 -- ARGV[4] instance_id
 -- ARGV[5] event       serialized ExecutionTerminated HistoryEvent
 -- ARGV[6] has_output  "1" to store ARGV[7] as the output, "0" to leave it unset
 -- ARGV[7] output
 -- ARGV[8] notice      outbox message for the parent if this ends it at once, or ""
+-- ARGV[9] force       "1" to end a dispatched instance at once too
 -- Returns {OK, status before}, {NOT_FOUND} or {HUB_GONE}.
 local inst_key, inbox_key, hist_key, due_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ready_key, stats_key, outbox_key, completed_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local instance_id, event, has_output, output = ARGV[4], ARGV[5], ARGV[6] == '1', ARGV[7]
-local notice = ARGV[8]
+local notice, force = ARGV[8], ARGV[9] == '1'
+local leases_key, timers_key = KEYS[10], KEYS[11]
 
 if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
 local status = redis.call('HGET', inst_key, 'status')
@@ -37,7 +43,10 @@ if TERMINAL[status] then return {CODE.OK, status} end
 local now = now_ms()
 local base = status == 'SUSPENDED' and redis.call('HGET', inst_key, 'prev_status') or status
 
-if base == 'RUNNING' then
+if base == 'RUNNING' and force then
+  drop_claim(leases_key, inst_key, instance_id)
+  redis.call('DEL', timers_key)
+elseif base == 'RUNNING' then
   if status == 'SUSPENDED' then
     redis.call('HSET', inst_key, 'status', 'RUNNING')
     redis.call('HDEL', inst_key, 'prev_status', 'due_ms')
