@@ -1,10 +1,11 @@
-"""The protocol messages the engine writes: history events, work items, status numbers.
+"""The protocol messages the engine writes and reads: history events, work items, status numbers.
 
 History events are kept and passed around serialized (bytes), as the store keeps them.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 from google.protobuf import wrappers_pb2
 
@@ -93,3 +94,25 @@ def orchestrator_work_item(instance_id: str, execution_id: bytes | None, past: l
 
 def activity_work_item(payload: bytes, token: str) -> pb.WorkItem:
     return pb.WorkItem(activityRequest=pb.ActivityRequest.FromString(payload), completionToken=token)
+
+
+# The events that start a task of an orchestration, and (event, field naming the task) of those that end it.
+_TASK_ENDS = {"taskScheduled": (("taskCompleted", "taskScheduledId"), ("taskFailed", "taskScheduledId")),
+              "timerCreated": (("timerFired", "timerId"),),
+              "subOrchestrationInstanceCreated": (("subOrchestrationInstanceCompleted", "taskScheduledId"),
+                                                  ("subOrchestrationInstanceFailed", "taskScheduledId"))}
+
+
+def open_tasks(history: Iterable[pb.HistoryEvent], kind: str) -> list[pb.HistoryEvent]:
+    """The events of ``kind`` ("taskScheduled", "timerCreated" or "subOrchestrationInstanceCreated") in
+    ``history`` whose task the history does not record ending, in order (the task id is the event id)."""
+    ends = dict(_TASK_ENDS[kind])
+    started: dict[int, pb.HistoryEvent] = {}
+    ended: set[int] = set()
+    for event in history:
+        which = event.WhichOneof("eventType")
+        if which == kind:
+            started[event.eventId] = event
+        elif which in ends:
+            ended.add(getattr(getattr(event, which), ends[which]))
+    return [event for task_id, event in started.items() if task_id not in ended]

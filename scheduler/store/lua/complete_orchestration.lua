@@ -92,19 +92,10 @@ if index then
   redis.call('HSET', inst_key, 'start', moved and ('hist ' .. (offset + 1 + index)) or ('inbox ' .. (index - claimed_n)))
 end
 
-if #ARGV >= first_message then
-  rpush_all(outbox_key, ARGV, first_message, #ARGV)
-  wake('outbox', '-')
-end
-for i = first_activity, first_timer - 1, 2 do
-  redis.call('HSET', payloads_key, ARGV[i], ARGV[i + 1])
-  push_work(activities_key, ARGV[i], now)
-end
+post_messages(outbox_key, ARGV, first_message, #ARGV)
+queue_activities(payloads_key, activities_key, ARGV, first_activity, first_timer - 1, now)
 local suspended = old_status == 'SUSPENDED'  -- meanwhile: resume makes it ready, its claim arms the timers
-for i = first_timer, first_message - 1, 2 do
-  redis.call('ZADD', timers_key, ARGV[i], ARGV[i + 1])
-  if not suspended then add_due(due_key, instance_id, tonumber(ARGV[i]), true) end
-end
+keep_timers(timers_key, due_key, instance_id, ARGV, first_timer, first_message - 1, not suspended)
 
 drop_claim(leases_key, inst_key, instance_id)
 redis.call('HSET', inst_key, 'updated_ms', now)
