@@ -130,8 +130,9 @@ def parse_claim_token(token: str, kind: str) -> ClaimToken:
 # -- outbox messages -----------------------------------------------------------------------
 # Work that crosses instances leaves through an outbox, written in the sender's atomic step
 # and delivered by the relay (engine/relay.py). Kinds: "create" (payload: the child's
-# ExecutionStarted event), "event" (the event to append) and "terminate" (an
-# ExecutionTerminated event).
+# ExecutionStarted event), "event" (the event to append), "terminate" (an
+# ExecutionTerminated event) and "rewind" (an ExecutionRewound event naming the child
+# to run again, as it was created, and its parent's new execution).
 
 @dataclass(frozen=True)
 class OutboxMessage:

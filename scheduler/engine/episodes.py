@@ -33,6 +33,7 @@ class Episode:
     output: str | None = None
     failure: bytes | None = None
     continue_as_new: pb.CompleteOrchestrationAction | None = None
+    rewind: pb.RewindOrchestrationAction | None = None  # the worker rewrote the history (see rewind.py)
     outbox: list[OutboxMessage] = field(default_factory=list)
 
 
@@ -47,7 +48,8 @@ def interpret(response: pb.OrchestratorResponse, instance_id: str, execution_id:
     """Translate a worker's actions into history events, work and messages.
 
     Every action of the protocol but entity messages is supported; those (and unknown
-    actions) fail the instance with a failure saying so, rather than being dropped silently."""
+    actions) fail the instance with a failure saying so, rather than being dropped silently.
+    A rewind (the history rewritten) is applied as a whole (see rewind.py)."""
     episode = Episode()
     for action in response.actions:
         kind = action.WhichOneof("orchestratorActionType")
@@ -66,6 +68,8 @@ def interpret(response: pb.OrchestratorResponse, instance_id: str, execution_id:
             fire_at = action.createTimer.fireAt
             episode.events.append(history_event(action.id, timerCreated=pb.TimerCreatedEvent(fireAt=fire_at)))
             episode.timers.append(timer(fire_at, action.id))
+        elif kind == "rewindOrchestration":
+            return Episode(rewind=action.rewindOrchestration)
         elif kind == "completeOrchestration" and \
                 action.completeOrchestration.orchestrationStatus == pb.ORCHESTRATION_STATUS_CONTINUED_AS_NEW:
             return Episode(continue_as_new=action.completeOrchestration)
@@ -175,7 +179,9 @@ def parent_notification(h: dict[str, bytes], status: str, output: str | None,
         return None
     event = sub_orchestration_ended(int(h.get("parent_task_id", b"-1")), status, output, failure)
     child_execution = h.get("execution_id", b"").decode()
-    return OutboxMessage(f"{child_execution}:done", "event", parent.decode(), event)
+    rewinds = h.get("rewinds")  # an execution rewound can end more than once
+    suffix = "" if rewinds is None else f":{rewinds.decode()}"
+    return OutboxMessage(f"{child_execution}:done{suffix}", "event", parent.decode(), event)
 
 
 def sub_orchestration_ended(task_id: int, status: str, output: str | None, failure: bytes | None) -> bytes:

@@ -49,6 +49,11 @@ def execution_resumed(reason: str | None) -> bytes:
     return history_event(executionResumed=pb.ExecutionResumedEvent(input=text(reason)))
 
 
+def execution_rewound(reason: str | None, parent_execution_id: str | None = None) -> bytes:
+    return history_event(executionRewound=pb.ExecutionRewoundEvent(reason=text(reason),
+                                                                    parentExecutionId=text(parent_execution_id)))
+
+
 def orchestrator_started() -> bytes:
     """The OrchestratorStarted event stamped now that opens every episode handed to a worker."""
     return history_event(orchestratorStarted=pb.OrchestratorStartedEvent())

@@ -118,8 +118,7 @@ async def test_delete_task_hub_by_metadata(stub, key_prefix, hub_name):
     assert await exists(stub, "i-0")
 
 
-@pytest.mark.parametrize("rpc,request_type", [("RewindInstance", pb.RewindInstanceRequest),
-                                              ("SignalEntity", pb.SignalEntityRequest),
+@pytest.mark.parametrize("rpc,request_type", [("SignalEntity", pb.SignalEntityRequest),
                                               ("CompleteEntityTask", pb.EntityBatchResult)])
 async def test_unimplemented_rpc_names_itself(stub, rpc, request_type):
     message = await rpc_error(getattr(stub, rpc)(request_type()), grpc.StatusCode.UNIMPLEMENTED)
