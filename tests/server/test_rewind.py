@@ -319,13 +319,14 @@ async def test_work_under_way_when_it_failed_is_set_going_again(stub, worker):
         instanceId="ow", taskId=1, completionToken=old["Slow"].completionToken, result=text('"old"')))
     await stub.CompleteActivityTask(pb.ActivityResponse(
         instanceId="ow", taskId=1, completionToken=new["Slow"].completionToken, result=text('"new"')))
-    item = await worker.next()
-    assert kinds(item.orchestratorRequest.newEvents) == ["orchestratorStarted", "taskCompleted"]
-    assert item.orchestratorRequest.newEvents[1].taskCompleted.result.value == '"new"'
-    await worker.complete(item)
-    item = await worker.next(timeout=10)  # the timer still fires, at its time
-    assert kinds(item.orchestratorRequest.newEvents) == ["orchestratorStarted", "timerFired"]
-    assert item.orchestratorRequest.newEvents[1].timerFired.timerId == 3
+    delivered: list[pb.HistoryEvent] = []
+    while len(delivered) < 2:  # the result, and the timer at its time (in one episode or two)
+        item = await worker.next(timeout=10)
+        delivered += [e for e in item.orchestratorRequest.newEvents if not e.HasField("orchestratorStarted")]
+        await worker.complete(item)
+    assert kinds(delivered) == ["taskCompleted", "timerFired"]
+    assert delivered[0].taskCompleted.result.value == '"new"'
+    assert delivered[1].timerFired.timerId == 3
     assert time.time() * 1000 >= fire_at.ToMilliseconds()
 
 
