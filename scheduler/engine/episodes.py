@@ -16,7 +16,7 @@ from .. import errors
 from .._proto import orchestrator_service_pb2 as pb
 from ..config import Limits
 from ..protocol import OutboxMessage, activity_item, due_ms, is_valid_id, new_id, quote
-from .events import execution_completed, history_event, status_name, sub_orchestration_failed
+from .events import copy_set, execution_completed, history_event, status_name, sub_orchestration_failed
 
 _FINAL = (pb.ORCHESTRATION_STATUS_COMPLETED, pb.ORCHESTRATION_STATUS_FAILED, pb.ORCHESTRATION_STATUS_TERMINATED)
 _CROSS_INSTANCE = ("createSubOrchestration", "sendEvent", "terminateOrchestration")
@@ -90,9 +90,7 @@ def interpret(response: pb.OrchestratorResponse, instance_id: str, execution_id:
 
 def _scheduled(task: pb.ScheduleTaskAction) -> pb.TaskScheduledEvent:
     scheduled = pb.TaskScheduledEvent(name=task.name, tags=task.tags)
-    for f in ("version", "input", "parentTraceContext"):
-        if task.HasField(f):
-            getattr(scheduled, f).CopyFrom(getattr(task, f))
+    copy_set(task, scheduled)
     return scheduled
 
 
@@ -101,9 +99,7 @@ def activity(scheduled: pb.TaskScheduledEvent, task_id: int, instance_id: str, e
     request = pb.ActivityRequest(name=scheduled.name, taskId=task_id, tags=scheduled.tags,
                                  orchestrationInstance=pb.OrchestrationInstance(
                                      instanceId=instance_id, executionId=wrappers_pb2.StringValue(value=execution_id)))
-    for f in ("version", "input", "parentTraceContext"):
-        if scheduled.HasField(f):
-            getattr(request, f).CopyFrom(getattr(scheduled, f))
+    copy_set(scheduled, request)
     return activity_item(instance_id, execution_id, task_id), request.SerializeToString()
 
 
@@ -130,10 +126,7 @@ def _cross_instance(action: pb.OrchestratorAction, instance_id: str, execution_i
                 taskScheduledId=action.id, name=wrappers_pb2.StringValue(value=name),
                 orchestrationInstance=pb.OrchestrationInstance(
                     instanceId=instance_id, executionId=wrappers_pb2.StringValue(value=execution_id))))
-        for f in ("version", "input", "parentTraceContext"):
-            if sub.HasField(f):
-                getattr(created, f).CopyFrom(getattr(sub, f))
-                getattr(started, f).CopyFrom(getattr(sub, f))
+        copy_set(sub, created, started)
         return history_event(action.id, subOrchestrationInstanceCreated=created), \
             OutboxMessage(message_id, "create", sub.instanceId, history_event(executionStarted=started))
     if kind == "sendEvent":

@@ -33,6 +33,17 @@ def text(value: str | None) -> wrappers_pb2.StringValue | None:
     return None if value is None else wrappers_pb2.StringValue(value=value)
 
 
+TASK_FIELDS = ("version", "input", "parentTraceContext")  # optional fields a task carries from action to event
+
+
+def copy_set(source, *targets, fields: tuple[str, ...] = TASK_FIELDS) -> None:
+    """Copy each of ``fields`` that is set in the message ``source`` to the ``targets`` (same field names)."""
+    for f in fields:
+        if source.HasField(f):
+            for target in targets:
+                getattr(target, f).CopyFrom(getattr(source, f))
+
+
 def event_raised(name: str, payload: str | None) -> bytes:
     return history_event(eventRaised=pb.EventRaisedEvent(name=name, input=text(payload)))
 

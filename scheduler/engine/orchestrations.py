@@ -89,9 +89,7 @@ class Orchestrations:
         new_instance_id = new_id() if with_new_id else instance_id
         started = pb.ExecutionStartedEvent(name=previous.name, orchestrationInstance=pb.OrchestrationInstance(
             instanceId=new_instance_id, executionId=wrappers_pb2.StringValue(value=new_id())))
-        for f in ("version", "input"):
-            if previous.HasField(f):
-                getattr(started, f).CopyFrom(getattr(previous, f))
+        events.copy_set(previous, started, fields=("version", "input"))
         replaceable = () if with_new_id else tuple(sorted(TERMINAL))  # replace the finished one, nothing else
         await self.start(hub, new_instance(started, replaceable=replaceable))
         return new_instance_id

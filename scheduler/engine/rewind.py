@@ -26,7 +26,7 @@ from google.protobuf import wrappers_pb2
 from .._proto import orchestrator_service_pb2 as pb
 from ..protocol import OutboxMessage, is_valid_id, quote
 from .episodes import activity, timer
-from .events import execution_rewound, history_event, open_tasks, text
+from .events import copy_set, execution_rewound, history_event, open_tasks, text
 
 
 class InvalidRewind(ValueError):
@@ -84,9 +84,7 @@ def child_message(created: pb.HistoryEvent, instance_id: str, execution_id: str,
     rewound = pb.ExecutionRewoundEvent(reason=text(reason), parentExecutionId=text(execution_id),
                                        instanceId=text(sub.instanceId), name=text(sub.name), tags=sub.tags,
                                        parentInstance=parent)
-    for f in ("version", "input", "parentTraceContext"):
-        if sub.HasField(f):
-            getattr(rewound, f).CopyFrom(getattr(sub, f))
+    copy_set(sub, rewound)
     return OutboxMessage(f"{execution_id}:rewind:{created.eventId}", "rewind", sub.instanceId,
                          history_event(executionRewound=rewound))
 
@@ -107,7 +105,5 @@ def started_again(rewound: pb.ExecutionRewoundEvent, message_id: str) -> bytes:
         name=rewound.name.value, tags=rewound.tags, parentInstance=rewound.parentInstance,
         orchestrationInstance=pb.OrchestrationInstance(instanceId=rewound.instanceId.value,
                                                        executionId=wrappers_pb2.StringValue(value=execution_id)))
-    for f in ("version", "input", "parentTraceContext"):
-        if rewound.HasField(f):
-            getattr(started, f).CopyFrom(getattr(rewound, f))
+    copy_set(rewound, started)
     return history_event(executionStarted=started)
