@@ -145,9 +145,11 @@ def parse_claim_token(token: str, kind: str) -> ClaimToken:
 # Work that crosses instances leaves through an outbox, written in the sender's atomic step
 # and delivered by the relay (engine/relay.py). Kinds: "create" (payload: the child's
 # ExecutionStarted event), "event" (the event to append), "terminate" (an
-# ExecutionTerminated event), "entity" (an EntityMessage for an entity) and "start" (an
-# orchestration an entity starts: its ExecutionStarted event). The Lua prelude builds
-# "entity" and "event" messages of lock requests in this format too.
+# ExecutionTerminated event), "entity" (an EntityMessage for an entity), "start" (an
+# orchestration an entity starts: its ExecutionStarted event) and "rewind" (an
+# ExecutionRewound event naming the child to run again, as it was created, and its parent's
+# new execution). The Lua prelude builds "entity" and "event" messages of lock requests in
+# this format too.
 
 @dataclass(frozen=True)
 class OutboxMessage:

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_PREFIX = "/TaskHubSidecarService/"
 DESTRUCTIVE = frozenset({"DeleteTaskHub", "CreateTaskHub", "PurgeInstances", "TerminateInstance",
-                         "CleanEntityStorage", "RestartInstance"})
+                         "CleanEntityStorage", "RestartInstance", "RewindInstance"})
 TASK_HUB_METADATA_KEY = "taskhub"
 
 REQUESTS = prometheus_client.Counter("dt_rpc_requests_total", "Calls by method and status code", ["method", "code"])

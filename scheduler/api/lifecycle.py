@@ -7,6 +7,8 @@ instance, suspending a suspended one and resuming one that is not suspended all 
 without changing anything. Unlike the reference, terminating an unknown instance is
 NOT_FOUND (as every other call about one instance). RestartInstance, as in the
 reference, starts a terminal instance again (same or new id) with its name, version and input.
+RewindInstance, as in the reference, runs a failed instance again from its last good state
+(FAILED_PRECONDITION for an instance in any other status; see engine/rewind.py).
 SkipGracefulOrchestrationTerminations ends each instance at once, a running one too (its
 worker's result is refused), and names those it did not terminate (unknown or already ended).
 """
@@ -81,6 +83,13 @@ class LifecycleRPCs:
         hub = await self._instance_hub(request.instanceId, context)
         new_id = await self.engine.orchestrations.restart(hub, request.instanceId, request.restartWithNewInstanceId)
         return pb.RestartInstanceResponse(instanceId=new_id)
+
+    @rpc
+    async def RewindInstance(self, request: pb.RewindInstanceRequest, context):
+        reason = self._payload(request, "reason")
+        hub = await self._instance_hub(request.instanceId, context)
+        await self.engine.orchestrations.rewind(hub, request.instanceId, reason)
+        return pb.RewindInstanceResponse()
 
     @rpc
     async def SkipGracefulOrchestrationTerminations(self, request: pb.SkipGracefulOrchestrationTerminationsRequest,

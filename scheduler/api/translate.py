@@ -4,7 +4,8 @@ The instance hash holds scalar fields as plain strings so that ``HGETALL`` is re
 ``name``, ``version``, ``status`` (``PENDING``, ``RUNNING``, ...), ``output``,
 ``custom_status``, ``execution_id``, ``parent_instance_id``, ``created_ms``/``updated_ms``/
 ``completed_ms`` (epoch ms), ``scheduled_start`` and ``request_time`` (RFC 3339, exactly as
-given), ``failure`` (serialized TaskFailureDetails) and ``start`` (where the start event is).
+given), ``failure`` (serialized TaskFailureDetails), ``start`` (where the start event is) and,
+once rewound, ``rewinds`` (how many times) and ``rewinding`` (until the worker has rewound it).
 The input and the tags live only in the ExecutionStarted event (see
 :func:`scheduler.engine.orchestrations.new_instance`).
 """

@@ -10,14 +10,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from google.protobuf import wrappers_pb2
+from google.protobuf import timestamp_pb2, wrappers_pb2
 
 from .. import errors
 from .._proto import orchestrator_service_pb2 as pb
 from ..config import Limits
 from ..protocol import OutboxMessage, activity_item, due_ms, is_valid_id, new_id, quote
 from .entities import from_orchestration as entity_message
-from .events import execution_completed, history_event, status_name, sub_orchestration_failed
+from .events import copy_set, execution_completed, history_event, status_name, sub_orchestration_failed
 
 _FINAL = (pb.ORCHESTRATION_STATUS_COMPLETED, pb.ORCHESTRATION_STATUS_FAILED, pb.ORCHESTRATION_STATUS_TERMINATED)
 _CROSS_INSTANCE = ("createSubOrchestration", "sendEvent", "terminateOrchestration")
@@ -34,6 +34,7 @@ class Episode:
     output: str | None = None
     failure: bytes | None = None
     continue_as_new: pb.CompleteOrchestrationAction | None = None
+    rewind: pb.RewindOrchestrationAction | None = None  # the worker rewrote the history (see rewind.py)
     outbox: list[OutboxMessage] = field(default_factory=list)
 
 
@@ -48,15 +49,15 @@ def interpret(response: pb.OrchestratorResponse, instance_id: str, execution_id:
     """Translate a worker's actions into history events, work and messages.
 
     An unknown action fails the instance with a failure saying so, rather than being dropped
-    silently; so does an action that names an invalid instance or entity."""
+    silently; so does an action that names an invalid instance or entity. A rewind (the history
+    rewritten) is applied as a whole (see rewind.py)."""
     episode = Episode()
     for action in response.actions:
         kind = action.WhichOneof("orchestratorActionType")
         if kind == "scheduleTask":
-            scheduled, request = _activity(action, instance_id, execution_id)
+            scheduled = _scheduled(action.scheduleTask)
             episode.events.append(history_event(action.id, taskScheduled=scheduled))
-            episode.activities.append((activity_item(instance_id, execution_id, action.id),
-                                       request.SerializeToString()))
+            episode.activities.append(activity(scheduled, action.id, instance_id, execution_id))
         elif kind in _CROSS_INSTANCE:
             event, message = _cross_instance(action, instance_id, execution_id, name)
             if not is_valid_id(message.target) or message.target.startswith("@"):
@@ -75,9 +76,9 @@ def interpret(response: pb.OrchestratorResponse, instance_id: str, execution_id:
         elif kind == "createTimer":
             fire_at = action.createTimer.fireAt
             episode.events.append(history_event(action.id, timerCreated=pb.TimerCreatedEvent(fireAt=fire_at)))
-            fired = pb.HistoryEvent(eventId=-1, timerFired=pb.TimerFiredEvent(fireAt=fire_at, timerId=action.id))
-            fired.timestamp.CopyFrom(fire_at)
-            episode.timers.append((due_ms(fire_at), fired.SerializeToString()))
+            episode.timers.append(timer(fire_at, action.id))
+        elif kind == "rewindOrchestration":
+            return Episode(rewind=action.rewindOrchestration)
         elif kind == "completeOrchestration" and \
                 action.completeOrchestration.orchestrationStatus == pb.ORCHESTRATION_STATUS_CONTINUED_AS_NEW:
             # what the episode sent before goes (an entity unlock, a signal); what it scheduled does not
@@ -97,18 +98,26 @@ def interpret(response: pb.OrchestratorResponse, instance_id: str, execution_id:
     return episode
 
 
-def _activity(action: pb.OrchestratorAction, instance_id: str,
-              execution_id: str) -> tuple[pb.TaskScheduledEvent, pb.ActivityRequest]:
-    task = action.scheduleTask
+def _scheduled(task: pb.ScheduleTaskAction) -> pb.TaskScheduledEvent:
     scheduled = pb.TaskScheduledEvent(name=task.name, tags=task.tags)
-    request = pb.ActivityRequest(name=task.name, taskId=action.id, tags=task.tags,
+    copy_set(task, scheduled)
+    return scheduled
+
+
+def activity(scheduled: pb.TaskScheduledEvent, task_id: int, instance_id: str, execution_id: str) -> tuple[str, bytes]:
+    """(work item, serialized ActivityRequest) of the activity task ``task_id`` that ``scheduled`` records."""
+    request = pb.ActivityRequest(name=scheduled.name, taskId=task_id, tags=scheduled.tags,
                                  orchestrationInstance=pb.OrchestrationInstance(
                                      instanceId=instance_id, executionId=wrappers_pb2.StringValue(value=execution_id)))
-    for f in ("version", "input", "parentTraceContext"):
-        if task.HasField(f):
-            getattr(scheduled, f).CopyFrom(getattr(task, f))
-            getattr(request, f).CopyFrom(getattr(task, f))
-    return scheduled, request
+    copy_set(scheduled, request)
+    return activity_item(instance_id, execution_id, task_id), request.SerializeToString()
+
+
+def timer(fire_at: timestamp_pb2.Timestamp, timer_id: int) -> tuple[int, bytes]:
+    """(fire time ms, serialized TimerFired event) of timer ``timer_id``."""
+    fired = pb.HistoryEvent(eventId=-1, timerFired=pb.TimerFiredEvent(fireAt=fire_at, timerId=timer_id))
+    fired.timestamp.CopyFrom(fire_at)
+    return due_ms(fire_at), fired.SerializeToString()
 
 
 def _cross_instance(action: pb.OrchestratorAction, instance_id: str, execution_id: str,
@@ -127,10 +136,7 @@ def _cross_instance(action: pb.OrchestratorAction, instance_id: str, execution_i
                 taskScheduledId=action.id, name=wrappers_pb2.StringValue(value=name),
                 orchestrationInstance=pb.OrchestrationInstance(
                     instanceId=instance_id, executionId=wrappers_pb2.StringValue(value=execution_id))))
-        for f in ("version", "input", "parentTraceContext"):
-            if sub.HasField(f):
-                getattr(created, f).CopyFrom(getattr(sub, f))
-                getattr(started, f).CopyFrom(getattr(sub, f))
+        copy_set(sub, created, started)
         return history_event(action.id, subOrchestrationInstanceCreated=created), \
             OutboxMessage(message_id, "create", sub.instanceId, history_event(executionStarted=started))
     if kind == "sendEvent":
@@ -174,19 +180,24 @@ def parent_notification(h: dict[str, bytes], status: str, output: str | None,
     parent = h.get("parent_instance_id")
     if parent is None:
         return None
-    task_id = int(h.get("parent_task_id", b"-1"))
+    event = sub_orchestration_ended(int(h.get("parent_task_id", b"-1")), status, output, failure)
+    child_execution = h.get("execution_id", b"").decode()
+    rewinds = h.get("rewinds")  # an execution rewound can end more than once
+    suffix = "" if rewinds is None else f":{rewinds.decode()}"
+    return OutboxMessage(f"{child_execution}:done{suffix}", "event", parent.decode(), event)
+
+
+def sub_orchestration_ended(task_id: int, status: str, output: str | None, failure: bytes | None) -> bytes:
+    """The event that tells a parent how its sub-orchestration task ``task_id`` ended (``status``)."""
     if status == "COMPLETED":
         done = pb.SubOrchestrationInstanceCompletedEvent(taskScheduledId=task_id)
         if output is not None:
             done.result.value = output
-        event = history_event(subOrchestrationInstanceCompleted=done)
-    else:
-        details = pb.TaskFailureDetails.FromString(failure) if failure else pb.TaskFailureDetails(
-            errorType="Terminated" if status == "TERMINATED" else "Failed",
-            errorMessage=f"the sub-orchestration ended {status}")
-        event = sub_orchestration_failed(task_id, details)
-    child_execution = h.get("execution_id", b"").decode()
-    return OutboxMessage(f"{child_execution}:done", "event", parent.decode(), event)
+        return history_event(subOrchestrationInstanceCompleted=done)
+    details = pb.TaskFailureDetails.FromString(failure) if failure else pb.TaskFailureDetails(
+        errorType="Terminated" if status == "TERMINATED" else "Failed",
+        errorMessage=f"the sub-orchestration ended {status}")
+    return sub_orchestration_failed(task_id, details)
 
 
 def limit_failure(exc: errors.LimitExceeded) -> Episode:

@@ -1,10 +1,11 @@
-"""The protocol messages the engine writes: history events, work items, status numbers.
+"""The protocol messages the engine writes and reads: history events, work items, status numbers.
 
 History events are kept and passed around serialized (bytes), as the store keeps them.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 from google.protobuf import wrappers_pb2
 
@@ -32,6 +33,17 @@ def text(value: str | None) -> wrappers_pb2.StringValue | None:
     return None if value is None else wrappers_pb2.StringValue(value=value)
 
 
+TASK_FIELDS = ("version", "input", "parentTraceContext")  # optional fields a task carries from action to event
+
+
+def copy_set(source, *targets, fields: tuple[str, ...] = TASK_FIELDS) -> None:
+    """Copy each of ``fields`` that is set in the message ``source`` to the ``targets`` (same field names)."""
+    for f in fields:
+        if source.HasField(f):
+            for target in targets:
+                getattr(target, f).CopyFrom(getattr(source, f))
+
+
 def event_raised(name: str, payload: str | None) -> bytes:
     return history_event(eventRaised=pb.EventRaisedEvent(name=name, input=text(payload)))
 
@@ -46,6 +58,11 @@ def execution_suspended(reason: str | None) -> bytes:
 
 def execution_resumed(reason: str | None) -> bytes:
     return history_event(executionResumed=pb.ExecutionResumedEvent(input=text(reason)))
+
+
+def execution_rewound(reason: str | None, parent_execution_id: str | None = None) -> bytes:
+    return history_event(executionRewound=pb.ExecutionRewoundEvent(reason=text(reason),
+                                                                    parentExecutionId=text(parent_execution_id)))
 
 
 def orchestrator_started() -> bytes:
@@ -119,3 +136,23 @@ def entity_result(request_id: str, result: pb.OperationResult | None,
     if result is not None and result.success.HasField("result"):
         completed.output.CopyFrom(result.success.result)
     return history_event(entityOperationCompleted=completed)
+# The events that start a task of an orchestration, and (event, field naming the task) of those that end it.
+_TASK_ENDS = {"taskScheduled": (("taskCompleted", "taskScheduledId"), ("taskFailed", "taskScheduledId")),
+              "timerCreated": (("timerFired", "timerId"),),
+              "subOrchestrationInstanceCreated": (("subOrchestrationInstanceCompleted", "taskScheduledId"),
+                                                  ("subOrchestrationInstanceFailed", "taskScheduledId"))}
+
+
+def open_tasks(history: Iterable[pb.HistoryEvent], kind: str) -> list[pb.HistoryEvent]:
+    """The events of ``kind`` ("taskScheduled", "timerCreated" or "subOrchestrationInstanceCreated") in
+    ``history`` whose task the history does not record ending, in order (the task id is the event id)."""
+    ends = dict(_TASK_ENDS[kind])
+    started: dict[int, pb.HistoryEvent] = {}
+    ended: set[int] = set()
+    for event in history:
+        which = event.WhichOneof("eventType")
+        if which == kind:
+            started[event.eventId] = event
+        elif which in ends:
+            ended.add(getattr(getattr(event, which), ends[which]))
+    return [event for task_id, event in started.items() if task_id not in ended]

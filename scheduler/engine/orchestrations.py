@@ -9,6 +9,7 @@ waiters about status changes it made, which saves them the pub/sub round trip.
   recursive termination are decided here.
 - :meth:`Orchestrations.terminate` is the one way to terminate, whoever asks (a client,
   a parent's episode through the relay).
+- :meth:`Orchestrations.rewind` runs a failed orchestration again (see :mod:`.rewind`).
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from .._proto import orchestrator_service_pb2 as pb
 from ..protocol import ACTIVITY, ORCHESTRATION, TERMINAL, due_ms, instance_of, new_id
 from ..store import NewInstance, Store
 from ..store.keys import HubKeys
-from . import events, subtree
+from ..store.scripts import Code
+from . import events, rewind, subtree
 from .dispatcher import Dispatcher
 from .episodes import (Episode, failed, interpret, limit_failure, next_execution, overflow_failure,
                        parent_notification)
@@ -87,9 +89,7 @@ class Orchestrations:
         new_instance_id = new_id() if with_new_id else instance_id
         started = pb.ExecutionStartedEvent(name=previous.name, orchestrationInstance=pb.OrchestrationInstance(
             instanceId=new_instance_id, executionId=wrappers_pb2.StringValue(value=new_id())))
-        for f in ("version", "input"):
-            if previous.HasField(f):
-                getattr(started, f).CopyFrom(getattr(previous, f))
+        events.copy_set(previous, started, fields=("version", "input"))
         replaceable = () if with_new_id else tuple(sorted(TERMINAL))  # replace the finished one, nothing else
         await self.start(hub, new_instance(started, replaceable=replaceable))
         return new_instance_id
@@ -121,6 +121,31 @@ class Orchestrations:
             self.waiters.status_changed(hub.hub, instance_id)
         return before
 
+    async def rewind(self, hub: HubKeys, instance_id: str, reason: str | None) -> None:
+        """RewindInstance: a FAILED instance runs again, its worker rewinds it (see :mod:`.rewind`);
+        FailedPrecondition, with nothing changed, for an instance in any other status."""
+        code, status = await self.store.rewind_instance(hub, instance_id, events.execution_rewound(reason))
+        if code is Code.NOT_FOUND:
+            raise errors.InstanceNotFound(instance_id)
+        if code is not Code.OK:
+            raise errors.FailedPrecondition(f"orchestration instance '{instance_id}' is {status}; only a failed "
+                                            "instance can be rewound")
+        self._rewound(hub, instance_id)
+
+    async def rewind_child(self, hub: HubKeys, instance_id: str, message_id: str,
+                           rewound: pb.ExecutionRewoundEvent) -> tuple[Code, str | None]:
+        """Rewind a failed sub-orchestration for its rewound parent, once per message (see
+        Store.rewind_instance for what it returns)."""
+        code, status = await self.store.rewind_instance(hub, instance_id, rewind.child_event(rewound), message_id,
+                                                        limited=False)
+        if code is Code.OK:
+            self._rewound(hub, instance_id)
+        return code, status
+
+    def _rewound(self, hub: HubKeys, instance_id: str) -> None:
+        self.dispatcher.offer(hub.hub, ORCHESTRATION, [instance_id])
+        self.waiters.status_changed(hub.hub, instance_id)
+
     # -- worker results --------------------------------------------------------------------
 
     async def complete_episode(self, hub: HubKeys, instance_id: str, token: str,
@@ -146,6 +171,8 @@ class Orchestrations:
                 execution_id, first_events = next_execution(episode.continue_as_new, h["start_event"])
                 await self.store.continue_as_new(hub, instance_id, token, execution_id, first_events, custom,
                                                  [m.encode() for m in episode.outbox])
+            elif episode.rewind is not None:
+                await self._apply_rewind(hub, instance_id, token, h, episode.rewind)
             else:
                 await self._apply(hub, instance_id, token, h, episode, custom)
         except errors.LimitExceeded as exc:
@@ -180,6 +207,22 @@ class Orchestrations:
         self.dispatcher.offer(hub.hub, ACTIVITY, [item for item, _ in episode.activities])
         if episode.status is not None:
             self.waiters.status_changed(hub.hub, instance_id)
+
+    async def _apply_rewind(self, hub: HubKeys, instance_id: str, token: str, h: dict[str, bytes],
+                            action: pb.RewindOrchestrationAction) -> None:
+        """A worker's rewind of the history (see :mod:`.rewind`). It fails the orchestration instead when the
+        episode was not one of a rewind, or the history is not a new execution of the instance."""
+        try:
+            if "rewinding" not in h:
+                raise rewind.InvalidRewind("the worker rewound an orchestration that was not being rewound")
+            plan = rewind.plan(action, instance_id)
+        except rewind.InvalidRewind as exc:
+            await self._apply(hub, instance_id, token, h, failed(-1, "InvalidArgument", str(exc)), None)
+            return
+        await self.store.rewind_orchestration(hub, instance_id, token, plan.history, plan.start_index, plan.fields,
+                                              plan.activities, plan.timers, [m.encode() for m in plan.outbox])
+        self.dispatcher.offer(hub.hub, ACTIVITY, [item for item, _ in plan.activities])
+        self.dispatcher.offer(hub.hub, ORCHESTRATION, [instance_id])  # the worker replays the new history
 
     async def _recursive_termination(self, hub: HubKeys, instance_id: str, h: dict[str, bytes],
                                      episode: Episode) -> list:

@@ -11,7 +11,8 @@ are de-duplicated by message id in the target's ``delivered`` set.
 Kinds (protocol.OutboxMessage): ``create`` (a sub-orchestration, as the SDK's reference
 creates one), ``event`` (appended once), ``terminate`` (applied as TerminateInstance
 is; an ended or unknown target is left alone), ``entity`` (a message for an entity,
-de-duplicated by its id) and ``start`` (an orchestration an entity starts).
+de-duplicated by its id), ``start`` (an orchestration an entity starts) and ``rewind``
+(a sub-orchestration of a rewound parent runs again, see engine/rewind.py).
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ from ..protocol import TERMINAL, OutboxMessage
 from ..store import Store
 from ..store.keys import HubKeys
 from ..store.scripts import Code
+from . import rewind
 from .entities import Entities
-from .episodes import overflow_failure
+from .episodes import overflow_failure, sub_orchestration_ended
 from .events import sub_orchestration_failed
 from .loops import Loop
 from .orchestrations import Orchestrations, new_instance
@@ -87,6 +89,8 @@ class Relay:
                 await self.orchestrations.terminate(self.hub, message.target, output, terminated.recurse)
             except errors.InstanceNotFound:
                 pass  # never created, or purged meanwhile
+        elif message.kind == "rewind":
+            await self._rewind_child(message)
         else:
             log.warning("dropping outbox message %r of unknown kind %r", message.message_id, message.kind)
 
@@ -119,6 +123,32 @@ class Relay:
                                    failed)
             await self.store.deliver_event(self.hub, notice.target, notice.message_id, failed,
                                            _overflow(notice, self.store.limits))
+
+    async def _rewind_child(self, message: OutboxMessage) -> None:
+        """Run a sub-orchestration of a rewound parent again: rewound if it failed, created again if it is
+        gone. One that ended otherwise tells the parent again how (the parent had failed when its end came,
+        and dropped it). Delivered again, it changes nothing."""
+        rewound = pb.HistoryEvent.FromString(message.payload).executionRewound
+        code, status = await self.orchestrations.rewind_child(self.hub, message.target, message.message_id, rewound)
+        if code is Code.NOT_FOUND:
+            h = None
+        elif code is Code.WRONG_STATUS and status in TERMINAL:
+            h = await self.store.get_instance(self.hub, message.target)
+        else:
+            return  # rewound (now or before), or still running: its end will reach the parent
+        if h is None:
+            await self._create_child(OutboxMessage(message.message_id, "create", message.target,
+                                                   rewind.started_again(rewound, message.message_id)))
+            return
+        status = h["status"].decode()
+        if status not in TERMINAL:
+            return
+        output = h["output"].decode() if "output" in h else None
+        event = sub_orchestration_ended(rewound.parentInstance.taskScheduledId, status, output, h.get("failure"))
+        notice = OutboxMessage(f"{message.message_id}:ended", "event",
+                               rewound.parentInstance.orchestrationInstance.instanceId, event)
+        await self.store.deliver_event(self.hub, notice.target, notice.message_id, event,
+                                       _overflow(notice, self.store.limits))
 
 
 def _overflow(message: OutboxMessage, limits: Limits) -> str:

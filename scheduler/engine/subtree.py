@@ -20,6 +20,7 @@ from ..protocol import OutboxMessage
 from ..store import Store
 from ..store.common import count_in_batches
 from ..store.keys import HubKeys
+from .events import open_tasks
 
 BATCH = 100  # instances whose purge runs at once
 
@@ -41,14 +42,8 @@ def all_children(events: Iterable[bytes]) -> list[str]:
 
 def open_children(events: Iterable[bytes]) -> list[str]:
     """Ids of the children created in ``events`` whose end the events do not record, in creation order."""
-    parsed = _parsed(events)
-    created = _created(parsed)
-    for e in parsed:
-        if e.HasField("subOrchestrationInstanceCompleted"):
-            created.pop(e.subOrchestrationInstanceCompleted.taskScheduledId, None)
-        elif e.HasField("subOrchestrationInstanceFailed"):
-            created.pop(e.subOrchestrationInstanceFailed.taskScheduledId, None)
-    return list(dict.fromkeys(created.values()))
+    created = open_tasks(_parsed(events), "subOrchestrationInstanceCreated")
+    return list(dict.fromkeys(e.subOrchestrationInstanceCreated.instanceId for e in created))
 
 
 def recursive_termination(delivered: Iterable[bytes]) -> pb.ExecutionTerminatedEvent | None:

@@ -19,7 +19,7 @@ class InstanceOps:
     """Uses the Store's ``_eval``, ``_write``, ``_outcome`` and ``limits``."""
 
     SCRIPTS: tuple[str, ...] = ("create_instance", "get_instance", "raise_event", "terminate_instance",
-                                "suspend_instance", "resume_instance", "deliver_event")
+                                "suspend_instance", "resume_instance", "deliver_event", "rewind_instance")
 
     @unavailable_on_redis_errors
     async def create_instance(self, hub: HubKeys, new: NewInstance) -> int:
@@ -111,6 +111,22 @@ class InstanceOps:
                                    self.limits.max_work_item_bytes, overflow])
         return self._outcome(reply, instance_id, Code.DONE_BEFORE, Code.NOT_FOUND, Code.WRONG_STATUS,
                              Code.INBOX_FULL, Code.TOO_LARGE)[0]
+
+    @unavailable_on_redis_errors
+    async def rewind_instance(self, hub: HubKeys, instance_id: str, event: bytes, message_id: str = "",
+                              limited: bool = True) -> tuple[Code, str | None]:
+        """Make a FAILED instance RUNNING again with the serialized ExecutionRewound ``event`` as its one
+        pending event (see rewind_instance.lua); ``message_id``: the outbox message asking for it (applied
+        once). Returns (OK, status before), (NOT_FOUND, None), (WRONG_STATUS, status) or (DONE_BEFORE, None),
+        nothing written but for OK. With ``limited``, WorkItemTooLarge when the instance has no room for it."""
+        pk = hub.for_instance(instance_id)
+        reply = await self._write(
+            "rewind_instance", hub, pk,
+            [pk.instance(instance_id), pk.inbox(instance_id), pk.history(instance_id), pk.ready, pk.stats,
+             pk.by_completed, pk.delivered(instance_id)],
+            [instance_id, event, message_id, self.limits.max_work_item_bytes if limited else 0])
+        code, values = self._outcome(reply, instance_id, Code.NOT_FOUND, Code.WRONG_STATUS, Code.DONE_BEFORE)
+        return code, values[0].decode() if values else None
 
     def _status(self, reply, instance_id: str) -> str:
         """The status in a lifecycle script's reply; InstanceNotFound for NOT_FOUND."""

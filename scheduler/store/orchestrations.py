@@ -29,7 +29,8 @@ class OrchestrationOps:
     """Uses the Store's ``_write``, ``_outcome``, ``_execute``, ``redis`` and ``limits``."""
 
     SCRIPTS: tuple[str, ...] = ("claim_orchestration", "renew_orchestration_leases", "release_orchestration",
-                                "sweep_orchestration_lease", "complete_orchestration", "continue_as_new")
+                                "sweep_orchestration_lease", "complete_orchestration", "continue_as_new",
+                                "rewind_orchestration")
 
     @unavailable_on_redis_errors
     async def claim_orchestration(self, hub: keys.HubKeys, instance_id: str, token: str, lease_ms: int,
@@ -136,6 +137,30 @@ class OrchestrationOps:
              pk.outbox],
             [iid, token, execution_id, "" if custom_status is None else "=" + custom_status,
              self.limits.max_work_item_bytes, len(events), *events, *outbox])
+        self._outcome(reply, instance_id)
+
+    @unavailable_on_redis_errors
+    async def rewind_orchestration(self, hub: keys.HubKeys, instance_id: str, token: str, history: list[bytes],
+                                   start_index: int, fields: dict[str, str], activities: list[tuple[str, bytes]] = (),
+                                   timers: list[tuple[int, bytes]] = (), outbox: list[bytes] = ()) -> None:
+        """Replace the history of a rewound instance under the episode's claim (see rewind_orchestration.lua):
+        ``history`` the new one (serialized), its ExecutionStarted event at ``start_index``; ``fields`` of
+        the instance hash its start event sets; ``activities``, ``timers`` and ``outbox`` what it waits for
+        that is set going again (as complete_orchestration takes them). With nothing changed: LeaseLost
+        when ``token`` is not the current claim; HistoryLimitExceeded or WorkItemTooLarge when the new
+        history or the next work item would pass its limit."""
+        pk = hub.for_instance(instance_id)
+        iid = instance_id
+        pairs = [x for field in fields.items() for x in field]
+        activity_pairs = [x for item in activities for x in item]
+        timer_pairs = [x for timer in timers for x in timer]
+        reply = await self._write(
+            "rewind_orchestration", hub, pk,
+            [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.ready, pk.leases, pk.activities,
+             pk.activity_payloads, pk.timers(iid), pk.due, pk.outbox],
+            [iid, token, start_index, self.limits.max_history_events, self.limits.max_work_item_bytes,
+             len(fields), len(history), len(activities), len(timers), *pairs, *history, *activity_pairs,
+             *timer_pairs, *outbox])
         self._outcome(reply, instance_id)
 
     @unavailable_on_redis_errors

@@ -11,7 +11,9 @@
 -- being current). Timers whose time has come join the inbox; the next one (only)
 -- keeps the instance on the due set. The inbox is not consumed: the completion trims
 -- the first `claimed_n` events, so an abandoned claim loses nothing. PENDING becomes
--- RUNNING. Everything is read and checked before the first write.
+-- RUNNING. While an instance is `rewinding` (see rewind_instance.lua), the episode gets
+-- its ExecutionRewound event alone: the SDKs rewind only an episode of exactly that.
+-- Everything is read and checked before the first write.
 --
 -- KEYS[1] generation  partition generation key
 -- KEYS[2] ready       partition ready zset (score = ready since, ms)
@@ -36,7 +38,8 @@ local member = lease_member(KIND.ORCHESTRATION, instance_id)
 
 if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
 if not redis.call('ZSCORE', ready_key, instance_id) then return {CODE.NOT_READY} end
-local status = redis.call('HGET', inst_key, 'status')
+local h = redis.call('HMGET', inst_key, 'status', 'rewinding')
+local status, rewinding = h[1], h[2]
 local now = now_ms()
 local held = redis.call('ZSCORE', leases_key, member)
 local refusal = nil
@@ -65,6 +68,7 @@ end
 
 local expiry = now + lease_ms
 local claimed_n = redis.call('LLEN', inbox_key)
+if rewinding then claimed_n = math.min(claimed_n, 1) end
 redis.call('ZADD', leases_key, expiry, member)
 redis.call('HSET', inst_key, 'lease', token, 'claimed_n', claimed_n, 'episode_start', episode_start)
 if status == 'PENDING' then

@@ -11,6 +11,7 @@
 -- its final status, output and failure (indexed by completion time). Events that
 -- arrived during the episode stay in the inbox and make the instance ready again,
 -- unless it was suspended meanwhile (then it stays out of ready and due until it is resumed).
+-- An episode of a rewind (see rewind_instance.lua) answered without a rewind ends the rewind.
 --
 -- KEYS[1] generation     partition generation key
 -- KEYS[2] inst           instance hash
@@ -57,9 +58,11 @@ local first_timer = first_activity + 2 * n_activities
 local first_message = first_timer + 2 * n_timers
 
 if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
-local claim = redis.call('HMGET', inst_key, 'lease', 'claimed_n', 'episode_start', 'start', 'status', 'size')
+local claim = redis.call('HMGET', inst_key, 'lease', 'claimed_n', 'episode_start', 'start', 'status', 'size',
+  'rewinding')
 if claim[1] ~= token then return {CODE.LEASE_LOST} end
 local claimed_n, episode_start, start, old_status = tonumber(claim[2]), claim[3], claim[4], claim[5]
+local rewinding = claim[7]
 local offset = redis.call('LLEN', hist_key)
 local would_be = offset + 1 + claimed_n + n_events
 if max_history > 0 and would_be > max_history then return {CODE.HISTORY_LIMIT, would_be} end
@@ -92,21 +95,13 @@ if index then
   redis.call('HSET', inst_key, 'start', moved and ('hist ' .. (offset + 1 + index)) or ('inbox ' .. (index - claimed_n)))
 end
 
-if #ARGV >= first_message then
-  rpush_all(outbox_key, ARGV, first_message, #ARGV)
-  wake('outbox', '-')
-end
-for i = first_activity, first_timer - 1, 2 do
-  redis.call('HSET', payloads_key, ARGV[i], ARGV[i + 1])
-  push_work(activities_key, ARGV[i], now)
-end
+post_messages(outbox_key, ARGV, first_message, #ARGV)
+queue_activities(payloads_key, activities_key, ARGV, first_activity, first_timer - 1, now)
 local suspended = old_status == 'SUSPENDED'  -- meanwhile: resume makes it ready, its claim arms the timers
-for i = first_timer, first_message - 1, 2 do
-  redis.call('ZADD', timers_key, ARGV[i], ARGV[i + 1])
-  if not suspended then add_due(due_key, instance_id, tonumber(ARGV[i]), true) end
-end
+keep_timers(timers_key, due_key, instance_id, ARGV, first_timer, first_message - 1, not suspended)
 
 drop_claim(leases_key, inst_key, instance_id)
+if rewinding then redis.call('HDEL', inst_key, 'rewinding') end  -- answered without a rewind
 redis.call('HSET', inst_key, 'updated_ms', now)
 if custom_status ~= '' then redis.call('HSET', inst_key, 'custom_status', string.sub(custom_status, 2)) end
 if status ~= '' then

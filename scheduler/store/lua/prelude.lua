@@ -104,6 +104,40 @@ local function inbox_refusal(inst_key, inbox_key, event_bytes, max_events, max_b
   return nil
 end
 
+-- Move every event of an instance's inbox to the end of its history (`start` follows its event).
+local function inbox_to_history(inst_key, inbox_key, hist_key)
+  local offset = redis.call('LLEN', hist_key)
+  rpush_all(hist_key, redis.call('LRANGE', inbox_key, 0, -1))
+  redis.call('DEL', inbox_key)
+  local index = string.match(redis.call('HGET', inst_key, 'start') or '', '^inbox (%d+)$')
+  if index then redis.call('HSET', inst_key, 'start', 'hist ' .. (offset + tonumber(index))) end
+end
+
+-- Write args[first..last] (encoded outbox messages) to a partition's outbox and wake the relays.
+local function post_messages(outbox_key, args, first, last)
+  if last < first then return end
+  rpush_all(outbox_key, args, first, last)
+  wake('outbox', '-')
+end
+
+-- Queue the activity work items of args[first..last] (item, serialized ActivityRequest pairs).
+local function queue_activities(payloads_key, activities_key, args, first, last, now)
+  for i = first, last, 2 do
+    redis.call('HSET', payloads_key, args[i], args[i + 1])
+    push_work(activities_key, args[i], now)
+  end
+end
+
+-- Keep the timers of args[first..last] (fire time ms, serialized TimerFired pairs) on the instance;
+-- with `armed`, the instance is put on the due set at the earliest (a suspended one is not: its
+-- claim after it is resumed arms them).
+local function keep_timers(timers_key, due_key, instance_id, args, first, last, armed)
+  for i = first, last, 2 do
+    redis.call('ZADD', timers_key, args[i], args[i + 1])
+    if armed then add_due(due_key, instance_id, tonumber(args[i]), true) end
+  end
+end
+
 -- Drop the claim on an orchestration work item: its lease and the claim fields of its hash.
 local function drop_claim(leases_key, inst_key, instance_id)
   redis.call('ZREM', leases_key, lease_member(KIND.ORCHESTRATION, instance_id))

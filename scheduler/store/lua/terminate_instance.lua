@@ -57,12 +57,8 @@ elseif base == 'RUNNING' then
   return {CODE.OK, status}
 end
 
-local offset = redis.call('LLEN', hist_key)
-rpush_all(hist_key, redis.call('LRANGE', inbox_key, 0, -1))
+inbox_to_history(inst_key, inbox_key, hist_key)
 redis.call('RPUSH', hist_key, event)
-redis.call('DEL', inbox_key)
-local index = string.match(redis.call('HGET', inst_key, 'start') or '', '^inbox (%d+)$')
-if index then redis.call('HSET', inst_key, 'start', 'hist ' .. (offset + tonumber(index))) end
 redis.call('HSET', inst_key, 'status', 'TERMINATED', 'updated_ms', now, 'completed_ms', now)
 redis.call('HINCRBY', inst_key, 'size', #event)
 if has_output then redis.call('HSET', inst_key, 'output', output) end
