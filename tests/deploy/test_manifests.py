@@ -1,0 +1,206 @@
+"""deploy/: every kustomization renders with `kubectl kustomize` and validates strictly against the
+Kubernetes schemas (kubernetes-validate, offline), and what the objects say fits together: ports,
+probes, grace periods, selectors, Secrets and the service's own settings."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from deploy_helpers import (DEPLOY, KUSTOMIZATIONS, container, container_env, find, kubelet_expand, render,
+                            secret_data)
+
+VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]  # the oldest supported and the newest known
+SECRETS_MADE_OUTSIDE = {"dt-scheduler-redis", "dt-scheduler-tokens", "dt-scheduler-tls"}  # base, redis-cluster
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict]]:
+    return {k: render(k) for k in KUSTOMIZATIONS}
+
+
+@pytest.fixture(scope="module")
+def known_env() -> set[str]:
+    """The DT_* variables `dt-scheduler serve` reads (its --help names each one)."""
+    out = subprocess.run([sys.executable, "-m", "scheduler", "serve", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    names = set(re.findall(r"\bDT_[A-Z_]+", out))
+    assert {"DT_PORT", "DT_REDIS_URL", "DT_SHUTDOWN_GRACE_SECONDS"} <= names
+    return names
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_renders_and_validates_strictly(rendered, kustomization, version):
+    objects = rendered[kustomization]
+    assert objects
+    problems = []
+    for obj in objects:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            problems.append(f"{obj['kind']}/{obj['metadata']['name']}: {exc.message} at "
+                            f"{'/'.join(map(str, exc.path))}")
+    assert not problems, "\n".join(problems)
+
+
+def test_secret_examples_validate():
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "base/secrets.example.yaml").read_text()) if d]
+    assert {d["metadata"]["name"] for d in docs} <= SECRETS_MADE_OUTSIDE
+    for doc in docs:
+        kubernetes_validate.validate(doc, VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_objects_fit_together(rendered, kustomization, known_env):
+    objects = rendered[kustomization]
+    deployment = find(objects, "Deployment", "dt-scheduler")
+    pod = deployment["spec"]["template"]["spec"]
+    ctr = container(deployment)
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    config = find(objects, "ConfigMap", "dt-scheduler-config")["data"]
+
+    # Settings: only variables the service reads (a typo would be silently ignored), and a usable URL.
+    for name in config:
+        assert name in known_env or not name.startswith("DT_"), f"{name} is not a setting of dt-scheduler serve"
+    for var in ctr["env"]:
+        assert not var["name"].startswith("DT_") or var["name"] in known_env | {"DT_PROBE_SERVER_NAME"}, var["name"]
+    assert [e["configMapRef"]["name"] for e in ctr["envFrom"]] == [find(objects, "ConfigMap", "dt-scheduler-config")
+                                                                    ["metadata"]["name"]]
+    grpc_port, metrics_port = int(config["DT_PORT"]), int(config["DT_METRICS_PORT"])
+    grace = float(config["DT_SHUTDOWN_GRACE_SECONDS"])
+    assert config["DT_HOST"] == "0.0.0.0"
+    env_names = [v["name"] for v in ctr["env"]]
+    assert "DT_AUTH_TOKENS_FILE" in env_names and "DT_ALLOW_UNAUTHENTICATED" not in config
+    url_template = next(v["value"] for v in ctr["env"] if v["name"] == "DT_REDIS_URL")
+    defined = {**config, "REDIS_PASSWORD": "p4ssw0rd"}
+    url = kubelet_expand(url_template, defined)
+    assert "$(" not in url, f"DT_REDIS_URL has an undefined reference: {url}"
+    from scheduler.config import check_redis_url
+    check_redis_url(url)
+    assert env_names.index("REDIS_PASSWORD") < env_names.index("DT_REDIS_URL"), "expansion needs it defined first"
+
+    # Ports: containerPorts, Service targets, probes and the NetworkPolicy agree with the settings.
+    ports = {p["name"]: p["containerPort"] for p in ctr["ports"]}
+    assert ports == {"grpc": grpc_port, "metrics": metrics_port}
+    service = find(objects, "Service", "dt-scheduler")
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == \
+        {"grpc": (4001, "grpc"), "metrics": (9090, "metrics")}
+    tls = any(v["name"] == "DT_TLS_CERT_FILE" for v in ctr["env"])
+    for kind, service_name in (("startupProbe", "liveness"), ("readinessProbe", "readiness"),
+                               ("livenessProbe", "liveness")):
+        probe = ctr[kind]
+        if tls:  # the kubelet's gRPC probe speaks plaintext: exec probes over TLS instead
+            assert probe["exec"]["command"] == ["python", "/opt/dt-scheduler/probe.py", service_name], kind
+        else:
+            assert probe["grpc"] == {"port": grpc_port, "service": service_name}, kind
+    policy = find(objects, "NetworkPolicy", "dt-scheduler")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} == {grpc_port, metrics_port}
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+
+    # Shutdown: the kubelet's period covers the preStop sleep, the service's grace and a margin.
+    pre_stop = ctr["lifecycle"]["preStop"]["exec"]["command"]
+    sleep = float(re.search(r"sleep\(?\s*([\d.]+)", " ".join(pre_stop)).group(1))
+    assert pod["terminationGracePeriodSeconds"] >= sleep + grace + 5
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+    # Security.
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] >= 1000
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["automountServiceAccountToken"] is False
+    sc = ctr["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert ctr["resources"]["requests"] and ctr["resources"]["limits"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in ctr["volumeMounts"]}
+    for name in ("tokens", "tls"):
+        assert mounts[name]["readOnly"] is True
+    tokens_file = next(v["value"] for v in ctr["env"] if v["name"] == "DT_AUTH_TOKENS_FILE")
+    assert tokens_file.startswith(mounts["tokens"]["mountPath"] + "/")
+    assert volumes["tls"]["secret"]["optional"] is (not tls)
+    if tls:
+        for var in ("DT_TLS_CERT_FILE", "DT_TLS_KEY_FILE"):
+            assert next(v["value"] for v in ctr["env"] if v["name"] == var).startswith(mounts["tls"]["mountPath"])
+
+    # Availability: 3 replicas spread over nodes and zones, a budget of one, CPU autoscaling.
+    assert deployment["spec"]["replicas"] == 3
+    assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == \
+        {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    pdb = find(objects, "PodDisruptionBudget", "dt-scheduler")
+    assert pdb["spec"]["maxUnavailable"] == 1 and pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    hpa = find(objects, "HorizontalPodAutoscaler", "dt-scheduler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert hpa["spec"]["minReplicas"] >= 2 and hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+
+    # Secrets: generated by the overlay (dev) or the ones documented to be created beforehand.
+    referenced = {ref["secretKeyRef"]["name"] for v in ctr["env"] if (ref := v.get("valueFrom"))} | \
+                 {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    generated = {o["metadata"]["name"] for o in objects if o["kind"] == "Secret"}
+    missing = referenced - generated
+    if kustomization == "overlays/dev":
+        assert missing == {"dt-scheduler-tls"}  # optional: dev serves plaintext
+    else:
+        assert missing <= SECRETS_MADE_OUTSIDE
+    if kustomization != "overlays/dev":
+        assert not generated, f"{kustomization} must not carry Secret values"
+    else:  # dev: generated, with values that say what they are
+        for name in ("dt-scheduler-redis", "dt-scheduler-client-tokens"):
+            assert all(v.startswith(b"dev-only-") for v in secret_data(objects, name).values())
+
+def test_dev_overlay_runs_its_own_redis(rendered):
+    objects = rendered["overlays/dev"]
+    redis = find(objects, "StatefulSet", "dt-redis")
+    ctr = container(redis)
+    args = ctr["args"]
+    assert args[args.index("--appendonly") + 1] == "yes" and args[args.index("--dir") + 1] == "/data"
+    assert any(m["mountPath"] == "/data" for m in ctr["volumeMounts"])
+    assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    service = find(objects, "Service", "dt-redis")
+    pod_labels = redis["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    config = find(objects, "ConfigMap", "dt-scheduler-config")["data"]
+    assert config["REDIS_ADDRESS"] == f"dt-redis:{service['spec']['ports'][0]['port']}"
+    # The replicas may reach Redis, and Redis accepts them.
+    policy = find(objects, "NetworkPolicy", "dt-scheduler")
+    assert policy["spec"]["egress"][0]["to"][0]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    redis_policy = find(objects, "NetworkPolicy", "dt-redis")
+    scheduler_labels = find(objects, "Deployment", "dt-scheduler")["spec"]["template"]["metadata"]["labels"]
+    assert redis_policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"].items() <= \
+        scheduler_labels.items()
+    # Both sides use the same Secret for the password.
+    deployment_env = container_env(objects, container(find(objects, "Deployment", "dt-scheduler")), "p")
+    redis_env = container_env(objects, ctr, "dt-redis-0")
+    assert kubelet_expand(args[args.index("--requirepass") + 1], redis_env) == deployment_env["REDIS_PASSWORD"]
+    assert deployment_env["DT_REDIS_URL"] == f"redis://:{deployment_env['REDIS_PASSWORD']}@dt-redis:6379/0"
+
+
+def test_redis_cluster_overlay(rendered):
+    objects = rendered["overlays/redis-cluster"]
+    config = find(objects, "ConfigMap", "dt-scheduler-config")["data"]
+    assert config["DT_REDIS_CLUSTER"] == "1"
+    assert not [o for o in objects if o["kind"] in ("Secret", "StatefulSet")]
+    ctr = container(find(objects, "Deployment", "dt-scheduler"))
+    assert ctr["image"].endswith("/dt-scheduler:0.1.0")
+    egress = find(objects, "NetworkPolicy", "dt-scheduler")["spec"]["egress"]
+    assert egress[0]["ports"] == [{"protocol": "TCP", "port": 6379}]
+
+
+def test_dockerfile_matches_the_manifests(rendered):
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert "ARG BASE=python:3.11-slim" in text
+    assert re.search(r"^FROM \$\{BASE\} AS builder$", text, re.M) and re.search(r"^FROM \$\{BASE\}$", text, re.M)
+    assert 'ENTRYPOINT ["dt-scheduler"]' in text and 'CMD ["serve"]' in text
+    assert re.search(r"^EXPOSE 4001 9090$", text, re.M)
+    user = re.search(r"^USER (\d+):(\d+)$", text, re.M)
+    pod = find(rendered["base"], "Deployment", "dt-scheduler")["spec"]["template"]["spec"]
+    assert user and int(user.group(1)) == pod["securityContext"]["runAsUser"]
+    assert int(user.group(2)) == pod["securityContext"]["runAsGroup"]
+    assert "DT_HOST=0.0.0.0" in text and "DT_METRICS_PORT=9090" in text
+    assert "COPY deploy/probe.py /opt/dt-scheduler/probe.py" in text
