@@ -67,3 +67,22 @@ async def published(redis, channel: str):
         yield messages, drain_until
     finally:
         await pubsub.aclose()
+
+
+async def fence(redis, channel: str, key: str, text: str) -> None:
+    """Publish ``text`` from the node that holds ``key``: in a Cluster it reaches the subscriber after
+    everything that node published before (one cluster bus link, in order)."""
+    await redis.eval("return redis.call('PUBLISH', ARGV[1], ARGV[2])", 1, key, channel, text)
+
+
+async def during(redis, channel: str, key: str, action):
+    """(the messages published while ``action()`` runs, its result): exactly those between two fences
+    published from the node of ``key``, the node that runs the scripts of its partition."""
+    async with published(redis, channel) as (messages, drain_until):
+        await fence(redis, channel, key, "fence:before")
+        await drain_until(lambda m: "fence:before" in m)
+        first = messages.index("fence:before") + 1
+        result = await action()
+        await fence(redis, channel, key, "fence:after")
+        await drain_until(lambda m: "fence:after" in m)
+    return messages[first:messages.index("fence:after")], result

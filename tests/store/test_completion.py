@@ -11,7 +11,7 @@ from scheduler.engine import events as make
 from scheduler.store import keys
 from scheduler.store import Store
 
-from store_helpers import ids_in_distinct_partitions, new, published
+from store_helpers import during, fence, ids_in_distinct_partitions, new, published
 from test_dispatch import (EPISODE, LONG, SHORT, assert_stats_right, claim, fields, ids_in_partition, lease_member,
                            snapshot, stats_of, wait_past)
 
@@ -40,23 +40,6 @@ async def unready(store: Store, hub, iid: str) -> None:
     assert await store.redis.zscore(hub.for_instance(iid).ready, iid) is None
 
 
-async def fence(redis, channel: str, key: str, text: str) -> None:
-    """Publish ``text`` from the node that holds ``key``: in a Cluster it reaches the subscriber after
-    everything that node published before (one cluster bus link, in order)."""
-    await redis.eval("return redis.call('PUBLISH', ARGV[1], ARGV[2])", 1, key, channel, text)
-
-
-async def during(redis, channel: str, key: str, action):
-    """(the messages published while ``action()`` runs, its result): exactly those between two fences
-    published from the node of ``key``, the node that runs the scripts of its partition."""
-    async with published(redis, channel) as (messages, drain_until):
-        await fence(redis, channel, key, "fence:before")
-        await drain_until(lambda m: "fence:before" in m)
-        first = messages.index("fence:before") + 1
-        result = await action()
-        await fence(redis, channel, key, "fence:after")
-        await drain_until(lambda m: "fence:after" in m)
-    return messages[first:messages.index("fence:after")], result
 
 
 # -- history -----------------------------------------------------------------------------------
