@@ -35,8 +35,8 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TaskHubSidecarService"].full_name
 READINESS, LIVENESS = "readiness", "liveness"
 HUB_REFRESH_SECONDS = 2.0
 HEALTH_CHECK_SECONDS = 1.0
-DEPTH_SAMPLE_SECONDS = 5.0
-LEASE_SWEEP_SECONDS = 1.0
+DEPTH_SAMPLE_SECONDS = 5.0  # only with --metrics-port
+SAFETY_LOOK_SECONDS = 30.0  # behind the wake-ups: streams of a hub with queued work look there
 RETENTION_SECONDS = 5.0
 
 DUE_DEPTH = prometheus_client.Gauge("dt_due_entries", "Entries waiting in the due sets", ["hub"])
@@ -46,6 +46,12 @@ OUTBOX_DEPTH = prometheus_client.Gauge("dt_outbox_messages", "Messages between i
 INSTANCES = prometheus_client.Gauge("dt_instances", "Instances by status", ["hub", "status"])
 STREAMS = prometheus_client.Gauge("dt_work_streams", "Work streams (connected workers) of this replica")
 HELD = prometheus_client.Gauge("dt_work_items_held", "Work items this replica's streams handed out, not yet reported")
+
+
+def lease_sweep_seconds(lease_seconds: float) -> float:
+    """How often expired leases are looked for: a sixth of a lease (work of a dead worker or replica waits
+    at most that long past its lease), between 0.5 and 5 s (each sweep reads every partition)."""
+    return min(5.0, max(0.5, lease_seconds / 6))
 
 
 class StartupError(Exception):
@@ -109,9 +115,12 @@ class App:
         await self.server.start()
         self.engine.wakeups.start()
         await self.engine.hubs.refresh()
-        for job, seconds in ((self.engine.hubs.refresh, HUB_REFRESH_SECONDS), (self._check_health, HEALTH_CHECK_SECONDS),
-                             (self.sample_depths, DEPTH_SAMPLE_SECONDS), (self.sweep_leases, LEASE_SWEEP_SECONDS),
-                             (self.engine.retention.sweep, RETENTION_SECONDS)):
+        jobs = [(self.engine.hubs.refresh, HUB_REFRESH_SECONDS), (self._check_health, HEALTH_CHECK_SECONDS),
+                (self.sweep_leases, lease_sweep_seconds(self.config.lease_seconds)),
+                (self.safety_look, SAFETY_LOOK_SECONDS), (self.engine.retention.sweep, RETENTION_SECONDS)]
+        if self.config.metrics_port is not None:
+            jobs.append((self.sample_depths, DEPTH_SAMPLE_SECONDS))
+        for job, seconds in jobs:
             self.add_housekeeping(job, seconds)
         self.housekeeping.start()
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
@@ -174,6 +183,9 @@ class App:
     async def sweep_leases(self) -> None:
         """Re-queue work whose lease expired (a worker or replica died); any replica may run it."""
         await self.engine.dispatcher.sweep(self.engine.hubs.served())
+
+    async def safety_look(self) -> None:
+        await self.engine.dispatcher.safety_look(self.engine.hubs.served())
 
     async def sample_depths(self) -> None:
         """Queue depths and instance counts of the hubs served here, and this replica's streams, for the

@@ -137,18 +137,41 @@ class Dispatcher:
             if not await self.kinds[kind].release(hub, item, token):
                 raise errors.LeaseLost(instance_of(item))
 
+    def look_everywhere(self) -> None:
+        """Wake-ups may have been lost (the subscription reconnected): every stream looks everywhere."""
+        for stream in self.all_streams():
+            stream.look_everywhere()
+
+    async def safety_look(self, hubs: list[HubKeys]) -> None:
+        """The rare check behind the wake-ups (streams do no periodic look of their own): the streams of a
+        hub whose queue holds work look there. One pipelined round trip of queue lengths per hub with
+        streams here."""
+        for hub in hubs:
+            streams = self.streams(hub.hub)
+            if not streams:
+                continue
+            try:
+                lengths = await self.store.queue_lengths(hub)
+            except errors.HubGone:
+                continue
+            except errors.StoreError as exc:
+                log.debug("safety look skipped: %s", exc)
+                return
+            for (kind, partition), length in lengths.items():
+                if length:
+                    for stream in streams:
+                        stream.look(kind, partition)
+
     async def sweep(self, hubs: list[HubKeys]) -> None:
         """Re-queue work whose lease expired (a worker or replica died); any replica may run it."""
         for hub in hubs:
             try:
-                swept = await asyncio.gather(*(self.store.sweep_expired_leases(hub, p, SWEEP_BATCH)
-                                               for p in range(hub.partitions)))
+                swept = await self.store.sweep_expired_leases(hub, None, SWEEP_BATCH)
             except errors.HubGone:
                 continue  # deleted meanwhile: the hub refresh stops serving it
             except errors.StoreError as exc:
                 log.debug("lease sweep skipped: %s", exc)
                 return
-            count = sum(map(len, swept))
-            if count:
-                log.info("task hub %r: re-queued %d work item(s) whose lease expired", hub.hub, count)
+            if swept:
+                log.info("task hub %r: re-queued %d work item(s) whose lease expired", hub.hub, len(swept))
                 self.work_available(hub.hub)

@@ -82,6 +82,14 @@ class Hubs:
         if promoter is not None:
             promoter.due_at(due_ms, partition)
 
+    def wake_all(self) -> None:
+        """Wake-up messages may have been lost: every promoter calls all its partitions, every relay
+        reads its outboxes."""
+        for promoter in self.promoters.values():
+            promoter.sweep_soon()
+        for relay in self.relays.values():
+            relay.wake()
+
     def outbox_written(self, name: str) -> None:
         relay = self.relays.get(name)
         if relay is not None:

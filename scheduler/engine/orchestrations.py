@@ -70,8 +70,8 @@ class Orchestrations:
     # -- client calls ----------------------------------------------------------------------
 
     async def start(self, hub: HubKeys, new: NewInstance) -> None:
-        await self.store.create_instance(hub, new)
-        if new.due_ms is None:
+        created_ms = await self.store.create_instance(hub, new)
+        if new.due_ms is None or new.due_ms <= created_ms:  # made ready at once (a past or 1970 start too)
             self.dispatcher.offer(hub.hub, ORCHESTRATION, [new.instance_id])
 
     async def restart(self, hub: HubKeys, instance_id: str, with_new_id: bool) -> str:

@@ -36,7 +36,7 @@ from .orchestrations import Orchestrations, new_instance
 log = logging.getLogger(__name__)
 
 BATCH = 100
-MAX_SLEEP_SECONDS = 1.0
+MAX_SLEEP_SECONDS = 30.0  # a safety net: every outbox write publishes a wake-up for the relays
 
 
 class Relay:

@@ -10,10 +10,11 @@ stream (:class:`Lane`): what it holds, its limit and filter, where to look next 
 was offered to it. A stream looks only where work may be: the partitions whose queue a
 "work" wake-up named (sent when a queue stops being empty), those it took work from last
 time (until a look finds nothing more) and, for orchestrations, the partition of one it
-just finished (its completion may have made it ready again). A few times a second it
-looks everywhere, in case a wake-up was lost, and it sends a HealthPing at the
-configured interval. Work that a request on this replica just queued is offered to one
-of its streams by id (see dispatcher.py), which tries to claim it at once.
+just finished (its completion may have made it ready again). It does no periodic work
+while idle but the HealthPing at the configured interval: a lost wake-up is made good
+by the dispatcher's rare safety look (dispatcher.py) and by the look everywhere that
+follows a reconnected subscription. Work that a request on this replica just queued is
+offered to one of its streams by id (see dispatcher.py), which tries to claim it at once.
 """
 from __future__ import annotations
 
@@ -34,7 +35,6 @@ from .loops import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-RESCAN_SECONDS = 0.25
 CANDIDATES_PER_PARTITION = 8
 FILTERED_CANDIDATES_PER_PARTITION = 64  # a filtering stream looks further, past work it does not take
 
@@ -260,9 +260,9 @@ class WorkStream:
                     continue
                 ping_in = last_write + self.ping_seconds - time.monotonic()
                 try:
-                    await asyncio.wait_for(self.wake.wait(), max(0.0, min(RESCAN_SECONDS, ping_in)))
+                    await asyncio.wait_for(self.wake.wait(), max(0.0, ping_in))
                 except asyncio.TimeoutError:
-                    self.look_everywhere()  # a wake-up may have been lost
+                    pass
                 if time.monotonic() - last_write >= self.ping_seconds:
                     await self._write(write, pb.WorkItem(healthPing=pb.HealthPing()))
                     last_write = time.monotonic()

@@ -2,8 +2,8 @@
 
 ``due`` wakes the hub's promoter, ``outbox`` its relay, ``work`` the dispatcher's streams,
 ``status`` the waiters on that instance, ``deleted`` stops serving the hub. The
-subscription reconnects with back-off when it is lost; once it listens again every waiter
-is woken, since anything may have happened meanwhile.
+subscription reconnects with back-off when it is lost; once it listens again every waiter,
+promoter, relay and stream is woken, since anything may have happened meanwhile.
 """
 from __future__ import annotations
 
@@ -49,7 +49,10 @@ class Wakeups:
             self.hubs.forget(wakeup.hub)
         elif wakeup.kind == "subscribed":
             self.connected.set()
-            self.waiters.wake_all()  # anything may have happened while we were not listening
+            # anything may have happened while we were not listening
+            self.waiters.wake_all()
+            self.hubs.wake_all()
+            self.dispatcher.look_everywhere()
 
     async def _run(self) -> None:
         backoff = MIN_BACKOFF

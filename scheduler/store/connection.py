@@ -26,7 +26,7 @@ EMBEDDED_WARNING = (
 # Fail fast instead of hanging a request when Redis is gone; redis-py reconnects
 # by itself on the next command once Redis is back. No automatic retries: a script
 # retried after its reply was lost could be applied twice.
-_CLIENT_OPTIONS = dict(socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=15)
+_CLIENT_OPTIONS = dict(socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=2)
 POOL_TIMEOUT = 5.0  # seconds a call waits for a free connection before it is refused
 
 

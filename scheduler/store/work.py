@@ -29,16 +29,32 @@ class WorkOps:
         return [m.decode() for m in await self._execute("ZRANGE", queue, 0, limit - 1)]
 
     @unavailable_on_redis_errors
-    async def sweep_expired_leases(self, hub: keys.HubKeys, partition: int, limit: int) -> list[str]:
-        """Release at most ``limit`` work items of one partition whose lease expired; returns them.
+    async def queue_lengths(self, hub: keys.HubKeys) -> dict[tuple[str, int], int]:
+        """(kind, partition) -> items queued, for every work queue of the hub (one pipelined round trip)."""
+        wanted = [(kind, p, hub.partition(p).queue(queue)) for p in range(hub.partitions)
+                  for kind, queue in keys.WORK_QUEUES.items()]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _, _, key in wanted:
+                pipe.zcard(key)
+            lengths = await pipe.execute()
+        return {(kind, partition): length for (kind, partition, _), length in zip(wanted, lengths)}
+
+    @unavailable_on_redis_errors
+    async def sweep_expired_leases(self, hub: keys.HubKeys, partition: int | None, limit: int) -> list[str]:
+        """Release at most ``limit`` work items of one partition (None: of each partition) whose lease
+        expired; returns them.
 
         Two steps, because a script must name each instance's keys: read the expired members
-        (Redis time), then run the sweep script of each, which re-checks the expiry atomically, so a
-        lease renewed or released in between is left alone. Any replica may run it."""
+        (Redis time; every partition in one pipelined round trip), then run the sweep script of each,
+        which re-checks the expiry atomically, so a lease renewed or released in between is left
+        alone. Any replica may run it."""
         if limit <= 0:
             return []
         now_ms = await self.server_time_ms()
-        members = await self.redis.zrangebyscore(hub.partition(partition).leases, "-inf", now_ms, start=0, num=limit)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in range(hub.partitions) if partition is None else (partition,):
+                pipe.zrangebyscore(hub.partition(p).leases, "-inf", now_ms, start=0, num=limit)
+            members = [member for found in await pipe.execute() for member in found]
         sweeps = {protocol.ORCHESTRATION: self.sweep_orchestration_lease, protocol.ACTIVITY: self.sweep_activity_lease,
                   protocol.ENTITY: self.sweep_entity_lease}
         items = [keys.parse_lease_member(member.decode()) for member in members]

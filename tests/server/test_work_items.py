@@ -6,10 +6,9 @@ import time
 
 import grpc
 import pytest
-from google.protobuf import wrappers_pb2
+from google.protobuf import timestamp_pb2, wrappers_pb2
 
 from scheduler._proto import orchestrator_service_pb2 as pb
-from scheduler.engine import streams as streams_module
 from scheduler.engine import waiters as waiters_module
 from scheduler.protocol import ACTIVITY
 from scheduler.store.keys import partition_of
@@ -203,7 +202,6 @@ async def test_work_made_ready_here_is_offered_to_a_stream_without_any_wake_up(s
                                                                               hub_name, monkeypatch):
     """A started instance, the activities its episode queued and the activity's result reach this replica's
     stream at once, with pub/sub wake-ups lost and no periodic look within the test's time."""
-    monkeypatch.setattr(streams_module, "RESCAN_SECONDS", 60.0)
     app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS,
                           health_ping_seconds=60.0)
     monkeypatch.setattr(app.engine.dispatcher, "work_available", lambda hub, queue=None: None)  # wake-ups lost
@@ -222,6 +220,12 @@ async def test_work_made_ready_here_is_offered_to_a_stream_without_any_wake_up(s
         again = await next_work(call)
         assert [e.WhichOneof("eventType") for e in again.orchestratorRequest.newEvents] == \
             ["orchestratorStarted", "taskCompleted"]
+        # a scheduledStartTimestamp of 1970 (the JS SDK sends it for "now") or in the past: the same path
+        for instance_id, seconds in (("epoch", 0), ("past", int(time.time()) - 60)):
+            await stub.StartInstance(pb.CreateInstanceRequest(
+                instanceId=instance_id, name="Orch", scheduledStartTimestamp=timestamp_pb2.Timestamp(seconds=seconds)))
+            episode = await next_work(call)
+            assert episode.orchestratorRequest.instanceId == instance_id
         call.cancel()
 
 
