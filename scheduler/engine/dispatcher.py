@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 from .. import errors
+from .._proto import orchestrator_service_pb2 as pb
 from ..config import Config
 from ..protocol import ACTIVITY, ENTITY, ORCHESTRATION, instance_of
 from ..store import Store
@@ -106,6 +107,25 @@ class Dispatcher:
             for item in items:
                 stream.offer(kind, item)
 
+    def reserve(self, hub_name: str, kind: str, count: int) -> WorkStream | None:
+        """The least busy of this replica's streams that take any work and have room for ``count`` items of
+        ``kind``, with that room reserved for work a step is about to claim for it (see
+        WorkStream.adopt); None if there is none."""
+        streams = [s for s in self.streams(hub_name)
+                   if s.takes_offers and not s.draining and s.lanes[kind].room >= count]
+        if not streams:
+            return None
+        stream = min(streams, key=lambda s: s.held)
+        stream.reserve(kind, count)
+        return stream
+
+    async def hand_to(self, stream: WorkStream, hub: HubKeys, kind: str, reserved: int,
+                      claimed: list[tuple[str, str, pb.WorkItem]]) -> None:
+        """Work items (item, claim token, work item) that a step claimed for ``stream`` in the room it
+        reserved: the stream writes them; if it closed meanwhile they go back to the queue."""
+        if not stream.adopt(kind, reserved, claimed):
+            await asyncio.gather(*(self.kinds[kind].release(hub, item, token) for item, token, _ in claimed))
+
     async def _fail_claimed(self, *args) -> None:
         await self.fail_claimed(*args)
 
@@ -136,6 +156,7 @@ class Dispatcher:
         with self.reported(hub.hub, kind, item, token):
             if not await self.kinds[kind].release(hub, item, token):
                 raise errors.LeaseLost(instance_of(item))
+        self.offer(hub.hub, kind, [item])  # queued again
 
     def look_everywhere(self) -> None:
         """Wake-ups may have been lost (the subscription reconnected): every stream looks everywhere."""

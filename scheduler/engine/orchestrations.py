@@ -19,9 +19,9 @@ from google.protobuf import timestamp_pb2, wrappers_pb2
 
 from .. import errors
 from .._proto import orchestrator_service_pb2 as pb
-from ..protocol import ACTIVITY, ORCHESTRATION, TERMINAL, due_ms, instance_of, new_id
+from ..protocol import ACTIVITY, ORCHESTRATION, TERMINAL, claim_token, due_ms, instance_of, new_id
 from ..store import NewInstance, Store
-from ..store.keys import HubKeys
+from ..store.keys import HubKeys, partition_of
 from ..store.scripts import Code
 from . import events, rewind, subtree
 from .dispatcher import Dispatcher
@@ -201,10 +201,28 @@ class Orchestrations:
                 messages.append(notice)
             if episode.status == "TERMINATED":
                 messages += await self._recursive_termination(hub, instance_id, h, episode)
-        await self.store.complete_orchestration(
-            hub, instance_id, token, episode.events, episode.status, episode.output, episode.failure, custom,
-            episode.activities, episode.timers, [m.encode() for m in messages], enforce_limits)
-        self.dispatcher.offer(hub.hub, ACTIVITY, [item for item, _ in episode.activities])
+        # the activities go straight to a stream of this replica with room, claimed in the same step
+        count = len(episode.activities)
+        stream = self.dispatcher.reserve(hub.hub, ACTIVITY, count) if count else None
+        tokens = [] if stream is None else [claim_token(hub.hub, partition_of(instance_id, hub.partitions), ACTIVITY,
+                                                        item) for item, _ in episode.activities]
+        try:
+            readied = await self.store.complete_orchestration(
+                hub, instance_id, token, episode.events, episode.status, episode.output, episode.failure, custom,
+                episode.activities, episode.timers, [m.encode() for m in messages], enforce_limits,
+                claim_activities=None if stream is None else (stream.lease_ms, tokens))
+        except BaseException:
+            if stream is not None:
+                stream.unreserve(ACTIVITY, count)
+            raise
+        if readied:  # events that arrived during the episode
+            self.dispatcher.offer(hub.hub, ORCHESTRATION, [instance_id])
+        if stream is None:
+            self.dispatcher.offer(hub.hub, ACTIVITY, [item for item, _ in episode.activities])
+        else:
+            await self.dispatcher.hand_to(stream, hub, ACTIVITY, count, [
+                (item, claim, events.activity_work_item(payload, claim))
+                for (item, payload), claim in zip(episode.activities, tokens)])
         if episode.status is not None:
             self.waiters.status_changed(hub.hub, instance_id)
 

@@ -90,7 +90,7 @@ class WorkKind:
 
 class OrchestrationWork(WorkKind):
     code = ORCHESTRATION
-    look_after_done = True  # events that arrived during the episode make the instance ready again
+    # events that arrived during the episode make the instance ready again: the completion offers it
 
     async def names(self, hub, items):
         return await self.store.instance_names(hub, items)
@@ -165,10 +165,12 @@ class Lane:
         self.let_go: set[str] = set()  # held past the longest hold: no longer renewed, but still counted
         self.look: set[int] = set(range(partitions))  # partitions to look at next
         self.offered: list[str] = []  # items to try first
+        self.reserved = 0  # room promised to a step that claims work for this stream (see WorkStream.adopt)
+        self.adopted: list[tuple[str, str, pb.WorkItem]] = []  # claimed for this stream by such a step, to write
 
     @property
     def room(self) -> int:
-        return self.limit - len(self.held) if self.limit else 1 << 30
+        return self.limit - len(self.held) - self.reserved if self.limit else (1 << 30) - self.reserved
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,31 @@ class WorkStream:
         self.lanes[kind].offered.append(item)
         self.wake.set()
 
+    def reserve(self, kind: str, count: int) -> None:
+        """Keep room for ``count`` items of this kind that a step will claim for this stream (adopt or
+        unreserve follows)."""
+        self.lanes[kind].reserved += count
+
+    def unreserve(self, kind: str, count: int) -> None:
+        self.lanes[kind].reserved -= count
+        self.wake.set()
+
+    def adopt(self, kind: str, count: int, claimed: list[tuple[str, str, pb.WorkItem]]) -> bool:
+        """Items a step claimed for this stream (item, claim token, work item) in the room it reserved for
+        ``count``: they are held and written as if this stream had claimed them. False when the stream
+        is closing (the caller hands them back)."""
+        lane = self.lanes[kind]
+        lane.reserved -= count
+        if self._closing or self.closed.is_set():
+            return False
+        now = time.monotonic()
+        for item, token, work_item in claimed:
+            lane.held[item] = token
+            lane.since[item] = now
+            lane.adopted.append((item, token, work_item))
+        self.wake.set()
+        return True
+
     def look(self, kind: str, partition: int) -> None:
         """Work of this kind may be waiting in this partition."""
         self.lanes[kind].look.add(partition)
@@ -253,6 +280,7 @@ class WorkStream:
                 self.wake.clear()
                 sent = 0
                 for lane in self.lanes.values():
+                    sent += await self._write_adopted(lane, write)  # claimed before any drain began
                     if not self.draining:
                         sent += await self._dispatch(lane, write)
                 if sent:
@@ -270,6 +298,15 @@ class WorkStream:
             await cancel_and_wait(renewer)
             await self._hand_back()
             self.closed.set()
+
+    async def _write_adopted(self, lane: Lane, write: Write) -> int:
+        adopted, lane.adopted = lane.adopted, []
+        sent = 0
+        for item, token, work_item in adopted:
+            if lane.held.get(item) == token:  # not already lost (renewal) or reported through another replica
+                await self._write(write, work_item)
+                sent += 1
+        return sent
 
     async def _dispatch(self, lane: Lane, write: Write) -> int:
         """Claim and write what is queued now (what was offered first), up to the lane's limit;

@@ -98,12 +98,16 @@ class OrchestrationOps:
                                      failure: bytes | None = None, custom_status: str | None = None,
                                      activities: list[tuple[str, bytes]] = (),
                                      timers: list[tuple[int, bytes]] = (), outbox: list[bytes] = (),
-                                     enforce_limits: bool = True) -> None:
+                                     enforce_limits: bool = True,
+                                     claim_activities: tuple[int, list[str]] | None = None) -> bool:
         """Apply an episode's result under its claim (see complete_orchestration.lua): ``events`` are
         the history events of the worker's actions; ``status`` the final status if it ended;
         ``activities`` (item, serialized ActivityRequest) pairs to queue; ``timers`` (fire time ms,
         serialized TimerFired event) pairs to deliver at their time; ``outbox`` encoded messages for
-        other instances. With nothing changed: LeaseLost when ``token`` is not the current claim;
+        other instances; ``claim_activities`` (lease ms, a claim token per activity): the activities are
+        claimed at once for the caller's stream instead of queued. With nothing changed: LeaseLost when
+        ``token`` is not the current claim;
+        Returns True when events that arrived during the episode made the instance ready again.
         with ``enforce_limits``, HistoryLimitExceeded, WorkItemTooLarge or StateTooLarge when the
         history, the next work item or the instance's state would pass its limit."""
         pk = hub.for_instance(instance_id)
@@ -112,14 +116,19 @@ class OrchestrationOps:
         timer_pairs = [x for timer in timers for x in timer]
         limits = (self.limits.max_history_events, self.limits.max_work_item_bytes, self.limits.max_state_bytes) \
             if enforce_limits else (0, 0, 0)
+        claim_lease, claim_tokens = claim_activities or (0, [])
+        if len(claim_tokens) != (len(activities) if claim_lease else 0):
+            raise ValueError("claim_activities needs one claim token per activity")
         reply = await self._write(
             "complete_orchestration", hub, pk,
             [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.ready, pk.leases, pk.stats,
-             pk.activities, pk.activity_payloads, pk.timers(iid), pk.due, pk.outbox, pk.by_completed],
+             pk.activities, pk.activity_payloads, pk.timers(iid), pk.due, pk.outbox, pk.by_completed,
+             pk.activity_tokens],
             [iid, token, status or "", "" if output is None else "=" + output, failure or b"",
              "" if custom_status is None else "=" + custom_status, len(events),
-             len(activities), len(timers), *limits, *events, *pairs, *timer_pairs, *outbox])
-        self._outcome(reply, instance_id)
+             len(activities), len(timers), *limits, claim_lease, *events, *pairs, *claim_tokens, *timer_pairs,
+             *outbox])
+        return self._outcome(reply, instance_id)[1] == [1]
 
     @unavailable_on_redis_errors
     async def continue_as_new(self, hub: keys.HubKeys, instance_id: str, token: str, execution_id: str,

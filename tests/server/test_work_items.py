@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2, wrappers_pb2
 
 from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler.engine import waiters as waiters_module
+from scheduler.engine.streams import WorkStream
 from scheduler.protocol import ACTIVITY
 from scheduler.store.keys import partition_of
 from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
@@ -256,3 +257,45 @@ async def test_a_completion_here_wakes_this_replicas_waiters_without_pub_sub(sta
 
 async def _watched(app, instance_id: str) -> bool:
     return any(iid == instance_id for _, iid in app.engine.waiters._waiting)  # noqa: SLF001 - a waiter registered
+
+
+async def _activities_after_an_episode(app, monkeypatch) -> tuple[list[int], list[str]]:
+    """Run one episode that schedules two activities on a stream of ``app``: (the task ids the stream
+    handed out, the items a stream claimed from the queue)."""
+    claimed: list[str] = []
+    claim = app.store.claim_activity
+
+    async def counting(hub, item, *args):
+        claimed.append(item)
+        return await claim(hub, item, *args)
+
+    monkeypatch.setattr(app.store, "claim_activity", counting)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.TaskHubSidecarServiceStub(channel)
+        call = stub.GetWorkItems(pb.GetWorkItemsRequest())
+        await stub.StartInstance(pb.CreateInstanceRequest(instanceId="adopted", name="Orch"))
+        episode = await next_work(call)
+        await stub.CompleteOrchestratorTask(schedule(episode.completionToken, 1, 2))
+        activities = [await next_work(call), await next_work(call)]
+        for activity in activities:  # the tokens handed out are the current claims
+            await stub.CompleteActivityTask(pb.ActivityResponse(
+                instanceId="adopted", taskId=activity.activityRequest.taskId, completionToken=activity.completionToken))
+        call.cancel()
+    return sorted(a.activityRequest.taskId for a in activities), claimed
+
+
+async def test_activities_of_an_episode_completed_here_reach_a_stream_here_claimed_by_the_completion(
+        start_app, redis_url, key_prefix, hub_name, monkeypatch):
+    app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS)
+    tasks, claimed = await _activities_after_an_episode(app, monkeypatch)
+    assert tasks == [1, 2]
+    assert claimed == []  # no claim of its own: the completion's script claimed them for the stream
+
+
+async def test_activities_claimed_for_a_stream_that_closed_meanwhile_go_back_to_the_queue(
+        start_app, redis_url, key_prefix, hub_name, monkeypatch):
+    app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS)
+    monkeypatch.setattr(WorkStream, "adopt", lambda self, kind, count, claimed: False)  # as if it had closed
+    tasks, claimed = await _activities_after_an_episode(app, monkeypatch)
+    assert tasks == [1, 2]  # handed back, then claimed from the queue as any queued work
+    assert len(claimed) >= 2

@@ -84,6 +84,51 @@ async def test_claim_hands_out_the_payload_and_leases_the_item(store: Store, hub
     await assert_stats_right(redis, hub, key_prefix)
 
 
+async def test_a_completion_may_claim_its_activities_for_the_callers_stream_at_once(store: Store, hub, redis,
+                                                                                     key_prefix):
+    for iid in ids_in_distinct_partitions(hub):
+        pk = hub.for_instance(iid)
+        p = keys.partition_of(iid, hub.partitions)
+        await store.create_instance(hub, new(iid))
+        running = await claim(store, hub, iid)
+        execution_id = running.fields["execution_id"].decode()
+        items = [protocol.activity_item(iid, execution_id, task) for task in range(2)]
+        tokens = [act_token(hub, item) for item in items]
+        scheduled = [make.history_event(task, taskScheduled=pb.TaskScheduledEvent(name="Act")) for task in range(2)]
+        t0 = await store.server_time_ms()
+        messages, readied = await during(redis, store.channel, pk.activities, lambda: store.complete_orchestration(
+            hub, iid, running.token, scheduled, activities=[(item, request(item)) for item in items],
+            timers=[(t0 + LONG, b"timer")], claim_activities=(LONG, tokens)))
+        t1 = await store.server_time_ms()
+        assert readied is False
+        assert not [m for m in messages if " work " in m]  # claimed, not queued: no stream is woken
+        assert await queued_items(store, hub, p) == []
+        for item, token in zip(items, tokens):
+            assert t0 + LONG <= await redis.zscore(pk.leases, act_member(item)) <= t1 + LONG
+            assert await redis.hget(pk.activity_tokens, item) == token.encode()
+            assert await redis.hget(pk.activity_payloads, item) == request(item)
+        assert await redis.zrange(pk.timers(iid), 0, -1) == [b"timer"]  # what follows the tokens is read right
+        assert len(await redis.lrange(pk.history(iid), 0, -1)) == 2 + len(scheduled)
+        # claimed as claim_activity would have: the claim's token completes it, another is refused
+        with pytest.raises(errors.LeaseLost):
+            await store.complete_activity(hub, items[0], act_token(hub, items[0]), task_completed(0, "x"))
+        assert await store.complete_activity(hub, items[0], tokens[0], task_completed(0, "x"))
+        assert await store.release_activity(hub, items[1], tokens[1])
+        assert await queued_items(store, hub, p) == [items[1]]
+    await assert_stats_right(redis, hub, key_prefix)
+
+
+async def test_a_claim_needs_a_token_for_each_activity(store: Store, hub, redis, key_prefix):
+    await store.create_instance(hub, new("t"))
+    running = await claim(store, hub, "t")
+    item = protocol.activity_item("t", running.fields["execution_id"].decode(), 0)
+    before = await snapshot(redis, key_prefix)
+    with pytest.raises(ValueError):
+        await store.complete_orchestration(hub, "t", running.token, [], activities=[(item, request(item))],
+                                           claim_activities=(LONG, []))
+    assert await snapshot(redis, key_prefix) == before
+
+
 async def test_claim_of_an_unknown_item_changes_nothing(store: Store, hub, redis, key_prefix):
     [item] = await schedule(store, hub, "u")
     before = await snapshot(redis, key_prefix)
@@ -418,7 +463,7 @@ async def test_complete_during_an_episode_leaves_the_claim_and_the_event_for_the
     await store.complete_activity(hub, item, token, result)
     assert (await fields(redis, pk, "busy"))["lease"] == episode.token.encode()
     assert await redis.hget(pk.instance("busy"), "claimed_n") == b"1"
-    await store.complete_orchestration(hub, "busy", episode.token, [b"handled-go"])
+    assert await store.complete_orchestration(hub, "busy", episode.token, [b"handled-go"]) is True  # ready again
     assert await redis.lrange(pk.inbox("busy"), 0, -1) == [result]
     assert await redis.zscore(pk.ready, "busy") is not None
     assert (await claim(store, hub, "busy")).new_events == [result]

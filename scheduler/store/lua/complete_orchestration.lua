@@ -6,7 +6,8 @@
 -- custom status and failure must fit one reply). Then moves the OrchestratorStarted
 -- event handed out and the `claimed_n` delivered inbox events, then the events of the
 -- worker's actions, to the history (keeping `start` right); writes the outbox
--- messages; queues the activities and arms the timers the episode scheduled; drops
+-- messages; queues the activities (or claims them for the caller's stream) and arms the timers
+-- the episode scheduled; drops
 -- the claim; applies the custom status and, when the episode ended the orchestration,
 -- its final status, output and failure (indexed by completion time). Events that
 -- arrived during the episode stay in the inbox and make the instance ready again,
@@ -26,6 +27,7 @@
 -- KEYS[11] due           partition due zset
 -- KEYS[12] outbox        partition outbox list (messages for other instances, delivered by the relay)
 -- KEYS[13] by_completed  partition completion index zset
+-- KEYS[14] act_tokens    partition hash: activity item -> claim token
 -- ARGV[4] instance_id
 -- ARGV[5] token          the claim token of the work item
 -- ARGV[6] status         final status name, or "" if the orchestration goes on
@@ -38,23 +40,30 @@
 -- ARGV[13] max_history   history events allowed (0: no limit)
 -- ARGV[14] max_bytes     bytes of history and inbox allowed (0: no limit)
 -- ARGV[15] max_state     bytes of start event, output, custom status and failure allowed (0: no limit)
--- ARGV[16 .. 15+n]       history events of the worker's actions, serialized
+-- ARGV[16] claim_lease   0: queue the activities; else claim them for the caller's stream under
+--                        leases of this many ms, with the claim tokens that follow them
+-- ARGV[17 .. 16+n]       history events of the worker's actions, serialized
 -- then 2m                activity item, serialized ActivityRequest pairs to queue
+-- then m (claim_lease>0) the activities' claim tokens, in order
 -- then 2k                fire time (ms), serialized TimerFired event pairs of new timers
 -- then the rest          outbox messages (protocol.OutboxMessage) for other instances
--- Returns {OK}; or, with nothing changed: {LEASE_LOST} when the token is not the current claim,
+-- Returns {OK, 1} when events that arrived during the episode made the instance ready again, else
+-- {OK, 0}; or, with nothing changed: {LEASE_LOST} when the token is not the current claim,
 -- {HISTORY_LIMIT, events} or {TOO_LARGE, bytes} (the history or the next work item would pass its
 -- limit), {STATE_TOO_LARGE, bytes} (the state would not fit one reply), {HUB_GONE}.
 local inst_key, inbox_key, hist_key, ready_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local leases_key, stats_key, activities_key, payloads_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local timers_key, due_key, outbox_key, completed_key = KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+local tokens_key = KEYS[14]
 local instance_id, token, status, output = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local failure, custom_status = ARGV[8], ARGV[9]
 local n_events, n_activities, n_timers = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
 local max_history, max_bytes, max_state = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
-local first_event, last_event = 16, 15 + n_events
+local claim_lease = tonumber(ARGV[16])
+local first_event, last_event = 17, 16 + n_events
 local first_activity = last_event + 1
-local first_timer = first_activity + 2 * n_activities
+local first_token = first_activity + 2 * n_activities
+local first_timer = first_token + (claim_lease > 0 and n_activities or 0)
 local first_message = first_timer + 2 * n_timers
 
 if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
@@ -96,7 +105,11 @@ if index then
 end
 
 post_messages(outbox_key, ARGV, first_message, #ARGV)
-queue_activities(payloads_key, activities_key, ARGV, first_activity, first_timer - 1, now)
+local claim_for = nil
+if claim_lease > 0 then
+  claim_for = {leases = leases_key, tokens = tokens_key, expiry = now + claim_lease, first = first_token}
+end
+queue_activities(payloads_key, activities_key, ARGV, first_activity, first_token - 1, now, claim_for)
 local suspended = old_status == 'SUSPENDED'  -- meanwhile: resume makes it ready, its claim arms the timers
 keep_timers(timers_key, due_key, instance_id, ARGV, first_timer, first_message - 1, not suspended)
 
@@ -117,5 +130,6 @@ if status ~= '' then
   wake('status', instance_id)
 elseif not suspended and redis.call('LLEN', inbox_key) > 0 then
   push_work(ready_key, instance_id, now)
+  return {CODE.OK, 1}
 end
-return {CODE.OK}
+return {CODE.OK, 0}

@@ -121,10 +121,18 @@ local function post_messages(outbox_key, args, first, last)
 end
 
 -- Queue the activity work items of args[first..last] (item, serialized ActivityRequest pairs).
-local function queue_activities(payloads_key, activities_key, args, first, last, now)
+-- With `claim` ({leases = key, tokens = key, expiry = ms, first = index}), they are not queued but
+-- claimed at once for the caller's work stream, under the claim tokens args[claim.first ...] (one per
+-- item, in order), as claim_activity.lua would claim them.
+local function queue_activities(payloads_key, activities_key, args, first, last, now, claim)
   for i = first, last, 2 do
     redis.call('HSET', payloads_key, args[i], args[i + 1])
-    push_work(activities_key, args[i], now)
+    if claim then
+      redis.call('ZADD', claim.leases, claim.expiry, lease_member(KIND.ACTIVITY, args[i]))
+      redis.call('HSET', claim.tokens, args[i], args[claim.first + (i - first) / 2])
+    else
+      push_work(activities_key, args[i], now)
+    end
   end
 end
 
