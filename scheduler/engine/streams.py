@@ -329,25 +329,40 @@ class WorkStream:
         return sent + await self._claim(lane, write, candidates, room - sent)
 
     async def _claim(self, lane: Lane, write: Write, items: list[str], room: int) -> int:
-        sent = 0
-        for item in items:
+        """Claim up to ``room`` of ``items`` (all in one round trip) and write what was claimed, in order;
+        returns how many went out."""
+        chosen: list[tuple[str, int, str]] = []
+        for item in dict.fromkeys(items):
+            if item in lane.held:  # ours already: offered and found in the queue too
+                continue
             partition = partition_of(instance_of(item), self.hub.partitions)
-            if sent >= room:  # no room for the rest: look for them later
+            if len(chosen) >= room:  # no room for the rest: look for them later
                 lane.look.add(partition)
                 continue
-            token = claim_token(self.hub.hub, partition, lane.kind.code, item)
-            claimed = await lane.kind.claim(self.hub, item, token, self.lease_ms)
-            if claimed is None:
+            chosen.append((item, partition, claim_token(self.hub.hub, partition, lane.kind.code, item)))
+        if not chosen:
+            return 0
+        results = await asyncio.gather(*(lane.kind.claim(self.hub, item, token, self.lease_ms)
+                                         for item, _, token in chosen), return_exceptions=True)
+        claimed = []
+        for (item, partition, token), result in zip(chosen, results):
+            if result is None or isinstance(result, BaseException):
                 continue
-            work_item, kept = claimed
+            work_item, kept = result
             lane.held[item] = token
             lane.since[item] = time.monotonic()
             lane.look.add(partition)  # look again until nothing is left
             if kept is not None:
                 self.claims[token] = kept
+            claimed.append(work_item)
+        if lane.offered:  # offers that came meanwhile for what was just claimed are spent
+            lane.offered = [item for item in lane.offered if item not in lane.held]
+        for work_item in claimed:
             await self._write(write, work_item)
-            sent += 1
-        return sent
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is not None:  # what was claimed is held (and handed back if the stream ends)
+            raise failure
+        return len(claimed)
 
     async def _write(self, write: Write, work_item: pb.WorkItem) -> None:
         """Write to the worker; a worker that takes nothing off the wire ends the stream (its work,
