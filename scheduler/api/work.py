@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .. import errors
 from .._proto import orchestrator_service_pb2 as pb
-from ..engine.streams import name_filter
+from ..engine.work_kinds import name_filter
 from ..protocol import ACTIVITY, ENTITY, ORCHESTRATION, ClaimToken, parse_claim_token
 from ..store.keys import HubKeys
 from .status import rpc

@@ -4,7 +4,8 @@
   ``entities.py``: the same for durable entities (and their work kind);
   ``episodes.py`` reads a worker's result, ``events.py`` builds the protocol's messages,
   ``subtree.py`` follows sub-orchestrations.
-- ``dispatcher.py`` and ``streams.py``: work streams, leases and offers of this replica.
+- ``dispatcher.py`` and ``streams.py``: work streams, leases and offers of this replica;
+  ``work_kinds.py``: how each kind of work item is claimed, renewed and handed back.
 - ``hubs.py``: the task hubs served here, each with a ``promoter.py`` and a ``relay.py`` loop
   (``loops.py``: the one loop shape); ``wakeups.py`` routes the pub/sub wake-ups;
   ``waiters.py``: callers waiting for a status; ``retention.py`` purges what finished long ago.

@@ -16,14 +16,13 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 from .. import errors
-from .._proto import orchestrator_service_pb2 as pb
 from ..config import Config
 from ..protocol import ACTIVITY, ENTITY, ORCHESTRATION, instance_of
 from ..store import Store
 from ..store.keys import WORK_QUEUES, HubKeys
 from .entities import EntityWork
-from .streams import (ActivityWork, FailClaimed, Lane, NameFilter, OrchestrationWork, StreamOptions, WorkStream,
-                      Write)
+from .streams import Claimed, Lane, StreamOptions, WorkStream, Write
+from .work_kinds import ActivityWork, FailClaimed, NameFilter, OrchestrationWork
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +119,11 @@ class Dispatcher:
         return stream
 
     async def hand_to(self, stream: WorkStream, hub: HubKeys, kind: str, reserved: int,
-                      claimed: list[tuple[str, str, pb.WorkItem]]) -> None:
+                      claimed: list[Claimed]) -> None:
         """Work items (item, claim token, work item) that a step claimed for ``stream`` in the room it
         reserved: the stream writes them; if it closed meanwhile they go back to the queue."""
         if not stream.adopt(kind, reserved, claimed):
-            await asyncio.gather(*(self.kinds[kind].release(hub, item, token) for item, token, _ in claimed))
+            await asyncio.gather(*(self.kinds[kind].release(hub, item, token) for item, token, _, _ in claimed))
 
     async def _fail_claimed(self, *args) -> None:
         await self.fail_claimed(*args)

@@ -26,7 +26,7 @@ from ..store import Store
 from ..store.keys import HubKeys
 from ..store.scripts import Code
 from . import events
-from .streams import WorkKind
+from .work_kinds import WorkKind
 
 if TYPE_CHECKING:  # the dispatcher holds this module's work kind
     from .dispatcher import Dispatcher

@@ -14,13 +14,14 @@ waiters about status changes it made, which saves them the pub/sub round trip.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 from google.protobuf import timestamp_pb2, wrappers_pb2
 
 from .. import errors
 from .._proto import orchestrator_service_pb2 as pb
 from ..protocol import ACTIVITY, ORCHESTRATION, TERMINAL, claim_token, due_ms, instance_of, new_id
-from ..store import NewInstance, Store
+from ..store import Claim, NewInstance, Store
 from ..store.keys import HubKeys, partition_of
 from ..store.scripts import Code
 from . import events, rewind, subtree
@@ -70,9 +71,42 @@ class Orchestrations:
     # -- client calls ----------------------------------------------------------------------
 
     async def start(self, hub: HubKeys, new: NewInstance) -> None:
-        created_ms = await self.store.create_instance(hub, new)
-        if new.due_ms is None or new.due_ms <= created_ms:  # made ready at once (a past or 1970 start too)
-            self.dispatcher.offer(hub.hub, ORCHESTRATION, [new.instance_id])
+        if new.due_ms is not None and new.due_ms > time.time() * 1000:  # the promoter makes it ready
+            created_ms = await self.store.create_instance(hub, new)
+            if new.due_ms <= created_ms:  # by Redis' clock it is due already
+                self.dispatcher.offer(hub.hub, ORCHESTRATION, [new.instance_id])
+            return
+
+        async def create(claim):  # made ready at once (a past or 1970 start too)
+            if claim is None:
+                await self.store.create_instance(hub, new)
+                return None
+            return (await self.store.create_instance_and_claim(hub, new, *claim))[1]
+
+        await self._ready(hub, new.instance_id, create)
+
+    async def _ready(self, hub: HubKeys, instance_id: str,
+                     step: Callable[[tuple[str, int, bytes] | None], Awaitable[Claim | None]]) -> None:
+        """Run a store step that makes ``instance_id`` ready, and hand its episode to a stream of this
+        replica: claimed in the same step for a stream with room (``step`` gets the claim's token,
+        lease and episode start, and returns the claim or None), or offered (``step`` gets None)."""
+        stream = self.dispatcher.reserve(hub.hub, ORCHESTRATION, 1)
+        if stream is None:
+            await step(None)
+            self.dispatcher.offer(hub.hub, ORCHESTRATION, [instance_id])
+            return
+        token = claim_token(hub.hub, partition_of(instance_id, hub.partitions), ORCHESTRATION, instance_id)
+        try:
+            claim = await step((token, stream.lease_ms, events.orchestrator_started()))
+            handed = None if claim is None else await self.dispatcher.kinds[ORCHESTRATION].hand_out(hub, claim)
+        except BaseException:
+            stream.unreserve(ORCHESTRATION, 1)
+            raise
+        if handed is None:  # not claimed (or it cannot be handed out, and failed)
+            stream.unreserve(ORCHESTRATION, 1)
+            self.dispatcher.offer(hub.hub, ORCHESTRATION, [instance_id])
+            return
+        await self.dispatcher.hand_to(stream, hub, ORCHESTRATION, 1, [(instance_id, token, *handed)])
 
     async def restart(self, hub: HubKeys, instance_id: str, with_new_id: bool) -> str:
         """Start a terminal instance again, with its name, version and input (as the SDK's reference
@@ -221,7 +255,7 @@ class Orchestrations:
             self.dispatcher.offer(hub.hub, ACTIVITY, [item for item, _ in episode.activities])
         else:
             await self.dispatcher.hand_to(stream, hub, ACTIVITY, count, [
-                (item, claim, events.activity_work_item(payload, claim))
+                (item, claim, events.activity_work_item(payload, claim), None)
                 for (item, payload), claim in zip(episode.activities, tokens)])
         if episode.status is not None:
             self.waiters.status_changed(hub.hub, instance_id)
@@ -261,6 +295,12 @@ class Orchestrations:
         overflow = overflow_failure("ActivityResultTooLarge",
                                     f"the result of activity task {response.taskId} is {len(result)} bytes",
                                     self.store.limits)
-        with self.dispatcher.reported(hub.hub, ACTIVITY, item, token):
-            await self.store.complete_activity(hub, item, token, result, overflow)
-        self.dispatcher.offer(hub.hub, ORCHESTRATION, [instance_of(item)])  # it has a new event
+
+        async def deliver(claim):  # the orchestration has a new event
+            with self.dispatcher.reported(hub.hub, ACTIVITY, item, token):
+                if claim is None:
+                    await self.store.complete_activity(hub, item, token, result, overflow)
+                    return None
+                return await self.store.complete_activity_and_claim(hub, item, token, result, overflow, *claim)
+
+        await self._ready(hub, instance_of(item), deliver)

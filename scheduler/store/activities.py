@@ -12,6 +12,7 @@ import asyncio
 from .. import protocol
 from . import keys
 from .common import unavailable_on_redis_errors
+from .records import Claim, claim_of
 from .scripts import Code
 
 
@@ -66,14 +67,33 @@ class ActivityOps:
         """Deliver a serialized TaskCompleted/TaskFailed event for the item (see complete_activity.lua);
         LeaseLost, with nothing changed, when ``token`` is not the current claim. False when the
         instance had no room for the event and was marked to fail with ``overflow``."""
+        code, _ = await self._complete_activity(hub, item, token, event, overflow, ("", 0, b""))
+        return code is Code.OK
+
+    @unavailable_on_redis_errors
+    async def complete_activity_and_claim(self, hub: keys.HubKeys, item: str, token: str, event: bytes,
+                                          overflow: str, claim_token: str, lease_ms: int,
+                                          episode_start: bytes) -> Claim | None:
+        """:meth:`complete_activity`, and in the same step the claim of its instance under ``claim_token``
+        (as :meth:`claim_orchestration`) if the instance is ready; the claim, or None when there was
+        nothing to claim."""
+        code, values = await self._complete_activity(hub, item, token, event, overflow,
+                                                     (claim_token, lease_ms, episode_start))
+        if code is not Code.OK or not values:
+            return None
+        return claim_of(protocol.instance_of(item), claim_token, values)
+
+    async def _complete_activity(self, hub: keys.HubKeys, item: str, token: str, event: bytes, overflow: str,
+                                 claim: tuple[str, int, bytes]) -> tuple[Code, list]:
         instance_id, execution_id, _ = protocol.parse_activity_item(item)
-        pk = hub.for_instance(instance_id)
+        iid = instance_id
+        pk = hub.for_instance(iid)
         reply = await self._write(
             "complete_activity", hub, pk,
-            [pk.activity_tokens, pk.activity_payloads, pk.leases, pk.instance(instance_id), pk.inbox(instance_id),
-             pk.ready],
-            [item, token, instance_id, execution_id, event, self.limits.max_work_item_bytes, overflow])
-        return self._outcome(reply, instance_id, Code.TOO_LARGE)[0] is Code.OK
+            [pk.activity_tokens, pk.activity_payloads, pk.leases, pk.instance(iid), pk.inbox(iid), pk.ready,
+             pk.history(iid), pk.stats, pk.timers(iid), pk.due],
+            [item, token, iid, execution_id, event, self.limits.max_work_item_bytes, overflow, *claim])
+        return self._outcome(reply, iid, Code.TOO_LARGE)
 
     @unavailable_on_redis_errors
     async def activity_requests(self, hub: keys.HubKeys, items: list[str]) -> list[bytes | None]:

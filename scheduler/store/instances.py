@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .common import unavailable_on_redis_errors
 from .keys import HubKeys
-from .records import NewInstance
+from .records import Claim, NewInstance, claim_of
 from .activities import DEFAULT_OVERFLOW
 from .scripts import Code
 
@@ -25,18 +25,30 @@ class InstanceOps:
     async def create_instance(self, hub: HubKeys, new: NewInstance) -> int:
         """Write a new instance (see create_instance.lua); returns its creation time in ms.
         InstanceExists when the id is taken (``done_before`` when it is this very creation)."""
+        created_ms, _ = await self._create_instance(hub, new, ("", 0, b""))
+        return created_ms
+
+    @unavailable_on_redis_errors
+    async def create_instance_and_claim(self, hub: HubKeys, new: NewInstance, claim_token: str, lease_ms: int,
+                                        episode_start: bytes) -> tuple[int, Claim | None]:
+        """:meth:`create_instance`, and in the same step the claim of the instance under ``claim_token``
+        (as :meth:`claim_orchestration`) if it is ready now: (creation time in ms, the claim or None)."""
+        return await self._create_instance(hub, new, (claim_token, lease_ms, episode_start))
+
+    async def _create_instance(self, hub: HubKeys, new: NewInstance,
+                               claim: tuple[str, int, bytes]) -> tuple[int, Claim | None]:
         pk = hub.for_instance(new.instance_id)
         iid = new.instance_id
         args: list = [iid, "" if new.due_ms is None else new.due_ms, new.start_event, " ".join(new.replaceable),
-                      "1" if new.same_is_done else "0", new.fields.get("execution_id", "")]
+                      "1" if new.same_is_done else "0", new.fields.get("execution_id", ""), *claim]
         for name, value in new.fields.items():
             args += [name, value]
         reply = await self._write(
             "create_instance", hub, pk,
             [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.due, pk.ready, pk.by_created, pk.stats,
-             pk.timers(iid), pk.delivered(iid), pk.by_completed], args)
-        _, (created_ms,) = self._outcome(reply, iid)
-        return int(created_ms)
+             pk.timers(iid), pk.delivered(iid), pk.by_completed, pk.leases], args)
+        _, (created_ms, *claimed) = self._outcome(reply, iid)
+        return int(created_ms), (claim_of(iid, claim[0], claimed) if claimed else None)
 
     @unavailable_on_redis_errors
     async def get_instance(self, hub: HubKeys, instance_id: str) -> dict[str, bytes] | None:

@@ -19,7 +19,7 @@ import asyncio
 
 from . import keys
 from .common import unavailable_on_redis_errors
-from .records import Claim
+from .records import Claim, claim_of
 from .scripts import Code
 
 RENEW_BATCH = 100  # most leases one renew script call touches
@@ -49,9 +49,7 @@ class OrchestrationOps:
         code, values = self._outcome(reply, iid, Code.NOT_READY, Code.NOT_FOUND, Code.WRONG_STATUS, Code.LEASED)
         if code is not Code.OK:
             return None
-        expiry, raw, past, new = values
-        fields = {raw[i].decode(): raw[i + 1] for i in range(0, len(raw), 2)}
-        return Claim(iid, token, fields, list(past), list(new), int(expiry))
+        return claim_of(iid, token, values)
 
     @unavailable_on_redis_errors
     async def renew_orchestration_leases(self, hub: keys.HubKeys, partition: int, items: list[tuple[str, str]],

@@ -32,6 +32,14 @@ class Claim:
     lease_expiry_ms: int
 
 
+def claim_of(instance_id: str, token: str, values: list) -> Claim:
+    """The claim of a script's reply values (lease expiry, flat hash, history, new events), as
+    claim_instance in lua/prelude.lua returns them after the code."""
+    expiry, raw, past, new = values
+    fields = {raw[i].decode(): raw[i + 1] for i in range(0, len(raw), 2)}
+    return Claim(instance_id, token, fields, list(past), list(new), int(expiry))
+
+
 @dataclass(frozen=True)
 class Promotion:
     """Result of one promote call over a hub's partitions."""

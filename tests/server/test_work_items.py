@@ -299,3 +299,38 @@ async def test_activities_claimed_for_a_stream_that_closed_meanwhile_go_back_to_
     tasks, claimed = await _activities_after_an_episode(app, monkeypatch)
     assert tasks == [1, 2]  # handed back, then claimed from the queue as any queued work
     assert len(claimed) >= 2
+
+
+async def test_episodes_a_start_or_an_activity_result_make_ready_here_reach_a_stream_here_claimed_by_that_step(
+        start_app, redis_url, key_prefix, hub_name, monkeypatch):
+    app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS)
+    claimed: list[str] = []
+    claim = app.store.claim_orchestration
+
+    async def counting(hub, instance_id, *args):
+        claimed.append(instance_id)
+        return await claim(hub, instance_id, *args)
+
+    monkeypatch.setattr(app.store, "claim_orchestration", counting)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.TaskHubSidecarServiceStub(channel)
+        call = stub.GetWorkItems(pb.GetWorkItemsRequest())
+        await stub.StartInstance(pb.CreateInstanceRequest(instanceId="next", name="Orch"))
+        episode = await next_work(call)
+        await stub.CompleteOrchestratorTask(schedule(episode.completionToken, 1))
+        activity = await next_work(call)
+        claims_before_result = len(claimed)
+        await stub.CompleteActivityTask(pb.ActivityResponse(instanceId="next", taskId=1,
+                                                            completionToken=activity.completionToken))
+        again = await next_work(call)
+        assert [e.WhichOneof("eventType") for e in again.orchestratorRequest.newEvents] == \
+            ["orchestratorStarted", "taskCompleted"]
+        assert claims_before_result == 0  # the start claimed it for this stream in its own step
+        assert len(claimed) == 0  # and so did the result
+        await stub.CompleteOrchestratorTask(pb.OrchestratorResponse(  # under the claim it was handed out with
+            instanceId="next", completionToken=again.completionToken, actions=[pb.OrchestratorAction(
+                id=2, completeOrchestration=pb.CompleteOrchestrationAction(
+                    orchestrationStatus=pb.ORCHESTRATION_STATUS_COMPLETED))]))
+        state = (await stub.GetInstance(pb.GetInstanceRequest(instanceId="next"))).orchestrationState
+        assert state.orchestrationStatus == pb.ORCHESTRATION_STATUS_COMPLETED
+        call.cancel()

@@ -11,11 +11,12 @@ from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler.engine import events as make
 from scheduler.store import keys
 from scheduler.store import Store
+from scheduler.store.activities import DEFAULT_OVERFLOW
 
 from store_helpers import ids_in_distinct_partitions, new
 from test_completion import during
-from test_dispatch import (LONG, SHORT, assert_stats_right, claim, fields, ids_in_partition, snapshot, stats_of,
-                           wait_past)
+from test_dispatch import (EPISODE, LONG, SHORT, assert_stats_right, claim, claim_token, fields, ids_in_partition,
+                           lease_member, snapshot, stats_of, wait_past)
 
 
 def partition(hub: keys.HubKeys, item: str) -> int:
@@ -364,6 +365,56 @@ async def test_complete_delivers_the_result_once_and_readies_the_instance(store:
         episode = await claim(store, hub, iid)
         assert episode.new_events == [result]
     await assert_stats_right(redis, hub, key_prefix)
+
+
+async def test_complete_may_claim_the_instance_it_readies_in_the_same_step(store: Store, hub, redis, key_prefix):
+    for iid in ids_in_distinct_partitions(hub):
+        pk = hub.for_instance(iid)
+        [item] = await schedule(store, hub, iid)
+        token, _ = await claim_act(store, hub, item)
+        result = task_completed(0, '"42"')
+        episode_token = claim_token(hub, iid)
+        t0 = await store.server_time_ms()
+        messages, got = await during(redis, store.channel, pk.ready, lambda: store.complete_activity_and_claim(
+            hub, item, token, result, DEFAULT_OVERFLOW, episode_token, LONG, EPISODE))
+        t1 = await store.server_time_ms()
+        assert not [m for m in messages if " work " in m]  # claimed in the same step: no stream is woken
+        assert (got.instance_id, got.token, got.new_events) == (iid, episode_token, [result])
+        assert len(got.past_events) == 3  # the first episode's OrchestratorStarted, ExecutionStarted, TaskScheduled
+        assert t0 + LONG <= got.lease_expiry_ms <= t1 + LONG
+        assert got.fields == await fields(redis, pk, iid)
+        assert got.fields["lease"] == episode_token.encode() and got.fields["claimed_n"] == b"1"
+        assert await redis.zscore(pk.ready, iid) is None
+        assert await redis.zscore(pk.leases, lease_member(iid)) == got.lease_expiry_ms
+        assert await redis.zscore(pk.leases, act_member(item)) is None
+        before = await snapshot(redis, key_prefix)
+        with pytest.raises(errors.LeaseLost):  # delivered again: nothing changes, nothing is claimed
+            await store.complete_activity_and_claim(hub, item, token, result, DEFAULT_OVERFLOW,
+                                                    claim_token(hub, iid), LONG, EPISODE)
+        assert await snapshot(redis, key_prefix) == before
+        assert await store.complete_orchestration(hub, iid, episode_token, [b"done"], status="COMPLETED") is False
+    await assert_stats_right(redis, hub, key_prefix)
+
+
+async def test_complete_claims_nothing_of_an_instance_in_an_episode_or_suspended(store: Store, hub, redis):
+    [item] = await schedule(store, hub, "busy")
+    token, _ = await claim_act(store, hub, item)
+    await store.raise_event(hub, "busy", make.event_raised("Go", None))
+    episode = await claim(store, hub, "busy")
+    result = task_completed(0, "mid-episode")
+    assert await store.complete_activity_and_claim(hub, item, token, result, DEFAULT_OVERFLOW,
+                                                   claim_token(hub, "busy"), LONG, EPISODE) is None
+    assert (await fields(redis, hub.for_instance("busy"), "busy"))["lease"] == episode.token.encode()
+    assert await store.complete_orchestration(hub, "busy", episode.token, [b"handled-go"]) is True
+    assert (await claim(store, hub, "busy")).new_events == [result]
+
+    [item] = await schedule(store, hub, "sleepy")
+    token, _ = await claim_act(store, hub, item)
+    await store.suspend_instance(hub, "sleepy", make.execution_suspended(None))
+    assert await store.complete_activity_and_claim(hub, item, token, result, DEFAULT_OVERFLOW,
+                                                   claim_token(hub, "sleepy"), LONG, EPISODE) is None
+    assert (await redis.lrange(hub.for_instance("sleepy").inbox("sleepy"), 0, -1))[-1:] == [result]
+    assert await redis.zscore(hub.for_instance("sleepy").leases, lease_member("sleepy")) is None
 
 
 async def test_complete_of_a_ready_instance_keeps_its_place_and_does_not_wake(store: Store, hub, redis):

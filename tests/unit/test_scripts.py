@@ -8,9 +8,10 @@ import pytest
 
 from scheduler import protocol
 from scheduler.store import Store
-from scheduler.store.scripts import Code, _constants, source
+from scheduler.store.scripts import Code, _constants, _prelude, source
 
 LUA = resources.files("scheduler.store") / "lua"
+PRELUDE = _prelude()[1]  # function name -> definition
 SCRIPTS = sorted(p.name.removesuffix(".lua") for p in LUA.iterdir() if p.name.endswith(".lua") and
                  p.name != "prelude.lua")
 
@@ -19,9 +20,13 @@ def body(name: str) -> str:
     return (LUA / f"{name}.lua").read_text(encoding="utf-8")
 
 
+def uncommented(text: str) -> str:
+    return "\n".join(line.split("--")[0] for line in text.splitlines())
+
+
 def code(name: str) -> str:
     """The script without its comments."""
-    return "\n".join(line.split("--")[0] for line in body(name).splitlines())
+    return uncommented(body(name))
 
 
 def test_every_script_file_is_registered_by_the_store_and_the_other_way_round():
@@ -29,14 +34,23 @@ def test_every_script_file_is_registered_by_the_store_and_the_other_way_round():
     assert len(set(Store.SCRIPTS)) == len(Store.SCRIPTS)
 
 
+def _returns_codes(name: str, text: str) -> None:
+    """Every return of ``text``: a table that starts with a code, a local holding one (built from
+    CODE.<name> above), or the result of a prelude function whose own returns are such."""
+    returns = re.findall(r"\breturn\b\s*(.*)", text)
+    assert returns, f"{name} returns nothing"
+    for value in returns:
+        called = re.match(r"(\w+)\(", value)
+        if called and called.group(1) in PRELUDE:
+            _returns_codes(called.group(1), uncommented(PRELUDE[called.group(1)]))
+            continue
+        assert value.startswith("{CODE.") or re.fullmatch(r"\{?\w+\}?( end)?", value), \
+            f"{name} returns {value!r}, not {{CODE.<name>, ...}}"
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_every_script_returns_a_code_of_the_one_table(name):
-    returns = re.findall(r"\breturn\b\s*(.*)", code(name))
-    assert returns, f"{name}.lua returns nothing"
-    for value in returns:
-        # a table that starts with a code, or a local holding one (built from CODE.<name> above)
-        assert value.startswith("{CODE.") or re.fullmatch(r"\{?\w+\}?( end)?", value), \
-            f"{name}.lua returns {value!r}, not {{CODE.<name>, ...}}"
+    _returns_codes(f"{name}.lua", code(name))
     for used in re.findall(r"CODE\.(\w+)", code(name)):
         assert used in Code.__members__, f"{name}.lua uses unknown code {used}"
 
@@ -75,7 +89,9 @@ def test_the_generated_constants_carry_the_python_facts():
 def test_result_codes_are_loaded_as_their_numbers(name):
     loaded = "\n".join(line.split("--")[0] for line in source(name).splitlines())
     assert "CODE." not in loaded
-    expected = [Code[c].value for c in re.findall(r"\breturn \{CODE\.(\w+)", code(name))]
+    # the prelude functions it gets come first, then its own body
+    texts = [uncommented(PRELUDE[f]) for f in PRELUDE if f"local function {f}(" in loaded] + [code(name)]
+    expected = [Code[c].value for text in texts for c in re.findall(r"\breturn \{CODE\.(\w+)", text)]
     assert [int(v) for v in re.findall(r"\breturn \{(\d+)", loaded)] == expected
 
 

@@ -7,6 +7,8 @@
 -- is made ready (a suspended one keeps the event until it is resumed). A result that
 -- the next work item has no room for is not appended: the instance is marked to fail
 -- (`overflow`, applied at its next dispatch), so it never waits for a lost result.
+-- With a `claim_token`, an instance the result made ready (or that was ready) is claimed in the
+-- same step for the caller's work stream, as claim_orchestration.lua claims it.
 --
 -- KEYS[1] generation    partition generation key
 -- KEYS[2] act_tokens    partition hash: item -> claim token
@@ -15,6 +17,10 @@
 -- KEYS[5] inst          instance hash
 -- KEYS[6] inbox         instance inbox list
 -- KEYS[7] ready         partition ready zset
+-- KEYS[8] hist          instance history list
+-- KEYS[9] stats         partition status counts hash
+-- KEYS[10] timers       instance pending timers zset
+-- KEYS[11] due          partition due zset
 -- ARGV[4] item
 -- ARGV[5] token
 -- ARGV[6] instance_id
@@ -22,7 +28,11 @@
 -- ARGV[8] event         serialized TaskCompleted or TaskFailed HistoryEvent
 -- ARGV[9] max_bytes     bytes of history and inbox allowed
 -- ARGV[10] overflow     the failure ("<error type>\n<message>") if the result has no room
--- Returns {OK} when applied (or dropped: another execution, an ended instance), {TOO_LARGE} when
+-- ARGV[11] claim_token  "" (no claim), or the token to claim the instance under
+-- ARGV[12] lease_ms     the claim's lease
+-- ARGV[13] episode_start the claim's serialized OrchestratorStarted HistoryEvent
+-- Returns {OK, lease expiry, flat hash, history, new events} when applied and claimed; {OK} when
+-- applied (or dropped: another execution, an ended instance) and not claimed; {TOO_LARGE} when
 -- the instance was marked to fail, {LEASE_LOST} when the token is not the current claim, {HUB_GONE}.
 local tokens_key, payloads_key, leases_key = KEYS[2], KEYS[3], KEYS[4]
 local inst_key, inbox_key, ready_key = KEYS[5], KEYS[6], KEYS[7]
@@ -44,5 +54,12 @@ if tonumber(inst[3] or 0) + #event > max_bytes then
   if status == 'RUNNING' then push_work(ready_key, instance_id, now) end
   return {CODE.TOO_LARGE}
 end
-deliver(inst_key, inbox_key, ready_key, instance_id, status, event, now)
+local claiming = ARGV[11] ~= ''
+deliver(inst_key, inbox_key, ready_key, instance_id, status, event, now, claiming)
+if claiming then
+  local claim = claim_instance({ready = ready_key, leases = leases_key, inst = inst_key, inbox = inbox_key,
+    hist = KEYS[8], stats = KEYS[9], timers = KEYS[10], due = KEYS[11]}, instance_id, ARGV[11],
+    tonumber(ARGV[12]), ARGV[13])
+  if claim[1] == CODE.OK then return claim end
+end
 return {CODE.OK}

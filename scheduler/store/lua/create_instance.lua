@@ -5,7 +5,9 @@
 -- its scheduled start. An existing instance is replaced only when its status is
 -- one of the replaceable ones; otherwise nothing is written. With `same_is_done`,
 -- an existing instance of the same execution id is this creation, done before
--- (an outbox message delivered again): it is left alone, whatever its status.
+-- (an outbox message delivered again): it is left alone, whatever its status. With a
+-- `claim_token`, an instance made ready now is claimed in the same step for the caller's work
+-- stream, as claim_orchestration.lua claims it.
 --
 -- KEYS[1] generation    partition generation key
 -- KEYS[2] inst          instance hash
@@ -18,15 +20,20 @@
 -- KEYS[9] timers        instance pending timers zset (dropped with a replaced instance)
 -- KEYS[10] delivered    instance set of delivered message ids (dropped with a replaced instance)
 -- KEYS[11] by_completed partition completion index zset
+-- KEYS[12] leases       partition leases zset
 -- ARGV[4] instance_id
 -- ARGV[5] due_ms        scheduled start in epoch ms rounded up, or "" to start now
 -- ARGV[6] start_event   serialized ExecutionStarted HistoryEvent
 -- ARGV[7] replaceable   space-separated status names that may be replaced
 -- ARGV[8] same_is_done  "1" or "0", see above
 -- ARGV[9] execution_id  the new execution's id
--- ARGV[10..] field, value pairs of the instance hash (the input and tags travel in the start event)
--- Returns {OK, created_ms}, {EXISTS, status} if the id is taken, {DONE_BEFORE, status} if this
--- creation was done before, {HUB_GONE} if the caller's task hub was deleted.
+-- ARGV[10] claim_token  "" (no claim), or the token to claim the instance under if it is ready now
+-- ARGV[11] lease_ms     the claim's lease
+-- ARGV[12] episode_start the claim's serialized OrchestratorStarted HistoryEvent
+-- ARGV[13..] field, value pairs of the instance hash (the input and tags travel in the start event)
+-- Returns {OK, created_ms} or, when claimed, {OK, created_ms, lease expiry, flat hash, history, new
+-- events}; {EXISTS, status} if the id is taken, {DONE_BEFORE, status} if this creation was done
+-- before, {HUB_GONE} if the caller's task hub was deleted.
 local inst_key, inbox_key, hist_key, due_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ready_key, created_key, stats_key = KEYS[6], KEYS[7], KEYS[8]
 local timers_key, delivered_key, completed_key = KEYS[9], KEYS[10], KEYS[11]
@@ -52,13 +59,20 @@ if old_status then
 end
 
 redis.call('HSET', inst_key, 'status', 'PENDING', 'created_ms', now, 'updated_ms', now,
-  'start', 'inbox 0', 'size', #start_event, unpack(ARGV, 10))
+  'start', 'inbox 0', 'size', #start_event, unpack(ARGV, 13))
 redis.call('RPUSH', inbox_key, start_event)
 redis.call('ZADD', created_key, now, instance_id)
 redis.call('HINCRBY', stats_key, 'PENDING', 1)
 if due_ms and due_ms > now then
   add_due(due_key, instance_id, due_ms, false)
-else
-  push_work(ready_key, instance_id, now)
+  return {CODE.OK, now}
+end
+local claiming = ARGV[10] ~= ''
+push_work(ready_key, instance_id, now, claiming)
+if claiming then
+  local claim = claim_instance({ready = ready_key, leases = KEYS[12], inst = inst_key, inbox = inbox_key,
+    hist = hist_key, stats = stats_key, timers = timers_key, due = due_key}, instance_id, ARGV[10],
+    tonumber(ARGV[11]), ARGV[12])
+  if claim[1] == CODE.OK then return {CODE.OK, now, unpack(claim, 2)} end
 end
 return {CODE.OK, now}

@@ -66,9 +66,10 @@ local function count_status(stats_key, from, to)
 end
 
 -- Queue `member` on a work queue zset (ready instances, activity items), keeping an earlier
--- place; idle work streams are woken when the queue was empty.
-local function push_work(queue_key, member, now)
-  if redis.call('ZCARD', queue_key) == 0 then wake('work', queue_key) end
+-- place; idle work streams are woken when the queue was empty (unless `quiet`: the caller
+-- claims it in the same step).
+local function push_work(queue_key, member, now, quiet)
+  if not quiet and redis.call('ZCARD', queue_key) == 0 then wake('work', queue_key) end
   redis.call('ZADD', queue_key, 'NX', now, member)
 end
 
@@ -86,12 +87,13 @@ end
 
 -- Append an event to an instance's inbox, counting its bytes in the instance's `size` (the bytes
 -- of its history and inbox: what its next work item carries). A RUNNING instance is made ready
--- to process it; a PENDING one gets it with its first run, a SUSPENDED one once it is resumed.
-local function deliver(inst_key, inbox_key, ready_key, instance_id, status, event, now)
+-- to process it (`quiet`: see push_work); a PENDING one gets it with its first run, a SUSPENDED
+-- one once it is resumed.
+local function deliver(inst_key, inbox_key, ready_key, instance_id, status, event, now, quiet)
   redis.call('RPUSH', inbox_key, event)
   redis.call('HINCRBY', inst_key, 'size', #event)
   redis.call('HSET', inst_key, 'updated_ms', now)
-  if status == 'RUNNING' then push_work(ready_key, instance_id, now) end
+  if status == 'RUNNING' then push_work(ready_key, instance_id, now, quiet) end
 end
 
 -- Nil when one more event of `event_bytes` fits the instance's inbox (at most `max_events`
@@ -102,6 +104,56 @@ local function inbox_refusal(inst_key, inbox_key, event_bytes, max_events, max_b
   local size = tonumber(redis.call('HGET', inst_key, 'size') or 0)
   if size + event_bytes > max_bytes then return CODE.TOO_LARGE end
   return nil
+end
+
+-- Claim a ready instance for a worker under a lease (see claim_orchestration.lua, which says what
+-- it does; complete_activity.lua claims this way too). `k` holds the keys: ready, leases, inst,
+-- inbox, hist, stats, timers, due. Returns {OK, lease expiry, flat hash, history, new events} or a
+-- refusal ({NOT_READY}, {NOT_FOUND}, {WRONG_STATUS, status}, {LEASED}).
+local function claim_instance(k, instance_id, token, lease_ms, episode_start)
+  local member = lease_member(KIND.ORCHESTRATION, instance_id)
+  if not redis.call('ZSCORE', k.ready, instance_id) then return {CODE.NOT_READY} end
+  local h = redis.call('HMGET', k.inst, 'status', 'rewinding')
+  local status, rewinding = h[1], h[2]
+  local now = now_ms()
+  local held = redis.call('ZSCORE', k.leases, member)
+  local refusal = nil
+  if not status then
+    refusal = {CODE.NOT_FOUND}
+  elseif IDLE[status] then
+    refusal = {CODE.WRONG_STATUS, status}
+  elseif held and tonumber(held) > now then
+    refusal = {CODE.LEASED}
+  end
+  redis.call('ZREM', k.ready, instance_id)
+  if refusal then return refusal end
+
+  local fired = redis.call('ZRANGEBYSCORE', k.timers, '-inf', now)
+  local next_timer = redis.call('ZRANGE', k.timers, #fired, #fired, 'WITHSCORES')  -- after the fired ones
+  if #fired > 0 then
+    rpush_all(k.inbox, fired)
+    redis.call('HINCRBY', k.inst, 'size', bytes_of(fired))
+    redis.call('ZREMRANGEBYSCORE', k.timers, '-inf', now)
+  end
+  if next_timer[2] then
+    add_due(k.due, instance_id, tonumber(next_timer[2]), false)
+  elseif #fired > 0 then
+    redis.call('ZREM', k.due, instance_id)  -- a passed entry of a timer delivered now, not yet promoted
+  end
+
+  local expiry = now + lease_ms
+  local claimed_n = redis.call('LLEN', k.inbox)
+  if rewinding then claimed_n = math.min(claimed_n, 1) end
+  redis.call('ZADD', k.leases, expiry, member)
+  redis.call('HSET', k.inst, 'lease', token, 'claimed_n', claimed_n, 'episode_start', episode_start)
+  if status == 'PENDING' then
+    redis.call('HSET', k.inst, 'status', 'RUNNING', 'updated_ms', now)
+    count_status(k.stats, 'PENDING', 'RUNNING')
+    wake('status', instance_id)
+  end
+  local events = {}
+  if claimed_n > 0 then events = redis.call('LRANGE', k.inbox, 0, claimed_n - 1) end
+  return {CODE.OK, expiry, redis.call('HGETALL', k.inst), redis.call('LRANGE', k.hist, 0, -1), events}
 end
 
 -- Move every event of an instance's inbox to the end of its history (`start` follows its event).
