@@ -315,6 +315,7 @@ async def test_episodes_a_start_or_an_activity_result_make_ready_here_reach_a_st
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.TaskHubSidecarServiceStub(channel)
         call = stub.GetWorkItems(pb.GetWorkItemsRequest())
+        await eventually(lambda: _streams_idle(app))  # the stream is open before the start
         await stub.StartInstance(pb.CreateInstanceRequest(instanceId="next", name="Orch"))
         episode = await next_work(call)
         await stub.CompleteOrchestratorTask(schedule(episode.completionToken, 1))
