@@ -27,6 +27,9 @@ from .work_kinds import ActivityWork, FailClaimed, NameFilter, OrchestrationWork
 log = logging.getLogger(__name__)
 
 SWEEP_BATCH = 100  # expired leases released per partition per sweep
+# work claimed for a stream that it has not written yet: a stream whose worker stopped reading (its writes
+# block) is given no more than this
+MAX_UNWRITTEN = 16
 _QUEUE_KINDS = {queue: kind for kind, queue in WORK_QUEUES.items()}
 
 
@@ -110,8 +113,8 @@ class Dispatcher:
         """The least busy of this replica's streams that take any work and have room for ``count`` items of
         ``kind``, with that room reserved for work a step is about to claim for it (see
         WorkStream.adopt); None if there is none."""
-        streams = [s for s in self.streams(hub_name)
-                   if s.takes_offers and not s.draining and s.lanes[kind].room >= count]
+        streams = [s for s in self.streams(hub_name) if s.takes_offers and not s.draining
+                   and s.lanes[kind].room >= count and s.unwritten < MAX_UNWRITTEN]
         if not streams:
             return None
         stream = min(streams, key=lambda s: s.held)

@@ -99,6 +99,11 @@ class WorkStream:
         return sum(len(lane.held) for lane in self.lanes.values())
 
     @property
+    def unwritten(self) -> int:
+        """Work items claimed for this stream by other steps, not written yet."""
+        return sum(len(lane.adopted) for lane in self.lanes.values())
+
+    @property
     def takes_offers(self) -> bool:
         """True when the stream takes any work (no filter) and has room for more of every kind."""
         return all(lane.filter is None and lane.room > 0 for lane in self.lanes.values())
@@ -193,9 +198,9 @@ class WorkStream:
             self.closed.set()
 
     async def _write_adopted(self, lane: Lane, write: Write) -> int:
-        adopted, lane.adopted = lane.adopted, []
         sent = 0
-        for item, token, work_item in adopted:
+        while lane.adopted:  # one at a time: what waits behind a blocked write still counts as unwritten
+            item, token, work_item = lane.adopted.pop(0)
             if lane.held.get(item) == token:  # not already lost (renewal) or reported through another replica
                 await self._write(write, work_item)
                 sent += 1
