@@ -95,11 +95,13 @@ class Relay:
             log.warning("dropping outbox message %r of unknown kind %r", message.message_id, message.kind)
 
     async def _start(self, message: OutboxMessage) -> None:
-        """Start an orchestration an entity's batch asked for; an id already taken is left as it is (as a
-        client's start of a taken id would be refused). Delivered again (same execution id), it changes nothing."""
+        """Start an orchestration an entity's batch asked for, as the SDK's reference does: replacing an ended
+        instance of that id (a schedule with a fixed orchestration id runs it again at each interval); an id a
+        live instance holds is left as it is. Delivered again (same execution id), it changes nothing."""
         event = pb.HistoryEvent.FromString(message.payload)
         try:
-            await self.orchestrations.start(self.hub, new_instance(event.executionStarted, same_is_done=True))
+            await self.orchestrations.start(self.hub, new_instance(event.executionStarted, replaceable=tuple(
+                sorted(TERMINAL)), same_is_done=True))
         except errors.InstanceExists as exc:
             if not exc.done_before:
                 log.info("task hub %r: an entity's new orchestration was not started: %s", self.hub.hub, exc)

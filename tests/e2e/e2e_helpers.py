@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import socket
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -171,3 +173,125 @@ class Probe:
             for status, count in self.client.hgetall(pk.stats).items():
                 total[status.decode()] = total.get(status.decode(), 0) + int(count)
         return {s: n for s, n in total.items() if n}
+
+
+# -- entities, scheduled tasks and faults (test_entities_sdk.py, test_scheduled_sdk.py, test_entity_faults.py) --
+
+@contextlib.contextmanager
+def entity_worker(address: str, *, orchestrators=(), activities=(), entities=(), filters=None,
+                  scheduled: bool = False, **worker_options) -> Iterator[worker.TaskHubGrpcWorker]:
+    """A started SDK worker on ``address``; ``entities`` holds functions, DurableEntity classes or
+    (name, entity) pairs; ``filters`` (a WorkItemFilters) makes it take only what they name;
+    ``scheduled`` registers the SDK's schedule entity and orchestrator."""
+    w = worker.TaskHubGrpcWorker(host_address=address, **worker_options)
+    for fn in orchestrators:
+        w.add_orchestrator(fn)
+    for fn in activities:
+        w.add_activity(fn)
+    for entry in entities:
+        name, fn = entry if isinstance(entry, tuple) else (None, entry)
+        w.add_entity(fn, name)
+    if scheduled:
+        w.configure_scheduled_tasks()
+    if filters is not None:
+        w.use_work_item_filters(filters)
+    w.start()
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
+@contextlib.contextmanager
+def sdk_entities_on(address: str, backend: str, **worker_kwargs) -> Iterator[client.TaskHubGrpcClient]:
+    """Like :func:`sdk_on`, with entities (see :func:`entity_worker` for the arguments)."""
+    with entity_worker(address, **worker_kwargs):
+        c = client.TaskHubGrpcClient(host_address=address)
+        c.backend, c.address = backend, address
+        try:
+            yield c
+        finally:
+            c.close()
+
+
+def stays(predicate: Callable[[], object], seconds: float, interval: float = 0.02, what: str = "condition") -> None:
+    """Fail the test if ``predicate`` turns falsy at any check within ``seconds`` (for what must NOT happen)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not predicate():
+            pytest.fail(f"{what} stopped holding before {seconds}s had passed")
+        time.sleep(interval)
+
+
+class TcpProxy:
+    """A loopback TCP forwarder whose target can be switched: a worker connected through it reconnects
+    to another replica once the one it used is gone (as through a Kubernetes Service)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._closed = False
+        self._conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def retarget(self, target: str) -> None:
+        """New connections go to ``target``; the open ones are cut."""
+        self.target = target
+        for conn in self._conns:
+            _cut(conn)
+        self._conns.clear()
+
+    def close(self) -> None:
+        self._closed = True
+        _cut(self._listener)
+        self.retarget(self.target)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:
+                return
+            host, port = self.target.rsplit(":", 1)
+            try:
+                upstream = socket.create_connection((host, int(port)), timeout=2)
+                upstream.settimeout(None)
+            except OSError:
+                _cut(downstream)
+                continue
+            self._conns += [downstream, upstream]
+            for a, b in ((downstream, upstream), (upstream, downstream)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _cut(src)
+            _cut(dst)
+
+
+def _cut(conn: socket.socket) -> None:
+    """Shut a socket down, then close it. ``close`` alone sends no FIN while another thread is blocked in
+    ``recv`` on it: the peer would see a silent connection until its keepalive gives up."""
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        conn.close()
+
+
+def scrape_samples(metrics_port: int, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` on one replica's /metrics page whose labels include ``labels``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(w in line.split("}", 1)[0] for w in wanted):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -1,13 +1,13 @@
 -- claim_entity: hand a batch of one ready entity's operations to a worker under a lease.
 --
--- The entity leaves the ready queue in this step, so of many replicas claiming it at once
--- one gets it. Nothing is handed out while another claim's lease is live (one batch per
--- entity at a time); an expired one not yet swept is taken over. Delayed signals whose time
--- has come are queued first, and lock requests and unlocks at the head run (see
--- entity_settle). The batch is the operations at the head, up to the next lock request or
--- unlock, at most `max_ops` of them and, with the state, at most `max_bytes` (one operation
--- always goes). The operations stay queued: the completion trims those done, so an abandoned
--- claim loses nothing.
+-- The entity leaves the ready queue in this step, so of many replicas claiming it at once one gets
+-- it. Nothing is handed out while another claim's lease is live (one batch per entity at a time);
+-- an expired one not yet swept is taken over. Delayed signals whose time has come are queued first
+-- (also when refused for a live claim: the promoter has taken the entity off the due set, and the
+-- batch's completion makes it ready again), and lock requests and unlocks at the head run (see
+-- entity_settle). The batch is the operations at the head, up to the next lock request or unlock,
+-- at most `max_ops` of them and, with the state, at most `max_bytes` (one operation always goes).
+-- The operations stay queued: the completion trims those done, so an abandoned claim loses nothing.
 --
 -- KEYS[1] generation  partition generation key
 -- KEYS[2..6] entity   entity hash, ops, held, later, seen (keys.EntityKeys)
@@ -34,7 +34,10 @@ local state = redis.call('HGET', ek.hash, 'state')
 if redis.call('EXISTS', ek.hash) == 0 then return {CODE.NOT_FOUND} end
 local now = now_ms()
 local held = redis.call('ZSCORE', leases_key, member)
-if held and tonumber(held) > now then return {CODE.LEASED} end
+if held and tonumber(held) > now then
+  entity_release_due(ek, due_key, entity_id, now)  -- queued behind the batch; its completion makes it ready
+  return {CODE.LEASED}
+end
 
 entity_release_due(ek, due_key, entity_id, now)
 if not entity_settle(ek, outbox_key) then
