@@ -122,13 +122,15 @@ class ServerProcess:
 
 
 def start_server(redis_url: str | None, *extra_args: str, env: dict[str, str] | None = None,
-                 startup_timeout: float = 30.0, log_level: str = "WARNING") -> ServerProcess:
-    """Start ``python -m scheduler serve`` on a free port and wait for its READY line."""
+                 startup_timeout: float = 30.0, log_level: str = "WARNING", stderr=None) -> ServerProcess:
+    """Start ``python -m scheduler serve`` on a free port and wait for its READY line (with
+    ``--processes N``, the supervisor's, once every process serves). ``stderr``: where its log goes
+    (a file; default: this process's stderr)."""
     args = [sys.executable, "-m", "scheduler", "serve", "--host", "127.0.0.1", "--port", "0",
             "--log-level", log_level, *extra_args]
     if redis_url is not None:
         args += ["--redis-url", redis_url]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=None, text=True,
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, text=True,
                             env={**os.environ, **(env or {})})
     deadline = time.monotonic() + startup_timeout
     assert proc.stdout is not None
