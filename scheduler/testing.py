@@ -103,6 +103,13 @@ class ServerProcess:
     def pid(self) -> int:
         return self.proc.pid
 
+    def server_processes(self) -> list[int]:
+        """With ``--processes N``: the pids of the N server processes its supervisor started (not
+        multiprocessing's resource tracker); with one process, none."""
+        with open(f"/proc/{self.pid}/task/{self.pid}/children", encoding="ascii") as f:
+            children = [int(pid) for pid in f.read().split()]
+        return [pid for pid in children if b"spawn_main" in _cmdline(pid)]
+
     def kill(self) -> None:
         """SIGKILL: the process gets no chance to clean up."""
         if self.proc.poll() is None:
@@ -119,6 +126,14 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         return self.proc.returncode
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except FileNotFoundError:  # it ended meanwhile
+        return b""
 
 
 def start_server(redis_url: str | None, *extra_args: str, env: dict[str, str] | None = None,

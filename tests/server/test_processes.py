@@ -28,21 +28,6 @@ MAX_CHANNELS = 64  # connections are spread by a hash: both processes get one of
 CALLS = 20  # StartInstance and GetInstance calls per channel
 
 
-def server_processes(supervisor: int) -> list[int]:
-    """The server processes a supervisor started (not multiprocessing's resource tracker)."""
-    with open(f"/proc/{supervisor}/task/{supervisor}/children", encoding="ascii") as f:
-        children = [int(pid) for pid in f.read().split()]
-    return [pid for pid in children if b"spawn_main" in _cmdline(pid)]
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return b""
-
-
 def gone(pid: int) -> bool:
     """The process has ended (a zombie that its new parent has not reaped yet counts as ended)."""
     try:
@@ -93,7 +78,7 @@ async def test_two_processes_serve_calls_on_one_port_and_their_metrics_are_merge
                               "--log-format", "json", "--metrics-port", str(metrics_port), log_level="INFO",
                               stderr=log_file)
     try:
-        assert len(server_processes(server.pid)) == 2
+        assert len(server.server_processes()) == 2
         terminations = []  # the audit line of each channel's TerminateInstance: which process served it
         channels = 0
         while {line.get("process") for line in terminations} != {1, 2} and channels < MAX_CHANNELS:
@@ -140,7 +125,7 @@ async def test_two_processes_serve_calls_on_one_port_and_their_metrics_are_merge
 def test_sigterm_drains_every_process_and_the_supervisor_exits_0(redis_url, tmp_path):
     server = start_server(redis_url, "--processes", "2", "--metrics-port", str(free_port()),
                           env={"TMPDIR": str(tmp_path)})
-    processes = server_processes(server.pid)
+    processes = server.server_processes()
     assert len(processes) == 2
     assert len(list(tmp_path.glob("dt-metrics-*"))) == 1  # the processes' metric files
     started = time.monotonic()
@@ -157,7 +142,7 @@ def test_a_process_that_dies_stops_the_others_and_the_supervisor_fails(redis_url
         server = start_server(redis_url, "--processes", "2", "--shutdown-grace-seconds", "1", log_level="INFO",
                               stderr=log_file)
     try:
-        victim, other = server_processes(server.pid)
+        victim, other = server.server_processes()
         os.kill(victim, signal.SIGKILL)
         assert server.proc.wait(30) == 1
         assert gone(other)
@@ -168,7 +153,7 @@ def test_a_process_that_dies_stops_the_others_and_the_supervisor_fails(redis_url
 
 def test_processes_whose_supervisor_dies_shut_down(redis_url):
     server = start_server(redis_url, "--processes", "2", "--shutdown-grace-seconds", "1")
-    processes = server_processes(server.pid)
+    processes = server.server_processes()
     server.kill()
     assert poll(lambda: all(gone(pid) for pid in processes), timeout=20)
 
