@@ -95,7 +95,9 @@ def _summarise(result: PartResult, rounds_out: list[dict]) -> None:
         return median([value(r[side]) for r in rounds_out])
 
     single, double = SIDES
-    ratio = median([r[double]["calls_per_s"] / r[single]["calls_per_s"] for r in rounds_out])
+    ratios = [r[double]["calls_per_s"] / r[single]["calls_per_s"] for r in rounds_out]
+    ratio = median(ratios)
+    result.details["ratios"] = ratios
     result.rows += [
         Row("scale", f"{RPC} calls/s, 2 processes (ref: 1)", med(double, lambda r: r["calls_per_s"]),
             med(single, lambda r: r["calls_per_s"]), ratio),
@@ -119,6 +121,7 @@ def _summarise(result: PartResult, rounds_out: list[dict]) -> None:
     if errors:
         result.notes.append(f"{errors} calls failed (see details.rounds)")
     cfg = result.details["config"]
+    result.notes.append(f"per-round throughput ratios (2 processes / 1): {', '.join(f'{x:.2f}' for x in ratios)}")
     result.notes.append(
         f"'ours' is one replica with --processes 2, 'reference' the same with --processes 1, same redis-server; "
         f"{len(rounds_out)} round(s), one window per side back to back (the first alternating), medians over rounds, "
