@@ -145,6 +145,7 @@ class Supervisor:
             if self.stopping:
                 if code not in CLEAN_EXITS:
                     unclean = True
+                if code not in CLEAN_EXITS and child.error is None:  # a startup error was said once already
                     log.warning("process %d (pid %d) %s while stopping", child.index, child.process.pid, _ended(code))
                 continue
             self.stopping = True
