@@ -1,5 +1,5 @@
 """Run the benchmarks and print a summary table:
-``python -m benchmarks [--quick] [--only rpc,promotion,memory,e2e,timers,idle]``.
+``python -m benchmarks [--quick] [--only rpc,promotion,memory,e2e,timers,idle,scale]``.
 
 Results also go to ``benchmarks/results/latest.json`` (git-ignored).
 """
@@ -15,7 +15,7 @@ import time
 
 from .common import PartResult, log, summary_table
 
-PARTS = ("rpc", "promotion", "memory", "e2e", "timers", "idle")
+PARTS = ("rpc", "promotion", "memory", "e2e", "timers", "idle", "scale")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latest.json")
 
 
@@ -36,9 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes and short windows (a smoke run)")
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run ({', '.join(PARTS)})")
-    parser.add_argument("--rpc-duration", type=float, default=None, help="seconds per RPC window (6; quick 2)")
+    parser.add_argument("--rpc-duration", type=float, default=None,
+                        help="seconds per RPC window (rpc, scale: 6; quick 2)")
     parser.add_argument("--rpc-rounds", type=int, default=None,
-                        help="rounds, each one window per side and RPC (5; quick 1)")
+                        help="rounds, each one window per side and RPC (rpc, scale: 5; quick 1)")
     parser.add_argument("--scale-count", type=int, default=None,
                         help="instances in the scale run (100000; quick 10000)")
     parser.add_argument("--output", default=RESULTS, help=f"JSON results file (default {RESULTS})")
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "idle":
             from . import idle
             results.append(idle.run(quick=args.quick))
+        elif part == "scale":
+            from . import scale
+            results.append(scale.run(quick=args.quick, duration=args.rpc_duration, rounds=args.rpc_rounds))
         else:
             from . import memory
             results.append(memory.run(quick=args.quick))

@@ -48,6 +48,11 @@ class Side:
     stub: object = None
     created: list = None  # ids made by the last StartInstance window
     metadata: tuple = ()  # sent with every call (a bearer token)
+    processes: tuple = ()  # the server's processes whose CPU counts (--processes N: supervisor and N); () = pid
+
+    @property
+    def pids(self) -> tuple:
+        return self.processes or (self.pid,)
 
 
 TOKEN = "bench-token"  # the secured side's tokens file holds its hash (admin, every hub)
@@ -75,8 +80,10 @@ async def _window(side: Side, call, make_request, concurrency: int, warmup: floa
 
     async def snapshot() -> tuple:
         redis_cpu = await redis_cpu_seconds(side.redis) if side.redis is not None else 0.0
-        return (state["ok"], proc_cpu_seconds(side.pid), redis_cpu, self_cpu_seconds(), time.perf_counter(),
-                *machine_cpu_seconds(), proc_syscalls(side.pid), proc_context_switches(side.pid))
+        by_process = [proc_cpu_seconds(pid) for pid in side.pids]
+        return (state["ok"], sum(by_process), redis_cpu, self_cpu_seconds(), time.perf_counter(),
+                *machine_cpu_seconds(), sum(proc_syscalls(pid) for pid in side.pids),
+                sum(proc_context_switches(pid) for pid in side.pids), by_process)
 
     tasks = [asyncio.create_task(worker(w)) for w in range(concurrency)]
     await asyncio.sleep(warmup)
@@ -100,6 +107,7 @@ async def _window(side: Side, call, make_request, concurrency: int, warmup: floa
         "steal_cores": (s1[6] - s0[6]) / seconds,
         "server_syscalls_per_call": (s1[7] - s0[7]) / max(calls, 1),  # read + write calls of the server process
         "server_context_switches_per_call": (s1[8] - s0[8]) / max(calls, 1),
+        "server_cores_by_process": [(b - a) / seconds for a, b in zip(s0[9], s1[9])],  # in the order of side.pids
         "errors": state["errors"],
         "first_error": state["first_error"],
     }

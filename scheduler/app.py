@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import socket
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -13,7 +11,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from . import errors
+from . import errors, ports
 from ._proto import orchestrator_service_pb2 as pb
 from .api.auth import Authenticator, TokenFile
 from .api.interceptors import CallInterceptor
@@ -39,13 +37,24 @@ DEPTH_SAMPLE_SECONDS = 5.0  # only with --metrics-port
 SAFETY_LOOK_SECONDS = 30.0  # behind the wake-ups: streams of a hub with queued work look there
 RETENTION_SECONDS = 5.0
 
-DUE_DEPTH = prometheus_client.Gauge("dt_due_entries", "Entries waiting in the due sets", ["hub"])
-READY_DEPTH = prometheus_client.Gauge("dt_ready_entries", "Instances waiting in the ready sets", ["hub"])
-READY_AGE = prometheus_client.Gauge("dt_ready_oldest_age_seconds", "Age of the oldest ready entry", ["hub"])
-OUTBOX_DEPTH = prometheus_client.Gauge("dt_outbox_messages", "Messages between instances not yet delivered", ["hub"])
-INSTANCES = prometheus_client.Gauge("dt_instances", "Instances by status", ["hub", "status"])
-STREAMS = prometheus_client.Gauge("dt_work_streams", "Work streams (connected workers) of this replica")
-HELD = prometheus_client.Gauge("dt_work_items_held", "Work items this replica's streams handed out, not yet reported")
+# With --processes N, the supervisor serves the metrics of every process merged (prometheus_client's
+# multiprocess mode): a hub's depths are the same Redis figures read by each process, so the latest
+# reading stands; the streams and held items of the processes add up to the replica's.
+HUB_SAMPLE, PER_PROCESS = "livemostrecent", "livesum"
+DUE_DEPTH = prometheus_client.Gauge("dt_due_entries", "Entries waiting in the due sets", ["hub"],
+                                    multiprocess_mode=HUB_SAMPLE)
+READY_DEPTH = prometheus_client.Gauge("dt_ready_entries", "Instances waiting in the ready sets", ["hub"],
+                                      multiprocess_mode=HUB_SAMPLE)
+READY_AGE = prometheus_client.Gauge("dt_ready_oldest_age_seconds", "Age of the oldest ready entry", ["hub"],
+                                    multiprocess_mode=HUB_SAMPLE)
+OUTBOX_DEPTH = prometheus_client.Gauge("dt_outbox_messages", "Messages between instances not yet delivered", ["hub"],
+                                       multiprocess_mode=HUB_SAMPLE)
+INSTANCES = prometheus_client.Gauge("dt_instances", "Instances by status", ["hub", "status"],
+                                    multiprocess_mode=HUB_SAMPLE)
+STREAMS = prometheus_client.Gauge("dt_work_streams", "Work streams (connected workers) of this replica",
+                                  multiprocess_mode=PER_PROCESS)
+HELD = prometheus_client.Gauge("dt_work_items_held", "Work items this replica's streams handed out, not yet reported",
+                               multiprocess_mode=PER_PROCESS)
 
 
 def lease_sweep_seconds(lease_seconds: float) -> float:
@@ -80,15 +89,20 @@ class App:
 
     async def start(self) -> int:
         """Start everything; returns the bound gRPC port. StartupError (with nothing left running) when
-        a port is taken."""
-        self._check_ports_free()
+        a port is taken.
+
+        One of several processes (``config.process`` > 0) shares its port with the others
+        (SO_REUSEPORT) and leaves the port check and the metrics endpoint to the supervisor."""
+        shared = self.config.process > 0
+        if not shared and (problem := ports.taken(self.config)):
+            raise StartupError(problem)
         try:
             await self.store.load_scripts()
             await self.engine.hubs.get(self.config.task_hub)
         except errors.StoreError as exc:
             log.warning("Redis is not reachable yet (%s); serving UNAVAILABLE until it is", exc)
         self.server = grpc.aio.server(interceptors=[self.interceptor], options=[
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if shared else 0),
             ("grpc.max_receive_message_length", self.config.max_message_bytes),
             ("grpc.max_send_message_length", self.config.max_message_bytes),
         ])
@@ -106,7 +120,7 @@ class App:
                 self.port = self.server.add_insecure_port(address)
         except RuntimeError as exc:
             raise StartupError(f"--port (DT_PORT): cannot listen on {address}: {exc}") from None
-        if self.config.metrics_port is not None:
+        if self.config.metrics_port is not None and not shared:
             try:
                 prometheus_client.start_http_server(self.config.metrics_port, addr=self.config.host)
             except OSError as exc:
@@ -126,20 +140,6 @@ class App:
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self._check_health()
         return self.port
-
-    def _check_ports_free(self) -> None:
-        """A taken port is said at once, in one line (before grpc logs its own)."""
-        for flag, port in (("--port (DT_PORT)", self.config.port), ("--metrics-port (DT_METRICS_PORT)",
-                                                                     self.config.metrics_port)):
-            if not port:
-                continue
-            family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
-            with socket.socket(family, socket.SOCK_STREAM) as probe:
-                try:
-                    probe.bind((self.config.host, port))
-                except OSError as exc:
-                    reason = "the address is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-                    raise StartupError(f"{flag}: cannot listen on {self.config.host}:{port}: {reason}") from None
 
     async def stop(self, grace: float | None = None) -> None:
         """Shut down gracefully: readiness goes NOT_SERVING at once, work streams hand out nothing more,

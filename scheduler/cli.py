@@ -7,6 +7,7 @@ import gc
 import logging
 import signal
 import sys
+from multiprocessing.connection import Connection
 
 from . import config as config_mod
 from . import logs
@@ -18,8 +19,8 @@ log = logging.getLogger("scheduler")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dt-scheduler", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run one replica of the TaskHubSidecarService")
-    config_mod.add_arguments(serve)
+    run = sub.add_parser("serve", help="run one replica of the TaskHubSidecarService")
+    config_mod.add_arguments(run)
     insp = sub.add_parser("inspect", help="print, per task hub, instances by status and the due/ready queues")
     config_mod.add_arguments(insp)
     insp.add_argument("--all-hubs", action="store_true", help="every hub on this Redis, not only --task-hub")
@@ -37,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _use_uvloop() -> None:
+def use_uvloop() -> None:
     try:
         import uvloop
     except ImportError:  # optional: plain asyncio works too
@@ -45,7 +46,10 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _serve(cfg: config_mod.Config) -> int:
+async def serve(cfg: config_mod.Config, supervisor: Connection | None = None) -> int:
+    """Run one replica until SIGTERM or SIGINT; the exit code. Under a supervisor (--processes N, see
+    processes.py) it reports ready or a startup error through ``supervisor`` instead of printing, and
+    stops as on SIGTERM when the supervisor is gone (its end of the pipe closed)."""
     from .app import App, StartupError  # the gRPC stack is only needed to serve
 
     stop = asyncio.Event()
@@ -53,6 +57,15 @@ async def _serve(cfg: config_mod.Config) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):  # honoured from now on, also while starting
         loop.add_signal_handler(sig, stop.set)
     app = App(cfg)
+    draining = False
+    if supervisor is not None:
+        def supervisor_gone() -> None:  # readable means closed: the supervisor never writes
+            loop.remove_reader(supervisor.fileno())
+            if not draining:  # as a first SIGTERM; while draining it changes nothing
+                log.warning("the supervisor is gone: shutting down")
+                stop.set()
+
+        loop.add_reader(supervisor.fileno(), supervisor_gone)
     starting = asyncio.ensure_future(app.start())
     await asyncio.wait({starting, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
     if not starting.done() or starting.exception() is not None:
@@ -62,7 +75,10 @@ async def _serve(cfg: config_mod.Config) -> int:
         error = None if starting.cancelled() else starting.exception()
         await app.store.aclose()
         if isinstance(error, StartupError):
-            print(f"dt-scheduler: {error}", file=sys.stderr)
+            if supervisor is not None:
+                _tell(supervisor, ("error", str(error)))  # it says it once, for every process
+            else:
+                print(f"dt-scheduler: {error}", file=sys.stderr)
             return 2
         if error is not None:
             raise error
@@ -81,9 +97,12 @@ async def _serve(cfg: config_mod.Config) -> int:
     if not cfg.authenticates and cfg.allow_unauthenticated:
         log.warning("--allow-unauthenticated: anyone who can reach %s:%d can start, terminate, purge and delete "
                     "everything", cfg.host, port)
-    # A line for scripts and tests that start us with --port 0.
-    print(f"READY {cfg.host}:{port}", flush=True)
+    if supervisor is not None:
+        _tell(supervisor, ("ready", port))
+    else:  # a line for scripts and tests that start us with --port 0
+        print(f"READY {cfg.host}:{port}", flush=True)
     await stop.wait()
+    draining = True
     log.info("shutting down: draining for up to %g s", cfg.shutdown_grace_seconds)
     stop.clear()
     stopping = asyncio.ensure_future(app.stop())
@@ -93,6 +112,13 @@ async def _serve(cfg: config_mod.Config) -> int:
         stopping.cancel()
         await app.store.aclose()
     return 0
+
+
+def _tell(supervisor: Connection, message: tuple) -> None:
+    try:
+        supervisor.send(message)
+    except OSError:  # it is gone: its closed pipe stops this process too
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,10 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"dt-scheduler: {exc}", file=sys.stderr)
         return 2
-    logs.configure(cfg.log_level, cfg.log_format, cfg.replica)
-    _use_uvloop()
+    several = args.command == "serve" and cfg.processes > 1
+    logs.configure(cfg.log_level, cfg.log_format, cfg.replica, process=0 if several else None)
+    if several:
+        from .processes import supervise
+
+        return supervise(cfg)
+    use_uvloop()
     if args.command == "serve":
-        return asyncio.run(_serve(cfg))
+        return asyncio.run(serve(cfg))
     if args.command == "configure-hub":
         retention = None if args.clear_hub_retention else args.hub_retention_seconds
         return asyncio.run(configure_hub(cfg, retention))

@@ -30,6 +30,7 @@ class Limits:
     max_state_bytes: int = DEFAULT_MAX_MESSAGE_BYTES - REPLY_HEADROOM_BYTES  # input + output + custom status + failure
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MAX_PROCESSES = 64  # --processes: far more than the cores of any pod
 
 # Task hub names and the key prefix become part of Redis key names and of the
 # glob patterns used to delete a hub, so they are restricted to characters that
@@ -68,6 +69,8 @@ class Config:
     shutdown_grace_seconds: float = 25.0  # on SIGTERM, how long handed-out work may take to finish
     log_format: str = "text"  # text or json
     replica: str = ""  # this replica's name in logs and metrics; default: the host name
+    processes: int = 1  # server processes on one port (SO_REUSEPORT), each a full replica
+    process: int = 0  # not a flag: which of --processes this one is (1..N), 0 in the supervisor or the only process
 
     def __post_init__(self) -> None:
         if self.max_payload_bytes is None:
@@ -118,6 +121,13 @@ class Config:
             raise ValueError(f"{_flag('shutdown_grace_seconds')} must not be negative, got {self.shutdown_grace_seconds}")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"{_flag('log_format')} must be text or json, got {self.log_format!r}")
+        if not 1 <= self.processes <= MAX_PROCESSES:
+            raise ValueError(f"{_flag('processes')} must be between 1 and {MAX_PROCESSES}, got {self.processes}")
+        if self.processes > 1 and self.redis_url is None:
+            raise ValueError(f"{_flag('processes')} {self.processes} needs {_flag('redis_url')}: the embedded store "
+                             f"lives inside one process, so the processes would share nothing")
+        if not 0 <= self.process <= self.processes:
+            raise ValueError(f"process {self.process} is not one of {_flag('processes')} {self.processes}")
         if not self.replica:
             object.__setattr__(self, "replica", os.environ.get("HOSTNAME") or socket.gethostname())
         if self.auth_tokens_file is None and not self.allow_unauthenticated and not _is_loopback(self.host):
@@ -179,6 +189,8 @@ _OPTIONS = [
      "on SIGTERM: how long work already handed out may take to finish (match terminationGracePeriodSeconds)"),
     ("--log-format", "DT_LOG_FORMAT", str, "text or json (one object per line, with replica, hub and instance)"),
     ("--replica", "DT_REPLICA", str, "this replica's name in logs and metrics (default: the host name)"),
+    ("--processes", "DT_PROCESSES", int,
+     "server processes on one port (SO_REUSEPORT), each a full replica; at most one per core the pod may use"),
 ]
 _SWITCHES = [  # (flag, environment variable, help): on when given, or when the variable is 1, true or yes
     ("--redis-cluster", "DT_REDIS_CLUSTER", "the Redis URL names a node of a Redis Cluster"),

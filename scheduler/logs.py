@@ -1,5 +1,6 @@
-"""Logging: plain text or one JSON object per line, with the replica, and the task hub and instance
-of the request being served (set by the gRPC surface for the task that serves it)."""
+"""Logging: plain text or one JSON object per line, with the replica, the process (with --processes N > 1:
+0 the supervisor, 1..N the server processes), and the task hub and instance of the request being served
+(set by the gRPC surface for the task that serves it)."""
 from __future__ import annotations
 
 import contextvars
@@ -15,12 +16,14 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, message, replica, and hub and instance when
-    the record was logged while serving a request (or passed them with ``extra=``)."""
+    """One JSON object per record: time, level, logger, message, replica, process (when there are
+    several), and hub and instance when the record was logged while serving a request (or passed them
+    with ``extra=``)."""
 
-    def __init__(self, replica: str) -> None:
+    def __init__(self, replica: str, process: int | None = None) -> None:
         super().__init__()
         self.replica = replica
+        self.process = process
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -30,6 +33,8 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "replica": self.replica,
         }
+        if self.process is not None:
+            entry["process"] = self.process
         for field, var in (("hub", hub), ("instance", instance)):
             value = getattr(record, field, None) or var.get()
             if value is not None:
@@ -39,10 +44,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure(level: str, fmt: str, replica: str) -> None:
-    """Log to stderr at ``level`` as ``fmt`` ("text" or "json")."""
+def configure(level: str, fmt: str, replica: str, process: int | None = None) -> None:
+    """Log to stderr at ``level`` as ``fmt`` ("text" or "json"); ``process``: which of several processes
+    this one is (None: the only one)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(replica) if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    text = TEXT_FORMAT if process is None else TEXT_FORMAT.replace("%(name)s", f"[process {process}] %(name)s")
+    handler.setFormatter(JsonFormatter(replica, process) if fmt == "json" else logging.Formatter(text))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -103,6 +103,13 @@ class ServerProcess:
     def pid(self) -> int:
         return self.proc.pid
 
+    def server_processes(self) -> list[int]:
+        """With ``--processes N``: the pids of the N server processes its supervisor started (not
+        multiprocessing's resource tracker); with one process, none."""
+        with open(f"/proc/{self.pid}/task/{self.pid}/children", encoding="ascii") as f:
+            children = [int(pid) for pid in f.read().split()]
+        return [pid for pid in children if b"spawn_main" in _cmdline(pid)]
+
     def kill(self) -> None:
         """SIGKILL: the process gets no chance to clean up."""
         if self.proc.poll() is None:
@@ -121,14 +128,24 @@ class ServerProcess:
         return self.proc.returncode
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except FileNotFoundError:  # it ended meanwhile
+        return b""
+
+
 def start_server(redis_url: str | None, *extra_args: str, env: dict[str, str] | None = None,
-                 startup_timeout: float = 30.0, log_level: str = "WARNING") -> ServerProcess:
-    """Start ``python -m scheduler serve`` on a free port and wait for its READY line."""
+                 startup_timeout: float = 30.0, log_level: str = "WARNING", stderr=None) -> ServerProcess:
+    """Start ``python -m scheduler serve`` on a free port and wait for its READY line (with
+    ``--processes N``, the supervisor's, once every process serves). ``stderr``: where its log goes
+    (a file; default: this process's stderr)."""
     args = [sys.executable, "-m", "scheduler", "serve", "--host", "127.0.0.1", "--port", "0",
             "--log-level", log_level, *extra_args]
     if redis_url is not None:
         args += ["--redis-url", redis_url]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=None, text=True,
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, text=True,
                             env={**os.environ, **(env or {})})
     deadline = time.monotonic() + startup_timeout
     assert proc.stdout is not None

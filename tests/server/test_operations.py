@@ -145,4 +145,5 @@ def test_json_logs_carry_the_replica_hub_and_instance():
     assert (entry["hub"], entry["instance"], entry["level"], entry["logger"]) == ("orders", "order-42", "INFO",
                                                                                   "scheduler.x")
     plain = json.loads(formatter.format(record))
-    assert "hub" not in plain and "instance" not in plain
+    assert "hub" not in plain and "instance" not in plain and "process" not in plain
+    assert json.loads(logs.JsonFormatter("replica-7", process=2).format(record))["process"] == 2

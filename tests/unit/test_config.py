@@ -80,6 +80,9 @@ def test_malformed_number_in_environment_is_a_value_error():
     ({"port": -1}, "port"),
     ({"port": 65536}, "port"),
     ({"max_payload_bytes": 0}, "payload"),
+    ({"processes": 0, "redis_url": "redis://h:1/0"}, "--processes"),
+    ({"processes": 65, "redis_url": "redis://h:1/0"}, "--processes"),
+    ({"processes": 2}, "--processes \\(DT_PROCESSES\\) 2 needs --redis-url"),
 ])
 def test_invalid_values_are_rejected_with_a_message(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
@@ -145,3 +148,12 @@ def test_passwords_are_redacted_for_logs():
     assert cfg.redacted("rediss://:s3cret@host:6380/0") == "rediss://:***@host:6380/0"
     assert cfg.redacted("redis://user:pw@host/1?ssl_cert_reqs=none") == "redis://user:***@host/1?ssl_cert_reqs=none"
     assert cfg.redacted("redis://host:6379/0") == "redis://host:6379/0"
+
+
+def test_processes_flag_and_environment():
+    assert parse([]).processes == 1 and parse([]).process == 0
+    url = ["--redis-url", "redis://h:1/0"]
+    assert parse(url, {"DT_PROCESSES": "4"}).processes == 4
+    assert parse([*url, "--processes", "2"], {"DT_PROCESSES": "4"}).processes == 2
+    with pytest.raises(ValueError, match="DT_PROCESSES"):
+        parse(url, {"DT_PROCESSES": "two"})

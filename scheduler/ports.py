@@ -1,0 +1,36 @@
+"""The listening ports of ``dt-scheduler serve``: checked before anything binds them, so that a taken
+port is said at once in one line (before grpc logs its own), and picked when ``--port 0`` must name
+one port for several processes (``--processes``)."""
+from __future__ import annotations
+
+import errno
+import socket
+
+from .config import Config
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def taken(config: Config) -> str | None:
+    """One line naming the flag of the first port that cannot be bound (``--port``, then
+    ``--metrics-port``), or None when both are free. The probe does not set SO_REUSEPORT, so a port
+    that other processes share with it counts as taken too."""
+    for flag, port in (("--port (DT_PORT)", config.port), ("--metrics-port (DT_METRICS_PORT)", config.metrics_port)):
+        if not port:
+            continue
+        with socket.socket(_family(config.host), socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((config.host, port))
+            except OSError as exc:
+                reason = "the address is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+                return f"{flag}: cannot listen on {config.host}:{port}: {reason}"
+    return None
+
+
+def pick_free(host: str) -> int:
+    """A port that is free on ``host`` now (for ``--port 0`` shared by several processes)."""
+    with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
