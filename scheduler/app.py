@@ -81,13 +81,13 @@ class App:
             await self.engine.hubs.get(self.config.task_hub)
         except errors.StoreError as exc:
             log.warning("Redis is not reachable yet (%s); serving UNAVAILABLE until it is", exc)
-        self.server = grpc.aio.server(interceptors=[self.interceptor], options=[
+        self.server = grpc.aio.server(options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", self.config.max_message_bytes),
             ("grpc.max_send_message_length", self.config.max_message_bytes),
         ])
         self.servicer = Servicer(self.engine, self.config)
-        add_to_server(self.servicer, self.server)
+        add_to_server(self.servicer, self.server, self.interceptor.wrap)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), self.server)
         address = f"{self.config.host}:{self.config.port}"

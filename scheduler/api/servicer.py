@@ -133,16 +133,20 @@ def _has_ended(h: dict[str, bytes]) -> bool:
     return h["status"].decode() in TERMINAL
 
 
-def add_to_server(servicer: Servicer, server: grpc.aio.Server) -> None:
+def add_to_server(servicer: Servicer, server: grpc.aio.Server, wrap=None) -> None:
     """Register the servicer as the generated code would, but with request parsing that never fails:
     a request whose bytes do not parse reaches its handler as None, which answers INVALID_ARGUMENT
-    (the generated deserializers make grpc answer UNKNOWN and log a traceback per call)."""
+    (the generated deserializers make grpc answer UNKNOWN and log a traceback per call).
+    ``wrap(method name, handler)``: what every call goes through (see api/interceptors.py)."""
     handlers = {}
     for method in SERVICE.methods:
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
         make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
-        handlers[method.name] = make(getattr(servicer, method.name), request_deserializer=_parser(request_class),
+        handler = getattr(servicer, method.name)
+        if wrap is not None:
+            handler = wrap(method.name, handler)
+        handlers[method.name] = make(handler, request_deserializer=_parser(request_class),
                                      response_serializer=response_class.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
     server.add_registered_method_handlers(SERVICE.full_name, handlers)
