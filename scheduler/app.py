@@ -70,7 +70,8 @@ class App:
         self.port: int | None = None
         self.draining = False
         tokens = TokenFile(config.auth_tokens_file) if config.auth_tokens_file else None
-        self.interceptor = CallInterceptor(Authenticator(tokens), config.task_hub, count=config.metrics_port is not None)
+        self.interceptor = CallInterceptor(Authenticator(tokens), config.task_hub, count=config.metrics_port is not None,
+                                           log_context=config.log_format == "json")
 
     async def start(self) -> int:
         """Start everything; returns the bound gRPC port. StartupError (with nothing left running) when

@@ -7,7 +7,7 @@ This is not a ``grpc.aio.ServerInterceptor``: grpc runs those as a chain of coro
 (and builds a new handler per call) whatever they decide. :meth:`CallInterceptor.wrap` wraps each
 handler of the service once, when it is registered (see servicer.add_to_server), with only the
 steps the configuration needs: without tokens and metrics, a call that is not destructive only
-names its hub and instance for the logs.
+names its hub and instance for JSON logs, and with text logs it is served as it comes.
 """
 from __future__ import annotations
 
@@ -36,11 +36,14 @@ Handler = Callable[..., Awaitable]
 
 
 class CallInterceptor:
-    def __init__(self, authenticator: Authenticator, default_hub: str, count: bool = True) -> None:
-        """``count``: keep the per-call metrics (only worth it when they are served)."""
+    def __init__(self, authenticator: Authenticator, default_hub: str, count: bool = True,
+                 log_context: bool = True) -> None:
+        """``count``: keep the per-call metrics (only worth it when they are served). ``log_context``:
+        name each call's task hub and instance for the logs (only JSON logs show them)."""
         self.authenticator = authenticator
         self.default_hub = default_hub
         self.count = count
+        self.log_context = log_context
 
     def _hub_of(self, method: str) -> Callable[[object, tuple], str | None]:
         """How a call of ``method`` names its task hub: (request, metadata) -> hub."""
@@ -64,6 +67,9 @@ class CallInterceptor:
         count = self.count
 
         if not (authenticate or destructive or count):
+            if not self.log_context:
+                return inner  # nothing to do per call
+
             async def plain(request, context):
                 logs.hub.set(hub_of(request, context.invocation_metadata() or ()))
                 logs.instance.set(getattr(request, "instanceId", None) or None)
