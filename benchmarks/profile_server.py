@@ -32,6 +32,54 @@ from .common import log, run_async
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+# Where a sample's CPU goes: the frame nearest the leaf that names a layer decides, but the search stops
+# at the event loop's dispatch (a callback run by uvloop, a task step), so the loop's own work and its
+# socket I/O (reads, epoll) count as asyncio/uvloop, and what a callback does counts to its own layer.
+# A sample whose leaf waits in epoll is idle (with --native, py-spy samples blocked threads too).
+LAYERS = (
+    ("protobuf", ("_message.abi3", "upb_", "protobuf/")),
+    ("redis client", ("scheduler/store/pipelining.py", "hiredis", "redis/")),
+    ("gRPC", ("grpc/", "cygrpc", "grpc_", "grpc::", "grpc_core")),
+    ("our code", ("scheduler/",)),
+)
+_DISPATCH = ("Handle__run", "task_step_impl", "TaskStepMethWrapper_call", "uv__io_poll", "uv__run_idle",
+             "uv__run_timers", "run_forever")
+_LOOP = ("asyncio/", "_asynciomodule", "loop.c", "uv_", "uv__", "uvloop")
+_IDLE = ("epoll_wait", "epoll_pwait")
+
+
+def layer_of(frames: list[str]) -> str:
+    """The layer one sample's CPU is counted to (``frames``: root first, as py-spy writes them)."""
+    if not frames or frames[-1].startswith(_IDLE):
+        return "idle"
+    loop = False
+    for frame in reversed(frames):
+        for name, signs in LAYERS:
+            if any(sign in frame for sign in signs):
+                return name
+        if any(sign in frame for sign in _LOOP):
+            loop = True
+        if frame.startswith(_DISPATCH):
+            return "asyncio/uvloop"
+    return "asyncio/uvloop" if loop else "interpreter, other"
+
+
+def breakdown(folded_path: str) -> str:
+    """Share of the non-idle samples per layer (meaningful with --native: without it the native code
+    of gRPC and uvloop is counted to the Python frame that entered it)."""
+    counts: collections.Counter[str] = collections.Counter()
+    with open(folded_path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            stack, _, n = line.rstrip().rpartition(" ")
+            if n.isdigit():
+                counts[layer_of([fr for fr in stack.split(";") if fr])] += int(n)
+    busy = sum(n for name, n in counts.items() if name != "idle")
+    out = [f"-- CPU by layer ({busy} busy samples, {counts['idle']} idle left out)"]
+    out += [f"{100 * counts[name] / max(busy, 1):5.1f}%  {name}"
+            for name in ("gRPC", "asyncio/uvloop", "protobuf", "redis client", "our code", "interpreter, other")]
+    return "\n".join(out)
+
+
 def top_functions(folded_path: str, limit: int = 25) -> str:
     """Own and inclusive share of samples per function, from py-spy's raw (folded) output."""
     own: collections.Counter[str] = collections.Counter()
@@ -127,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
     log(f"{tag}: {r['calls_per_s']:.0f} calls/s, server {r['server_cpu_ms_per_call']:.3f} CPU-ms/call under py-spy")
     print(top_functions(folded, args.top))
+    print(breakdown(folded))
     print(f"folded stacks: {folded}")
     return 0
 

@@ -85,7 +85,8 @@ class App:
         self.port: int | None = None
         self.draining = False
         tokens = TokenFile(config.auth_tokens_file) if config.auth_tokens_file else None
-        self.interceptor = CallInterceptor(Authenticator(tokens), config.task_hub, count=config.metrics_port is not None)
+        self.interceptor = CallInterceptor(Authenticator(tokens), config.task_hub, count=config.metrics_port is not None,
+                                           log_context=config.log_format == "json")
 
     async def start(self) -> int:
         """Start everything; returns the bound gRPC port. StartupError (with nothing left running) when
@@ -101,13 +102,13 @@ class App:
             await self.engine.hubs.get(self.config.task_hub)
         except errors.StoreError as exc:
             log.warning("Redis is not reachable yet (%s); serving UNAVAILABLE until it is", exc)
-        self.server = grpc.aio.server(interceptors=[self.interceptor], options=[
+        self.server = grpc.aio.server(options=[
             ("grpc.so_reuseport", 1 if shared else 0),
             ("grpc.max_receive_message_length", self.config.max_message_bytes),
             ("grpc.max_send_message_length", self.config.max_message_bytes),
         ])
         self.servicer = Servicer(self.engine, self.config)
-        add_to_server(self.servicer, self.server)
+        add_to_server(self.servicer, self.server, self.interceptor.wrap)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), self.server)
         address = f"{self.config.host}:{self.config.port}"

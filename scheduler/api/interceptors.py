@@ -1,21 +1,28 @@
-"""What every call of the TaskHubSidecarService goes through, in one server interceptor: who calls
-and whether it may (api/auth.py), the task hub and instance it is about (for the logs), a log line
-with the caller for every destructive call, and its count and duration by status code (metrics).
-Health and reflection are left open for probes."""
+"""What every call of the TaskHubSidecarService goes through: who calls and whether it may
+(api/auth.py), the task hub and instance it is about (for the logs), a log line with the caller
+for every destructive call, and its count and duration by status code (metrics).
+Health and reflection are left open for probes.
+
+This is not a ``grpc.aio.ServerInterceptor``: grpc runs those as a chain of coroutines per call
+(and builds a new handler per call) whatever they decide. :meth:`CallInterceptor.wrap` wraps each
+handler of the service once, when it is registered (see servicer.add_to_server), with only the
+steps the configuration needs: without tokens and metrics, a call that is not destructive only
+names its hub and instance for JSON logs, and with text logs it is served as it comes.
+"""
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import grpc
 import prometheus_client
 
 from .. import logs
-from .auth import TOKEN_HUB_CALLS, Authenticator, PermissionDenied, Unauthenticated, token_hub
+from .auth import ANONYMOUS, TOKEN_HUB_CALLS, Authenticator, PermissionDenied, Unauthenticated, token_hub
 
 log = logging.getLogger(__name__)
 
-SERVICE_PREFIX = "/TaskHubSidecarService/"
 DESTRUCTIVE = frozenset({"DeleteTaskHub", "CreateTaskHub", "PurgeInstances", "TerminateInstance",
                          "CleanEntityStorage", "RestartInstance", "RewindInstance"})
 TASK_HUB_METADATA_KEY = "taskhub"
@@ -25,49 +32,88 @@ DURATION = prometheus_client.Histogram(
     "dt_rpc_duration_seconds", "Call duration by method (a stream: how long it was open)", ["method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600))
 
+Handler = Callable[..., Awaitable]
 
-class CallInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticator: Authenticator, default_hub: str, count: bool = True) -> None:
-        """``count``: keep the per-call metrics (only worth it when they are served)."""
+
+class CallInterceptor:
+    def __init__(self, authenticator: Authenticator, default_hub: str, count: bool = True,
+                 log_context: bool = True) -> None:
+        """``count``: keep the per-call metrics (only worth it when they are served). ``log_context``:
+        name each call's task hub and instance for the logs (only JSON logs show them)."""
         self.authenticator = authenticator
         self.default_hub = default_hub
         self.count = count
+        self.log_context = log_context
 
-    async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith(SERVICE_PREFIX):
-            return handler
-        method = details.method[len(SERVICE_PREFIX):]
-        metadata = tuple(details.invocation_metadata or ())
-        streaming = handler.unary_stream is not None
-        inner = handler.unary_stream if streaming else handler.unary_unary
+    def _hub_of(self, method: str) -> Callable[[object, tuple], str | None]:
+        """How a call of ``method`` names its task hub: (request, metadata) -> hub."""
+        if method in TOKEN_HUB_CALLS:
+            return lambda request, metadata: token_hub(request)
+        default = self.default_hub
+
+        def from_metadata(request, metadata) -> str:
+            for key, value in metadata:
+                if key == TASK_HUB_METADATA_KEY:
+                    return value
+            return default
+
+        return from_metadata
+
+    def wrap(self, method: str, inner: Handler) -> Handler:
+        """The handler of ``method`` (a name of the service) as every call of it is served."""
+        hub_of = self._hub_of(method)
+        authenticate = self.authenticator.tokens is not None
+        destructive = method in DESTRUCTIVE
+        count = self.count
+
+        if not (authenticate or destructive or count):
+            if not self.log_context:
+                return inner  # nothing to do per call
+
+            async def plain(request, context):
+                logs.hub.set(hub_of(request, context.invocation_metadata() or ()))
+                logs.instance.set(getattr(request, "instanceId", None) or None)
+                return await inner(request, context)
+
+            return plain
+
+        authenticator = self.authenticator
+        series: dict = {}  # the metrics' children of this method, made at its first call
+
+        def observe(code: grpc.StatusCode | None, seconds: float) -> None:
+            counter = series.get(code)
+            if counter is None:
+                counter = series[code] = REQUESTS.labels(method, "OK" if code is None else code.name)
+            counter.inc()
+            histogram = series.get("duration")
+            if histogram is None:
+                histogram = series["duration"] = DURATION.labels(method)
+            histogram.observe(seconds)
 
         async def behavior(request, context):
             started = time.perf_counter()
-            hub = token_hub(request) if method in TOKEN_HUB_CALLS else \
-                next((v for k, v in metadata if k == TASK_HUB_METADATA_KEY), self.default_hub)
+            metadata = context.invocation_metadata() or ()
+            hub = hub_of(request, metadata)
             logs.hub.set(hub)
             logs.instance.set(getattr(request, "instanceId", None) or None)
             try:
-                try:
-                    identity = self.authenticator.identify(metadata)
-                    self.authenticator.check(identity, method, hub)
-                except Unauthenticated as exc:
-                    log.info("%s refused: UNAUTHENTICATED %s (peer %s)", method, exc, context.peer())
-                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-                except PermissionDenied as exc:
-                    log.info("%s refused: PERMISSION_DENIED %s", method, exc)
-                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-                if method in DESTRUCTIVE:
+                identity = ANONYMOUS
+                if authenticate:
+                    try:
+                        identity = authenticator.identify(metadata)
+                        authenticator.check(identity, method, hub)
+                    except Unauthenticated as exc:
+                        log.info("%s refused: UNAUTHENTICATED %s (peer %s)", method, exc, context.peer())
+                        await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+                    except PermissionDenied as exc:
+                        log.info("%s refused: PERMISSION_DENIED %s", method, exc)
+                        await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+                if destructive:
                     log.info("%s on task hub %r by %s (role %s, peer %s)", method, hub, identity.name, identity.role,
                              context.peer())
                 return await inner(request, context)
             finally:
-                if self.count:
-                    code = context.code()
-                    REQUESTS.labels(method, "OK" if code is None else code.name).inc()
-                    DURATION.labels(method).observe(time.perf_counter() - started)
+                if count:
+                    observe(context.code(), time.perf_counter() - started)
 
-        make = grpc.unary_stream_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
-        return make(behavior, request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer)
+        return behavior

@@ -60,6 +60,8 @@ def check_entity_id(what: str, value: str) -> None:
 
 
 def check_payload(what: str, value: str, limit: int) -> None:
+    if len(value) * 4 <= limit:  # UTF-8 takes at most 4 bytes a character: it fits, no need to encode it
+        return
     size = len(value.encode("utf-8"))
     if size > limit:
         raise PayloadTooLarge(f"{what} is {size} bytes; the configured limit is {limit} bytes")

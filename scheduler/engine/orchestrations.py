@@ -34,11 +34,21 @@ from .waiters import Waiters
 def new_instance(started: pb.ExecutionStartedEvent, at: timestamp_pb2.Timestamp | None = None,
                  request_time: str | None = None, replaceable: tuple[str, ...] = (),
                  same_is_done: bool = False) -> NewInstance:
-    """The store record of an instance whose first event is ``started``, stamped ``at`` (default: now).
+    """The store record of an instance whose first event is ``started``, stamped ``at`` (default: now)."""
+    return instance_record(pb.HistoryEvent(eventId=-1, executionStarted=started), at, request_time, replaceable,
+                           same_is_done)
+
+
+def instance_record(event: pb.HistoryEvent, at: timestamp_pb2.Timestamp | None = None,
+                    request_time: str | None = None, replaceable: tuple[str, ...] = (),
+                    same_is_done: bool = False) -> NewInstance:
+    """Like :func:`new_instance`, from the start event itself (eventId -1, its ``executionStarted`` set),
+    which it stamps: for callers that build the event in place rather than copy an ExecutionStartedEvent in.
 
     The hash keeps short scalar fields only (readable with ``redis-cli HGETALL``, and compact:
     one value over 64 bytes would switch the hash to Redis' hashtable encoding and double the
     memory of a pending instance); the input and the tags stay in the start event."""
+    started = event.executionStarted
     fields: dict[str, str | bytes] = {"name": started.name,
                                       "execution_id": started.orchestrationInstance.executionId.value}
     if started.HasField("version"):
@@ -52,7 +62,6 @@ def new_instance(started: pb.ExecutionStartedEvent, at: timestamp_pb2.Timestamp 
         fields.update(parent_instance_id=parent.orchestrationInstance.instanceId,
                       parent_execution_id=parent.orchestrationInstance.executionId.value,
                       parent_task_id=str(parent.taskScheduledId))
-    event = pb.HistoryEvent(eventId=-1, executionStarted=started)
     if at is not None:
         event.timestamp.CopyFrom(at)
     else:

@@ -55,13 +55,14 @@ class InstanceOps:
         """The instance hash (field name -> raw value) plus ``start_event``, the serialized
         ExecutionStarted event of its current execution (input, tags); None if there is no such instance."""
         pk = hub.for_instance(instance_id)
-        reply = await self._eval("get_instance", hub, [pk.instance(instance_id), pk.inbox(instance_id),
-                                                      pk.history(instance_id)], [])
+        reply = await self._run("get_instance", hub.hub, hub.generation,
+                                [pk.instance(instance_id), pk.inbox(instance_id), pk.history(instance_id)], ())
         code, values = self._outcome(reply, instance_id, Code.NOT_FOUND)
         if code is Code.NOT_FOUND:
             return None
         raw, event = values
-        h = {raw[i].decode(): raw[i + 1] for i in range(0, len(raw), 2)}
+        pairs = iter(raw)
+        h = {name.decode(): value for name, value in zip(pairs, pairs)}
         if event:
             h["start_event"] = event
         return h

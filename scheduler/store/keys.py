@@ -42,7 +42,7 @@ key                                    type    holds
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..protocol import ACTIVITY, ENTITY, ORCHESTRATION
 
@@ -155,6 +155,12 @@ class HubKeys:
     hub: str
     partitions: int
     generation: int = 0  # which incarnation of the hub (a deleted and recreated hub has a newer one)
+    # The keys of each partition, made once (every call about an instance needs its partition's).
+    _partition_keys: tuple[PartitionKeys, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_partition_keys", tuple(
+            PartitionKeys(f"{self.prefix}:{{{self.hub}:{p}}}:") for p in range(self.partitions)))
 
     @property
     def meta(self) -> str:
@@ -165,13 +171,15 @@ class HubKeys:
         return f"{self.prefix}:{{{self.hub}}}:turn:{job}"
 
     def partition(self, p: int) -> PartitionKeys:
+        if 0 <= p < self.partitions:
+            return self._partition_keys[p]
         return PartitionKeys(f"{self.prefix}:{{{self.hub}:{p}}}:")
 
     def for_instance(self, instance_id: str) -> PartitionKeys:
-        return self.partition(partition_of(instance_id, self.partitions))
+        return self._partition_keys[zlib.crc32(instance_id.encode("utf-8")) % self.partitions]  # partition_of
 
     def all_partitions(self) -> list[PartitionKeys]:
-        return [self.partition(p) for p in range(self.partitions)]
+        return list(self._partition_keys)
 
     def scan_patterns(self) -> list[str]:
         """Glob patterns that match every key of this hub (hub names hold no glob characters)."""

@@ -47,8 +47,9 @@ def _reply_error(message: str) -> Exception:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, owner: PipelinedConnection) -> None:
+    def __init__(self, owner: PipelinedConnection, loop: asyncio.AbstractEventLoop) -> None:
         self.owner = owner
+        self.loop = loop  # the loop of the transport, where callers' futures are made
         self.reader = hiredis.Reader(replyError=_reply_error)
         self.waiting: collections.deque[asyncio.Future] = collections.deque()
         self.buffer: list[bytes] = []  # packed commands not written yet (written once per loop turn)
@@ -120,7 +121,7 @@ class PipelinedConnection:
         protocol = self._protocol
         if protocol is None:
             return asyncio.ensure_future(self._connect_then(args))
-        loop = asyncio.get_running_loop()
+        loop = protocol.loop  # (asyncio.get_running_loop() costs a getpid() system call on each use)
         future = loop.create_future()
         if not protocol.buffer:
             loop.call_soon(self._flush, protocol)
@@ -140,7 +141,7 @@ class PipelinedConnection:
         loop = asyncio.get_running_loop()
         try:
             _, protocol = await asyncio.wait_for(
-                loop.create_connection(lambda: _Protocol(self), self.host, self.port, ssl=self.ssl),
+                loop.create_connection(lambda: _Protocol(self, loop), self.host, self.port, ssl=self.ssl),
                 CONNECT_TIMEOUT)
         except (OSError, asyncio.TimeoutError) as exc:
             raise CommandNotSent(f"cannot connect to Redis at {self.host}:{self.port}: {exc}") from exc

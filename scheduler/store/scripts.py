@@ -113,8 +113,10 @@ def source(name: str) -> str:
 def outcome(reply: list, subject: str, *expected: Code, limits: Limits = Limits()) -> tuple[Code, list]:
     """(code, values) of a script's reply when the code is OK or ``expected``; otherwise the
     domain error of the code is raised. ``subject``: the instance (or hub) the call was about."""
+    if reply[0] == 0:  # Code.OK, the usual reply, without building the enum member
+        return Code.OK, reply[1:]
     code = Code(reply[0])
-    if code is Code.OK or code in expected:
+    if code in expected:
         return code, reply[1:]
     raise error_of(code, subject, reply[1:], limits)
 

@@ -9,7 +9,7 @@ connection, the scripts, task hubs, promotion and the operator's statistics.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 
 import redis.exceptions as rexc
 
@@ -67,14 +67,14 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, Quer
             await self.redis.script_load(script.script)
             return await self._execute(*command)
 
-    async def _eval(self, name: str, hub: keys.HubKeys, keys_: list[str], args: list):
+    def _eval(self, name: str, hub: keys.HubKeys, keys_: list[str], args: list) -> Awaitable:
         """Run a script that only reads the hub's keys."""
-        return await self._run(name, hub.hub, hub.generation, keys_, args)
+        return self._run(name, hub.hub, hub.generation, keys_, args)
 
-    async def _write(self, name: str, hub: keys.HubKeys, pk: keys.PartitionKeys, keys_: list[str], args: list):
+    def _write(self, name: str, hub: keys.HubKeys, pk: keys.PartitionKeys, keys_: list[str], args: list) -> Awaitable:
         """Run a script that writes to partition ``pk``: its first key is the partition's generation key,
         which the script checks first (HUB_GONE if the hub was deleted since ``hub`` was read)."""
-        return await self._run(name, hub.hub, hub.generation, [pk.generation, *keys_], args)
+        return self._run(name, hub.hub, hub.generation, [pk.generation, *keys_], args)
 
     def _outcome(self, reply: list, subject: str, *expected: Code) -> tuple[Code, list]:
         return outcome(reply, subject, *expected, limits=self.limits)

@@ -147,3 +147,31 @@ def test_json_logs_carry_the_replica_hub_and_instance():
     plain = json.loads(formatter.format(record))
     assert "hub" not in plain and "instance" not in plain and "process" not in plain
     assert json.loads(logs.JsonFormatter("replica-7", process=2).format(record))["process"] == 2
+
+
+async def test_json_logs_of_a_call_name_its_hub_and_instance(start_app, redis_url, key_prefix, hub_name):
+    """What a call logs names the task hub and the instance it is about (the interceptor sets them)."""
+    app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub="default", partitions=PARTITIONS,
+                          log_format="json")
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.setFormatter(logs.JsonFormatter("replica-7"))
+    handler.emit = lambda record: lines.append(handler.format(record))
+    logger = logging.getLogger("scheduler.api.status")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = pb_grpc.TaskHubSidecarServiceStub(channel)
+            await stub.StartInstance(pb.CreateInstanceRequest(instanceId="seen", name="x"),
+                                     metadata=(("taskhub", hub_name),), timeout=10)
+            await rpc_error(stub.RaiseEvent(pb.RaiseEventRequest(instanceId="nobody", name="e"),
+                                            metadata=(("taskhub", hub_name),), timeout=10), grpc.StatusCode.NOT_FOUND)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    entries = [json.loads(line) for line in lines]
+    assert [(e["hub"], e["instance"]) for e in entries if "RaiseEvent rejected" in e["message"]] == [
+        (hub_name, "nobody")]
+
