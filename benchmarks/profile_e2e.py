@@ -26,43 +26,27 @@ from scheduler import testing
 
 from . import e2e
 from .common import proc_cpu_seconds, redis_client, redis_cpu_seconds, run_async
+from .profile_server import layer_of
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-IDLE = ("epoll_wait", "epoll_pwait", "poll (", "select (")
-# (part, markers in a frame), innermost match wins; checked in this order within a frame
-PARTS = (
-    ("protobuf", ("_message.abi3.so", "google/protobuf", "_pb2")),
-    ("Redis client", ("hiredis", "/redis/", "store/pipelining.py")),
-    ("gRPC", ("cygrpc", "/grpc/", "grpc_")),
-    ("event loop", ("uvloop", "asyncio/", "_asynciomodule")),
-    ("our code", ("scheduler/",)),
-)
-SYSCALLS = ("write (", "sendmsg (", "recv (", "read (", "recvmsg (", "syscall (", "getpid (")
+SYSCALLS = ("write (", "sendmsg (", "recv (", "read (", "recvmsg (", "syscall (")
 
 
-def part_of(frames: list[str]) -> str | None:
-    """The part a sample belongs to (None: idle)."""
-    if frames and frames[-1].startswith(IDLE):
-        return None
-    syscall = bool(frames) and frames[-1].startswith(SYSCALLS)
-    for frame in reversed(frames):
-        for part, markers in PARTS:
-            if any(marker in frame for marker in markers):
-                return f"system calls ({part})" if syscall else part
-    return "other (interpreter, threads)"
-
-
-def split(folded_path: str) -> tuple[int, collections.Counter[str]]:
-    """(busy samples, samples per part) of py-spy's raw (folded) output."""
-    parts: collections.Counter[str] = collections.Counter()
+def split(folded_path: str) -> tuple[int, collections.Counter[str], int]:
+    """(busy samples, samples per layer as profile_server.layer_of counts them, busy samples whose leaf is a
+    socket system call) of py-spy's raw (folded) output."""
+    layers: collections.Counter[str] = collections.Counter()
+    syscalls = 0
     with open(folded_path, encoding="utf-8", errors="replace") as f:
         for line in f:
             stack, _, n = line.rstrip().rpartition(" ")
             if n.isdigit():
-                part = part_of([frame for frame in stack.split(";") if frame])
-                if part is not None:
-                    parts[part] += int(n)
-    return sum(parts.values()), parts
+                frames = [frame for frame in stack.split(";") if frame]
+                layer = layer_of(frames)
+                if layer != "idle":
+                    layers[layer] += int(n)
+                    syscalls += int(n) if frames[-1].startswith(SYSCALLS) else 0
+    return sum(layers.values()), layers, syscalls
 
 
 def _redis_cpu(url: str) -> float:
@@ -113,12 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(RESULTS, exist_ok=True)
     folded = os.path.join(RESULTS, "profile-e2e.txt")
     cpu = profile(args.count, args.rate, folded)
-    busy, parts = split(folded)
+    busy, layers, syscalls = split(folded)
     print(f"server CPU per orchestration (under py-spy): {cpu['server_ms']:.3f} ms; "
-          f"redis-server {cpu['redis_ms']:.3f} ms; {busy} busy samples")
-    print(f"| part | share | CPU-ms per orchestration |\n|---|---|---|")
-    for part, n in parts.most_common():
-        print(f"| {part} | {n / busy:.0%} | {cpu['server_ms'] * n / busy:.2f} |")
+          f"redis-server {cpu['redis_ms']:.3f} ms; {busy} busy samples, {syscalls / busy:.0%} of them in socket "
+          "system calls")
+    print("| layer | share | CPU-ms per orchestration |\n|---|---|---|")
+    for layer, n in layers.most_common():
+        print(f"| {layer} | {n / busy:.0%} | {cpu['server_ms'] * n / busy:.2f} |")
     print(f"folded stacks: {folded}")
     return 0
 
