@@ -1,5 +1,5 @@
 """Run the benchmarks and print a summary table:
-``python -m benchmarks [--quick] [--only rpc,promotion,memory,e2e,timers]``.
+``python -m benchmarks [--quick] [--only rpc,promotion,memory,e2e,timers,entities]``.
 
 Results also go to ``benchmarks/results/latest.json`` (git-ignored).
 """
@@ -15,7 +15,7 @@ import time
 
 from .common import PartResult, log, summary_table
 
-PARTS = ("rpc", "promotion", "memory", "e2e", "timers")
+PARTS = ("rpc", "promotion", "memory", "e2e", "timers", "entities")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latest.json")
 
 
@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "timers":
             from . import timers
             results.append(timers.run(quick=args.quick))
+        elif part == "entities":
+            from . import entities
+            results.append(entities.run(quick=args.quick))
         else:
             from . import memory
             results.append(memory.run(quick=args.quick))
