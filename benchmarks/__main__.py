@@ -1,5 +1,5 @@
 """Run the benchmarks and print a summary table:
-``python -m benchmarks [--quick] [--only rpc,promotion,memory,e2e,timers,idle,scale]``.
+``python -m benchmarks [--quick] [--only rpc,promotion,memory,e2e,timers,idle,scale,entities]``.
 
 Results also go to ``benchmarks/results/latest.json`` (git-ignored).
 """
@@ -15,7 +15,7 @@ import time
 
 from .common import PartResult, log, summary_table
 
-PARTS = ("rpc", "promotion", "memory", "e2e", "timers", "idle", "scale")
+PARTS = ("rpc", "promotion", "memory", "e2e", "timers", "idle", "scale", "entities")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latest.json")
 
 
@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "scale":
             from . import scale
             results.append(scale.run(quick=args.quick, duration=args.rpc_duration, rounds=args.rpc_rounds))
+        elif part == "entities":
+            from . import entities
+            results.append(entities.run(quick=args.quick))
         else:
             from . import memory
             results.append(memory.run(quick=args.quick))
