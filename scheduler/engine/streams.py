@@ -230,9 +230,7 @@ class WorkStream:
         """Claim up to ``room`` of ``items`` (all in one round trip) and write what was claimed, in order;
         returns how many went out."""
         chosen: list[tuple[str, int, str]] = []
-        for item in dict.fromkeys(items):
-            if item in lane.held:  # ours already: offered and found in the queue too
-                continue
+        for item in dict.fromkeys(items):  # (an item this stream holds may be ready again: its claim decides)
             partition = partition_of(instance_of(item), self.hub.partitions)
             if len(chosen) >= room:  # no room for the rest: look for them later
                 lane.look.add(partition)
@@ -242,20 +240,22 @@ class WorkStream:
             return 0
         results = await asyncio.gather(*(lane.kind.claim(self.hub, item, token, self.lease_ms)
                                          for item, _, token in chosen), return_exceptions=True)
-        claimed = []
+        claimed: dict[str, pb.WorkItem] = {}
         for (item, partition, token), result in zip(chosen, results):
             if result is None or isinstance(result, BaseException):
                 continue
             work_item, kept = result
-            lane.held[item] = token
+            lane.held[item] = token  # (replacing an earlier claim of the item, whose completion is under way)
             lane.since[item] = time.monotonic()
+            lane.let_go.discard(item)
             lane.look.add(partition)  # look again until nothing is left
             if kept is not None:
                 self.claims[token] = kept
-            claimed.append(work_item)
-        if lane.offered:  # offers that came meanwhile for what was just claimed are spent
-            lane.offered = [item for item in lane.offered if item not in lane.held]
-        for work_item in claimed:
+            claimed[item] = work_item
+        if lane.offered and claimed:  # offers that came meanwhile for what was just claimed are spent (it is
+            # leased to this stream now: whatever readies it again is told by its completion)
+            lane.offered = [item for item in lane.offered if item not in claimed]
+        for work_item in claimed.values():
             await self._write(write, work_item)
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None:  # what was claimed is held (and handed back if the stream ends)
