@@ -34,7 +34,7 @@ READINESS, LIVENESS = "readiness", "liveness"
 HUB_REFRESH_SECONDS = 2.0
 HEALTH_CHECK_SECONDS = 1.0
 DEPTH_SAMPLE_SECONDS = 5.0  # only with --metrics-port
-SAFETY_LOOK_SECONDS = 30.0  # behind the wake-ups: streams of a hub with queued work look there
+SAFETY_LOOK_SECONDS = 10.0  # behind the wake-ups: streams of a hub with queued work look there
 RETENTION_SECONDS = 5.0
 
 # With --processes N, the supervisor serves the metrics of every process merged (prometheus_client's

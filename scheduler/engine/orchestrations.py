@@ -214,6 +214,7 @@ class Orchestrations:
                 execution_id, first_events = next_execution(episode.continue_as_new, h["start_event"])
                 await self.store.continue_as_new(hub, instance_id, token, execution_id, first_events, custom,
                                                  [m.encode() for m in episode.outbox])
+                self.dispatcher.offer(hub.hub, ORCHESTRATION, [instance_id])  # the new execution is ready
             elif episode.rewind is not None:
                 await self._apply_rewind(hub, instance_id, token, h, episode.rewind)
             else:

@@ -335,3 +335,26 @@ async def test_episodes_a_start_or_an_activity_result_make_ready_here_reach_a_st
         state = (await stub.GetInstance(pb.GetInstanceRequest(instanceId="next"))).orchestrationState
         assert state.orchestrationStatus == pb.ORCHESTRATION_STATUS_COMPLETED
         call.cancel()
+
+
+async def test_an_event_raised_during_an_episode_reaches_the_stream_that_ran_it_without_any_wake_up(
+        start_app, redis_url, key_prefix, hub_name, monkeypatch):
+    """The completion of the episode makes the instance ready again and offers it; the stream that still
+    holds the finishing episode claims the next one (no pub/sub, no safety look within the test's time)."""
+    app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS,
+                          health_ping_seconds=60.0)
+    monkeypatch.setattr(app.engine.dispatcher, "work_available", lambda hub, queue=None: None)  # wake-ups lost
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.TaskHubSidecarServiceStub(channel)
+        call = stub.GetWorkItems(pb.GetWorkItemsRequest())
+        await eventually(lambda: _streams_idle(app))
+        await stub.StartInstance(pb.CreateInstanceRequest(instanceId="busy", name="Orch"))
+        for n in range(3):  # each episode gets the event raised while it ran
+            episode = await next_work(call)
+            await stub.RaiseEvent(pb.RaiseEventRequest(instanceId="busy", name=f"e{n}"))
+            await stub.CompleteOrchestratorTask(pb.OrchestratorResponse(instanceId="busy",
+                                                                        completionToken=episode.completionToken))
+        last = await next_work(call)
+        assert [e.WhichOneof("eventType") for e in last.orchestratorRequest.newEvents] == \
+            ["orchestratorStarted", "eventRaised"]
+        call.cancel()

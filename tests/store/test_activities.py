@@ -237,6 +237,18 @@ async def test_release_to_a_queue_that_is_not_empty_keeps_order_and_does_not_wak
     assert await queued_items(store, hub, 2) == [b, a]
 
 
+async def test_release_to_a_queue_whose_head_has_waited_long_wakes(store: Store, hub, redis):
+    """Work no stream takes (say, for its filters) waits at the head: a new item wakes the streams all the same."""
+    [iid] = ids_in_partition(hub, 2, 1)
+    pk = hub.partition(2)
+    [a] = await schedule(store, hub, iid)
+    token, _ = await claim_act(store, hub, a)
+    await redis.zadd(pk.activities, {"nobody-takes-this": 1})  # queued long ago
+    messages, released = await during(redis, store.channel, pk.activities,
+                                      lambda: store.release_activity(hub, a, token))
+    assert released and messages == [f"{hub.hub} work {pk.activities}"]
+
+
 async def test_release_with_a_stale_token_changes_nothing(store: Store, hub, redis, key_prefix):
     claimed, waiting = await schedule(store, hub, "s", count=2)
     await claim_act(store, hub, claimed)
