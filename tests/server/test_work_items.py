@@ -259,17 +259,23 @@ async def _watched(app, instance_id: str) -> bool:
     return any(iid == instance_id for _, iid in app.engine.waiters._waiting)  # noqa: SLF001 - a waiter registered
 
 
+def _counted(monkeypatch, store, method: str) -> list[str]:
+    """The items (second argument) of every call of ``store.<method>`` from now on."""
+    items: list[str] = []
+    real = getattr(store, method)
+
+    async def counting(hub, item, *args):
+        items.append(item)
+        return await real(hub, item, *args)
+
+    monkeypatch.setattr(store, method, counting)
+    return items
+
+
 async def _activities_after_an_episode(app, monkeypatch) -> tuple[list[int], list[str]]:
     """Run one episode that schedules two activities on a stream of ``app``: (the task ids the stream
     handed out, the items a stream claimed from the queue)."""
-    claimed: list[str] = []
-    claim = app.store.claim_activity
-
-    async def counting(hub, item, *args):
-        claimed.append(item)
-        return await claim(hub, item, *args)
-
-    monkeypatch.setattr(app.store, "claim_activity", counting)
+    claimed = _counted(monkeypatch, app.store, "claim_activity")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.TaskHubSidecarServiceStub(channel)
         call = stub.GetWorkItems(pb.GetWorkItemsRequest())
@@ -304,14 +310,7 @@ async def test_activities_claimed_for_a_stream_that_closed_meanwhile_go_back_to_
 async def test_episodes_a_start_or_an_activity_result_make_ready_here_reach_a_stream_here_claimed_by_that_step(
         start_app, redis_url, key_prefix, hub_name, monkeypatch):
     app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS)
-    claimed: list[str] = []
-    claim = app.store.claim_orchestration
-
-    async def counting(hub, instance_id, *args):
-        claimed.append(instance_id)
-        return await claim(hub, instance_id, *args)
-
-    monkeypatch.setattr(app.store, "claim_orchestration", counting)
+    claimed = _counted(monkeypatch, app.store, "claim_orchestration")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.TaskHubSidecarServiceStub(channel)
         call = stub.GetWorkItems(pb.GetWorkItemsRequest())
