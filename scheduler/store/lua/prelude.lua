@@ -66,13 +66,19 @@ local function count_status(stats_key, from, to)
 end
 
 -- Queue `member` on a work queue zset (ready instances, activity items), keeping an earlier
--- place; work streams are woken when the queue was empty, or when its head has waited more than
--- a second (work no stream takes, say for its filters: the new item must not wait behind it for
--- a look), unless `quiet` (the caller claims it in the same step).
+-- place; work streams are woken when the queue was empty, or when it holds a few items whose
+-- head has waited more than a second (work no stream takes, say for its filters: the new item
+-- must not wait behind it for a look; a long queue is a backlog that streams with room drain
+-- anyway, and is not announced item by item), unless `quiet` (the caller claims it in the same step).
 local function push_work(queue_key, member, now, quiet)
   if not quiet then
-    local head = redis.call('ZRANGE', queue_key, 0, 0, 'WITHSCORES')
-    if not head[2] or tonumber(head[2]) < now - 1000 then wake('work', queue_key) end
+    local queued = redis.call('ZCARD', queue_key)
+    if queued == 0 then
+      wake('work', queue_key)
+    elseif queued < 16 then
+      local head = redis.call('ZRANGE', queue_key, 0, 0, 'WITHSCORES')
+      if tonumber(head[2]) < now - 1000 then wake('work', queue_key) end
+    end
   end
   redis.call('ZADD', queue_key, 'NX', now, member)
 end
