@@ -199,13 +199,19 @@ async def test_an_episode_past_the_history_limit_fails_the_instance_clearly(star
         call.cancel()
 
 
+async def _app_without_wake_ups(start_app, redis_url, key_prefix, hub_name, monkeypatch):
+    """A replica whose pub/sub work wake-ups are lost and whose streams send no ping within a test."""
+    app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS,
+                          health_ping_seconds=60.0)
+    monkeypatch.setattr(app.engine.dispatcher, "work_available", lambda hub, queue=None: None)  # wake-ups lost
+    return app
+
+
 async def test_work_made_ready_here_is_offered_to_a_stream_without_any_wake_up(start_app, redis_url, key_prefix,
                                                                               hub_name, monkeypatch):
     """A started instance, the activities its episode queued and the activity's result reach this replica's
     stream at once, with pub/sub wake-ups lost and no periodic look within the test's time."""
-    app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS,
-                          health_ping_seconds=60.0)
-    monkeypatch.setattr(app.engine.dispatcher, "work_available", lambda hub, queue=None: None)  # wake-ups lost
+    app = await _app_without_wake_ups(start_app, redis_url, key_prefix, hub_name, monkeypatch)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.TaskHubSidecarServiceStub(channel)
         call = stub.GetWorkItems(pb.GetWorkItemsRequest())
@@ -340,9 +346,7 @@ async def test_an_event_raised_during_an_episode_reaches_the_stream_that_ran_it_
         start_app, redis_url, key_prefix, hub_name, monkeypatch):
     """The completion of the episode makes the instance ready again and offers it; the stream that still
     holds the finishing episode claims the next one (no pub/sub, no safety look within the test's time)."""
-    app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS,
-                          health_ping_seconds=60.0)
-    monkeypatch.setattr(app.engine.dispatcher, "work_available", lambda hub, queue=None: None)  # wake-ups lost
+    app = await _app_without_wake_ups(start_app, redis_url, key_prefix, hub_name, monkeypatch)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.TaskHubSidecarServiceStub(channel)
         call = stub.GetWorkItems(pb.GetWorkItemsRequest())
