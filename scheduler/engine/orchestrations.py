@@ -250,16 +250,18 @@ class Orchestrations:
         stream = self.dispatcher.reserve(hub.hub, ACTIVITY, count) if count else None
         tokens = [] if stream is None else [claim_token(hub.hub, partition_of(instance_id, hub.partitions), ACTIVITY,
                                                         item) for item, _ in episode.activities]
+        # a caller waiting on this replica for the end gets the final state with the completion, unread
+        with_state = episode.status is not None and self.waiters.watched(hub.hub, instance_id)
         try:
-            readied = await self.store.complete_orchestration(
+            completion = await self.store.complete_orchestration(
                 hub, instance_id, token, episode.events, episode.status, episode.output, episode.failure, custom,
                 episode.activities, episode.timers, [m.encode() for m in messages], enforce_limits,
-                claim_activities=None if stream is None else (stream.lease_ms, tokens))
+                claim_activities=None if stream is None else (stream.lease_ms, tokens), with_state=with_state)
         except BaseException:
             if stream is not None:
                 stream.unreserve(ACTIVITY, count)
             raise
-        if readied:  # events that arrived during the episode
+        if completion.readied:  # events that arrived during the episode
             self.dispatcher.offer(hub.hub, ORCHESTRATION, [instance_id])
         if stream is None:
             self.dispatcher.offer(hub.hub, ACTIVITY, [item for item, _ in episode.activities])
@@ -268,7 +270,7 @@ class Orchestrations:
                 (item, claim, events.activity_work_item(payload, claim), None)
                 for (item, payload), claim in zip(episode.activities, tokens)])
         if episode.status is not None:
-            self.waiters.status_changed(hub.hub, instance_id)
+            self.waiters.status_changed(hub.hub, instance_id, completion.state)
 
     async def _apply_rewind(self, hub: HubKeys, instance_id: str, token: str, h: dict[str, bytes],
                             action: pb.RewindOrchestrationAction) -> None:

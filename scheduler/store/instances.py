@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .common import unavailable_on_redis_errors
 from .keys import HubKeys
-from .records import Claim, NewInstance, claim_of
+from .records import Claim, NewInstance, claim_of, state_of
 from .activities import DEFAULT_OVERFLOW
 from .scripts import Code
 
@@ -58,14 +58,7 @@ class InstanceOps:
         reply = await self._run("get_instance", hub.hub, hub.generation,
                                 [pk.instance(instance_id), pk.inbox(instance_id), pk.history(instance_id)], ())
         code, values = self._outcome(reply, instance_id, Code.NOT_FOUND)
-        if code is Code.NOT_FOUND:
-            return None
-        raw, event = values
-        pairs = iter(raw)
-        h = {name.decode(): value for name, value in zip(pairs, pairs)}
-        if event:
-            h["start_event"] = event
-        return h
+        return None if code is Code.NOT_FOUND else state_of(*values)
 
     @unavailable_on_redis_errors
     async def raise_event(self, hub: HubKeys, instance_id: str, event: bytes) -> str:

@@ -19,7 +19,7 @@ import asyncio
 
 from . import keys
 from .common import unavailable_on_redis_errors
-from .records import Claim, claim_of
+from .records import Claim, Completion, claim_of, state_of
 from .scripts import Code
 
 RENEW_BATCH = 100  # most leases one renew script call touches
@@ -97,17 +97,19 @@ class OrchestrationOps:
                                      activities: list[tuple[str, bytes]] = (),
                                      timers: list[tuple[int, bytes]] = (), outbox: list[bytes] = (),
                                      enforce_limits: bool = True,
-                                     claim_activities: tuple[int, list[str]] | None = None) -> bool:
+                                     claim_activities: tuple[int, list[str]] | None = None,
+                                     with_state: bool = False) -> Completion:
         """Apply an episode's result under its claim (see complete_orchestration.lua): ``events`` are
         the history events of the worker's actions; ``status`` the final status if it ended;
         ``activities`` (item, serialized ActivityRequest) pairs to queue; ``timers`` (fire time ms,
         serialized TimerFired event) pairs to deliver at their time; ``outbox`` encoded messages for
         other instances; ``claim_activities`` (lease ms, a claim token per activity): the activities are
         claimed at once for the caller's stream instead of queued. With nothing changed: LeaseLost when
-        ``token`` is not the current claim;
-        Returns True when events that arrived during the episode made the instance ready again.
-        with ``enforce_limits``, HistoryLimitExceeded, WorkItemTooLarge or StateTooLarge when the
-        history, the next work item or the instance's state would pass its limit."""
+        ``token`` is not the current claim; with ``enforce_limits``, HistoryLimitExceeded,
+        WorkItemTooLarge or StateTooLarge when the history, the next work item or the instance's state
+        would pass its limit. Returns whether events that arrived during the episode made the instance
+        ready again and, ``with_state`` and the orchestration ended, its state as :meth:`get_instance`
+        reads it."""
         pk = hub.for_instance(instance_id)
         iid = instance_id
         pairs = [x for item in activities for x in item]
@@ -124,9 +126,10 @@ class OrchestrationOps:
              pk.activity_tokens],
             [iid, token, status or "", "" if output is None else "=" + output, failure or b"",
              "" if custom_status is None else "=" + custom_status, len(events),
-             len(activities), len(timers), *limits, claim_lease, *events, *pairs, *claim_tokens, *timer_pairs,
-             *outbox])
-        return self._outcome(reply, instance_id)[1] == [1]
+             len(activities), len(timers), *limits, claim_lease, "1" if with_state else "0", *events, *pairs,
+             *claim_tokens, *timer_pairs, *outbox])
+        values = self._outcome(reply, instance_id)[1]
+        return Completion(values[0] == 1, state_of(*values[1:]) if len(values) > 1 else None)
 
     @unavailable_on_redis_errors
     async def continue_as_new(self, hub: keys.HubKeys, instance_id: str, token: str, execution_id: str,

@@ -40,6 +40,25 @@ def claim_of(instance_id: str, token: str, values: list) -> Claim:
     return Claim(instance_id, token, fields, list(past), list(new), int(expiry))
 
 
+def state_of(raw: list, event: bytes | None) -> dict[str, bytes]:
+    """An instance's state (field name -> raw value, plus ``start_event``: the serialized ExecutionStarted
+    event of its current execution, when there is one) of a script's reply values, as instance_state in
+    lua/prelude.lua returns them after the code."""
+    pairs = iter(raw)
+    h = {name.decode(): value for name, value in zip(pairs, pairs)}
+    if event:
+        h["start_event"] = event
+    return h
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What applying an episode's result did."""
+
+    readied: bool  # events that arrived during the episode made the instance ready again
+    state: dict[str, bytes] | None = None  # asked for and the orchestration ended: its state (see state_of)
+
+
 @dataclass(frozen=True)
 class Promotion:
     """Result of one promote call over a hub's partitions."""

@@ -249,15 +249,20 @@ async def test_a_completion_here_wakes_this_replicas_waiters_without_pub_sub(sta
     monkeypatch.setattr(app.engine.wakeups, "route", lambda w: None if w.kind == "status" else heard(w))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.TaskHubSidecarServiceStub(channel)
-        await stub.StartInstance(pb.CreateInstanceRequest(instanceId="waited", name="Orch"))
+        await stub.StartInstance(pb.CreateInstanceRequest(instanceId="waited", name="Orch",
+                                                          input=wrappers_pb2.StringValue(value='"in"')))
         call = stub.GetWorkItems(pb.GetWorkItemsRequest())
         episode = await next_work(call)
         waiter = asyncio.ensure_future(stub.WaitForInstanceCompletion(
             pb.GetInstanceRequest(instanceId="waited", getInputsAndOutputs=True), timeout=30))
         await eventually(lambda: _watched(app, "waited"))
+        reads = _counted(monkeypatch, app.store, "get_instance")
         await stub.CompleteOrchestratorTask(done(episode.completionToken, '"fin"'))
         reply = await asyncio.wait_for(waiter, 5)
-        assert reply.orchestrationState.output.value == '"fin"'
+        state = reply.orchestrationState
+        assert state.orchestrationStatus == pb.ORCHESTRATION_STATUS_COMPLETED
+        assert (state.input.value, state.output.value) == ('"in"', '"fin"')
+        assert reads == []  # the completion handed the waiter the final state: no read after it
         call.cancel()
 
 

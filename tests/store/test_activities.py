@@ -97,11 +97,11 @@ async def test_a_completion_may_claim_its_activities_for_the_callers_stream_at_o
         tokens = [act_token(hub, item) for item in items]
         scheduled = [make.history_event(task, taskScheduled=pb.TaskScheduledEvent(name="Act")) for task in range(2)]
         t0 = await store.server_time_ms()
-        messages, readied = await during(redis, store.channel, pk.activities, lambda: store.complete_orchestration(
+        messages, completion = await during(redis, store.channel, pk.activities, lambda: store.complete_orchestration(
             hub, iid, running.token, scheduled, activities=[(item, request(item)) for item in items],
             timers=[(t0 + LONG, b"timer")], claim_activities=(LONG, tokens)))
         t1 = await store.server_time_ms()
-        assert readied is False
+        assert completion.readied is False
         assert not [m for m in messages if " work " in m]  # claimed, not queued: no stream is woken
         assert await queued_items(store, hub, p) == []
         for item, token in zip(items, tokens):
@@ -404,7 +404,7 @@ async def test_complete_may_claim_the_instance_it_readies_in_the_same_step(store
             await store.complete_activity_and_claim(hub, item, token, result, DEFAULT_OVERFLOW,
                                                     claim_token(hub, iid), LONG, EPISODE)
         assert await snapshot(redis, key_prefix) == before
-        assert await store.complete_orchestration(hub, iid, episode_token, [b"done"], status="COMPLETED") is False
+        assert (await store.complete_orchestration(hub, iid, episode_token, [b"done"], status="COMPLETED")).readied is False
     await assert_stats_right(redis, hub, key_prefix)
 
 
@@ -417,7 +417,7 @@ async def test_complete_claims_nothing_of_an_instance_in_an_episode_or_suspended
     assert await store.complete_activity_and_claim(hub, item, token, result, DEFAULT_OVERFLOW,
                                                    claim_token(hub, "busy"), LONG, EPISODE) is None
     assert (await fields(redis, hub.for_instance("busy"), "busy"))["lease"] == episode.token.encode()
-    assert await store.complete_orchestration(hub, "busy", episode.token, [b"handled-go"]) is True
+    assert (await store.complete_orchestration(hub, "busy", episode.token, [b"handled-go"])).readied is True
     assert (await claim(store, hub, "busy")).new_events == [result]
 
     [item] = await schedule(store, hub, "sleepy")
@@ -526,7 +526,7 @@ async def test_complete_during_an_episode_leaves_the_claim_and_the_event_for_the
     await store.complete_activity(hub, item, token, result)
     assert (await fields(redis, pk, "busy"))["lease"] == episode.token.encode()
     assert await redis.hget(pk.instance("busy"), "claimed_n") == b"1"
-    assert await store.complete_orchestration(hub, "busy", episode.token, [b"handled-go"]) is True  # ready again
+    assert (await store.complete_orchestration(hub, "busy", episode.token, [b"handled-go"])).readied is True  # ready again
     assert await redis.lrange(pk.inbox("busy"), 0, -1) == [result]
     assert await redis.zscore(pk.ready, "busy") is not None
     assert (await claim(store, hub, "busy")).new_events == [result]

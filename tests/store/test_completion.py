@@ -145,6 +145,24 @@ async def test_final_status_ends_the_instance(store: Store, hub, redis, key_pref
     await assert_stats_right(redis, hub, key_prefix)
 
 
+async def test_with_state_an_ending_completion_returns_what_get_instance_reads_after_it(store: Store, hub):
+    for iid in ids_in_distinct_partitions(hub):
+        first = await running(store, hub, iid)
+        going_on = await store.complete_orchestration(hub, iid, first.token, [b"next"], with_state=True)
+        assert going_on.state is None  # the orchestration goes on: nothing to hand a waiter
+        last = await next_episode(store, hub, iid)
+        done = await store.complete_orchestration(hub, iid, last.token, [b"execution-completed"], status="COMPLETED",
+                                                  output='"out"', custom_status="final", with_state=True)
+        assert done.readied is False
+        assert done.state == await store.get_instance(hub, iid)
+        assert done.state["status"] == b"COMPLETED" and done.state["output"] == b'"out"'
+        assert done.state["start_event"] == f"start:{iid}".encode()  # the input, as GetInstance returns it
+        # without asking, nothing is read
+        other = f"{iid}-quiet"
+        episode = await running(store, hub, other)
+        assert (await store.complete_orchestration(hub, other, episode.token, [], status="COMPLETED")).state is None
+
+
 # -- activities --------------------------------------------------------------------------------
 
 

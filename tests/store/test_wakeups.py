@@ -45,7 +45,8 @@ async def test_each_wake_up_reaches_whom_it_concerns(redis_url, key_prefix):
     wakeups.start()
     try:
         await asyncio.wait_for(wakeups.connected.wait(), 5)
-        with waiters.watch("h1", "id-1") as changed, waiters.watch("h1", "id-2") as other:
+        with waiters.watch("h1", "id-1") as watch, waiters.watch("h1", "id-2") as other_watch:
+            changed, other = watch.event, other_watch.event
             changed.clear()  # set once on (re)connect: anything may have changed meanwhile
             other.clear()
             await redis.publish(store.channel, "h1 status id-1")

@@ -42,13 +42,16 @@
 -- ARGV[15] max_state     bytes of start event, output, custom status and failure allowed (0: no limit)
 -- ARGV[16] claim_lease   0: queue the activities; else claim them for the caller's stream under
 --                        leases of this many ms, with the claim tokens that follow them
--- ARGV[17 .. 16+n]       history events of the worker's actions, serialized
+-- ARGV[17] with_state    "1": when the episode ends the orchestration, return its state too (for the
+--                        caller's waiters on it, saving them a read)
+-- ARGV[18 .. 17+n]       history events of the worker's actions, serialized
 -- then 2m                activity item, serialized ActivityRequest pairs to queue
 -- then m (claim_lease>0) the activities' claim tokens, in order
 -- then 2k                fire time (ms), serialized TimerFired event pairs of new timers
 -- then the rest          outbox messages (protocol.OutboxMessage) for other instances
 -- Returns {OK, 1} when events that arrived during the episode made the instance ready again, else
--- {OK, 0}; or, with nothing changed: {LEASE_LOST} when the token is not the current claim,
+-- {OK, 0} (with with_state, when the orchestration ended: {OK, 0, flat field/value list, start event
+-- or false}, as get_instance.lua); or, with nothing changed: {LEASE_LOST} when the token is not the current claim,
 -- {HISTORY_LIMIT, events} or {TOO_LARGE, bytes} (the history or the next work item would pass its
 -- limit), {STATE_TOO_LARGE, bytes} (the state would not fit one reply), {HUB_GONE}.
 local inst_key, inbox_key, hist_key, ready_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -59,8 +62,8 @@ local instance_id, token, status, output = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local failure, custom_status = ARGV[8], ARGV[9]
 local n_events, n_activities, n_timers = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
 local max_history, max_bytes, max_state = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
-local claim_lease = tonumber(ARGV[16])
-local first_event, last_event = 17, 16 + n_events
+local claim_lease, with_state = tonumber(ARGV[16]), ARGV[17] == '1'
+local first_event, last_event = 18, 17 + n_events
 local first_activity = last_event + 1
 local first_token = first_activity + 2 * n_activities
 local first_timer = first_token + (claim_lease > 0 and n_activities or 0)
@@ -128,6 +131,10 @@ if status ~= '' then
   redis.call('DEL', timers_key)
   redis.call('ZADD', completed_key, now, instance_id)
   wake('status', instance_id)
+  if with_state then
+    local state = instance_state(inst_key, inbox_key, hist_key)
+    return {CODE.OK, 0, state[2], state[3]}
+  end
 elseif not suspended and redis.call('LLEN', inbox_key) > 0 then
   push_work(ready_key, instance_id, now)
   return {CODE.OK, 1}

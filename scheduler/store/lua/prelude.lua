@@ -95,6 +95,23 @@ local function add_due(due_key, member, due_ms, earlier_only)
   if not head[2] or due_ms < tonumber(head[2]) then wake('due', int(due_ms) .. ' ' .. due_key) end
 end
 
+-- An instance's state as get_instance.lua returns it: {OK, flat field/value list of its hash, the
+-- ExecutionStarted event of its current execution or false}; {NOT_FOUND} when there is no instance.
+-- The hash field `start` says where that event is: "inbox <index>" until the first dispatch,
+-- "hist <index>" after it.
+local function instance_state(inst_key, inbox_key, hist_key)
+  local fields = redis.call('HGETALL', inst_key)
+  if #fields == 0 then return {CODE.NOT_FOUND} end
+  local list, index = string.match(redis.call('HGET', inst_key, 'start') or '', '^(%a+) (%d+)$')
+  local event = false
+  if list == 'inbox' then
+    event = redis.call('LINDEX', inbox_key, index)
+  elseif list == 'hist' then
+    event = redis.call('LINDEX', hist_key, index)
+  end
+  return {CODE.OK, fields, event}
+end
+
 -- Append an event to an instance's inbox, counting its bytes in the instance's `size` (the bytes
 -- of its history and inbox: what its next work item carries). A RUNNING instance is made ready
 -- to process it (`quiet`: see push_work); a PENDING one gets it with its first run, a SUSPENDED
