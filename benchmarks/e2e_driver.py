@@ -18,6 +18,10 @@ It imports only ``durabletask`` (whose generated proto clashes with ours in one 
 * ``short-timers ADDRESS COUNT WINDOW DELAY PREFIX``: warm-up, ``READY``, then schedules COUNT timer
   orchestrations evenly over WINDOW seconds, each with its timer due DELAY seconds after its schedule
   call; ``DONE`` SETTLE_SECONDS after the last fire time; then the same JSON line.
+* ``hops ADDRESS COUNT PREFIX``: a worker and a client in this process; after a warm-up, COUNT
+  orchestrations one at a time (GAP_SECONDS apart), each timed hop by hop: the StartInstance call, then
+  when the worker received the first episode, the activity, the second episode, and when the client's
+  wait returned; prints one JSON line of the median of each hop (ms). No READY/DONE protocol.
 """
 from __future__ import annotations
 
@@ -287,6 +291,54 @@ def run_short_timers(address: str, count: int, window: float, delay: float, pref
     return 0
 
 
+GAP_SECONDS = 0.01
+HOPS = ("start call", "start -> episode 1", "episode 1 -> activity", "activity -> episode 2",
+        "episode 2 -> wait returns", "total")
+
+
+def run_hops(address: str, count: int, prefix: str) -> int:
+    from durabletask import worker
+
+    received: dict[str, dict[str, float]] = {}
+    w = worker.TaskHubGrpcWorker(host_address=address, logger=_logger())
+    w.add_orchestrator(orch)
+    w.add_activity(act)
+    execute_orchestrator, execute_activity = w._execute_orchestrator, w._execute_activity  # noqa: SLF001
+
+    def orchestrator(req, *args):
+        received.setdefault(req.instanceId, {})["episode 2" if len(req.pastEvents) else "episode 1"] = \
+            time.perf_counter()
+        return execute_orchestrator(req, *args)
+
+    def activity(req, *args):
+        received.setdefault(req.orchestrationInstance.instanceId, {})["activity"] = time.perf_counter()
+        return execute_activity(req, *args)
+
+    w._execute_orchestrator, w._execute_activity = orchestrator, activity  # noqa: SLF001 - timing hooks
+    w.start()
+    try:
+        c = _client(address)
+        _warm_up(c, prefix)
+        hops: list[list[float]] = []
+        for n in range(count):
+            instance_id = f"{prefix}-{n}"
+            t0 = time.perf_counter()
+            c.schedule_new_orchestration(orch, input=n, instance_id=instance_id)
+            t1 = time.perf_counter()
+            c.wait_for_orchestration_completion(instance_id, timeout=60)
+            t2 = time.perf_counter()
+            r = received[instance_id]
+            hops.append([t1 - t0, r["episode 1"] - t0, r["activity"] - r["episode 1"], r["episode 2"] - r["activity"],
+                         t2 - r["episode 2"], t2 - t0])
+            time.sleep(GAP_SECONDS)
+    finally:
+        w._logger.setLevel(logging.CRITICAL)  # noqa: SLF001 - stop() cancels the stream and logs that
+        w.stop()
+    print(json.dumps({name: sorted(h[k] for h in hops)[len(hops) // 2] * 1000 for k, name in enumerate(HOPS)}),
+          flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     mode, address = argv[0], argv[1]
     if mode == "worker":
@@ -297,6 +349,8 @@ def main(argv: list[str]) -> int:
         return run_steady(address, float(argv[2]), float(argv[3]), argv[4])
     if mode == "timers":
         return run_timers(address, int(argv[2]), float(argv[3]), float(argv[4]), argv[5])
+    if mode == "hops":
+        return run_hops(address, int(argv[2]), argv[3])
     if mode == "short-timers":
         return run_short_timers(address, int(argv[2]), float(argv[3]), float(argv[4]), argv[5])
     raise SystemExit(f"unknown mode {mode!r}")
