@@ -14,6 +14,10 @@ its reply did not come back: it may have been applied). A connection is used onl
 after Redis answered a PING on it, so commands are never written to a Redis that is
 stopped or not yet serving. It reconnects on the next command after a failure, and a
 watchdog closes a connection whose replies stall (Redis hung), failing its callers promptly.
+
+:class:`Subscription` is the wake-up subscription on a connection of its own, read with the
+same parser: redis-py's pub/sub spends ~50 µs of Python per message, and every replica reads
+every wake-up that any replica publishes (two per orchestration).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import asyncio
 import collections
 import ssl
 import time
+from collections.abc import Callable
 from urllib.parse import parse_qsl, unquote, urlparse
 
 import hiredis
@@ -28,6 +33,7 @@ import redis.exceptions as rexc
 
 CONNECT_TIMEOUT = 2.0
 REPLY_TIMEOUT = 5.0
+HEALTH_SECONDS = 2.0  # a subscribed connection silent this long is asked for a PING
 
 
 class CommandNotSent(rexc.ConnectionError):
@@ -55,6 +61,9 @@ class _Protocol(asyncio.Protocol):
         self.buffer: list[bytes] = []  # packed commands not written yet (written once per loop turn)
         self.transport: asyncio.Transport | None = None
         self.last_reply = time.monotonic()
+        # set on a subscribed connection: takes every reply (none has a caller waiting), and None when
+        # the connection is lost
+        self.pushes: Callable[[object], None] | None = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -64,6 +73,11 @@ class _Protocol(asyncio.Protocol):
         self.last_reply = time.monotonic()
         waiting, gets = self.waiting, self.reader.gets
         reply = gets()
+        if self.pushes is not None:
+            while reply is not False:
+                self.pushes(reply)
+                reply = gets()
+            return
         while reply is not False:
             future = waiting.popleft()
             if not future.done():
@@ -75,6 +89,8 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.owner._lost(self)
+        if self.pushes is not None:
+            self.pushes(None)
         reason = exc or "closed"
         sent = len(self.waiting) - len(self.buffer)  # the rest is still in the buffer: never written
         lost = ReplyLost(f"the connection to Redis was lost ({reason}) before its reply came back")
@@ -138,6 +154,12 @@ class PipelinedConnection:
         return await self.execute(*args)
 
     async def _connect(self) -> None:
+        protocol = await self._open()
+        self._protocol = protocol
+        self._watchdog = asyncio.get_running_loop().call_later(1.0, self._watch, protocol)
+
+    async def _open(self) -> _Protocol:
+        """A new connection that Redis answered a PING on (after AUTH and SELECT when the URL has them)."""
         loop = asyncio.get_running_loop()
         try:
             _, protocol = await asyncio.wait_for(
@@ -174,8 +196,14 @@ class PipelinedConnection:
         except BaseException:
             protocol.transport.abort()
             raise
-        self._protocol = protocol
-        self._watchdog = loop.call_later(1.0, self._watch, protocol)
+        return protocol
+
+    async def subscribe(self, channel: str) -> Subscription:
+        """A subscription to ``channel`` on a connection of its own (a subscribed connection takes no
+        other command), listening once this returns."""
+        subscription = Subscription(await self._open(), f"{self.host}:{self.port}")
+        await subscription.listen(channel)
+        return subscription
 
     @staticmethod
     def _flush(protocol: _Protocol) -> None:
@@ -203,3 +231,73 @@ class PipelinedConnection:
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()
         self._protocol = None
+
+
+class Subscription:
+    """The messages published on one channel, in order: ``async for data in subscription``. The
+    iteration ends with a ConnectionError when the connection is lost, or when Redis leaves a PING
+    sent after HEALTH_SECONDS of silence unanswered for REPLY_TIMEOUT (a stopped or unreachable
+    Redis). ``close()`` when done."""
+
+    def __init__(self, protocol: _Protocol, where: str) -> None:
+        self._protocol = protocol
+        self._where = where
+        self._messages: collections.deque[bytes] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._subscribed = False
+        self._lost: str | None = None
+        protocol.pushes = self._push
+
+    def _push(self, reply) -> None:
+        if reply is None:
+            self._lost = "the connection was lost"
+        elif isinstance(reply, Exception):
+            self._lost = f"Redis answered {reply}"
+            self._protocol.transport.abort()
+        elif isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+            self._messages.append(reply[2])
+        elif isinstance(reply, list) and reply and reply[0] == b"subscribe":
+            self._subscribed = True
+        self._arrived.set()  # any reply (a pong too) shows the connection is alive
+
+    async def listen(self, channel: str) -> None:
+        self._protocol.transport.write(hiredis.pack_command(("SUBSCRIBE", channel)))
+        try:
+            while not self._subscribed:
+                self._check()
+                self._arrived.clear()
+                await asyncio.wait_for(self._arrived.wait(), CONNECT_TIMEOUT)
+        except asyncio.TimeoutError:
+            self.close()
+            raise rexc.TimeoutError(f"Redis at {self._where} did not confirm the subscription") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _check(self) -> None:
+        if self._lost is not None:
+            raise rexc.ConnectionError(f"pub/sub subscription to {self._where}: {self._lost}")
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> bytes:
+        pinged = False
+        while not self._messages:
+            self._check()
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), REPLY_TIMEOUT if pinged else HEALTH_SECONDS)
+                pinged = False
+            except asyncio.TimeoutError:
+                if pinged:
+                    self.close()
+                    raise rexc.TimeoutError(f"Redis at {self._where} did not answer a PING on the pub/sub "
+                                            f"connection within {REPLY_TIMEOUT:g} s") from None
+                pinged = True
+                self._protocol.transport.write(hiredis.pack_command(("PING",)))
+        return self._messages.popleft()
+
+    def close(self) -> None:
+        if self._protocol.transport is not None:
+            self._protocol.transport.abort()

@@ -95,7 +95,7 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, Quer
 
     def wakeups(self) -> AsyncIterator[Wakeup]:
         """The wake-ups published on this Redis (see notify.py); ends with StoreUnavailable."""
-        return notify.wakeups(self.redis, self.channel)
+        return notify.wakeups(self.redis, self.channel, self._fast)
 
     @unavailable_on_redis_errors
     async def ping(self) -> None:

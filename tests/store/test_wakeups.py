@@ -4,11 +4,22 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import redis.exceptions as rexc
 
 from scheduler.engine.waiters import Waiters
 from scheduler.engine.wakeups import Wakeups
+from scheduler import errors
 from scheduler.store import Store
 from scheduler.store.connection import connect
+from scheduler.store.pipelining import PipelinedConnection
+
+# the subscription through redis-py (Cluster, embedded) and through the pipelining module's own
+# (standalone Redis with the fast connection, as the App runs)
+TRANSPORTS = ["redis-py", "fast"]
+
+
+def make_store(redis_url: str, key_prefix: str, transport: str) -> Store:
+    return Store(connect(redis_url), key_prefix, fast=PipelinedConnection(redis_url) if transport == "fast" else None)
 
 
 class Recorder:
@@ -21,11 +32,12 @@ class Recorder:
         return lambda *args: self.calls.append((name, *args))
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("steps", range(6))
-async def test_stop_returns_whenever_it_is_called(redis_url, key_prefix, steps):
+async def test_stop_returns_whenever_it_is_called(redis_url, key_prefix, steps, transport):
     # On Python 3.11 asyncio.wait_for (used by redis-py around socket I/O) can swallow a
     # cancellation that lands as SUBSCRIBE completes; stop() must cancel until it takes.
-    store = Store(connect(redis_url), key_prefix)
+    store = make_store(redis_url, key_prefix, transport)
     await store.ping()  # a connected connection in the pool: SUBSCRIBE goes out at once
     wakeups = Wakeups(store, Recorder(), Recorder(), Waiters())
     wakeups.start()
@@ -37,8 +49,9 @@ async def test_stop_returns_whenever_it_is_called(redis_url, key_prefix, steps):
     await store.aclose()
 
 
-async def test_each_wake_up_reaches_whom_it_concerns(redis_url, key_prefix):
-    store = Store(connect(redis_url), key_prefix)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_each_wake_up_reaches_whom_it_concerns(redis_url, key_prefix, transport):
+    store = make_store(redis_url, key_prefix, transport)
     redis = store.redis
     hubs, dispatcher, waiters = Recorder(), Recorder(), Waiters()
     wakeups = Wakeups(store, hubs, dispatcher, waiters)
@@ -68,3 +81,43 @@ async def test_each_wake_up_reaches_whom_it_concerns(redis_url, key_prefix):
     finally:
         await wakeups.stop()
         await store.aclose()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_killed_subscription_ends_with_store_unavailable_and_the_next_one_listens(redis_url, key_prefix,
+                                                                                         transport):
+    store = make_store(redis_url, key_prefix, transport)
+    try:
+        first = store.wakeups()
+        assert (await anext(first)).kind == "subscribed"
+        await store.redis.publish(store.channel, "h status a")
+        assert (await asyncio.wait_for(anext(first), 5)).instance_id == "a"
+        await store.redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        with pytest.raises(errors.StoreUnavailable):
+            await asyncio.wait_for(anext(first), 5)
+        second = store.wakeups()
+        assert (await anext(second)).kind == "subscribed"
+        await store.redis.publish(store.channel, "h status b")
+        assert (await asyncio.wait_for(anext(second), 5)).instance_id == "b"
+        await second.aclose()
+    finally:
+        await store.aclose()
+
+
+async def test_a_silent_redis_is_pinged_and_one_that_does_not_answer_ends_the_subscription(redis_url, monkeypatch):
+    from scheduler.store import pipelining
+
+    monkeypatch.setattr(pipelining, "HEALTH_SECONDS", 0.05)
+    monkeypatch.setattr(pipelining, "REPLY_TIMEOUT", 0.3)
+    subscription = await PipelinedConnection(redis_url).subscribe("quiet-channel")
+    pushes = subscription._protocol.pushes  # noqa: SLF001 - see the pongs
+    pongs = []
+    subscription._protocol.pushes = lambda reply: (pongs.append(reply), pushes(reply))  # noqa: SLF001
+    listening = asyncio.ensure_future(anext(subscription))
+    deadline = asyncio.get_running_loop().time() + 5
+    while len(pongs) < 3 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    assert pongs[:3] == [[b"pong", b""]] * 3 and not listening.done()  # silence is not an error
+    subscription._protocol.pushes = lambda reply: None  # noqa: SLF001 - Redis "stops answering"
+    with pytest.raises(rexc.TimeoutError, match="did not answer a PING"):
+        await asyncio.wait_for(listening, 5)
