@@ -243,7 +243,7 @@ class Subscription:
         self._protocol = protocol
         self._where = where
         self._messages: collections.deque[bytes] = collections.deque()
-        self._arrived = asyncio.Event()
+        self._waiter: asyncio.Future | None = None  # set to True when a reply arrives
         self._subscribed = False
         self._lost: str | None = None
         protocol.pushes = self._push
@@ -258,18 +258,29 @@ class Subscription:
             self._messages.append(reply[2])
         elif isinstance(reply, list) and reply and reply[0] == b"subscribe":
             self._subscribed = True
-        self._arrived.set()  # any reply (a pong too) shows the connection is alive
+        waiter = self._waiter  # any reply (a pong too) shows the connection is alive
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    async def _arrival(self, timeout: float) -> bool:
+        """Whether a reply arrives within ``timeout`` seconds (asyncio.wait_for would make a task of
+        each wait: one per wake-up)."""
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        deadline = loop.call_later(timeout, lambda: waiter.done() or waiter.set_result(False))
+        try:
+            return await waiter
+        finally:
+            deadline.cancel()
+            self._waiter = None
 
     async def listen(self, channel: str) -> None:
         self._protocol.transport.write(hiredis.pack_command(("SUBSCRIBE", channel)))
         try:
             while not self._subscribed:
                 self._check()
-                self._arrived.clear()
-                await asyncio.wait_for(self._arrived.wait(), CONNECT_TIMEOUT)
-        except asyncio.TimeoutError:
-            self.close()
-            raise rexc.TimeoutError(f"Redis at {self._where} did not confirm the subscription") from None
+                if not await self._arrival(CONNECT_TIMEOUT):
+                    raise rexc.TimeoutError(f"Redis at {self._where} did not confirm the subscription")
         except BaseException:
             self.close()
             raise
@@ -285,15 +296,13 @@ class Subscription:
         pinged = False
         while not self._messages:
             self._check()
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), REPLY_TIMEOUT if pinged else HEALTH_SECONDS)
+            if await self._arrival(REPLY_TIMEOUT if pinged else HEALTH_SECONDS):
                 pinged = False
-            except asyncio.TimeoutError:
-                if pinged:
-                    self.close()
-                    raise rexc.TimeoutError(f"Redis at {self._where} did not answer a PING on the pub/sub "
-                                            f"connection within {REPLY_TIMEOUT:g} s") from None
+            elif pinged:
+                self.close()
+                raise rexc.TimeoutError(f"Redis at {self._where} did not answer a PING on the pub/sub "
+                                        f"connection within {REPLY_TIMEOUT:g} s")
+            else:
                 pinged = True
                 self._protocol.transport.write(hiredis.pack_command(("PING",)))
         return self._messages.popleft()
