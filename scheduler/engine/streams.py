@@ -264,29 +264,13 @@ class WorkStream:
 
     async def _write(self, write: Write, work_item: pb.WorkItem) -> None:
         """Write to the worker; a worker that takes nothing off the wire ends the stream (its work,
-        held or being written, goes back when the stream ends). The deadline cancels the write
-        (asyncio.wait_for would run each write, three per orchestration, as a task of its own)."""
-        task = asyncio.current_task()
-        stalled = False
-
-        def stall() -> None:
-            nonlocal stalled
-            stalled = True
-            task.cancel()
-
-        deadline = asyncio.get_running_loop().call_later(self.options.write_timeout_seconds, stall)
+        held or being written, goes back when the stream ends)."""
         try:
-            await write(work_item)
-        except asyncio.CancelledError:
-            if not stalled:
-                raise
-            if hasattr(task, "uncancel"):  # Python 3.11+: the cancellation was this deadline's, and it is spent
-                task.uncancel()
+            await asyncio.wait_for(write(work_item), self.options.write_timeout_seconds)
+        except asyncio.TimeoutError:
             raise StreamStalled(
                 f"the worker took no work item off the wire for {self.options.write_timeout_seconds:g} s "
                 "(--stream-write-timeout-seconds); its work items were handed back") from None
-        finally:
-            deadline.cancel()
 
     def _where_to_look(self, lane: Lane) -> list[int]:
         """The partitions to look at now, starting at a rotating one (so that no partition is always
