@@ -150,17 +150,18 @@ class Entities:
         """A client's signal (SignalEntity): applied once per request id; a signal whose scheduled time
         has not come waits for it. EntityQueueFull when the entity has no room for it."""
         message = signal_message(entity_id, operation, request_id=request_id, input_=input_, scheduled=scheduled)
-        code = await self.store.deliver_entity_message(hub, entity_id, "r:" + request_id, message.encode())
+        code, readied = await self.store.deliver_entity_message(hub, entity_id, "r:" + request_id, message.encode())
         if code in (Code.INBOX_FULL, Code.TOO_LARGE):
             raise errors.EntityQueueFull(entity_id, self.limits.max_inbox_events, self.limits.max_work_item_bytes)
-        if code is Code.OK:
+        if readied:  # not when its batch is out or it waits already: a claim would be refused
             self.dispatcher.offer(hub.hub, ENTITY, [entity_id])
 
     async def deliver(self, hub: HubKeys, message: OutboxMessage) -> OutboxMessage | None:
         """Deliver a message from an outbox (see relay.py); returns the notice for the orchestration whose
         call the entity had no room for (the call fails), if any."""
-        code = await self.store.deliver_entity_message(hub, message.target, message.message_id, message.payload)
-        if code is Code.OK:
+        code, readied = await self.store.deliver_entity_message(hub, message.target, message.message_id,
+                                                                message.payload)
+        if readied:
             self.dispatcher.offer(hub.hub, ENTITY, [message.target])
         if code not in (Code.INBOX_FULL, Code.TOO_LARGE):
             return None

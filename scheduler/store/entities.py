@@ -56,16 +56,18 @@ class EntityOps:
 
     @unavailable_on_redis_errors
     async def deliver_entity_message(self, hub: keys.HubKeys, entity_id: str, message_id: str,
-                                     record: bytes) -> Code:
-        """Put an encoded EntityMessage on an entity once (see deliver_entity_message.lua): OK, DONE_BEFORE
-        (delivered before), INBOX_FULL or TOO_LARGE (an operation the entity has no room for)."""
+                                     record: bytes) -> tuple[Code, bool]:
+        """Put an encoded EntityMessage on an entity once (see deliver_entity_message.lua): (OK, DONE_BEFORE
+        (delivered before), INBOX_FULL or TOO_LARGE (an operation the entity has no room for); whether the
+        message made the entity ready, so that it is worth offering to a stream)."""
         pk = hub.for_instance(entity_id)
         reply = await self._write(
             "deliver_entity_message", hub, pk,
             [*_entity_keys(pk, entity_id), pk.entities, pk.due, pk.entity_index, pk.outbox],
             [entity_id, message_id, record, self.limits.max_inbox_events, self.limits.max_work_item_bytes,
              KEEP_SEEN])
-        return self._outcome(reply, entity_id, Code.DONE_BEFORE, Code.INBOX_FULL, Code.TOO_LARGE)[0]
+        code, values = self._outcome(reply, entity_id, Code.DONE_BEFORE, Code.INBOX_FULL, Code.TOO_LARGE)
+        return code, code is Code.OK and values == [1]
 
     @unavailable_on_redis_errors
     async def claim_entity(self, hub: keys.HubKeys, entity_id: str, token: str, lease_ms: int) -> EntityClaim | None:

@@ -38,9 +38,14 @@ def token(hub: keys.HubKeys, entity_id: str) -> str:
     return protocol.claim_token(hub.hub, keys.partition_of(entity_id, hub.partitions), protocol.ENTITY, entity_id)
 
 
-async def deliver(store: Store, hub, entity_id: str, message: EntityMessage, message_id: str | None = None) -> Code:
+async def delivered(store: Store, hub, entity_id: str, message: EntityMessage,
+                    message_id: str | None = None) -> tuple[Code, bool]:
     return await store.deliver_entity_message(hub, entity_id, message_id or f"m-{message.kind}-{message.id}",
                                               message.encode())
+
+
+async def deliver(store: Store, hub, entity_id: str, message: EntityMessage, message_id: str | None = None) -> Code:
+    return (await delivered(store, hub, entity_id, message, message_id))[0]
 
 
 async def queued(store: Store, hub, entity_id: str) -> bool:
@@ -88,6 +93,22 @@ async def test_signals_queue_the_entity_once_and_a_batch_takes_them_in_order(sto
     assert await queued(store, hub, e)
     claim = await store.claim_entity(hub, e, token(hub, e), LONG)
     assert claim.state == b"5" and [EntityMessage.decode(m).id for m in claim.messages] == ["r3"]
+
+
+async def test_only_the_message_that_makes_the_entity_ready_says_so(store, hub):
+    e = "@counter@ready"
+    assert await delivered(store, hub, e, signal("r1")) == (Code.OK, True)  # queued now: worth an offer
+    assert await delivered(store, hub, e, signal("r2")) == (Code.OK, False)  # queued already
+    assert await delivered(store, hub, e, signal("r1")) == (Code.DONE_BEFORE, False)
+    claim = await store.claim_entity(hub, e, token(hub, e), LONG)
+    assert await delivered(store, hub, e, signal("r3")) == (Code.OK, False)  # its batch is out
+    await store.complete_entity(hub, e, claim.token, 2, "2", [])  # queues it again for r3
+    claim = await store.claim_entity(hub, e, token(hub, e), LONG)
+    await store.complete_entity(hub, e, claim.token, 1, "3", [])
+    assert not await queued(store, hub, e)
+    far = (await store.server_time_ms()) + LONG
+    assert await delivered(store, hub, e, signal("later", due_ms=far)) == (Code.OK, False)  # waits for its time
+    assert await delivered(store, hub, e, signal("r4")) == (Code.OK, True)
 
 
 async def test_a_partial_result_leaves_the_rest_first_in_line_and_a_stale_token_changes_nothing(store, hub):

@@ -22,7 +22,9 @@
 -- ARGV[7] max_queue   messages that may wait
 -- ARGV[8] max_bytes   bytes of messages that may wait
 -- ARGV[9] keep_seen   message ids remembered
--- Returns {OK}, {DONE_BEFORE}, {INBOX_FULL}, {TOO_LARGE, bytes} or {HUB_GONE}.
+-- Returns {OK, 1} when the message made the entity ready (it was not queued before: the caller may
+-- offer it to a stream), {OK, 0} otherwise (its batch is out, or it was queued already), {DONE_BEFORE},
+-- {INBOX_FULL}, {TOO_LARGE, bytes} or {HUB_GONE}.
 local ek = entity_keys(2)
 local queue_key, due_key, index_key, outbox_key = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local entity_id, message_id, record = ARGV[4], ARGV[5], ARGV[6]
@@ -47,11 +49,13 @@ local due = kind == 's' and tonumber(arg)
 if due and due > now then
   redis.call('ZADD', ek.later, due, record)
   add_due(due_key, entity_id, due, true)
-  return {CODE.OK}
+  return {CODE.OK, 0}
 end
 entity_release_due(ek, due_key, entity_id, now)
 entity_queue(ek, record)
 if not redis.call('HGET', ek.hash, 'lease') and entity_settle(ek, outbox_key) then
+  local queued = redis.call('ZSCORE', queue_key, entity_id)
   push_work(queue_key, entity_id, now)
+  if not queued then return {CODE.OK, 1} end
 end
-return {CODE.OK}
+return {CODE.OK, 0}
