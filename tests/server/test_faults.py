@@ -13,8 +13,10 @@ import redis.asyncio as aioredis
 
 from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
+from scheduler.engine import waiters as waiters_module
 from scheduler.store import keys
 from server_helpers import PARTITIONS, eventually, own_redis_server, prefix_keys
+from test_work_items import done, next_work
 
 
 def hub_meta(hub: str) -> tuple[tuple[str, str]]:
@@ -205,3 +207,39 @@ async def test_finished_instances_go_once_their_retention_has_passed(start_app, 
         await redis.delete(hub.turn("retention"))
         assert await one.engine.retention.sweep() == 0
         assert (await stub.GetInstance(pb.GetInstanceRequest(instanceId="kept"))).exists
+
+
+async def test_after_redis_restarts_another_replicas_waiter_is_woken_again(start_app, key_prefix, hub_name,
+                                                                          monkeypatch):
+    """Redis stops and starts again on its port (empty): each replica's wake-up subscription comes back
+    by itself, so a completion on one replica wakes a waiter on the other through pub/sub again."""
+    monkeypatch.setattr(waiters_module, "RECHECK_SECONDS", 60.0)  # only the wake-up can end the wait in time
+    with own_redis_server() as server:
+        config = dict(redis_url=f"redis://127.0.0.1:{server.port}/0", key_prefix=key_prefix, task_hub=hub_name,
+                      partitions=PARTITIONS)
+        completer, waiter = await start_app(**config), await start_app(**config)
+        subscribed = {completer: 0, waiter: 0}  # subscriptions made after the restart
+        for app in subscribed:
+            await asyncio.wait_for(app.engine.wakeups.connected.wait(), 10)
+            heard = app.engine.wakeups.route
+
+            def route(wakeup, app=app, heard=heard):
+                subscribed[app] += wakeup.kind == "subscribed"
+                heard(wakeup)
+            monkeypatch.setattr(app.engine.wakeups, "route", route)
+        server.stop()
+        server.start()
+        await eventually(lambda: asyncio.sleep(0, min(subscribed.values()) >= 1), timeout=30)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{completer.port}") as c, \
+                grpc.aio.insecure_channel(f"127.0.0.1:{waiter.port}") as w:
+            here, there = pb_grpc.TaskHubSidecarServiceStub(c), pb_grpc.TaskHubSidecarServiceStub(w)
+            await here.StartInstance(pb.CreateInstanceRequest(instanceId="after", name="Orch"), timeout=10)
+            call = here.GetWorkItems(pb.GetWorkItemsRequest())
+            episode = await next_work(call)
+            waiting = asyncio.ensure_future(there.WaitForInstanceCompletion(
+                pb.GetInstanceRequest(instanceId="after"), timeout=30))
+            await eventually(lambda: asyncio.sleep(0, any(i == "after" for _, i in waiter.engine.waiters._waiting)))  # noqa: SLF001
+            await here.CompleteOrchestratorTask(done(episode.completionToken, '"ok"'), timeout=10)
+            reply = await asyncio.wait_for(waiting, 10)
+            assert reply.orchestrationState.orchestrationStatus == pb.ORCHESTRATION_STATUS_COMPLETED
+            call.cancel()
