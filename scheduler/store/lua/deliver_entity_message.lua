@@ -53,9 +53,8 @@ if due and due > now then
 end
 entity_release_due(ek, due_key, entity_id, now)
 entity_queue(ek, record)
-if not redis.call('HGET', ek.hash, 'lease') and entity_settle(ek, outbox_key) then
-  local queued = redis.call('ZSCORE', queue_key, entity_id)
-  push_work(queue_key, entity_id, now)
-  if not queued then return {CODE.OK, 1} end
+if not redis.call('HGET', ek.hash, 'lease') and entity_settle(ek, outbox_key)
+    and push_work(queue_key, entity_id, now) then
+  return {CODE.OK, 1}
 end
 return {CODE.OK, 0}

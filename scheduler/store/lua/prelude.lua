@@ -70,6 +70,7 @@ end
 -- head has waited more than a second (work no stream takes, say for its filters: the new item
 -- must not wait behind it for a look; a long queue is a backlog that streams with room drain
 -- anyway, and is not announced item by item), unless `quiet` (the caller claims it in the same step).
+-- True when `member` was not queued before.
 local function push_work(queue_key, member, now, quiet)
   if not quiet then
     local queued = redis.call('ZCARD', queue_key)
@@ -80,7 +81,7 @@ local function push_work(queue_key, member, now, quiet)
       if tonumber(head[2]) < now - 1000 then wake('work', queue_key) end
     end
   end
-  redis.call('ZADD', queue_key, 'NX', now, member)
+  return redis.call('ZADD', queue_key, 'NX', now, member) == 1
 end
 
 -- Put `member` on a due set at `due_ms` (with `earlier_only`, an entry already there only moves
