@@ -90,6 +90,16 @@ def ts_from_text(text: bytes) -> timestamp_pb2.Timestamp:
     return ts
 
 
+# -- de-duplication ----------------------------------------------------------------------------
+# De-duplication of messages by id (outbox deliveries, entity signals and calls, terminations), the
+# same rule for instances and entities: an id is remembered for this window after it was taken, and
+# at most DEDUP_MAX_IDS ids per instance or entity (the oldest are forgotten first). A message delivered
+# again within the window (a relay that died between applying and removing it, a client's retry with
+# the same request id) changes nothing.
+DEDUP_WINDOW_MS = 3_600_000
+DEDUP_MAX_IDS = 100_000
+
+
 # -- work items and claim tokens -------------------------------------------------------------
 # A work item is named by a string that starts with its orchestration's instance id (ids hold
 # no control characters): an orchestration work item by the id itself, an activity work item

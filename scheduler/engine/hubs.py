@@ -90,10 +90,10 @@ class Hubs:
         for relay in self.relays.values():
             relay.wake()
 
-    def outbox_written(self, name: str) -> None:
+    def outbox_written(self, name: str, partition: int | None) -> None:
         relay = self.relays.get(name)
         if relay is not None:
-            relay.wake()
+            relay.wake(partition)
 
     async def refresh(self) -> None:
         """Serve every hub registered on this Redis; forget cached hubs that are gone, being deleted or

@@ -71,6 +71,9 @@ def instance_record(event: pb.HistoryEvent, at: timestamp_pb2.Timestamp | None =
                        replaceable, same_is_done)
 
 
+TERMINATE_READS = 5  # reads of an instance that changes between the read and the termination, at most
+
+
 class Orchestrations:
     def __init__(self, store: Store, dispatcher: Dispatcher, waiters: Waiters) -> None:
         self.store = store
@@ -147,22 +150,30 @@ class Orchestrations:
         await self.store.resume_instance(hub, instance_id, events.execution_resumed(reason))
 
     async def terminate(self, hub: HubKeys, instance_id: str, output: str | None, recursive: bool,
-                        force: bool = False) -> str:
+                        force: bool = False, message_id: str = "") -> str | None:
         """Terminate an instance (see Store.terminate_instance): one never dispatched ends at once,
         a running one when its worker applies the event (with ``force``: at once, its worker's episode
-        is refused). A sub-orchestration that ends without an episode has the message telling its parent
-        go with it. With ``recursive``, the children are terminated when the termination takes effect
-        (see :meth:`_apply`). Returns the status before."""
-        notice = b""
-        h = await self.store.get_instance(hub, instance_id)
-        if h is not None and (force or h["status"] == b"PENDING" or h.get("prev_status") == b"PENDING"):
-            told = parent_notification(h, "TERMINATED", output, None)
-            notice = b"" if told is None else told.encode()
+        is refused). Whether it ends at once is decided by the store step alone; this prepares the
+        message telling a sub-orchestration's parent, for the instance it read, and reads again when
+        the step finds another (created again, rewound meanwhile). With ``recursive``, the children are
+        terminated when the termination takes effect (see :meth:`_apply`). A termination passed on
+        through the outbox (``message_id``) is applied once. Returns the status before (None when this
+        message was applied before)."""
         event = events.execution_terminated(output, recursive)
-        before = await self.store.terminate_instance(hub, instance_id, event, output, notice, force)
-        if force:
-            self.waiters.status_changed(hub.hub, instance_id)
-        return before
+        for _ in range(TERMINATE_READS):
+            h = await self.store.get_instance(hub, instance_id)
+            if h is None:
+                raise errors.InstanceNotFound(instance_id)
+            told = parent_notification(h, "TERMINATED", output, None)
+            read_as = f"{h.get('execution_id', b'').decode()}/{h.get('rewinds', b'').decode()}"
+            code, before = await self.store.terminate_instance(
+                hub, instance_id, event, output, b"" if told is None else told.encode(), force, read_as, message_id)
+            if code is not Code.CHANGED:
+                if force and code is Code.OK:
+                    self.waiters.status_changed(hub.hub, instance_id)
+                return before
+        raise errors.StoreUnavailable(f"orchestration instance '{instance_id}' kept changing while it was being "
+                                      "terminated; nothing was written, try again")
 
     async def rewind(self, hub: HubKeys, instance_id: str, reason: str | None) -> None:
         """RewindInstance: a FAILED instance runs again, its worker rewinds it (see :mod:`.rewind`);

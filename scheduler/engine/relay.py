@@ -3,10 +3,12 @@
 Work that crosses instances (a sub-orchestration to create, an event sent to another
 instance, a child's result for its parent, a termination passed on) is written to the
 sender's partition outbox in the same atomic step as the sender's episode result.
-Every replica runs a relay per hub: it reads outbox messages, applies each to its
-target (any partition) and only then removes it. A message applied twice (a replica
-died in between) changes nothing: creations are idempotent by execution id and events
-are de-duplicated by message id in the target's ``delivered`` set.
+Every replica runs a relay per hub, and one relay at a time drains a partition's outbox
+(it holds the partition, see take_outbox.lua; a wake-up names the partition written to):
+it reads outbox messages, applies each to its target (any partition) and only then
+removes it. A message applied twice (a relay died in between, or outlived its hold)
+changes nothing: creations are idempotent by execution id, and events, terminations,
+entity messages and rewinds are de-duplicated by message id (the prelude's window).
 
 Kinds (protocol.OutboxMessage): ``create`` (a sub-orchestration, as the SDK's reference
 creates one), ``event`` (appended once), ``terminate`` (applied as TerminateInstance
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 
 from .. import errors
 from .._proto import orchestrator_service_pb2 as pb
@@ -36,6 +40,7 @@ from .orchestrations import Orchestrations, new_instance
 log = logging.getLogger(__name__)
 
 BATCH = 100
+HOLD_MS = 10_000  # how long a relay holds a partition's outbox without renewing it (a batch takes far less)
 MAX_SLEEP_SECONDS = 30.0  # a safety net: every outbox write publishes a wake-up for the relays
 
 
@@ -45,6 +50,8 @@ class Relay:
         self.hub = hub
         self.orchestrations = orchestrations
         self.entities = entities
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
+        self._pending: set[int] = set(range(hub.partitions))  # partitions to read at the next step
         self._loop = Loop(f"relay[{hub.hub}]", self._step, MAX_SLEEP_SECONDS)
 
     def start(self) -> None:
@@ -53,19 +60,43 @@ class Relay:
     async def stop(self) -> None:
         await self._loop.stop()
 
-    def wake(self) -> None:
+    def wake(self, partition: int | None = None) -> None:
+        """Read the outbox of ``partition`` (None: of every partition) now."""
+        self._pending.update(range(self.hub.partitions) if partition is None else (partition,))
         self._loop.wake()
 
     async def _step(self) -> float:
-        counts = await asyncio.gather(*(self._drain(p) for p in range(self.hub.partitions)))
-        return 0 if any(n >= BATCH for n in counts) else MAX_SLEEP_SECONDS
+        partitions, self._pending = self._pending, set()
+        if not partitions:  # the safety sleep ended: look everywhere
+            partitions = set(range(self.hub.partitions))
+        try:
+            left = await asyncio.gather(*(self._drain(p) for p in sorted(partitions)))
+        except BaseException:
+            self._pending |= partitions
+            raise
+        again = {p for p, n in zip(sorted(partitions), left) if n}
+        held = {p for p, n in zip(sorted(partitions), left) if n is None}
+        self._pending |= again | held
+        if again:
+            return 0
+        return HOLD_MS / 1000 if held else MAX_SLEEP_SECONDS
 
-    async def _drain(self, partition: int) -> int:
-        raw_messages = await self.store.outbox_batch(self.hub, partition, BATCH)
-        for raw in raw_messages:
-            await self.deliver(OutboxMessage.decode(raw))
-            await self.store.outbox_remove(self.hub, partition, raw)
-        return len(raw_messages)
+    async def _drain(self, partition: int) -> int | None:
+        """Deliver a batch of a partition's outbox while holding it; how many messages wait after it, or
+        None when another relay holds the partition (it reads again when it lets go; should it have died,
+        its hold expires)."""
+        raw_messages = await self.store.take_outbox(self.hub, partition, self.owner, HOLD_MS, BATCH)
+        if raw_messages is None:
+            return None
+        if not raw_messages:
+            return 0
+        try:
+            for raw in raw_messages:
+                await self.deliver(OutboxMessage.decode(raw))
+                await self.store.outbox_remove(self.hub, partition, raw)
+        finally:
+            left = await self.store.release_outbox(self.hub, partition, self.owner)
+        return left
 
     async def deliver(self, message: OutboxMessage) -> None:
         if message.kind == "create":
@@ -86,7 +117,8 @@ class Relay:
             terminated = pb.HistoryEvent.FromString(message.payload).executionTerminated
             output = terminated.input.value if terminated.HasField("input") else None
             try:
-                await self.orchestrations.terminate(self.hub, message.target, output, terminated.recurse)
+                await self.orchestrations.terminate(self.hub, message.target, output, terminated.recurse,
+                                                    message_id=message.message_id)
             except errors.InstanceNotFound:
                 pass  # never created, or purged meanwhile
         elif message.kind == "rewind":

@@ -40,7 +40,7 @@ class Retention:
                 before_ms = await self.store.server_time_ms() - int(seconds * 1000)
                 for partition in range(hub.partitions):
                     ids = await self.store.ended_before(hub, partition, before_ms, BATCH)
-                    purged += await self.store.purge_instances(hub, ids)
+                    purged += await self.store.purge_instances(hub, ids, before_ms)
             except errors.StoreError as exc:
                 log.debug("retention round for task hub %r skipped: %s", hub.hub, exc)
         if purged:

@@ -44,7 +44,7 @@ class Wakeups:
         elif wakeup.kind == "work":
             self.dispatcher.work_available(wakeup.hub, wakeup.queue)
         elif wakeup.kind == "outbox":
-            self.hubs.outbox_written(wakeup.hub)
+            self.hubs.outbox_written(wakeup.hub, None if wakeup.queue is None else wakeup.queue[1])
         elif wakeup.kind == "deleted":
             self.hubs.forget(wakeup.hub)
         elif wakeup.kind == "subscribed":

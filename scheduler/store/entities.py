@@ -19,7 +19,6 @@ from . import keys
 from .common import unavailable_on_redis_errors
 from .scripts import Code
 
-KEEP_SEEN = 1000  # message ids an entity remembers to de-duplicate (redelivery comes within seconds)
 MAX_BATCH = 100  # operations in one batch
 
 
@@ -64,8 +63,7 @@ class EntityOps:
         reply = await self._write(
             "deliver_entity_message", hub, pk,
             [*_entity_keys(pk, entity_id), pk.entities, pk.due, pk.entity_index, pk.outbox],
-            [entity_id, message_id, record, self.limits.max_inbox_events, self.limits.max_work_item_bytes,
-             KEEP_SEEN])
+            [entity_id, message_id, record, self.limits.max_inbox_events, self.limits.max_work_item_bytes])
         code, values = self._outcome(reply, entity_id, Code.DONE_BEFORE, Code.INBOX_FULL, Code.TOO_LARGE)
         return code, code is Code.OK and values == [1]
 

@@ -46,7 +46,7 @@ class InstanceOps:
         reply = await self._write(
             "create_instance", hub, pk,
             [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.due, pk.ready, pk.by_created, pk.stats,
-             pk.timers(iid), pk.delivered(iid), pk.by_completed, pk.leases], args)
+             pk.timers(iid), pk.seen(iid), pk.by_completed, pk.leases], args)
         _, (created_ms, *claimed) = self._outcome(reply, iid)
         return int(created_ms), (claim_of(iid, claim[0], claimed) if claimed else None)
 
@@ -72,18 +72,23 @@ class InstanceOps:
 
     @unavailable_on_redis_errors
     async def terminate_instance(self, hub: HubKeys, instance_id: str, event: bytes, output: str | None,
-                                 notice: bytes = b"", force: bool = False) -> str:
+                                 notice: bytes = b"", force: bool = False, read_as: str = "",
+                                 message_id: str = "") -> tuple[Code, str | None]:
         """End an instance not yet dispatched at once, or queue the serialized ExecutionTerminated event
         for a dispatched one (see terminate_instance.lua); with ``force``, end any at once. ``notice``:
-        the outbox message telling its parent, written only if it is ended at once. Returns the status
-        before."""
+        the outbox message telling its parent, written only if it is ended at once; ``read_as``: the
+        "<execution id>/<rewinds>" of the instance it was prepared for ("": not checked). Returns (OK,
+        status before), (CHANGED, None) when the instance is not the one read (nothing written), or
+        (DONE_BEFORE, None) when the message ``message_id`` was applied before."""
         pk = hub.for_instance(instance_id)
         reply = await self._write(
             "terminate_instance", hub, pk,
             [pk.instance(instance_id), pk.inbox(instance_id), pk.history(instance_id), pk.due, pk.ready, pk.stats,
-             pk.outbox, pk.by_completed, pk.leases, pk.timers(instance_id)],
-            [instance_id, event, "0" if output is None else "1", output or "", notice, "1" if force else "0"])
-        return self._status(reply, instance_id)
+             pk.outbox, pk.by_completed, pk.leases, pk.timers(instance_id), pk.seen(instance_id)],
+            [instance_id, event, "0" if output is None else "1", output or "", notice, "1" if force else "0",
+             read_as, message_id])
+        code, values = self._outcome(reply, instance_id, Code.CHANGED, Code.DONE_BEFORE)
+        return code, values[0].decode() if code is Code.OK else None
 
     @unavailable_on_redis_errors
     async def suspend_instance(self, hub: HubKeys, instance_id: str, event: bytes) -> str:
@@ -111,7 +116,7 @@ class InstanceOps:
         TOO_LARGE when the instance had no room and was marked to fail with ``overflow``
         ("<error type>\n<message>")."""
         pk = hub.for_instance(instance_id)
-        reply = await self._write("deliver_event", hub, pk, [pk.delivered(instance_id), pk.instance(instance_id),
+        reply = await self._write("deliver_event", hub, pk, [pk.seen(instance_id), pk.instance(instance_id),
                                                              pk.inbox(instance_id), pk.ready],
                                   [instance_id, message_id, event, self.limits.max_inbox_events,
                                    self.limits.max_work_item_bytes, overflow])
@@ -129,7 +134,7 @@ class InstanceOps:
         reply = await self._write(
             "rewind_instance", hub, pk,
             [pk.instance(instance_id), pk.inbox(instance_id), pk.history(instance_id), pk.ready, pk.stats,
-             pk.by_completed, pk.delivered(instance_id)],
+             pk.by_completed, pk.seen(instance_id)],
             [instance_id, event, message_id, self.limits.max_work_item_bytes if limited else 0])
         code, values = self._outcome(reply, instance_id, Code.NOT_FOUND, Code.WRONG_STATUS, Code.DONE_BEFORE)
         return code, values[0].decode() if values else None

@@ -18,8 +18,10 @@ key                                    type    holds
 ``<prefix>:{H:p}:inbox:<id>``          list    new events (serialized HistoryEvent) not yet given to a worker
 ``<prefix>:{H:p}:hist:<id>``           list    the instance's history, one serialized HistoryEvent each
 ``<prefix>:{H:p}:timers:<id>``         zset    the instance's pending TimerFired events; score = fire time (ms)
-``<prefix>:{H:p}:delivered:<id>``      set     ids of outbox messages already delivered to the instance
+``<prefix>:{H:p}:seen:<id>``           zset    ids of the messages the instance took (de-duplication, see
+                                              protocol.DEDUP_WINDOW_MS); score = ms
 ``<prefix>:{H:p}:outbox``              list    messages from this partition's instances to other instances
+``<prefix>:{H:p}:relay``               string  the relay that drains the partition's outbox now (its owner; expires)
 ``<prefix>:{H:p}:due``                 zset    instance ids that become ready at a time; score = due epoch ms
 ``<prefix>:{H:p}:ready``               zset    instance ids with work to dispatch; score = ready since (ms)
 ``<prefix>:{H:p}:leases``              zset    claimed work items (lease_member: "o|<id>", "a|<item>"); score = lease expiry (ms)
@@ -34,7 +36,7 @@ key                                    type    holds
 ``<prefix>:{H:p}:ent-ops:<id>``        list    the entity's messages that may run now, in order (protocol.EntityMessage)
 ``<prefix>:{H:p}:ent-held:<id>``       list    messages held back while another orchestration has the entity locked
 ``<prefix>:{H:p}:ent-later:<id>``      zset    delayed signals; score = due time (ms)
-``<prefix>:{H:p}:ent-seen:<id>``       zset    the entity's most recent message ids (de-duplication); score = ms
+``<prefix>:{H:p}:ent-seen:<id>``       zset    ids of the messages the entity took (de-duplication, as seen:); score = ms
 ``<prefix>:{H:p}:entities``            zset    entity ids with operations to dispatch; score = ready since (ms)
 ``<prefix>:{H:p}:ent-index``           zset    every entity id of the partition, score 0 (lexical order: queries)
 =====================================  ======  ===============================================
@@ -97,6 +99,10 @@ class PartitionKeys:
         return self.base + "outbox"
 
     @property
+    def relay(self) -> str:
+        return self.base + "relay"
+
+    @property
     def activities(self) -> str:
         return self.base + "activities"
 
@@ -132,8 +138,8 @@ class PartitionKeys:
     def timers(self, instance_id: str) -> str:
         return self.base + "timers:" + instance_id
 
-    def delivered(self, instance_id: str) -> str:
-        return self.base + "delivered:" + instance_id
+    def seen(self, instance_id: str) -> str:
+        return self.base + "seen:" + instance_id
 
 
 @dataclass(frozen=True)
@@ -200,11 +206,11 @@ class HubKeys:
 
 
 def queue_of(key: str) -> tuple[str, int] | None:
-    """("ready", "activities" or "due", partition) of a partition queue key, as named in a "work" or
-    "due" wake-up; None for any other text (then any partition may be meant)."""
+    """(queue name, partition) of a partition queue key, as named in a "work", "due" or "outbox"
+    wake-up: a work queue, "due" or "outbox"; None for any other text (then any partition may be meant)."""
     head, sep, name = key.rpartition("}:")
     digits = head.rpartition(":")[2]
-    if not sep or name not in (*WORK_QUEUES.values(), "due") or not digits.isdigit():
+    if not sep or name not in (*WORK_QUEUES.values(), "due", "outbox") or not digits.isdigit():
         return None
     return name, int(digits)
 

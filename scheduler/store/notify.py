@@ -3,7 +3,7 @@
 Scripts publish ``"<hub> due <ms> <due key>"`` when they add an entry that is due before
 everything else in its partition, ``"<hub> status <instance id>"`` when an instance's
 status changes, ``"<hub> work <queue key>"`` when a work queue stops being empty and
-``"<hub> outbox -"`` when messages for other instances were written; deleting a hub
+``"<hub> outbox <outbox key>"`` when messages for other instances were written; deleting a hub
 publishes ``"<hub> deleted -"``. The engine (engine/wakeups.py) keeps one subscription per
 replica and routes them. Pub/sub is only a wake-up: a missed message costs latency, never
 correctness.
@@ -36,7 +36,7 @@ class Wakeup(NamedTuple):
     kind: str
     instance_id: str = ""  # "status": whose status changed
     due_ms: int | None = None  # "due": when the new entry is due
-    queue: tuple[str, int] | None = None  # "due", "work": (queue name, partition) it names, if it does
+    queue: tuple[str, int] | None = None  # "due", "work", "outbox": (queue name, partition) it names, if it does
 
 
 SUBSCRIBED = Wakeup("", "subscribed")
@@ -50,7 +50,7 @@ def parse(data: bytes) -> Wakeup:
     if kind == "due":
         ms, _, key = arg.partition(" ")
         return Wakeup(hub, kind, due_ms=int(ms), queue=queue_of(key))
-    if kind == "work":
+    if kind in ("work", "outbox"):
         return Wakeup(hub, kind, queue=queue_of(arg))
     return Wakeup(hub, kind, instance_id=arg if kind == "status" else "")
 

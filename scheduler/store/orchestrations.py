@@ -10,8 +10,9 @@ loses nothing, and events that arrive during the episode stay for the next one.
 The completion is applied only while ``lease`` equals its token.
 
 Messages for other instances wait in the partition's outbox, written by the
-completion in the same step; the relay reads them (:meth:`outbox_batch`), delivers
-each and then removes it (:meth:`outbox_remove`).
+completion in the same step; one relay at a time per partition holds the outbox and reads
+them (:meth:`take_outbox`), delivers each and then removes it (:meth:`outbox_remove`), and lets
+go (:meth:`release_outbox`).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class OrchestrationOps:
 
     SCRIPTS: tuple[str, ...] = ("claim_orchestration", "renew_orchestration_leases", "release_orchestration",
                                 "sweep_orchestration_lease", "complete_orchestration", "continue_as_new",
-                                "rewind_orchestration")
+                                "rewind_orchestration", "take_outbox", "release_outbox")
 
     @unavailable_on_redis_errors
     async def claim_orchestration(self, hub: keys.HubKeys, instance_id: str, token: str, lease_ms: int,
@@ -195,9 +196,22 @@ class OrchestrationOps:
     # -- the outbox ----------------------------------------------------------------------------
 
     @unavailable_on_redis_errors
-    async def outbox_batch(self, hub: keys.HubKeys, partition: int, limit: int) -> list[bytes]:
-        """Up to ``limit`` of the oldest encoded messages in a partition's outbox (left there)."""
-        return list(await self._execute("LRANGE", hub.partition(partition).outbox, 0, limit - 1))
+    async def take_outbox(self, hub: keys.HubKeys, partition: int, owner: str, ttl_ms: int,
+                          limit: int) -> list[bytes] | None:
+        """Hold a partition's outbox for the relay ``owner`` (for ``ttl_ms``, renewed by taking it again) and
+        read up to ``limit`` of its oldest messages (left there); None when another relay holds it
+        (see take_outbox.lua)."""
+        pk = hub.partition(partition)
+        reply = await self._eval("take_outbox", hub, [pk.relay, pk.outbox], [owner, ttl_ms, limit])
+        code, messages = self._outcome(reply, hub.hub, Code.LEASED)
+        return None if code is Code.LEASED else messages
+
+    @unavailable_on_redis_errors
+    async def release_outbox(self, hub: keys.HubKeys, partition: int, owner: str) -> int:
+        """Let go of a partition's outbox held by ``owner``; returns how many messages wait in it."""
+        pk = hub.partition(partition)
+        reply = await self._eval("release_outbox", hub, [pk.relay, pk.outbox], [owner])
+        return int(self._outcome(reply, hub.hub)[1][0])
 
     @unavailable_on_redis_errors
     async def outbox_remove(self, hub: keys.HubKeys, partition: int, message: bytes) -> None:

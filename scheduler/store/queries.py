@@ -124,14 +124,15 @@ class QueryOps:
     # -- purge ---------------------------------------------------------------------------------
 
     @unavailable_on_redis_errors
-    async def purge_instance(self, hub: keys.HubKeys, instance_id: str) -> bool:
-        """Delete a terminal instance (see purge_instance.lua); False if absent or not terminal."""
+    async def purge_instance(self, hub: keys.HubKeys, instance_id: str, ended_before_ms: int | None = None) -> bool:
+        """Delete a terminal instance (see purge_instance.lua); False if absent or not terminal, or, with
+        ``ended_before_ms``, if it did not end before then."""
         pk = hub.for_instance(instance_id)
         reply = await self._write("purge_instance", hub, pk, [
             pk.instance(instance_id), pk.inbox(instance_id), pk.history(instance_id),
-            pk.by_created, pk.due, pk.ready, pk.stats, pk.timers(instance_id), pk.delivered(instance_id),
-            pk.by_completed], [instance_id])
-        return self._outcome(reply, instance_id, Code.NOT_FOUND, Code.WRONG_STATUS)[0] is Code.OK
+            pk.by_created, pk.due, pk.ready, pk.stats, pk.timers(instance_id), pk.seen(instance_id),
+            pk.by_completed], [instance_id, "" if ended_before_ms is None else ended_before_ms])
+        return self._outcome(reply, instance_id, Code.NOT_FOUND, Code.WRONG_STATUS, Code.NOT_READY)[0] is Code.OK
 
     @unavailable_on_redis_errors
     async def terminal_history(self, hub: keys.HubKeys, instance_id: str) -> list[bytes] | None:
@@ -145,9 +146,12 @@ class QueryOps:
         return events if status is not None and status.decode() in TERMINAL else None
 
     @unavailable_on_redis_errors
-    async def purge_instances(self, hub: keys.HubKeys, instance_ids: Iterable[str]) -> int:
-        """Purge each terminal instance of the ids (one script each, sent together); returns how many went."""
-        return await count_in_batches(instance_ids, lambda iid: self.purge_instance(hub, iid), _PURGE_BATCH)
+    async def purge_instances(self, hub: keys.HubKeys, instance_ids: Iterable[str],
+                              ended_before_ms: int | None = None) -> int:
+        """Purge each terminal instance of the ids (one script each, sent together; with ``ended_before_ms``,
+        each that ended before then); returns how many went."""
+        return await count_in_batches(instance_ids, lambda iid: self.purge_instance(hub, iid, ended_before_ms),
+                                      _PURGE_BATCH)
 
     @unavailable_on_redis_errors
     async def purge_matching(self, hub: keys.HubKeys, flt: InstanceFilter, timeout: float | None = None,

@@ -39,6 +39,7 @@ class Code(enum.IntEnum):
     STATE_TOO_LARGE = 11  # input, output, custom status and failure would not fit one reply (their size follows)
     HUB_GONE = 12  # the caller's task hub was deleted (or deleted and created again): nothing was written
     HUB_DELETING = 13  # the task hub is being deleted (since the time that follows)
+    CHANGED = 14  # the instance is not the one the caller read (created again, rewound): read again
 
 
 def _lua_set(names) -> str:
@@ -51,7 +52,8 @@ def _constants() -> dict[str, str]:
              f"ENTITY = '{protocol.ENTITY}'")
     return {"TERMINAL": f"local TERMINAL = {_lua_set(protocol.TERMINAL)}",
             "IDLE": f"local IDLE = {_lua_set(protocol.IDLE)}",
-            "KIND": f"local KIND = {{{kinds}}}"}
+            "KIND": f"local KIND = {{{kinds}}}",
+            "DEDUP": f"local DEDUP = {{WINDOW_MS = {protocol.DEDUP_WINDOW_MS}, MAX = {protocol.DEDUP_MAX_IDS}}}"}
 
 
 def _read(name: str) -> str:

@@ -313,14 +313,16 @@ async def test_outbox_messages_are_written_in_order_and_wake_the_relay(store: St
     got = await running(store, hub, a)
     messages, _ = await during(redis, store.channel, pk.outbox, lambda: store.complete_orchestration(
         hub, a, got.token, [b"sent"] * 3, outbox=first))
-    assert messages == [f"{hub.hub} outbox -"]
+    assert messages == [f"{hub.hub} outbox {pk.outbox}"]
     assert await redis.lrange(pk.outbox, 0, -1) == first
-    assert await store.outbox_batch(hub, 2, 10) == first
+    assert await store.take_outbox(hub, 2, "relay-1", 10_000, 10) == first
+    assert await store.take_outbox(hub, 2, "relay-2", 10_000, 10) is None, "one relay at a time holds an outbox"
+    assert await store.release_outbox(hub, 2, "relay-1") == 3
     other = await running(store, hub, b)
     second = protocol.OutboxMessage(f"{b}:m0", "create", "child", b"child-start").encode()
     messages, _ = await during(redis, store.channel, pk.outbox, lambda: store.complete_orchestration(
         hub, b, other.token, [b"sent"], outbox=[second]))
-    assert messages == [f"{hub.hub} outbox -"]
+    assert messages == [f"{hub.hub} outbox {pk.outbox}"]
     assert await redis.lrange(pk.outbox, 0, -1) == first + [second]
     again = await next_episode(store, hub, b)
     messages, _ = await during(redis, store.channel, pk.outbox, lambda: store.complete_orchestration(
@@ -339,7 +341,7 @@ async def test_every_kind_of_action_in_one_completion(store: Store, hub, redis):
     messages, _ = await during(redis, store.channel, pk.ready, lambda: store.complete_orchestration(
         hub, iid, got.token, [b"e1", b"e2", b"e3"], custom_status="cs", activities=[(item, b"req")],
         timers=[(fire, b"fired")], outbox=[message]))
-    assert messages == [f"{hub.hub} outbox -", f"{hub.hub} work {pk.activities}", f"{hub.hub} due {fire} {pk.due}"]
+    assert messages == [f"{hub.hub} outbox {pk.outbox}", f"{hub.hub} work {pk.activities}", f"{hub.hub} due {fire} {pk.due}"]
     assert await redis.lrange(pk.history(iid), 0, -1) == [EPISODE, b"start:all", b"e1", b"e2", b"e3"]
     assert await redis.lrange(pk.outbox, 0, -1) == [message]
     assert await redis.hgetall(pk.activity_payloads) == {item.encode(): b"req"}

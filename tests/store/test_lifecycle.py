@@ -9,6 +9,7 @@ from scheduler import errors
 from scheduler.engine import events as make
 from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler.store import Store
+from scheduler.store.scripts import Code
 
 from store_helpers import eventually, ids_in_distinct_partitions, new, prefix_keys, published
 
@@ -131,9 +132,9 @@ async def test_terminate_a_scheduled_instance_ends_it_at_once(store: Store, hub,
         async with published(redis, store.channel) as (messages, drain_until):
             t0 = await store.server_time_ms()
             notice = f"tell the parent of {iid}".encode()
-            assert await store.terminate_instance(hub, iid, terminated, '"stopped"', notice) == "PENDING"
+            assert await store.terminate_instance(hub, iid, terminated, '"stopped"', notice) == (Code.OK, "PENDING")
             t1 = await store.server_time_ms()
-            await drain_until(lambda m: f"{hub.hub} status {iid}" in m and f"{hub.hub} outbox -" in m)
+            await drain_until(lambda m: f"{hub.hub} status {iid}" in m and f"{hub.hub} outbox {pk.outbox}" in m)
         assert await redis.lrange(pk.outbox, 0, -1) == [notice]
         h = await redis.hgetall(pk.instance(iid))
         assert h[b"status"] == b"TERMINATED" and h[b"output"] == b'"stopped"' and h[b"start"] == b"hist 0"
@@ -169,9 +170,9 @@ async def test_terminate_a_terminal_instance_changes_nothing(store: Store, hub, 
     await make_completed(redis, hub.for_instance("completed"), "completed")
     before = await snapshot(redis, key_prefix)
     assert await store.terminate_instance(hub, "twice", make.execution_terminated("2nd", False), "2nd") \
-        == "TERMINATED"
+        == (Code.OK, "TERMINATED")
     assert await store.terminate_instance(hub, "completed", make.execution_terminated("x", False), "x") \
-        == "COMPLETED"
+        == (Code.OK, "COMPLETED")
     assert await snapshot(redis, key_prefix) == before
 
 
@@ -180,7 +181,7 @@ async def test_terminate_a_running_instance_queues_the_event(store: Store, hub, 
     pk = hub.for_instance("run")
     await make_running(redis, pk, "run")
     event = make.execution_terminated("bye", False)
-    assert await store.terminate_instance(hub, "run", event, "bye", notice=b"for the parent") == "RUNNING"
+    assert await store.terminate_instance(hub, "run", event, "bye", notice=b"for the parent") == (Code.OK, "RUNNING")
     assert not await redis.exists(pk.outbox), "the episode that applies the event tells the parent"
     h = await redis.hgetall(pk.instance("run"))
     assert h[b"status"] == b"RUNNING" and b"output" not in h and b"completed_ms" not in h
@@ -195,7 +196,7 @@ async def test_terminate_a_suspended_scheduled_instance(store: Store, hub, redis
     pk = hub.for_instance("s")
     suspended = make.execution_suspended("hold")
     await store.suspend_instance(hub, "s", suspended)
-    assert await store.terminate_instance(hub, "s", make.execution_terminated(None, False), None) == "SUSPENDED"
+    assert await store.terminate_instance(hub, "s", make.execution_terminated(None, False), None) == (Code.OK, "SUSPENDED")
     h = await redis.hgetall(pk.instance("s"))
     assert h[b"status"] == b"TERMINATED" and b"prev_status" not in h and b"due_ms" not in h
     assert await where(redis, pk, "s") == (None, None)
@@ -212,7 +213,7 @@ async def test_terminate_a_suspended_running_instance_lets_the_engine_apply_it(s
     assert (await where(redis, pk, "run"))[1] is None, "held: not ready while suspended"
     event = make.execution_terminated("bye", False)
     async with published(redis, store.channel) as (_, drain_until):
-        assert await store.terminate_instance(hub, "run", event, "bye") == "SUSPENDED"
+        assert await store.terminate_instance(hub, "run", event, "bye") == (Code.OK, "SUSPENDED")
         await drain_until(lambda m: f"{hub.hub} status run" in m)
     h = await redis.hgetall(pk.instance("run"))
     assert h[b"status"] == b"RUNNING" and b"prev_status" not in h, "dispatch resumes, for the termination"

@@ -70,13 +70,14 @@ async def test_each_wake_up_reaches_whom_it_concerns(redis_url, key_prefix, tran
         await redis.publish(store.channel, "garbage")  # ignored, and the subscription survives it
         await redis.publish(store.channel, "h3 due 99")  # no key: the partition is unknown
         await redis.publish(store.channel, "h1 work dt:{h1:2}:activities")
-        await redis.publish(store.channel, "h4 outbox -")
+        await redis.publish(store.channel, "h4 outbox -")  # any partition
+        await redis.publish(store.channel, "h4 outbox dt:{h4:6}:outbox")
         deadline = asyncio.get_running_loop().time() + 5
-        while len(hubs.calls) + len(dispatcher.calls) < 7 and asyncio.get_running_loop().time() < deadline:
+        while len(hubs.calls) + len(dispatcher.calls) < 8 and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
         # first what the subscription's start wakes (wake-ups may have been lost before it listened)
         assert hubs.calls == [("wake_all",), ("due_at", "h1", 1234, 5), ("forget", "h2"), ("due_at", "h3", 99, None),
-                              ("outbox_written", "h4")]
+                              ("outbox_written", "h4", None), ("outbox_written", "h4", 6)]
         assert dispatcher.calls == [("look_everywhere",), ("work_available", "h1", ("activities", 2))]
     finally:
         await wakeups.stop()

@@ -101,5 +101,6 @@ def test_queue_of_names_the_queue_and_partition_of_a_wake_up():
     assert queue_of(hub.partition(11).ready) == ("ready", 11)
     assert queue_of(hub.partition(0).activities) == ("activities", 0)
     assert queue_of(hub.partition(3).due) == ("due", 3)
-    for other in ("-", "", hub.partition(3).outbox, hub.meta, "dt:{hub:x}:ready"):
+    assert queue_of(hub.partition(3).outbox) == ("outbox", 3)
+    for other in ("-", "", hub.partition(3).stats, hub.meta, "dt:{hub:x}:ready"):
         assert queue_of(other) is None

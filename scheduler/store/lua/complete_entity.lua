@@ -37,10 +37,7 @@ elseif state ~= '' then
   redis.call('HSET', ek.hash, 'state', string.sub(state, 2))
 end
 redis.call('HSET', ek.hash, 'modified_ms', now)
-if #ARGV >= 8 then
-  rpush_all(outbox_key, ARGV, 8, #ARGV)
-  wake('outbox', '-')
-end
+post_messages(outbox_key, ARGV, 8, #ARGV)
 entity_drop_claim(ek, leases_key, entity_id)
 if entity_settle(ek, outbox_key) then push_work(queue_key, entity_id, now) end
 return {CODE.OK}

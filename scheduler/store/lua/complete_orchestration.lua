@@ -10,8 +10,9 @@
 -- the episode scheduled; drops
 -- the claim; applies the custom status and, when the episode ended the orchestration,
 -- its final status, output and failure (indexed by completion time). Events that
--- arrived during the episode stay in the inbox and make the instance ready again,
--- unless it was suspended meanwhile (then it stays out of ready and due until it is resumed).
+-- arrived during the episode stay in the inbox and, like a timer that came due during it
+-- (see wants_episode), make the instance ready again, unless it was suspended meanwhile
+-- (then it stays out of ready and due until it is resumed).
 -- An episode of a rewind (see rewind_instance.lua) answered without a rewind ends the rewind.
 --
 -- KEYS[1] generation     partition generation key
@@ -49,7 +50,7 @@
 -- then m (claim_lease>0) the activities' claim tokens, in order
 -- then 2k                fire time (ms), serialized TimerFired event pairs of new timers
 -- then the rest          outbox messages (protocol.OutboxMessage) for other instances
--- Returns {OK, 1} when events that arrived during the episode made the instance ready again, else
+-- Returns {OK, 1} when events or a timer that came during the episode made the instance ready again, else
 -- {OK, 0} (with with_state, when the orchestration ended: {OK, 0, flat field/value list, start event
 -- or false}, as get_instance.lua); or, with nothing changed: {LEASE_LOST} when the token is not the current claim,
 -- {HISTORY_LIMIT, events} or {TOO_LARGE, bytes} (the history or the next work item would pass its
@@ -135,7 +136,7 @@ if status ~= '' then
     local state = instance_state(inst_key, inbox_key, hist_key)
     return {CODE.OK, 0, state[2], state[3]}
   end
-elseif not suspended and redis.call('LLEN', inbox_key) > 0 then
+elseif not suspended and wants_episode(inbox_key, timers_key, now) then
   push_work(ready_key, instance_id, now)
   return {CODE.OK, 1}
 end

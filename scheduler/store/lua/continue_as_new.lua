@@ -44,10 +44,7 @@ if claimed_n > 0 then redis.call('LTRIM', inbox_key, claimed_n, -1) end
 for i = last_event, 10, -1 do
   redis.call('LPUSH', inbox_key, ARGV[i])
 end
-if #ARGV > last_event then
-  rpush_all(outbox_key, ARGV, last_event + 1, #ARGV)
-  wake('outbox', '-')
-end
+post_messages(outbox_key, ARGV, last_event + 1, #ARGV)
 redis.call('DEL', hist_key, timers_key)
 redis.call('ZREM', due_key, instance_id)
 drop_claim(leases_key, inst_key, instance_id)

@@ -18,7 +18,7 @@
 -- KEYS[7] by_created    partition creation index zset
 -- KEYS[8] stats         partition status counts hash
 -- KEYS[9] timers        instance pending timers zset (dropped with a replaced instance)
--- KEYS[10] delivered    instance set of delivered message ids (dropped with a replaced instance)
+-- KEYS[10] seen         instance zset of the message ids it took (dropped with a replaced instance)
 -- KEYS[11] by_completed partition completion index zset
 -- KEYS[12] leases       partition leases zset
 -- ARGV[4] instance_id
@@ -36,7 +36,7 @@
 -- before, {HUB_GONE} if the caller's task hub was deleted.
 local inst_key, inbox_key, hist_key, due_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ready_key, created_key, stats_key = KEYS[6], KEYS[7], KEYS[8]
-local timers_key, delivered_key, completed_key = KEYS[9], KEYS[10], KEYS[11]
+local timers_key, seen_key, completed_key = KEYS[9], KEYS[10], KEYS[11]
 local instance_id, due_ms, start_event = ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local replaceable = ' ' .. ARGV[7] .. ' '
 local same_is_done, execution_id = ARGV[8] == '1', ARGV[9]
@@ -51,7 +51,7 @@ if old_status then
   if not string.find(replaceable, ' ' .. old_status .. ' ', 1, true) then
     return {CODE.EXISTS, old_status}
   end
-  redis.call('DEL', inst_key, inbox_key, hist_key, timers_key, delivered_key)
+  redis.call('DEL', inst_key, inbox_key, hist_key, timers_key, seen_key)
   redis.call('ZREM', due_key, instance_id)
   redis.call('ZREM', ready_key, instance_id)
   redis.call('ZREM', completed_key, instance_id)

@@ -1,7 +1,7 @@
 -- deliver_entity_message: put a message (signal, call, lock request, unlock) on an entity, once.
 --
--- Message ids seen by the entity are kept in its `seen` zset (the most recent `keep_seen`
--- of them), so a message delivered again (a client's retried signal with its request id, an
+-- The entity remembers the ids of the messages it took (seen_before / remember: the
+-- de-duplication window of the prelude), so a message delivered again (a client's retried signal with its request id, an
 -- outbox message the relay delivers twice) changes nothing. The entity exists from its first
 -- message on (indexed for queries). An operation (signal, call) is refused when the entity
 -- already has `max_queue` messages waiting or their bytes would pass `max_bytes`; lock
@@ -21,17 +21,16 @@
 -- ARGV[6] record      the message (protocol.EntityMessage)
 -- ARGV[7] max_queue   messages that may wait
 -- ARGV[8] max_bytes   bytes of messages that may wait
--- ARGV[9] keep_seen   message ids remembered
 -- Returns {OK, 1} when the message made the entity ready (it was not queued before: the caller may
 -- offer it to a stream), {OK, 0} otherwise (its batch is out, or it was queued already), {DONE_BEFORE},
 -- {INBOX_FULL}, {TOO_LARGE, bytes} or {HUB_GONE}.
 local ek = entity_keys(2)
 local queue_key, due_key, index_key, outbox_key = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local entity_id, message_id, record = ARGV[4], ARGV[5], ARGV[6]
-local max_queue, max_bytes, keep_seen = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local max_queue, max_bytes = tonumber(ARGV[7]), tonumber(ARGV[8])
 
 if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
-if redis.call('ZSCORE', ek.seen, message_id) then return {CODE.DONE_BEFORE} end
+if seen_before(ek.seen, message_id) then return {CODE.DONE_BEFORE} end
 local kind, _, _, arg = entity_header(record)
 local size = tonumber(redis.call('HGET', ek.hash, 'size') or 0) + #record
 if kind == 's' or kind == 'c' then
@@ -41,8 +40,7 @@ if kind == 's' or kind == 'c' then
 end
 local now = now_ms()
 
-redis.call('ZADD', ek.seen, now, message_id)
-if redis.call('ZCARD', ek.seen) > keep_seen then redis.call('ZREMRANGEBYRANK', ek.seen, 0, -keep_seen - 1) end
+remember(ek.seen, message_id, now)
 if redis.call('HSETNX', ek.hash, 'modified_ms', now) == 1 then redis.call('ZADD', index_key, 0, entity_id) end
 redis.call('HSET', ek.hash, 'size', size)
 local due = kind == 's' and tonumber(arg)

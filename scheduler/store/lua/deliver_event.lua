@@ -1,7 +1,7 @@
 -- deliver_event: append an event from another instance's outbox to this instance's inbox, once.
 --
--- Every message has an id; the ids already delivered to the instance are kept in
--- its `delivered` set (gone with the instance), so a message the relay delivers
+-- Every message has an id; the instance remembers the ids it took (seen_before /
+-- remember: the de-duplication window of the prelude), so a message the relay delivers
 -- again (a replica died between delivering and removing it) changes nothing. An
 -- event for an instance that does not exist or has ended is dropped. A running
 -- instance is made ready; a pending one gets the event with its first run. An event
@@ -10,7 +10,7 @@
 -- nothing waits forever for an event that was lost.
 --
 -- KEYS[1] generation  partition generation key
--- KEYS[2] delivered   instance set of delivered message ids
+-- KEYS[2] seen        instance zset of the message ids it took
 -- KEYS[3] inst        instance hash
 -- KEYS[4] inbox       instance inbox list
 -- KEYS[5] ready       partition ready zset
@@ -22,18 +22,18 @@
 -- ARGV[9] overflow    the failure ("<error type>\n<message>") if the event has no room
 -- Returns {OK} delivered, {DONE_BEFORE} already delivered, {NOT_FOUND}, {WRONG_STATUS, status}
 -- when the instance has ended, {INBOX_FULL} or {TOO_LARGE} when it was marked to fail, {HUB_GONE}.
-local delivered_key, inst_key, inbox_key, ready_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local seen_key, inst_key, inbox_key, ready_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local instance_id, message_id, event = ARGV[4], ARGV[5], ARGV[6]
 local max_inbox, max_bytes, overflow = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
 
 if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
-if redis.call('SISMEMBER', delivered_key, message_id) == 1 then return {CODE.DONE_BEFORE} end
+if seen_before(seen_key, message_id) then return {CODE.DONE_BEFORE} end
 local status = redis.call('HGET', inst_key, 'status')
 if not status then return {CODE.NOT_FOUND} end
 if TERMINAL[status] then return {CODE.WRONG_STATUS, status} end
 local refused = inbox_refusal(inst_key, inbox_key, #event, max_inbox, max_bytes)
 local now = now_ms()
-redis.call('SADD', delivered_key, message_id)
+remember(seen_key, message_id, now)
 if refused then
   redis.call('HSETNX', inst_key, 'overflow', overflow)
   if status == 'RUNNING' then push_work(ready_key, instance_id, now) end

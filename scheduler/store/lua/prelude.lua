@@ -65,22 +65,26 @@ local function count_status(stats_key, from, to)
   redis.call('HINCRBY', stats_key, to, 1)
 end
 
--- Queue `member` on a work queue zset (ready instances, activity items), keeping an earlier
--- place; work streams are woken when the queue was empty, or when it holds a few items whose
--- head has waited more than a second (work no stream takes, say for its filters: the new item
--- must not wait behind it for a look; a long queue is a backlog that streams with room drain
--- anyway, and is not announced item by item), unless `quiet` (the caller claims it in the same step).
--- True when `member` was not queued before.
-local function push_work(queue_key, member, now, quiet)
-  if not quiet then
-    local queued = redis.call('ZCARD', queue_key)
-    if queued == 0 then
-      wake('work', queue_key)
-    elseif queued < 16 then
-      local head = redis.call('ZRANGE', queue_key, 0, 0, 'WITHSCORES')
-      if tonumber(head[2]) < now - 1000 then wake('work', queue_key) end
-    end
+-- Wake the work streams for a queue that is about to get work (the one wake-up rule of every
+-- script that queues work): when the queue is empty, or when it holds a few items whose head has
+-- waited more than a second (work no stream takes, say for its filters: the new item must not wait
+-- behind it for a look; a long queue is a backlog that streams with room drain anyway, and is not
+-- announced item by item).
+local function wake_streams(queue_key, now)
+  local queued = redis.call('ZCARD', queue_key)
+  if queued == 0 then
+    wake('work', queue_key)
+  elseif queued < 16 then
+    local head = redis.call('ZRANGE', queue_key, 0, 0, 'WITHSCORES')
+    if tonumber(head[2]) < now - 1000 then wake('work', queue_key) end
   end
+end
+
+-- Queue `member` on a work queue zset (ready instances, activity items), keeping an earlier
+-- place; work streams are woken by wake_streams' rule, unless `quiet` (the caller claims it in the
+-- same step). True when `member` was not queued before.
+local function push_work(queue_key, member, now, quiet)
+  if not quiet then wake_streams(queue_key, now) end
   return redis.call('ZADD', queue_key, 'NX', now, member) == 1
 end
 
@@ -111,6 +115,30 @@ local function instance_state(inst_key, inbox_key, hist_key)
     event = redis.call('LINDEX', hist_key, index)
   end
   return {CODE.OK, fields, event}
+end
+
+-- True when an instance that is not in an episode has something for a next one: events in its
+-- inbox, or a timer whose time has come (it may have come due while an episode ran: the promoter
+-- took its due entry, and a claim that found the instance leased took it off ready). Every step
+-- that ends an episode and leaves the instance runnable makes it ready when this holds.
+local function wants_episode(inbox_key, timers_key, now)
+  if redis.call('LLEN', inbox_key) > 0 then return true end
+  return #redis.call('ZRANGEBYSCORE', timers_key, '-inf', now, 'LIMIT', 0, 1) > 0
+end
+
+-- De-duplication, one rule for instances and entities: the ids of the messages an instance or an
+-- entity took are kept in a zset (score = when, Redis ms) for DEDUP.WINDOW_MS, and at most DEDUP.MAX
+-- of them (the oldest go first); a message delivered again within that window changes nothing. The
+-- set expires when nothing came for a whole window, so its memory is bounded either way.
+local function seen_before(seen_key, message_id)
+  return redis.call('ZSCORE', seen_key, message_id) ~= false
+end
+
+local function remember(seen_key, message_id, now)
+  redis.call('ZADD', seen_key, now, message_id)
+  redis.call('ZREMRANGEBYSCORE', seen_key, '-inf', now - DEDUP.WINDOW_MS)
+  if redis.call('ZCARD', seen_key) > DEDUP.MAX then redis.call('ZREMRANGEBYRANK', seen_key, 0, -DEDUP.MAX - 1) end
+  redis.call('PEXPIRE', seen_key, DEDUP.WINDOW_MS)
 end
 
 -- Append an event to an instance's inbox, counting its bytes in the instance's `size` (the bytes
@@ -193,11 +221,12 @@ local function inbox_to_history(inst_key, inbox_key, hist_key)
   if index then redis.call('HSET', inst_key, 'start', 'hist ' .. (offset + tonumber(index))) end
 end
 
--- Write args[first..last] (encoded outbox messages) to a partition's outbox and wake the relays.
+-- Write args[first..last] (encoded outbox messages) to a partition's outbox and wake the relays
+-- (the wake-up names the outbox: a relay reads that partition).
 local function post_messages(outbox_key, args, first, last)
   if last < first then return end
   rpush_all(outbox_key, args, first, last)
-  wake('outbox', '-')
+  wake('outbox', outbox_key)
 end
 
 -- Queue the activity work items of args[first..last] (item, serialized ActivityRequest pairs).
@@ -316,7 +345,7 @@ local function entity_settle(ek, outbox_key)
           message = id .. ':granted\nevent\n' .. parent .. '\n' .. string.sub(head, from)
         end
         redis.call('RPUSH', outbox_key, message)
-        wake('outbox', '-')
+        wake('outbox', outbox_key)
       elseif kind == 'u' and lock[2] == id then
         entity_unlock(ek)
       end

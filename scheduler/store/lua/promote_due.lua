@@ -6,7 +6,8 @@
 -- so concurrent promoters on many replicas promote each entry exactly once.
 -- Time is Redis server time: an entry due at ms D moves only once now >= D.
 -- Entity ids (they start with "@", which orchestration ids may not) go to the
--- entity queue: a delayed signal's time has come.
+-- entity queue: a delayed signal's time has come. Work streams are woken by the
+-- rule every script that queues work follows (wake_streams).
 --
 -- KEYS[1] generation  partition generation key
 -- KEYS[2] due         partition due zset (score = due epoch ms)
@@ -33,7 +34,7 @@ if #entries > 0 then
   in_chunks(members, function(...) redis.call('ZREM', due_key, ...) end)
   for _, queue in ipairs({ready_key, entities_key}) do
     if #scored[queue] > 0 then
-      if redis.call('ZCARD', queue) == 0 then wake('work', queue) end
+      wake_streams(queue, now)
       in_chunks(scored[queue], function(...) redis.call('ZADD', queue, 'NX', ...) end)
     end
   end

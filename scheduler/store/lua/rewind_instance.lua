@@ -9,7 +9,7 @@
 -- the claim hand out that event alone (see claim_orchestration.lua). The instance is made
 -- ready. `rewinds` counts its rewinds (it names the messages that tell a parent how the
 -- instance ended, so a second end after a rewind is not taken for the first).
--- With a message id, the rewind is done once: the id joins the instance's `delivered` set.
+-- With a message id, the rewind is done once: the instance remembers the id (see remember).
 --
 -- KEYS[1] generation    partition generation key
 -- KEYS[2] inst          instance hash
@@ -18,7 +18,7 @@
 -- KEYS[5] ready         partition ready zset
 -- KEYS[6] stats         partition status counts hash
 -- KEYS[7] by_completed  partition completion index zset
--- KEYS[8] delivered     instance set of delivered message ids
+-- KEYS[8] seen          instance zset of the message ids it took
 -- ARGV[4] instance_id
 -- ARGV[5] event       serialized ExecutionRewound HistoryEvent
 -- ARGV[6] message_id  the outbox message asking for it, or "" (a client's call)
@@ -26,11 +26,11 @@
 -- Returns {OK, status before}; or, with nothing changed: {NOT_FOUND}, {WRONG_STATUS, status} (not
 -- FAILED), {DONE_BEFORE} (this message was applied before), {TOO_LARGE, bytes}, {HUB_GONE}.
 local inst_key, inbox_key, hist_key, ready_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local stats_key, completed_key, delivered_key = KEYS[6], KEYS[7], KEYS[8]
+local stats_key, completed_key, seen_key = KEYS[6], KEYS[7], KEYS[8]
 local instance_id, event, message_id, max_bytes = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
 
 if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
-if message_id ~= '' and redis.call('SISMEMBER', delivered_key, message_id) == 1 then return {CODE.DONE_BEFORE} end
+if message_id ~= '' and seen_before(seen_key, message_id) then return {CODE.DONE_BEFORE} end
 local h = redis.call('HMGET', inst_key, 'status', 'size')
 local status = h[1]
 if not status then return {CODE.NOT_FOUND} end
@@ -41,7 +41,7 @@ local now = now_ms()
 
 inbox_to_history(inst_key, inbox_key, hist_key)
 redis.call('RPUSH', inbox_key, event)
-if message_id ~= '' then redis.call('SADD', delivered_key, message_id) end
+if message_id ~= '' then remember(seen_key, message_id, now) end
 redis.call('HDEL', inst_key, 'completed_ms', 'output', 'failure', 'overflow')
 redis.call('HSET', inst_key, 'status', 'RUNNING', 'rewinding', '1', 'size', size, 'updated_ms', now)
 redis.call('HINCRBY', inst_key, 'rewinds', 1)
