@@ -39,7 +39,7 @@ end
 redis.call('HSET', ek.hash, 'modified_ms', now)
 if #ARGV >= 8 then
   rpush_all(outbox_key, ARGV, 8, #ARGV)
-  wake('outbox', '-')
+  wake(WAKE.OUTBOX, '-')
 end
 entity_drop_claim(ek, leases_key, entity_id)
 if entity_settle(ek, outbox_key) then push_work(queue_key, entity_id, now) end

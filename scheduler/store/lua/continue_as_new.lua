@@ -46,7 +46,7 @@ for i = last_event, 10, -1 do
 end
 if #ARGV > last_event then
   rpush_all(outbox_key, ARGV, last_event + 1, #ARGV)
-  wake('outbox', '-')
+  wake(WAKE.OUTBOX, '-')
 end
 redis.call('DEL', hist_key, timers_key)
 redis.call('ZREM', due_key, instance_id)

@@ -33,7 +33,7 @@ if #entries > 0 then
   in_chunks(members, function(...) redis.call('ZREM', due_key, ...) end)
   for _, queue in ipairs({ready_key, entities_key}) do
     if #scored[queue] > 0 then
-      if redis.call('ZCARD', queue) == 0 then wake('work', queue) end
+      if redis.call('ZCARD', queue) == 0 then wake(WAKE.WORK, queue) end
       in_chunks(scored[queue], function(...) redis.call('ZADD', queue, 'NX', ...) end)
     end
   end
