@@ -163,10 +163,6 @@ class App:
         await self.engine.wakeups.stop()
         await self.store.aclose()
 
-    async def wait_closed(self) -> None:
-        if self.server is not None:
-            await self.server.wait_for_termination()
-
     # -- background ------------------------------------------------------------------------
 
     def add_housekeeping(self, job: Callable[[], Awaitable[None]], seconds: float) -> None:

@@ -227,7 +227,7 @@ def _child_main(cfg: Config, supervisor: Connection) -> None:
     """One server process (``cfg.process`` of ``cfg.processes``), started by the supervisor."""
     os.setpgrp()  # a terminal's Ctrl-C reaches the supervisor alone, which forwards it once
     logs.configure(cfg.log_level, cfg.log_format, cfg.replica, process=cfg.process)
-    from . import cli
+    from . import runner  # here, not at the top: the supervisor itself never serves
 
-    cli.use_uvloop()
-    sys.exit(asyncio.run(cli.serve(cfg, supervisor)))
+    runner.use_uvloop()
+    sys.exit(asyncio.run(runner.serve(cfg, supervisor)))

@@ -158,18 +158,3 @@ def _parser(message_class):
             return None
 
     return parse
-
-
-def _unimplemented(name: str):
-    async def handler(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by this server yet")
-
-    handler.__name__ = name
-    return handler
-
-
-# Every RPC of the contract that this server does not implement yet answers
-# UNIMPLEMENTED naming itself (instead of the generated "Method not implemented!").
-for _method in SERVICE.methods:
-    if getattr(Servicer, _method.name) is getattr(pb_grpc.TaskHubSidecarServiceServicer, _method.name):
-        setattr(Servicer, _method.name, _unimplemented(_method.name))

@@ -1,11 +1,12 @@
 """The engine: the rules of orchestrations and the replica's background work, over the store.
 
 - ``orchestrations.py``: what client calls and worker results do (one entry point per change);
-  ``entities.py``: the same for durable entities (and their work kind);
+  ``entities.py``: the same for durable entities;
   ``episodes.py`` reads a worker's result, ``events.py`` builds the protocol's messages,
   ``subtree.py`` follows sub-orchestrations.
 - ``dispatcher.py`` and ``streams.py``: work streams, leases and offers of this replica;
-  ``work_kinds.py``: how each kind of work item is claimed, renewed and handed back.
+  ``work_kinds.py``: how each kind of work item (orchestration, activity, entity batch) is claimed,
+  renewed and handed back.
 - ``hubs.py``: the task hubs served here, each with a ``promoter.py`` and a ``relay.py`` loop
   (``loops.py``: the one loop shape); ``wakeups.py`` routes the pub/sub wake-ups;
   ``waiters.py``: callers waiting for a status; ``retention.py`` purges what finished long ago.
@@ -15,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import Config
-from ..protocol import ENTITY
 from ..store import Store
 from .dispatcher import Dispatcher
 from .entities import Entities
@@ -46,7 +46,7 @@ class Engine:
         orchestrations = Orchestrations(store, dispatcher, waiters)
         dispatcher.fail_claimed = orchestrations.fail_claimed
         entities = Entities(store, dispatcher)
-        dispatcher.kinds[ENTITY].entities = entities
+        dispatcher.fail_batch = entities.fail_batch
         hubs = Hubs(store, orchestrations, entities, config.promote_batch)
         return cls(store, dispatcher, waiters, orchestrations, entities, hubs,
                    Wakeups(store, hubs, dispatcher, waiters),

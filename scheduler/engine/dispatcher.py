@@ -20,9 +20,8 @@ from ..config import Config
 from ..protocol import ACTIVITY, ENTITY, ORCHESTRATION, instance_of
 from ..store import Store
 from ..store.keys import WORK_QUEUES, HubKeys
-from .entities import EntityWork
 from .streams import Claimed, Lane, StreamOptions, WorkStream, Write
-from .work_kinds import ActivityWork, FailClaimed, NameFilter, OrchestrationWork
+from .work_kinds import ActivityWork, EntityWork, FailBatch, FailClaimed, NameFilter, OrchestrationWork
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +40,11 @@ class Dispatcher:
         self.max_stream_work_items = config.max_stream_work_items
         self.kinds = {ORCHESTRATION: OrchestrationWork(store, config.max_message_bytes, self._fail_claimed),
                       ACTIVITY: ActivityWork(store, config.max_message_bytes),
-                      ENTITY: EntityWork(store, config.max_message_bytes)}
-        # set by the engine: ends a claimed episode that cannot go to a worker by failing the orchestration
+                      ENTITY: EntityWork(store, config.max_message_bytes, self._fail_batch)}
+        # set by the engine (the rules are built after the dispatcher they use): end a claimed episode or
+        # entity batch that cannot go to a worker by failing the orchestration or the batch's operations
         self.fail_claimed: FailClaimed | None = None
+        self.fail_batch: FailBatch | None = None
         self.draining = False  # shutting down: no new streams, and streams hand out nothing more
         self._streams: dict[str, set[WorkStream]] = defaultdict(set)  # hub -> this replica's open streams
         self._claims: dict[str, dict[str, bytes]] = {}  # claim token -> instance fields at the claim
@@ -130,6 +131,9 @@ class Dispatcher:
 
     async def _fail_claimed(self, *args) -> None:
         await self.fail_claimed(*args)
+
+    async def _fail_batch(self, *args) -> None:
+        await self.fail_batch(*args)
 
     def claimed_fields(self, token: str) -> dict[str, bytes] | None:
         """The instance fields at the claim, if a stream of this replica holds it (taken: once)."""

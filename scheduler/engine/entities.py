@@ -6,7 +6,7 @@ orchestration's episode (a signal, a call, a lock request, an unlock: :func:`fro
 and from another entity's batch (a signal); the last two leave through the sender's outbox
 and the relay hands them to :meth:`Entities.deliver`. Lock requests and unlocks never reach
 a worker: the store runs them (lock sets in one global order: sorted ids, so two critical
-sections never deadlock). Operations go to workers in batches under a lease (:class:`EntityWork`);
+sections never deadlock). Operations go to workers in batches under a lease (work_kinds.EntityWork);
 :meth:`Entities.complete_batch` is the one entry point of a batch result: the state, the
 results for calling orchestrations and the batch's signals and new orchestrations, in one step.
 """
@@ -15,21 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from .. import errors
 from .._proto import orchestrator_service_pb2 as pb
 from ..config import Limits
 from ..protocol import (CALL, ENTITY, LOCK, SIGNAL, TERMINAL, UNLOCK, EntityMessage, OutboxMessage, due_ms,
-                        entity_name, is_entity_id, is_valid_id, new_id, quote)
+                        is_entity_id, is_valid_id, new_id, quote)
 from ..store import Store
 from ..store.keys import HubKeys
 from ..store.scripts import Code
 from . import events
-from .work_kinds import WorkKind
-
-if TYPE_CHECKING:  # the dispatcher holds this module's work kind
-    from .dispatcher import Dispatcher
+from .dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -97,41 +93,6 @@ def from_orchestration(action: pb.OrchestratorAction, instance_id: str,
         raise errors.InvalidRequest(f"{kind} carries an invalid request or critical section id {quote(record.id)}")
     event = events.history_event(action.id, **{kind: body})
     return event, OutboxMessage(f"{instance_id}:{execution_id}:{action.id}", "entity", target, record.encode())
-
-
-class EntityWork(WorkKind):
-    """Batches of entity operations, named by the entity id; filters name entities."""
-
-    code = ENTITY
-    look_after_done = True  # operations that arrived during the batch make the entity ready again
-
-    def __init__(self, store: Store, max_message_bytes: int, entities: Entities | None = None) -> None:
-        super().__init__(store, max_message_bytes)
-        self.entities = entities  # set by the engine: fails a batch that cannot be sent
-
-    async def names(self, hub, items):
-        return [(entity_name(item), "") for item in items]
-
-    async def claim(self, hub, item, token, lease_ms):
-        claim = await self.store.claim_entity(hub, item, token, lease_ms)
-        if claim is None:
-            return None
-        batch = [EntityMessage.decode(m) for m in claim.messages]
-        work_item = events.entity_work_item(item, claim.state, [m.payload for m in batch], token)
-        size = work_item.ByteSize()
-        if size > self.max_message_bytes:  # the state and one operation: the operation fails
-            await self.entities.fail_batch(hub, item, token, batch, pb.TaskFailureDetails(
-                errorType="WorkItemTooLarge", isNonRetriable=True,
-                errorMessage=f"the entity's state and this operation make a work item of {size} bytes; a message "
-                             f"may carry {self.max_message_bytes} bytes (--max-message-bytes)"))
-            return None
-        return work_item, {"messages": claim.messages}
-
-    async def renew(self, hub, partition, items, lease_ms):
-        return await self.store.renew_entity_leases(hub, partition, items, lease_ms)
-
-    async def release(self, hub, item, token):
-        return await self.store.release_entity(hub, item, token)
 
 
 class Entities:

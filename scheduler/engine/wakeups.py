@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from ..store import Store
+from ..store import notify
 from ..store.notify import Wakeup
 from .dispatcher import Dispatcher
 from .hubs import Hubs
@@ -37,15 +38,15 @@ class Wakeups:
             await cancel_and_wait(self._task)
 
     def route(self, wakeup: Wakeup) -> None:
-        if wakeup.kind == "due":
+        if wakeup.kind == notify.DUE:
             self.hubs.due_at(wakeup.hub, wakeup.due_ms, None if wakeup.queue is None else wakeup.queue[1])
-        elif wakeup.kind == "status":
+        elif wakeup.kind == notify.STATUS:
             self.waiters.status_changed(wakeup.hub, wakeup.instance_id)
-        elif wakeup.kind == "work":
+        elif wakeup.kind == notify.WORK:
             self.dispatcher.work_available(wakeup.hub, wakeup.queue)
-        elif wakeup.kind == "outbox":
+        elif wakeup.kind == notify.OUTBOX:
             self.hubs.outbox_written(wakeup.hub, None if wakeup.queue is None else wakeup.queue[1])
-        elif wakeup.kind == "deleted":
+        elif wakeup.kind == notify.DELETED:
             self.hubs.forget(wakeup.hub)
         elif wakeup.kind == "subscribed":
             self.connected.set()

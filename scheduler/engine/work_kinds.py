@@ -1,12 +1,17 @@
-"""The kinds of work item a stream hands out (orchestration episodes, activities; entities.py adds
-entity batches): how each is named for work-item filters, claimed, renewed and handed back."""
+"""The kinds of work item a stream hands out (orchestration episodes, activities, entity batches): how
+each is named for work-item filters, claimed, renewed and handed back.
+
+A work kind knows the store, and of the rules only what :data:`FailClaimed` and :data:`FailBatch` say:
+how to end a claimed item that can never go to a worker (the engine wires them to
+``Orchestrations.fail_claimed`` and ``Entities.fail_batch``). So the rules may use the dispatcher
+that holds the work kinds, and nothing here imports them back."""
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
 
 from .._proto import orchestrator_service_pb2 as pb
-from ..protocol import ACTIVITY, ORCHESTRATION
+from ..protocol import ACTIVITY, ENTITY, ORCHESTRATION, EntityMessage, entity_name
 from ..store import Claim, Store
 from ..store.keys import HubKeys
 from . import events
@@ -33,13 +38,18 @@ def accepts(flt: NameFilter, name: str, version: str) -> bool:
     return versions is not None and (not versions or version in versions)
 
 
+# (hub, instance id, claim token, claimed fields, error type, message): fail the orchestration of a
+# claimed episode that cannot go to a worker.
 FailClaimed = Callable[[HubKeys, str, str, dict, str, str], Awaitable[None]]
+# (hub, entity id, claim token, the batch, failure): fail the operations of a claimed entity batch that
+# cannot go to a worker; the state stays.
+FailBatch = Callable[[HubKeys, str, str, list[EntityMessage], pb.TaskFailureDetails], Awaitable[None]]
 
 
 class WorkKind:
     """How one kind of work item is named, claimed, renewed and handed back."""
 
-    code: str  # protocol.ORCHESTRATION, protocol.ACTIVITY
+    code: str  # protocol.ORCHESTRATION, protocol.ACTIVITY, protocol.ENTITY
     look_after_done = False  # finishing an item may have queued its partition again
 
     def __init__(self, store: Store, max_message_bytes: int) -> None:
@@ -129,3 +139,38 @@ class ActivityWork(WorkKind):
 
     async def release(self, hub, item, token):
         return await self.store.release_activity(hub, item, token)
+
+
+class EntityWork(WorkKind):
+    """Batches of entity operations, named by the entity id; filters name entities."""
+
+    code = ENTITY
+    look_after_done = True  # operations that arrived during the batch make the entity ready again
+
+    def __init__(self, store: Store, max_message_bytes: int, fail_batch: FailBatch) -> None:
+        super().__init__(store, max_message_bytes)
+        self.fail_batch = fail_batch
+
+    async def names(self, hub, items):
+        return [(entity_name(item), "") for item in items]
+
+    async def claim(self, hub, item, token, lease_ms):
+        claim = await self.store.claim_entity(hub, item, token, lease_ms)
+        if claim is None:
+            return None
+        batch = [EntityMessage.decode(m) for m in claim.messages]
+        work_item = events.entity_work_item(item, claim.state, [m.payload for m in batch], token)
+        size = work_item.ByteSize()
+        if size > self.max_message_bytes:  # the state and one operation: the operation fails
+            await self.fail_batch(hub, item, token, batch, pb.TaskFailureDetails(
+                errorType="WorkItemTooLarge", isNonRetriable=True,
+                errorMessage=f"the entity's state and this operation make a work item of {size} bytes; a message "
+                             f"may carry {self.max_message_bytes} bytes (--max-message-bytes)"))
+            return None
+        return work_item, {"messages": claim.messages}
+
+    async def renew(self, hub, partition, items, lease_ms):
+        return await self.store.renew_entity_leases(hub, partition, items, lease_ms)
+
+    async def release(self, hub, item, token):
+        return await self.store.release_entity(hub, item, token)

@@ -1,10 +1,10 @@
 """The Lua scripts: how they are loaded, the codes they return, and what the codes mean.
 
 Every script in ``lua/`` is loaded with the shared pieces it uses in front of it: constants
-generated here from the Python facts (the status sets of :mod:`scheduler.protocol`, the work
-item kinds; a result code ``CODE.<name>`` of :class:`Code` is replaced by its number) and
-``lua/prelude.lua`` (the wake-up channel
-and hub, and the functions several scripts share: Redis time, wake-ups, queues, the due set).
+generated here from the Python facts (the status sets, work item kinds and entity message kinds
+of :mod:`scheduler.protocol`, the wake-up kinds of :mod:`.notify`; a result code ``CODE.<name>`` of
+:class:`Code` is replaced by its number) and ``lua/prelude.lua`` (the wake-up channel and hub,
+and the functions several scripts share: Redis time, wake-ups, queues, the due set).
 The scripts stay plain EVAL/EVALSHA scripts (fakeredis has no Redis Functions), so the
 embedded store runs the same code. Line numbers in Redis' script errors count the prepended lines.
 
@@ -20,6 +20,7 @@ from importlib import resources
 
 from .. import errors, protocol
 from ..config import Limits
+from . import notify
 
 
 class Code(enum.IntEnum):
@@ -46,14 +47,22 @@ def _lua_set(names) -> str:
     return "{" + ", ".join(f"{name} = true" for name in sorted(names)) + "}"
 
 
+def _lua_table(values: dict[str, str]) -> str:
+    return "{" + ", ".join(f"{name} = '{value}'" for name, value in values.items()) + "}"
+
+
 def _constants() -> dict[str, str]:
     """The generated constants, by name: the facts Python and Lua share."""
-    kinds = (f"ORCHESTRATION = '{protocol.ORCHESTRATION}', ACTIVITY = '{protocol.ACTIVITY}', "
-             f"ENTITY = '{protocol.ENTITY}'")
+    tables = {
+        "KIND": {"ORCHESTRATION": protocol.ORCHESTRATION, "ACTIVITY": protocol.ACTIVITY, "ENTITY": protocol.ENTITY},
+        "ENTITY_MSG": {"SIGNAL": protocol.SIGNAL, "CALL": protocol.CALL, "LOCK": protocol.LOCK,
+                       "UNLOCK": protocol.UNLOCK},
+        "WAKE": {kind.upper(): kind for kind in notify.KINDS},
+    }
     return {"TERMINAL": f"local TERMINAL = {_lua_set(protocol.TERMINAL)}",
             "IDLE": f"local IDLE = {_lua_set(protocol.IDLE)}",
-            "KIND": f"local KIND = {{{kinds}}}",
-            "DEDUP": f"local DEDUP = {{WINDOW_MS = {protocol.DEDUP_WINDOW_MS}, MAX = {protocol.DEDUP_MAX_IDS}}}"}
+            "DEDUP": f"local DEDUP = {{WINDOW_MS = {protocol.DEDUP_WINDOW_MS}, MAX = {protocol.DEDUP_MAX_IDS}}}",
+            **{name: f"local {name} = {_lua_table(values)}" for name, values in tables.items()}}
 
 
 def _read(name: str) -> str:

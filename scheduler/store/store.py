@@ -224,7 +224,7 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, Quer
         deleted += await self.redis.unlink(meta)
         # A hub created again right now registers again: every replica re-registers the hubs it serves.
         await self.redis.srem(keys.hubs_key(self.prefix), name)
-        await self.redis.publish(self.channel, f"{name} deleted -")
+        await self.redis.publish(self.channel, f"{name} {notify.DELETED} -")
         return deleted
 
     @unavailable_on_redis_errors

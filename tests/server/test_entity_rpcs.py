@@ -10,6 +10,8 @@ import pytest
 from google.protobuf import wrappers_pb2
 
 from scheduler._proto import orchestrator_service_pb2 as pb
+from scheduler.protocol import ENTITY, claim_token
+from scheduler.store.keys import partition_of
 from server_helpers import MAX_PAYLOAD, PARTITIONS, eventually, prefix_keys, rpc_error
 
 
@@ -195,3 +197,18 @@ async def test_skip_graceful_terminations_end_running_instances_at_once(stub):
         instanceBatch=pb.InstanceBatch(instanceIds=["g1"])))
     assert list(reply.unterminatedInstanceIds) == ["g1"]  # already ended
     call.cancel()
+
+
+async def test_a_batch_too_large_for_one_message_fails_its_operations_instead_of_going_out(app, stub, redis):
+    """The entity work kind hands a batch it cannot send to the rules (Entities.fail_batch, wired by the
+    engine): the operation is done with (failed), its lease gone, the entity free for what comes next."""
+    entity = "@counter@big"
+    await stub.SignalEntity(pb.SignalEntityRequest(instanceId=entity, name="add", requestId="r1"))
+    hub = app.store.cached_hub(app.config.task_hub)
+    kind = app.engine.dispatcher.kinds[ENTITY]
+    kind.max_message_bytes = 10  # any batch is too large now
+    token = claim_token(hub.hub, partition_of(entity, hub.partitions), ENTITY, entity)
+    assert await kind.claim(hub, entity, token, 60_000) is None
+    pk = hub.for_instance(entity)
+    assert await redis.llen(pk.entity(entity).ops) == 0
+    assert await redis.zscore(pk.leases, f"{ENTITY}|{entity}") is None

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "scheduler"
 # the composition root and the tools around it sit above them.
 LAYERS = {"api": 3, "engine": 2, "store": 1}
 BOTTOM = {"_proto", "protocol", "errors", "config", "logs"}
-TOP = {"app", "cli", "inspector", "testing", "processes", "ports", "__main__", "__init__"}
+TOP = {"app", "cli", "runner", "inspector", "testing", "processes", "ports", "__main__", "__init__"}
 REDIS_CLIENTS = {"redis", "hiredis", "fakeredis"}
 MAX_LINES = 400
 
@@ -94,3 +94,51 @@ def _is_module(name: str) -> bool:
     """True for a module or package of ours (not a class or function imported from one)."""
     relative = Path(*name.split(".")[1:])
     return (PACKAGE / relative).with_suffix(".py").exists() or (PACKAGE / relative / "__init__.py").exists()
+
+
+
+def _our_imports(module: str, path: Path) -> set[str]:
+    """The modules of ours that ``module`` imports anywhere: at the top, under ``if TYPE_CHECKING`` or
+    inside a function (an import put off until a call still closes a circle; it only hides it).
+    ``from . import keys`` needs ``keys``; ``from . import Store`` needs the package's ``__init__``."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[:len(anchor) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                name = f"{base}.{alias.name}"
+                found.add(name if base.startswith("scheduler") and _is_module(name) else base)
+    return {name for name in found if name.startswith("scheduler.") and _is_module(name)} - {module}
+
+
+def test_no_import_cycles_among_our_modules():
+    """No module imports a module that imports it back, directly or around a circle (the work kinds
+    know the rules only through FailClaimed/FailBatch; the replica's lifecycle is in runner.py, which
+    both the command line and the supervisor's processes use)."""
+    graph = {name: _our_imports(name, path) for name, path in modules()}
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def walk(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                cycles.append(path[path.index(target):] + [target])
+            elif target not in state:
+                walk(target)
+        path.pop()
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            walk(name)
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in cycles)

@@ -1,4 +1,5 @@
-"""The Lua scripts share one vocabulary: result codes, status sets and wake-ups come from one place."""
+"""The Lua scripts share one vocabulary: result codes, status sets, work item, entity message and wake-up
+kinds, and wake-ups come from one place."""
 from __future__ import annotations
 
 import re
@@ -7,7 +8,7 @@ from importlib import resources
 import pytest
 
 from scheduler import protocol
-from scheduler.store import Store
+from scheduler.store import Store, notify
 from scheduler.store.scripts import Code, _constants, _prelude, source
 
 LUA = resources.files("scheduler.store") / "lua"
@@ -83,6 +84,27 @@ def test_the_generated_constants_carry_the_python_facts():
     assert set(re.findall(r"(\w+) = true", idle)) == protocol.IDLE
     assert f"ORCHESTRATION = '{protocol.ORCHESTRATION}'" in constants
     assert f"ACTIVITY = '{protocol.ACTIVITY}'" in constants
+    entity_msg = re.search(r"local ENTITY_MSG = \{(.*)\}", constants).group(1)
+    assert dict(re.findall(r"(\w+) = '(\w)'", entity_msg)) == {
+        "SIGNAL": protocol.SIGNAL, "CALL": protocol.CALL, "LOCK": protocol.LOCK, "UNLOCK": protocol.UNLOCK}
+    wake = re.search(r"local WAKE = \{(.*)\}", constants).group(1)
+    assert dict(re.findall(r"(\w+) = '(\w+)'", wake)) == {kind.upper(): kind for kind in notify.KINDS}
+
+
+ENTITY_MESSAGE_KINDS = {protocol.SIGNAL, protocol.CALL, protocol.LOCK, protocol.UNLOCK}
+_LITERAL = re.compile(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"")
+
+
+@pytest.mark.parametrize("name", [*SCRIPTS, "prelude"])
+def test_entity_message_and_wake_up_kinds_are_named_not_spelled(name):
+    """ENTITY_MSG.<KIND> and WAKE.<KIND> (generated from protocol.py and notify.py), never a literal: a
+    kind renamed on the Python side cannot leave a script behind."""
+    text = code(name)
+    assert not re.search(r"\bwake\(\s*['\"]", text), f"{name}.lua spells a wake-up kind: use WAKE.<KIND>"
+    for single, double in _LITERAL.findall(text):
+        pieces = (single or double).split("\\n")  # a record header built in place: "\nl\n"
+        spelled = ENTITY_MESSAGE_KINDS.intersection(pieces)
+        assert not spelled, f"{name}.lua spells entity message kind {spelled} in {single or double!r}: use ENTITY_MSG"
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -99,7 +121,7 @@ def test_result_codes_are_loaded_as_their_numbers(name):
 def test_a_script_gets_what_it_uses_and_nothing_else(name):
     """A script call runs its whole chunk: the shared constants and functions it does not use are left out."""
     lines = [line.split("--")[0] for line in source(name).splitlines()]
-    for constant in ("TERMINAL", "IDLE", "KIND"):
+    for constant in ("TERMINAL", "IDLE", "KIND", "ENTITY_MSG", "WAKE"):
         defined = [line for line in lines if line.startswith(f"local {constant} = ")]
         used = any(re.search(rf"\b{constant}\b", line) for line in lines if line not in defined)
         assert bool(defined) == used, f"{name}.lua: {constant} defined {bool(defined)}, used {used}"

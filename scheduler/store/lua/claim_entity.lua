@@ -48,7 +48,7 @@ local budget = max_bytes - #(state or '')
 local batch = {}
 for _, record in ipairs(redis.call('LRANGE', ek.ops, 0, max_ops - 1)) do
   local kind = string.sub(record, 1, 1)
-  if kind ~= 's' and kind ~= 'c' then break end
+  if kind ~= ENTITY_MSG.SIGNAL and kind ~= ENTITY_MSG.CALL then break end
   budget = budget - #record
   if budget < 0 and #batch > 0 then break end
   batch[#batch + 1] = record

@@ -131,7 +131,7 @@ if status ~= '' then
   redis.call('ZREM', due_key, instance_id)
   redis.call('DEL', timers_key)
   redis.call('ZADD', completed_key, now, instance_id)
-  wake('status', instance_id)
+  wake(WAKE.STATUS, instance_id)
   if with_state then
     local state = instance_state(inst_key, inbox_key, hist_key)
     return {CODE.OK, 0, state[2], state[3]}

@@ -33,7 +33,7 @@ if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
 if seen_before(ek.seen, message_id) then return {CODE.DONE_BEFORE} end
 local kind, _, _, arg = entity_header(record)
 local size = tonumber(redis.call('HGET', ek.hash, 'size') or 0) + #record
-if kind == 's' or kind == 'c' then
+if kind == ENTITY_MSG.SIGNAL or kind == ENTITY_MSG.CALL then
   local waiting = redis.call('LLEN', ek.ops) + redis.call('LLEN', ek.held) + redis.call('ZCARD', ek.later)
   if waiting >= max_queue then return {CODE.INBOX_FULL} end
   if size > max_bytes then return {CODE.TOO_LARGE, size} end
@@ -43,7 +43,7 @@ local now = now_ms()
 remember(ek.seen, message_id, now)
 if redis.call('HSETNX', ek.hash, 'modified_ms', now) == 1 then redis.call('ZADD', index_key, 0, entity_id) end
 redis.call('HSET', ek.hash, 'size', size)
-local due = kind == 's' and tonumber(arg)
+local due = kind == ENTITY_MSG.SIGNAL and tonumber(arg)
 if due and due > now then
   redis.call('ZADD', ek.later, due, record)
   add_due(due_key, entity_id, due, true)

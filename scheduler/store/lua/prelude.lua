@@ -1,8 +1,11 @@
 -- prelude: shared by every script. When a script is loaded (store/scripts.py), this part and
 -- the functions below that it uses are put in front of it, after generated constants: TERMINAL
 -- (statuses an instance never leaves), IDLE (TERMINAL and SUSPENDED: statuses in which an
--- instance is not dispatched) and KIND (work item kinds, as in lease members). Every script
--- returns {CODE.<name>, ...}: each CODE.<name> is replaced by the code's number when loaded.
+-- instance is not dispatched), KIND (work item kinds, as in lease members), ENTITY_MSG (kinds of
+-- entity message: SIGNAL, CALL, LOCK, UNLOCK; see protocol.EntityMessage), WAKE (wake-up kinds:
+-- DUE, STATUS, WORK, OUTBOX; see store/notify.py) and DEDUP (the de-duplication window and bound; see
+-- protocol.DEDUP_WINDOW_MS). Every script returns {CODE.<name>, ...}: each
+-- CODE.<name> is replaced by the code's number when loaded.
 --
 -- Every script's first three arguments are the same; its own arguments start at ARGV[4]:
 -- ARGV[1] channel     pub/sub channel of the wake-ups, "<hub> <kind> <arg>" (see store/notify.py)
@@ -73,10 +76,10 @@ end
 local function wake_streams(queue_key, now)
   local queued = redis.call('ZCARD', queue_key)
   if queued == 0 then
-    wake('work', queue_key)
+    wake(WAKE.WORK, queue_key)
   elseif queued < 16 then
     local head = redis.call('ZRANGE', queue_key, 0, 0, 'WITHSCORES')
-    if tonumber(head[2]) < now - 1000 then wake('work', queue_key) end
+    if tonumber(head[2]) < now - 1000 then wake(WAKE.WORK, queue_key) end
   end
 end
 
@@ -97,7 +100,7 @@ local function add_due(due_key, member, due_ms, earlier_only)
   else
     redis.call('ZADD', due_key, due_ms, member)
   end
-  if not head[2] or due_ms < tonumber(head[2]) then wake('due', int(due_ms) .. ' ' .. due_key) end
+  if not head[2] or due_ms < tonumber(head[2]) then wake(WAKE.DUE, int(due_ms) .. ' ' .. due_key) end
 end
 
 -- An instance's state as get_instance.lua returns it: {OK, flat field/value list of its hash, the
@@ -205,7 +208,7 @@ local function claim_instance(k, instance_id, token, lease_ms, episode_start)
   if status == 'PENDING' then
     redis.call('HSET', k.inst, 'status', 'RUNNING', 'updated_ms', now)
     count_status(k.stats, 'PENDING', 'RUNNING')
-    wake('status', instance_id)
+    wake(WAKE.STATUS, instance_id)
   end
   local events = {}
   if claimed_n > 0 then events = redis.call('LRANGE', k.inbox, 0, claimed_n - 1) end
@@ -226,7 +229,7 @@ end
 local function post_messages(outbox_key, args, first, last)
   if last < first then return end
   rpush_all(outbox_key, args, first, last)
-  wake('outbox', outbox_key)
+  wake(WAKE.OUTBOX, outbox_key)
 end
 
 -- Queue the activity work items of args[first..last] (item, serialized ActivityRequest pairs).
@@ -285,7 +288,8 @@ end
 local function entity_queue(ek, record)
   local kind, id, parent = entity_header(record)
   local lock = redis.call('HMGET', ek.hash, 'locked_by', 'lock_section')
-  if not lock[1] or (kind == 'c' and parent == lock[1]) or (kind == 'u' and id == lock[2]) then
+  if not lock[1] or (kind == ENTITY_MSG.CALL and parent == lock[1])
+      or (kind == ENTITY_MSG.UNLOCK and id == lock[2]) then
     redis.call('RPUSH', ek.ops, record)
   else
     redis.call('RPUSH', ek.held, record)
@@ -320,14 +324,14 @@ local function entity_settle(ek, outbox_key)
     local head = redis.call('LINDEX', ek.ops, 0)
     if not head then return false end
     local kind, id, parent, arg, locks, from = entity_header(head)
-    if kind == 's' or kind == 'c' then return true end
+    if kind == ENTITY_MSG.SIGNAL or kind == ENTITY_MSG.CALL then return true end
     redis.call('LPOP', ek.ops)
     local lock = redis.call('HMGET', ek.hash, 'locked_by', 'lock_section')
-    if kind == 'l' and lock[1] then
+    if kind == ENTITY_MSG.LOCK and lock[1] then
       redis.call('RPUSH', ek.held, head)  -- locked meanwhile: it waits its turn
     else
       redis.call('HINCRBY', ek.hash, 'size', -#head)
-      if kind == 'l' then
+      if kind == ENTITY_MSG.LOCK then
         redis.call('HSET', ek.hash, 'locked_by', parent, 'lock_section', id)
         if redis.call('LLEN', ek.held) == 0 then
           if redis.call('EXISTS', ek.ops) == 1 then redis.call('RENAME', ek.ops, ek.held) end
@@ -339,14 +343,14 @@ local function entity_settle(ek, outbox_key)
         for entity in string.gmatch(locks, '[^\t]+') do set[#set + 1] = entity end
         local pos, message = tonumber(arg) + 1, nil
         if pos < #set then
-          message = id .. ':' .. pos .. '\nentity\n' .. set[pos + 1] .. '\nl\n' .. id .. '\n' .. parent .. '\n'
-            .. pos .. '\n' .. locks .. '\n' .. string.sub(head, from)
+          message = id .. ':' .. pos .. '\nentity\n' .. set[pos + 1] .. '\n' .. ENTITY_MSG.LOCK .. '\n' .. id .. '\n'
+            .. parent .. '\n' .. pos .. '\n' .. locks .. '\n' .. string.sub(head, from)
         else
           message = id .. ':granted\nevent\n' .. parent .. '\n' .. string.sub(head, from)
         end
         redis.call('RPUSH', outbox_key, message)
-        wake('outbox', outbox_key)
-      elseif kind == 'u' and lock[2] == id then
+        wake(WAKE.OUTBOX, outbox_key)
+      elseif kind == ENTITY_MSG.UNLOCK and lock[2] == id then
         entity_unlock(ek)
       end
     end

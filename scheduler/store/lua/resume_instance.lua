@@ -33,5 +33,5 @@ count_status(stats_key, 'SUSPENDED', prev)
 local waits = due_ms and due_ms > now
 if waits then add_due(due_key, instance_id, due_ms, false) end
 if not waits or prev == 'RUNNING' then push_work(ready_key, instance_id, now) end
-wake('status', instance_id)
+wake(WAKE.STATUS, instance_id)
 return {CODE.OK, status}

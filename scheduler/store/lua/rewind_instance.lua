@@ -48,5 +48,5 @@ redis.call('HINCRBY', inst_key, 'rewinds', 1)
 redis.call('ZREM', completed_key, instance_id)
 count_status(stats_key, status, 'RUNNING')
 push_work(ready_key, instance_id, now)
-wake('status', instance_id)
+wake(WAKE.STATUS, instance_id)
 return {CODE.OK, status}

@@ -32,5 +32,5 @@ redis.call('RPUSH', inbox_key, event)
 redis.call('HINCRBY', inst_key, 'size', #event)
 redis.call('HSET', inst_key, 'status', 'SUSPENDED', 'prev_status', status, 'updated_ms', now_ms())
 count_status(stats_key, status, 'SUSPENDED')
-wake('status', instance_id)
+wake(WAKE.STATUS, instance_id)
 return {CODE.OK, status}

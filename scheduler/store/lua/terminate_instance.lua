@@ -64,7 +64,7 @@ elseif base == 'RUNNING' then
     redis.call('HSET', inst_key, 'status', 'RUNNING')
     redis.call('HDEL', inst_key, 'prev_status', 'due_ms')
     count_status(stats_key, 'SUSPENDED', 'RUNNING')
-    wake('status', instance_id)
+    wake(WAKE.STATUS, instance_id)
   end
   deliver(inst_key, inbox_key, ready_key, instance_id, 'RUNNING', event, now)
   return {CODE.OK, status}
@@ -80,6 +80,6 @@ redis.call('ZREM', due_key, instance_id)
 redis.call('ZREM', ready_key, instance_id)
 redis.call('ZADD', completed_key, now, instance_id)
 count_status(stats_key, status, 'TERMINATED')
-wake('status', instance_id)
+wake(WAKE.STATUS, instance_id)
 if notice ~= '' then post_messages(outbox_key, {notice}, 1, 1) end
 return {CODE.OK, status}
