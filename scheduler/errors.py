@@ -28,14 +28,16 @@ class FailedPrecondition(StoreError):
 
 
 class LeaseLost(FailedPrecondition):
-    """A completion or abandon carried a claim token that is no longer current (expired, handed
-    back, or unknown); nothing was changed."""
+    """A completion or abandon carried a claim token that is no longer the item's claim (another
+    claim took the item after it was handed back or its lease expired, it was completed or abandoned
+    already, or the token is unknown); nothing was changed."""
 
     def __init__(self, instance_id: str) -> None:
         what = "entity" if instance_id.startswith("@") else "orchestration instance"
         super().__init__(
-            f"the work item of {what} '{instance_id}' is no longer held by this claim "
-            "(its lease expired or it was handed back); the result was discarded")
+            f"the work item of {what} '{instance_id}' is no longer held by this claim (it was completed or "
+            "abandoned already, or taken by another worker after it was handed back or its lease expired); "
+            "the result was discarded")
         self.instance_id = instance_id
 
 

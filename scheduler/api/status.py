@@ -3,9 +3,12 @@
 A rejected request gets a status and a message a person understands, and one log line (no
 traceback); an unexpected error gets INTERNAL and its traceback in the log. A call that meets
 a task hub deleted meanwhile (HubGone: nothing was written) looks the hub up again and runs once more.
+A call whose caller went away (it cancelled, or gave up at its deadline as the answer was being
+sent) ends with one INFO line: a write or an abort to it fails inside grpc, and that is no bug.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -42,6 +45,13 @@ def rpc(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
 
     @functools.wraps(method)
     async def handler(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return await _answer(self, request, context)
+        except grpc.aio.InternalError:  # a write or an abort to a call that is over (grpc's own error)
+            log.info("%s ended: its caller had gone (cancelled, or past its deadline) when it was answered", name)
+            raise asyncio.CancelledError() from None  # as grpc ends a call its caller cancelled
+
+    async def _answer(self, request, context: grpc.aio.ServicerContext):
         if request is None:  # the request bytes did not parse (see servicer.add_to_server)
             return await _reject(context, name, grpc.StatusCode.INVALID_ARGUMENT,
                                  f"the {name} request could not be parsed as its protobuf message")
@@ -54,7 +64,7 @@ def rpc(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
         except (errors.StoreError, errors.InvalidRequest, StreamStalled) as exc:
             code, message = status_of(exc)
             return await _reject(context, name, code, message)
-        except grpc.aio.AbortError:
+        except (grpc.aio.AbortError, grpc.aio.InternalError):
             raise
         except Exception:  # noqa: BLE001 - a bug: say so, and keep the details in the log
             log.exception("%s failed unexpectedly", name)

@@ -5,7 +5,9 @@ claims they hold (so a completion arriving on this replica needs not read them a
 the offers of work that a request on this replica just queued, and the wake-ups that say
 where work may be. The gRPC surface opens streams through it; the engine's rules tell it
 what they queued and finished; the wake-ups and the lease sweep tell it where to look.
-Any replica accepts any completion: what it keeps here only saves round trips.
+Any replica accepts any completion: what it keeps here only saves round trips. A completion
+refused because Redis is away makes its worker give up on the item: the item is then handed
+back in the background as soon as Redis answers (see :meth:`Dispatcher.give_back`).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from ..config import Config
 from ..protocol import ACTIVITY, ENTITY, ORCHESTRATION, instance_of
 from ..store import Store
 from ..store.keys import WORK_QUEUES, HubKeys
+from .loops import MAX_BACKOFF, MIN_BACKOFF, cancel_and_wait
 from .streams import Claimed, Lane, StreamOptions, WorkStream, Write
 from .work_kinds import ActivityWork, EntityWork, FailBatch, FailClaimed, NameFilter, OrchestrationWork
 
@@ -30,6 +33,8 @@ SWEEP_BATCH = 100  # expired leases released per partition per sweep
 # block) is given no more than this
 MAX_UNWRITTEN = 16
 _QUEUE_KINDS = {queue: kind for kind, queue in WORK_QUEUES.items()}
+# a worker's report refused for these (nothing written, or not known) was for a passing reason: Redis was away
+PASSING = (errors.StoreUnavailable, errors.StoreOutcomeUnknown, errors.RedisOutOfMemory)
 
 
 class Dispatcher:
@@ -48,6 +53,7 @@ class Dispatcher:
         self.draining = False  # shutting down: no new streams, and streams hand out nothing more
         self._streams: dict[str, set[WorkStream]] = defaultdict(set)  # hub -> this replica's open streams
         self._claims: dict[str, dict[str, bytes]] = {}  # claim token -> instance fields at the claim
+        self._giving_back: set[asyncio.Task] = set()  # hand-backs waiting for Redis (see give_back)
 
     def streams(self, hub_name: str) -> set[WorkStream]:
         return self._streams.get(hub_name, set())
@@ -93,6 +99,8 @@ class Dispatcher:
         for stream in streams:
             stream.close()
         await asyncio.gather(*(stream.closed.wait() for stream in streams))
+        for task in list(self._giving_back):  # Redis is still away: the leases expire and the sweep re-queues
+            await cancel_and_wait(task)
 
     def work_available(self, hub_name: str, queue: tuple[str, int] | None = None) -> None:
         """A work queue of the hub stopped being empty (``queue``: (name, partition), if known; None:
@@ -147,19 +155,52 @@ class Dispatcher:
                 stream.done_with(kind, item)
 
     @contextlib.contextmanager
-    def reported(self, hub_name: str, kind: str, item: str, token: str) -> Iterator[None]:
+    def reported(self, hub: HubKeys, kind: str, item: str, token: str) -> Iterator[None]:
         """Around a worker's completion or abandon: whether it is applied or refused (its claim was
-        lost), the worker is done with the item, so its stream has room again."""
+        lost, or Redis was away: see give_back), the worker is done with the item, so its stream has
+        room again."""
         try:
             yield
-            self.finished(hub_name, kind, item, token)
         except errors.LeaseLost:
-            self.finished(hub_name, kind, item, token)
+            self.finished(hub.hub, kind, item, token)
             raise
+        except PASSING:
+            self.give_back(hub, kind, item, token)
+            raise
+        self.finished(hub.hub, kind, item, token)
+
+    def give_back(self, hub: HubKeys, kind: str, item: str, token: str) -> None:
+        """A worker's report on an item was refused because Redis was away: its worker gives up on the
+        item, so no stream here holds or renews it any more, and it is handed back, its token kept (a
+        report retried meanwhile still applies until another claim takes the item), as soon as Redis
+        answers (retried with back-off, in the background). Any replica may do this: one that holds the
+        item elsewhere finds its lease gone at its next renewal."""
+        self.finished(hub.hub, kind, item, token)
+        task = asyncio.get_running_loop().create_task(self._give_back(hub, kind, item, token),
+                                                      name=f"give back {kind} {item}")
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
+
+    async def _give_back(self, hub: HubKeys, kind: str, item: str, token: str) -> None:
+        backoff = MIN_BACKOFF
+        while True:
+            try:
+                if await self.kinds[kind].release(hub, item, token, keep_token=True):
+                    log.info("task hub %r: work item %r, whose worker gave up on it while Redis was away, "
+                             "was handed back", hub.hub, item)
+                    self.offer(hub.hub, kind, [item])
+                return  # (not released: it was applied after all, or another claim took it)
+            except errors.HubGone:
+                return
+            except PASSING as exc:
+                log.debug("handing back work item %r: %s; retrying in %.2fs", item, exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
 
     async def abandon(self, hub: HubKeys, kind: str, item: str, token: str) -> None:
-        """Hand a work item back under its claim (LeaseLost when the claim is not current)."""
-        with self.reported(hub.hub, kind, item, token):
+        """Hand a work item back under its claim (LeaseLost when the claim is not current); its worker gave
+        up on it, so its token is refused from now on."""
+        with self.reported(hub, kind, item, token):
             if not await self.kinds[kind].release(hub, item, token):
                 raise errors.LeaseLost(instance_of(item))
         self.offer(hub.hub, kind, [item])  # queued again

@@ -143,7 +143,7 @@ class Entities:
         the current claim): the operations with a result are done (the others run again in the next batch);
         a result with none fails them all (with the batch's failure, if it has one); a state past its limit
         fails them all and keeps the state as it was."""
-        with self.dispatcher.reported(hub.hub, ENTITY, entity_id, token):
+        with self.dispatcher.reported(hub, ENTITY, entity_id, token):
             kept = self.dispatcher.claimed_fields(token)
             raw = kept["messages"] if kept else await self.store.claimed_messages(hub, entity_id, token)
             if raw is None:

@@ -208,7 +208,7 @@ class Orchestrations:
         ``token`` is not the current claim). An episode that would pass a limit of the instance (its
         history, its next work item, its state) fails the orchestration instead, with a failure
         that says which limit: nothing of the episode was written."""
-        with self.dispatcher.reported(hub.hub, ORCHESTRATION, instance_id, token):
+        with self.dispatcher.reported(hub, ORCHESTRATION, instance_id, token):
             await self._complete_episode(hub, instance_id, token, response)
 
     async def _complete_episode(self, hub: HubKeys, instance_id: str, token: str,
@@ -320,7 +320,7 @@ class Orchestrations:
                                     self.store.limits)
 
         async def deliver(claim):  # the orchestration has a new event
-            with self.dispatcher.reported(hub.hub, ACTIVITY, item, token):
+            with self.dispatcher.reported(hub, ACTIVITY, item, token):
                 if claim is None:
                     await self.store.complete_activity(hub, item, token, result, overflow)
                     return None

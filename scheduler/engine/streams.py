@@ -3,7 +3,9 @@
 A stream claims queued work of its hub (any partition; competing streams on any replica
 claim each item once), writes it to its worker, renews the leases of what it handed out
 while it lives, and hands them back when it closes. Leases of a replica that died expire
-and any replica's sweep re-queues them.
+and any replica's sweep re-queues them. Either way the item's claim token stays good until
+another claim takes the item: a worker that reports after its stream closed (the SDKs' stop()
+cancels the stream first) has its result applied, once, if nobody took the item meanwhile.
 
 Each kind of work item (:class:`WorkKind`: orchestrations, activities) has a lane on the
 stream (:class:`Lane`): what it holds, its limit and filter, where to look next and what
@@ -289,7 +291,7 @@ class WorkStream:
     def _let_go_of_old(self, lane: Lane) -> None:
         """Stop renewing items held longer than the longest a work item may stay leased: their lease
         expires and the sweep queues them again for another worker (this worker's late completion is
-        refused). They keep their place in the lane until this worker completes or abandons them, so a
+        refused once another claim took the item). They keep their place in the lane until this worker completes or abandons them, so a
         worker that finishes nothing is handed nothing more."""
         oldest = time.monotonic() - self.options.max_hold_seconds
         for item in [item for item, since in lane.since.items() if since < oldest and item not in lane.let_go]:
@@ -316,13 +318,14 @@ class WorkStream:
                     self.done_with(lane.kind.code, item)
 
     async def _hand_back(self) -> None:
-        """The worker went away: its unfinished items are queued again at once (not after the lease)."""
+        """The worker went away: its unfinished items are queued again at once (not after the lease);
+        their tokens stay good until another claim takes them (the worker may still report)."""
         releases = []
         for lane in self.lanes.values():
             held, lane.held, lane.since, lane.let_go = lane.held, {}, {}, set()
             for item, token in held.items():
                 self.claims.pop(token, None)
-                releases.append(lane.kind.release(self.hub, item, token))
+                releases.append(lane.kind.release(self.hub, item, token, keep_token=True))
         try:
             await asyncio.gather(*releases)
         except errors.StoreError as exc:  # the lease sweep re-queues what is left

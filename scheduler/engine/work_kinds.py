@@ -68,7 +68,9 @@ class WorkKind:
     async def renew(self, hub: HubKeys, partition: int, items: list[tuple[str, str]], lease_ms: int) -> list[str]:
         raise NotImplementedError
 
-    async def release(self, hub: HubKeys, item: str, token: str) -> bool:
+    async def release(self, hub: HubKeys, item: str, token: str, keep_token: bool = False) -> bool:
+        """Hand an item back under its claim (False: ``token`` is not its claim). With ``keep_token`` (its
+        worker may still report) a completion under the token applies until the next claim takes it."""
         raise NotImplementedError
 
 
@@ -116,8 +118,8 @@ class OrchestrationWork(WorkKind):
     async def renew(self, hub, partition, items, lease_ms):
         return await self.store.renew_orchestration_leases(hub, partition, items, lease_ms)
 
-    async def release(self, hub, item, token):
-        return await self.store.release_orchestration(hub, item, token)
+    async def release(self, hub, item, token, keep_token=False):
+        return await self.store.release_orchestration(hub, item, token, keep_token)
 
 
 class ActivityWork(WorkKind):
@@ -137,8 +139,8 @@ class ActivityWork(WorkKind):
     async def renew(self, hub, partition, items, lease_ms):
         return await self.store.renew_activity_leases(hub, partition, items, lease_ms)
 
-    async def release(self, hub, item, token):
-        return await self.store.release_activity(hub, item, token)
+    async def release(self, hub, item, token, keep_token=False):
+        return await self.store.release_activity(hub, item, token, keep_token)
 
 
 class EntityWork(WorkKind):
@@ -172,5 +174,5 @@ class EntityWork(WorkKind):
     async def renew(self, hub, partition, items, lease_ms):
         return await self.store.renew_entity_leases(hub, partition, items, lease_ms)
 
-    async def release(self, hub, item, token):
-        return await self.store.release_entity(hub, item, token)
+    async def release(self, hub, item, token, keep_token=False):
+        return await self.store.release_entity(hub, item, token, keep_token)

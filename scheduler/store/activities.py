@@ -3,7 +3,8 @@
 An activity work item (``protocol.activity_item``) lives in its instance's partition:
 queued in ``activities``, its ActivityRequest in ``act-payloads`` until it is completed,
 and, while a worker holds it, its claim token in ``act-tokens`` and its lease member on
-``leases``. A completion is applied once, under the current claim.
+``leases``. A completion is applied once, under the claim's token, which stays in ``act-tokens``
+when the item is handed back (its stream closed, its lease swept) until the next claim.
 """
 from __future__ import annotations
 
@@ -35,11 +36,12 @@ class ActivityOps:
         return values[1] if code is Code.OK else None
 
     @unavailable_on_redis_errors
-    async def release_activity(self, hub: keys.HubKeys, item: str, token: str) -> bool:
-        """Put a claimed item back in the queue if ``token`` is its current claim."""
+    async def release_activity(self, hub: keys.HubKeys, item: str, token: str, keep_token: bool = False) -> bool:
+        """Put a claimed item back in the queue if ``token`` is its claim. With ``keep_token`` a completion
+        under the token is still applied until the next claim takes the item."""
         pk = hub.for_instance(protocol.instance_of(item))
         reply = await self._write("release_activity", hub, pk, [pk.activities, pk.leases, pk.activity_tokens],
-                                  [item, token])
+                                  [item, token, "1" if keep_token else "0"])
         return self._outcome(reply, protocol.instance_of(item), Code.LEASE_LOST)[0] is Code.OK
 
     @unavailable_on_redis_errors
@@ -91,7 +93,7 @@ class ActivityOps:
         reply = await self._write(
             "complete_activity", hub, pk,
             [pk.activity_tokens, pk.activity_payloads, pk.leases, pk.instance(iid), pk.inbox(iid), pk.ready,
-             pk.history(iid), pk.stats, pk.timers(iid), pk.due],
+             pk.history(iid), pk.stats, pk.timers(iid), pk.due, pk.activities],
             [item, token, iid, execution_id, event, self.limits.max_work_item_bytes, overflow, *claim])
         return self._outcome(reply, iid, Code.TOO_LARGE)
 

@@ -2,7 +2,8 @@
 
 An entity lives in the partition of its id like an instance (keys.EntityKeys): a hash
 (state, last modified, the orchestration that holds its lock and the critical section,
-the bytes of what waits; while a batch is out, ``lease`` and ``claimed_n``), ``ops`` (the
+the bytes of what waits; while a batch is out, and after it was handed back until the next
+claim, ``lease`` and ``claimed_n``), ``ops`` (the
 messages it may run now, in order), ``held`` (what waits while another orchestration
 holds its lock), ``later`` (delayed signals) and ``seen`` (recent message ids). It is in
 the partition's ``entities`` queue while operations wait at the head of ``ops`` and no
@@ -96,21 +97,23 @@ class EntityOps:
                               state: str | None | bool, outbox: list[bytes]) -> None:
         """Apply a batch result under its claim (see complete_entity.lua): ``done`` operations are trimmed;
         ``state`` is the new state, None to delete it, False to leave it; ``outbox`` encoded messages.
-        LeaseLost, with nothing changed, when ``token`` is not the current claim."""
+        LeaseLost, with nothing changed, when ``token`` is not the entity's claim (it stays its claim after
+        the batch was handed back, until the next claim)."""
         pk = hub.for_instance(entity_id)
         state_arg = "" if state is False else "-" if state is None else "=" + state
         reply = await self._write("complete_entity", hub, pk,
-                                  [*_entity_keys(pk, entity_id), pk.entities, pk.leases, pk.outbox],
+                                  [*_entity_keys(pk, entity_id), pk.entities, pk.leases, pk.outbox, pk.due],
                                   [entity_id, token, done, state_arg, *outbox])
         self._outcome(reply, entity_id)
 
     @unavailable_on_redis_errors
-    async def release_entity(self, hub: keys.HubKeys, entity_id: str, token: str) -> bool:
-        """Hand a claimed batch back if ``token`` is the current claim; False (nothing changed) if not."""
+    async def release_entity(self, hub: keys.HubKeys, entity_id: str, token: str, keep_token: bool = False) -> bool:
+        """Hand a claimed batch back if ``token`` is its claim; False (nothing changed) if not. With
+        ``keep_token`` a completion under the token is still applied until the next claim takes the entity."""
         pk = hub.for_instance(entity_id)
         reply = await self._write("release_entity", hub, pk,
                                   [*_entity_keys(pk, entity_id), pk.entities, pk.leases, pk.outbox],
-                                  [entity_id, token])
+                                  [entity_id, token, "1" if keep_token else "0"])
         return self._outcome(reply, entity_id, Code.LEASE_LOST)[0] is Code.OK
 
     @unavailable_on_redis_errors
@@ -136,7 +139,8 @@ class EntityOps:
     @unavailable_on_redis_errors
     async def get_entity(self, hub: keys.HubKeys, entity_id: str) -> EntityRecord | None:
         """One entity as it is now; None if it never got a message (or was removed)."""
-        reply = await self._eval("get_entity", hub, _entity_keys(hub.for_instance(entity_id), entity_id), [])
+        pk = hub.for_instance(entity_id)
+        reply = await self._eval("get_entity", hub, [*_entity_keys(pk, entity_id), pk.leases], [entity_id])
         code, values = self._outcome(reply, entity_id, Code.NOT_FOUND)
         if code is not Code.OK:
             return None

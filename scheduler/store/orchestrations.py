@@ -7,7 +7,9 @@ While claimed, the instance hash holds ``lease`` (the claim token), ``claimed_n`
 OrchestratorStarted event handed out). The inbox is not consumed at claim: the
 completion trims the first ``claimed_n`` events, so an expired or released claim
 loses nothing, and events that arrive during the episode stay for the next one.
-The completion is applied only while ``lease`` equals its token.
+The completion is applied only while ``lease`` equals its token: a claim handed back when
+its stream closed, or swept when its lease expired, keeps ``lease``, ``claimed_n`` and
+``episode_start`` (not its lease member) until the next claim replaces them.
 
 Messages for other instances wait in the partition's outbox, written by the
 completion in the same step; one relay at a time per partition holds the outbox and reads
@@ -74,12 +76,14 @@ class OrchestrationOps:
         return [m.decode() for reply in replies for m in self._outcome(reply, hub.hub)[1][1:]]
 
     @unavailable_on_redis_errors
-    async def release_orchestration(self, hub: keys.HubKeys, instance_id: str, token: str) -> bool:
-        """Hand a claim back (see release_orchestration.lua): True if ``token`` was the current
-        claim and the instance is ready again; False, with nothing changed, otherwise."""
+    async def release_orchestration(self, hub: keys.HubKeys, instance_id: str, token: str,
+                                    keep_token: bool = False) -> bool:
+        """Hand a claim back (see release_orchestration.lua): True if ``token`` was the instance's
+        claim and the instance is ready again; False, with nothing changed, otherwise. With
+        ``keep_token`` a completion under the token is still applied until the next claim."""
         pk = hub.for_instance(instance_id)
         reply = await self._write("release_orchestration", hub, pk, [pk.leases, pk.ready, pk.instance(instance_id)],
-                                  [instance_id, token])
+                                  [instance_id, token, "1" if keep_token else "0"])
         return self._outcome(reply, instance_id, Code.LEASE_LOST)[0] is Code.OK
 
     @unavailable_on_redis_errors

@@ -13,6 +13,7 @@ from google.protobuf import wrappers_pb2
 from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
 from scheduler.protocol import ORCHESTRATION
+from scheduler.store.keys import lease_member
 from server_helpers import PARTITIONS, eventually
 
 
@@ -180,9 +181,8 @@ async def test_a_worker_that_finished_nothing_gets_no_more_than_it_declared_afte
         hub = app.store.cached_hub(hub_name)
 
         async def first_claims_over() -> bool:  # past the longest hold, their leases expired and were swept
-            for iid, token in first_claims.items():
-                lease = await app.store.redis.hget(hub.for_instance(iid).instance(iid), "lease")
-                if lease is not None and lease.decode() == token:
+            for iid in first_claims:  # (their tokens stay good until another claim takes them)
+                if await app.store.redis.zscore(hub.for_instance(iid).leases, lease_member(ORCHESTRATION, iid)):
                     return False
             return True
 

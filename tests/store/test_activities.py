@@ -288,21 +288,21 @@ async def test_sweep_requeues_expired_leases_only_and_wakes(store: Store, hub, r
     assert swept == [expired] and messages == [f"{hub.hub} work {pk.activities}"]
     assert t0 <= await redis.zscore(pk.activities, expired) <= t1
     assert await redis.zscore(pk.leases, act_member(expired)) is None
-    assert await redis.hget(pk.activity_tokens, expired) is None
+    assert await redis.hget(pk.activity_tokens, expired) == te.encode()  # until the next claim takes it
     assert await redis.hget(pk.activity_payloads, expired) == request(expired)
     assert await redis.zscore(pk.leases, act_member(unexpired)) == u_expiry
     assert await redis.hget(pk.activity_tokens, unexpired) == tu.encode()
     assert await redis.hget(pk.activity_tokens, renewed) == tr.encode()
     assert await queued_items(store, hub, 3) == [expired]
-    # the late worker's claim is gone
-    with pytest.raises(errors.LeaseLost):
-        await store.complete_activity(hub, expired, te, task_completed(0, "late"))
-    assert not await store.release_activity(hub, expired, te)
     assert await sweeper.sweep_expired_leases(sweeper_hub, 3, 100) == []
     for p in (0, 1, 2):
         assert await sweeper.sweep_expired_leases(sweeper_hub, p, 100) == []
     again, payload = await claim_act(store, hub, expired)
     assert payload == request(expired)
+    # taken by another claim: the late worker's claim is gone
+    with pytest.raises(errors.LeaseLost):
+        await store.complete_activity(hub, expired, te, task_completed(0, "late"))
+    assert not await store.release_activity(hub, expired, te)
 
 
 async def test_sweep_releases_both_kinds_of_expired_lease(store: Store, hub, redis):
@@ -337,7 +337,7 @@ async def test_sweep_script_rechecks_the_expiry(store: Store, hub, redis, key_pr
 async def test_sweep_of_one_item_runs_once(store: Store, hub, redis):
     [item] = await schedule(store, hub, "once")
     pk = hub.for_instance("once")
-    await claim_act(store, hub, item, SHORT)
+    token, _ = await claim_act(store, hub, item, SHORT)
     await wait_past(store, await redis.zscore(pk.leases, act_member(item)))
     messages, swept = await during(redis, store.channel, pk.activities, lambda: store.sweep_activity_lease(hub, item))
     assert swept and messages == [f"{hub.hub} work {pk.activities}"]
@@ -345,7 +345,8 @@ async def test_sweep_of_one_item_runs_once(store: Store, hub, redis):
     messages, swept = await during(redis, store.channel, pk.activities, lambda: store.sweep_activity_lease(hub, item))
     assert not swept and messages == []
     assert await redis.zscore(pk.activities, item) == queued_since
-    assert await redis.zcard(pk.leases) == 0 and not await redis.exists(pk.activity_tokens)
+    assert await redis.zcard(pk.leases) == 0
+    assert await redis.hgetall(pk.activity_tokens) == {item.encode(): token.encode()}  # until the next claim
 
 
 # -- complete ----------------------------------------------------------------------------------

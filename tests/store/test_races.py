@@ -155,3 +155,19 @@ async def test_retention_rechecks_the_end_time_when_it_purges(store: Store, hub,
     assert await store.purge_instances(hub, ["job"], cutoff) == 0
     assert await store.get_instance(hub, "job") is not None
     assert await store.purge_instances(hub, ["job"]) == 1
+
+
+async def test_an_event_without_room_during_an_episode_fails_the_instance_at_its_next_dispatch(store: Store, hub,
+                                                                                               redis):
+    """An event that had no room while an episode ran marks the instance to fail (`overflow`); the
+    episode's completion must make it ready for that, whatever its inbox holds."""
+    iid = "overflowing"
+    first = await running(store, hub, iid)
+    await store.complete_orchestration(hub, iid, first.token, [b"waiting"])
+    second = await next_episode(store, hub, iid)
+    raised = pb.HistoryEvent(eventId=-1, eventRaised=pb.EventRaisedEvent(name="big")).SerializeToString()
+    store.limits = type(store.limits)(max_inbox_events=0)  # no room for anything more
+    assert await store.deliver_event(hub, iid, "m-big", raised, "EventTooLarge\nno room") is Code.INBOX_FULL
+    await unready(store, hub, iid)
+    completion = await store.complete_orchestration(hub, iid, second.token, [])
+    assert completion.readied and await redis.zscore(hub.for_instance(iid).ready, iid) is not None

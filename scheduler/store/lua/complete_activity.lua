@@ -1,8 +1,9 @@
 -- complete_activity: deliver an activity's result to its orchestration, once.
 --
--- Applied only while `token` is the item's current claim; the item's payload,
--- token and lease go in the same step, so a duplicate or late completion changes
--- nothing. The result event reaches the instance's inbox only if the instance is
+-- Applied only while `token` is the item's claim: also after the claim was handed back
+-- (its stream closed, its lease swept) until the next claim takes the item, which then
+-- leaves the activity queue again. The item's payload, token and lease go in the same
+-- step, so a duplicate completion, or one after another claim took the item, changes nothing. The result event reaches the instance's inbox only if the instance is
 -- still in the execution that scheduled it and has not ended; a running instance
 -- is made ready (a suspended one keeps the event until it is resumed). A result that
 -- the next work item has no room for is not appended: the instance is marked to fail
@@ -21,6 +22,7 @@
 -- KEYS[9] stats         partition status counts hash
 -- KEYS[10] timers       instance pending timers zset
 -- KEYS[11] due          partition due zset
+-- KEYS[12] activities   partition activity queue zset
 -- ARGV[4] item
 -- ARGV[5] token
 -- ARGV[6] instance_id
@@ -33,7 +35,7 @@
 -- ARGV[13] episode_start the claim's serialized OrchestratorStarted HistoryEvent
 -- Returns {OK, lease expiry, flat hash, history, new events} when applied and claimed; {OK} when
 -- applied (or dropped: another execution, an ended instance) and not claimed; {TOO_LARGE} when
--- the instance was marked to fail, {LEASE_LOST} when the token is not the current claim, {HUB_GONE}.
+-- the instance was marked to fail, {LEASE_LOST} when the token is not the item's claim, {HUB_GONE}.
 local tokens_key, payloads_key, leases_key = KEYS[2], KEYS[3], KEYS[4]
 local inst_key, inbox_key, ready_key = KEYS[5], KEYS[6], KEYS[7]
 local item, token, instance_id, execution_id, event = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
@@ -47,6 +49,7 @@ local now = now_ms()
 redis.call('HDEL', tokens_key, item)
 redis.call('HDEL', payloads_key, item)
 redis.call('ZREM', leases_key, lease_member(KIND.ACTIVITY, item))
+redis.call('ZREM', KEYS[12], item)  -- queued again if it was handed back
 
 if not status or inst[2] ~= execution_id or TERMINAL[status] then return {CODE.OK} end
 if tonumber(inst[3] or 0) + #event > max_bytes then

@@ -1,4 +1,8 @@
--- complete_entity: apply a worker's batch result to an entity, only under its current claim.
+-- complete_entity: apply a worker's batch result to an entity, only under its claim.
+--
+-- The claim's token is accepted also after the batch was handed back (its stream closed, its
+-- lease swept) until the next claim takes the entity: then the entity leaves the queue it went
+-- back to, and delayed signals whose time came meanwhile are queued (as a claim would).
 --
 -- Trims the first `done` operations of the batch from the queue (those the worker did not
 -- get to stay first in line), sets or deletes the state (or leaves it), writes the outbox
@@ -11,12 +15,13 @@
 -- KEYS[7] entities    partition queue of entities to dispatch
 -- KEYS[8] leases      partition leases zset
 -- KEYS[9] outbox      partition outbox list
+-- KEYS[10] due        partition due zset
 -- ARGV[4] entity_id
 -- ARGV[5] token       the claim token of the batch
 -- ARGV[6] done        operations of the batch done (at most the batch)
 -- ARGV[7] state       "=<state>" to set it, "-" to delete it, "" to leave it
 -- ARGV[8..]           outbox messages (protocol.OutboxMessage)
--- Returns {OK}; {LEASE_LOST} (nothing changed) when the token is not the current claim; {HUB_GONE}.
+-- Returns {OK}; {LEASE_LOST} (nothing changed) when the token is not the entity's claim; {HUB_GONE}.
 local ek = entity_keys(2)
 local queue_key, leases_key, outbox_key = KEYS[7], KEYS[8], KEYS[9]
 local entity_id, token, done, state = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
@@ -27,6 +32,10 @@ if claim[1] ~= token then return {CODE.LEASE_LOST} end
 done = math.min(done, tonumber(claim[2]))
 local now = now_ms()
 
+if not redis.call('ZSCORE', leases_key, lease_member(KIND.ENTITY, entity_id)) then  -- handed back
+  redis.call('ZREM', queue_key, entity_id)
+  entity_release_due(ek, KEYS[10], entity_id, now)
+end
 if done > 0 then
   redis.call('HINCRBY', ek.hash, 'size', -bytes_of(redis.call('LRANGE', ek.ops, 0, done - 1)))
   redis.call('LTRIM', ek.ops, done, -1)

@@ -1,4 +1,8 @@
--- complete_orchestration: apply a worker's episode result, only under its current claim.
+-- complete_orchestration: apply a worker's episode result, only under its claim.
+--
+-- The claim's token is accepted also after the claim was handed back (its stream closed,
+-- its lease swept) until the next claim takes the instance: then the instance leaves the
+-- ready set it went back to, unless something waits for a next episode (see wants_episode).
 --
 -- Checks, before writing anything, the claim token, the history limit (events), the
 -- next work item (bytes of history and inbox) and, when the episode ends the
@@ -52,7 +56,7 @@
 -- then the rest          outbox messages (protocol.OutboxMessage) for other instances
 -- Returns {OK, 1} when events or a timer that came during the episode made the instance ready again, else
 -- {OK, 0} (with with_state, when the orchestration ended: {OK, 0, flat field/value list, start event
--- or false}, as get_instance.lua); or, with nothing changed: {LEASE_LOST} when the token is not the current claim,
+-- or false}, as get_instance.lua); or, with nothing changed: {LEASE_LOST} when the token is not the instance's claim,
 -- {HISTORY_LIMIT, events} or {TOO_LARGE, bytes} (the history or the next work item would pass its
 -- limit), {STATE_TOO_LARGE, bytes} (the state would not fit one reply), {HUB_GONE}.
 local inst_key, inbox_key, hist_key, ready_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -94,6 +98,9 @@ if max_state > 0 and (status ~= '' or custom_status ~= '') then
   if state > max_state then return {CODE.STATE_TOO_LARGE, state} end
 end
 local now = now_ms()
+if not redis.call('ZSCORE', leases_key, lease_member(KIND.ORCHESTRATION, instance_id)) then  -- handed back
+  redis.call('ZREM', ready_key, instance_id)  -- what waits for a next episode makes it ready again below
+end
 
 redis.call('RPUSH', hist_key, episode_start)
 if claimed_n > 0 then
@@ -136,7 +143,7 @@ if status ~= '' then
     local state = instance_state(inst_key, inbox_key, hist_key)
     return {CODE.OK, 0, state[2], state[3]}
   end
-elseif not suspended and wants_episode(inbox_key, timers_key, now) then
+elseif not suspended and wants_episode(inst_key, inbox_key, timers_key, now) then
   push_work(ready_key, instance_id, now)
   return {CODE.OK, 1}
 end

@@ -121,11 +121,12 @@ local function instance_state(inst_key, inbox_key, hist_key)
 end
 
 -- True when an instance that is not in an episode has something for a next one: events in its
--- inbox, or a timer whose time has come (it may have come due while an episode ran: the promoter
--- took its due entry, and a claim that found the instance leased took it off ready). Every step
--- that ends an episode and leaves the instance runnable makes it ready when this holds.
-local function wants_episode(inbox_key, timers_key, now)
-  if redis.call('LLEN', inbox_key) > 0 then return true end
+-- inbox, an event that found no room (`overflow`: the next dispatch fails it), or a timer whose time
+-- has come (it may have come due while an episode ran: the promoter took its due entry, and a claim
+-- that found the instance leased took it off ready). Every step that ends an episode and leaves the
+-- instance runnable makes it ready when this holds.
+local function wants_episode(inst_key, inbox_key, timers_key, now)
+  if redis.call('LLEN', inbox_key) > 0 or redis.call('HEXISTS', inst_key, 'overflow') == 1 then return true end
   return #redis.call('ZRANGEBYSCORE', timers_key, '-inf', now, 'LIMIT', 0, 1) > 0
 end
 
