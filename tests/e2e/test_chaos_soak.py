@@ -1,0 +1,34 @@
+"""A chaos soak of the whole surface, CI size: 40 ``chaos_parent`` instances (activities, timers, an external
+event raced against a timeout, a sub-orchestration, signals, a delayed signal and a call to shared counter
+entities, and continue-as-new twice; see ``chaos_app.py``) on three replicas with three SDK worker
+processes, while workers and replicas are SIGKILLed and restarted and Redis (AOF, ``appendfsync always``) is
+stopped and started again on its port. Every instance must end once with the output its seed implies,
+every history must hold each completion once, and every entity operation must be applied exactly once.
+
+The larger run: ``python -m benchmarks --only chaos`` (``benchmarks/README.md``).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import chaos_check
+from chaos_soak import SoakConfig, run_soak
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
+
+
+def test_every_instance_ends_once_with_its_result_through_kills_and_a_redis_restart(tmp_path):
+    cfg = SoakConfig(instances=40, worker_kills=3, replica_kills=2, redis_restarts=1, start_seconds=12.0,
+                     chaos_seconds=30.0, settle_seconds=60.0, seed=7)
+    report = run_soak(cfg, str(tmp_path))
+    figures = {k: report[k] for k in ("instances", "completed_correctly", "lost", "stuck", "failed", "wrong",
+                                      "duplicates", "entity_ops_lost", "entity_ops_applied_twice", "seconds", "kills")}
+    print("\nchaos soak: " + json.dumps(figures))
+    assert report["kills"] == {"workers": 3, "replicas": 2, "redis_restarts": 1}, report["timeline"]
+    if not chaos_check.ok(report):
+        details = {k: report[k] for k in ("problems", "entity_problems", "diagnoses", "raises_failed",
+                                          "start_failed", "timeline")}
+        pytest.fail(f"chaos soak failed: {json.dumps(figures)}\n{json.dumps(details, indent=1, default=str)}"
+                    f"\n(replica and worker logs in {tmp_path})")
