@@ -1,12 +1,12 @@
-"""Chaos machinery: one redis-server with AOF (``appendfsync always``), replicas (``scheduler serve``
-subprocesses on fixed ports, so a restarted one answers where the killed one did) and SDK worker
-processes (``chaos_app.py``), with the actions a chaos monkey takes on them: SIGKILL a worker and start
-another, SIGKILL a replica and restart it on its port, stop Redis and start it again on its port with
+"""Chaos machinery: one redis-server with AOF (``appendfsync always``) on a fixed port, replicas
+(``scheduler serve`` subprocesses, each reached through a TCP proxy of its own whose address stays, as a
+Kubernetes Service's would, while the replica behind it is killed and started again on a new port) and
+SDK worker processes (``chaos_app.py``), with the actions a chaos monkey takes on them: SIGKILL a worker
+and start another, SIGKILL a replica and start it again, stop Redis and start it again on its port with
 its data kept.
 
-This module imports neither the SDK's generated protobuf module nor ours: the soak driver
-(``chaos_soak.py``, run by ``test_chaos_soak.py`` and as a script by ``python -m benchmarks --only
-chaos``) uses the SDK's.
+Used by the soak driver (``chaos_soak.py``, run by ``test_chaos_soak.py`` and as a script by
+``python -m benchmarks --only chaos``); nothing here imports our generated protobuf module.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +23,8 @@ from dataclasses import dataclass, field
 
 import redis
 
-from scheduler.testing import ServerProcess, free_port, start_server
+from e2e_helpers import TcpProxy
+from scheduler.testing import ServerProcess, start_server
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 APP = os.path.join(HERE, "chaos_app.py")
@@ -35,7 +37,7 @@ class AofRedis:
     def __init__(self, workdir: str) -> None:
         self.dir = os.path.join(workdir, "redis")
         os.makedirs(self.dir, exist_ok=True)
-        self.port = free_port()
+        self.port = _port_below_ephemeral()  # so no outgoing connection takes it while Redis is down
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
@@ -67,25 +69,38 @@ class AofRedis:
             self.proc.wait(30)
 
 
+def _port_below_ephemeral() -> int:
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    for _ in range(200):
+        port = random.randint(max(1024, low - 12000), low - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port below the ephemeral range")
+
+
 class Replica:
-    """A ``scheduler serve`` subprocess on a port of its own, restarted on that port after a kill."""
+    """A ``scheduler serve`` subprocess behind a TCP proxy whose ``address`` stays when it is restarted."""
 
     def __init__(self, redis_url: str, common: list[str], log_path: str) -> None:
         self.redis_url, self.common, self.log_path = redis_url, common, log_path
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
         self.server: ServerProcess | None = None
+        self.proxy: TcpProxy | None = None
+
+    @property
+    def address(self) -> str:
+        return self.proxy.address
 
     def start(self) -> None:
         with open(self.log_path, "a") as log:
-            for attempt in range(20):  # the killed process's port may take a moment to be free again
-                try:
-                    self.server = start_server(self.redis_url, *self.common, "--port", str(self.port), stderr=log)
-                    return
-                except RuntimeError:
-                    if attempt == 19:
-                        raise
-                    time.sleep(0.25)
+            self.server = start_server(self.redis_url, *self.common, stderr=log)
+        if self.proxy is None:
+            self.proxy = TcpProxy(self.server.address)
+        else:
+            self.proxy.retarget(self.server.address)
 
     def alive(self) -> bool:
         return self.server is not None and self.server.proc.poll() is None
@@ -111,11 +126,12 @@ class Worker:
 
 @dataclass
 class Chaos:
-    """What the monkey did: counts and a timeline (seconds since the soak started, action)."""
+    """What the monkey did: counts and a timeline (seconds since the soak started, UTC time, action)."""
     worker_kills: int = 0
     replica_kills: int = 0
     redis_restarts: int = 0
-    timeline: list[tuple[float, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # actions that could not be carried out
+    timeline: list[tuple[float, str, str]] = field(default_factory=list)
 
 
 class Cluster:
@@ -147,7 +163,9 @@ class Cluster:
         self.workers.append(Worker(address, os.path.join(self.workdir, f"worker-{self._worker_logs}.log")))
 
     def _note(self, what: str) -> None:
-        self.chaos.timeline.append((round(time.monotonic() - self.t0, 1), what))
+        now = time.time()
+        utc = time.strftime("%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+        self.chaos.timeline.append((round(time.monotonic() - self.t0, 1), utc, what))
 
     def kill_worker(self) -> None:
         victim = self.rng.choice(self.workers)
@@ -166,7 +184,7 @@ class Cluster:
         self._note(f"SIGKILL replica pid {pid} ({victim.address})")
         time.sleep(down)
         victim.start()
-        self._note(f"replica {victim.address} restarted (pid {victim.server.pid})")
+        self._note(f"replica {victim.address} started again (pid {victim.server.pid} on {victim.server.address})")
 
     def restart_redis(self, down: float = 1.5) -> None:
         how = ("term", "kill")[self.chaos.redis_restarts % 2]
@@ -184,7 +202,11 @@ class Cluster:
         for action in plan:
             if stop.wait(gap * self.rng.uniform(0.6, 1.4)):
                 return
-            actions[action]()
+            try:
+                actions[action]()
+            except Exception as exc:  # noqa: BLE001 - said in the report; the soak goes on
+                self.chaos.errors.append(f"{action}: {exc!r}")
+                self._note(f"{action} failed: {exc!r}")
 
     def close(self) -> None:
         for w in self.workers:
@@ -192,6 +214,8 @@ class Cluster:
         for r in self.replicas:
             if r.alive():
                 r.server.stop(8.0)
+            if r.proxy:
+                r.proxy.close()
         self.redis.stop("term")
 
 

@@ -149,6 +149,25 @@ def diagnose(caller, rds: redis.Redis, hub: HubKeys, iid: str) -> dict:
             "redis_time": rds.time(), "history_tail": tail}
 
 
+def diagnose_entity(rds: redis.Redis, hub: HubKeys, key: str, lost: list[str]) -> dict:
+    """Where the lost operations of a counter are (if anywhere): each of its keys, with the members that name one."""
+    eid = f"@chaos_counter@{key}"
+    pk = hub.for_instance(eid)
+    found: dict[str, object] = {"due entries": [m.decode(errors="replace")[:160] for m in rds.zrange(pk.due, 0, -1)
+                                                if eid.encode() in m]}
+    for name, k in zip(("hash", "ops", "held", "later", "seen"), (lambda e: (e.hash, e.ops, e.held, e.later,
+                                                                             e.seen))(pk.entity(eid))):
+        kind = rds.type(k).decode()
+        items = {"hash": lambda: [f"{f.decode()}={v[:80]!r}" for f, v in rds.hgetall(k).items() if f != b"state"],
+                 "list": lambda: rds.lrange(k, 0, -1), "zset": lambda: rds.zrange(k, 0, -1),
+                 "set": lambda: list(rds.smembers(k))}.get(kind, lambda: [])()
+        named = [str(i)[:160] for i in items if any(op.encode() in (i if isinstance(i, bytes) else i.encode())
+                                                    for op in lost)]
+        found[name] = {"type": kind, "size": len(items), "naming a lost op": named[:5],
+                       **({"fields": items} if kind == "hash" else {})}
+    return found
+
+
 def check(caller, cluster, prefix: str, hub_name: str, iids: list[str], record: dict, settle: float, log) -> dict:
     started = record["started"]
     t = time.monotonic()
@@ -165,6 +184,10 @@ def check(caller, cluster, prefix: str, hub_name: str, iids: list[str], record: 
     try:
         for iid in stuck[:8]:
             diagnoses[iid] = diagnose(caller, rds, HubKeys(prefix, hub_name, 4), iid)
+        for problem in entity[:4]:
+            key = problem.split(":", 1)[0].split()[-1]
+            lost = [x.strip(" '") for x in problem.split("lost [", 1)[1].split("]", 1)[0].split(",") if x.strip()]
+            diagnoses[f"counter {key}"] = diagnose_entity(rds, HubKeys(prefix, hub_name, 4), key, lost)
     finally:
         rds.close()
     return {

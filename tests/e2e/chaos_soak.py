@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import sys
 import tempfile
 import threading
 import time
@@ -19,6 +21,9 @@ from dataclasses import asdict, dataclass
 
 import grpc
 from durabletask import client
+
+if __name__ == "__main__":  # run as a script: e2e_helpers imports the repository's benchmarks package
+    sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import chaos_check
 from chaos import Cluster, plan
@@ -134,6 +139,7 @@ def run_soak(cfg: SoakConfig, workdir: str | None = None, log=print) -> dict:
         report.update(seconds=round(time.monotonic() - t0, 1), workdir=workdir,
                       kills={"workers": cluster.chaos.worker_kills, "replicas": cluster.chaos.replica_kills,
                              "redis_restarts": cluster.chaos.redis_restarts},
+                      chaos_errors=cluster.chaos.errors,
                       timeline=cluster.chaos.timeline, config=asdict(cfg))
         return report
     finally:
