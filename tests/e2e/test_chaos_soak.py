@@ -14,6 +14,7 @@ import shutil
 import tempfile
 
 import pytest
+from durabletask.internal import orchestrator_service_pb2 as pb
 
 import chaos_check
 from chaos_soak import SoakConfig, run_soak
@@ -38,3 +39,20 @@ def test_every_instance_ends_once_with_its_result_through_kills_and_a_redis_rest
                                           "start_failed", "timeline")}
         pytest.fail(f"chaos soak failed: {json.dumps(figures)}\n{json.dumps(details, indent=1, default=str)}"
                     f"\n(Redis', replica and worker logs kept in {workdir})")
+
+
+def test_the_history_check_sees_a_second_completion_a_second_timer_and_a_second_event():
+    """The soak can fail: its history check finds what a double application leaves."""
+    def event(n: int, **kind) -> pb.HistoryEvent:
+        return pb.HistoryEvent(eventId=n, **kind)
+
+    clean = [event(-1, executionStarted=pb.ExecutionStartedEvent(name="p")),
+             event(1, taskScheduled=pb.TaskScheduledEvent(name="a")), event(2, timerCreated=pb.TimerCreatedEvent()),
+             event(-1, taskCompleted=pb.TaskCompletedEvent(taskScheduledId=1)),
+             event(-1, timerFired=pb.TimerFiredEvent(timerId=2)), event(-1, eventRaised=pb.EventRaisedEvent(name="go-2")),
+             event(-1, executionCompleted=pb.ExecutionCompletedEvent())]
+    assert chaos_check.duplicates(clean, set()) == []
+    doubled = clean + [clean[3], clean[4], clean[5], event(-1, taskCompleted=pb.TaskCompletedEvent(taskScheduledId=9))]
+    found = chaos_check.duplicates(doubled, set())
+    assert found == ["taskCompleted 1 x2", "timerFired 2 x2", "eventRaised 'go-2' x2", "taskCompleted 9 without its cause"]
+    assert chaos_check.duplicates(doubled, {"go-2"}) == [f for f in found if "go-2" not in f]
