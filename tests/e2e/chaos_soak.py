@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -155,6 +156,8 @@ def main() -> None:
         parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     args = parser.parse_args()
     report = run_soak(SoakConfig(**vars(args)), log=lambda m: print(m, flush=True))
+    if chaos_check.ok(report):  # the logs are kept only when something went wrong
+        shutil.rmtree(report["workdir"], ignore_errors=True)
     print(json.dumps(report, default=str), flush=True)
 
 

@@ -1,4 +1,4 @@
-"""A chaos soak of the whole surface, CI size: 40 ``chaos_parent`` instances (activities, timers, an external
+"""A chaos soak of the whole surface, CI size: 60 ``chaos_parent`` instances (activities, timers, an external
 event raced against a timeout, a sub-orchestration, signals, a delayed signal and a call to shared counter
 entities, and continue-as-new twice; see ``chaos_app.py``) on three replicas with three SDK worker
 processes, while workers and replicas are SIGKILLed and restarted and Redis (AOF, ``appendfsync always``) is
@@ -23,14 +23,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
 
 def test_every_instance_ends_once_with_its_result_through_kills_and_a_redis_restart():
-    cfg = SoakConfig(instances=40, worker_kills=3, replica_kills=2, redis_restarts=1, start_seconds=12.0,
-                     chaos_seconds=30.0, settle_seconds=60.0, seed=7)
+    cfg = SoakConfig(instances=60, worker_kills=4, replica_kills=2, redis_restarts=1, start_seconds=20.0,
+                     chaos_seconds=36.0, settle_seconds=60.0, seed=7)
     workdir = tempfile.mkdtemp(prefix="dt-chaos-")  # kept when the test fails: the replicas' and workers' logs
     report = run_soak(cfg, workdir)
     figures = {k: report[k] for k in ("instances", "completed_correctly", "lost", "stuck", "failed", "wrong",
                                       "duplicates", "entity_ops_lost", "entity_ops_applied_twice", "seconds", "kills")}
     print("\nchaos soak: " + json.dumps(figures))
-    assert not report["chaos_errors"] and report["kills"] == {"workers": 3, "replicas": 2, "redis_restarts": 1}, \
+    assert not report["chaos_errors"] and report["kills"] == {"workers": 4, "replicas": 2, "redis_restarts": 1}, \
         report["timeline"]
     if chaos_check.ok(report):
         shutil.rmtree(workdir, ignore_errors=True)
