@@ -140,7 +140,8 @@ def entity_problems(caller, completed: list[str], unfinished: list[str], seconds
 
 
 def diagnose(caller, rds: redis.Redis, hub: HubKeys, iid: str) -> dict:
-    """Where a stuck instance sits: its hash, its place in the queues, leases and due set, its history's tail."""
+    """Where a stuck instance sits: its hash, its place in the queues, leases and due set, its pending timers
+    (a timer pending with no due entry will never fire), its history's tail."""
     pk = hub.for_instance(iid)
     text = lambda b: b.decode(errors="replace")[:200] if isinstance(b, bytes) else b  # noqa: E731
     fields = {text(k): text(v) for k, v in rds.hgetall(pk.instance(iid)).items() if k not in (b"input", b"output")}
@@ -151,7 +152,8 @@ def diagnose(caller, rds: redis.Redis, hub: HubKeys, iid: str) -> dict:
         kind = e.WhichOneof("eventType")
         body = str(getattr(e, kind)).replace("\n", " ")[:120]
         tail.append(f"#{e.eventId} {e.timestamp.ToJsonString()} {kind} {body}")
-    return {"hash": fields, **marks, "inbox": rds.llen(pk.inbox(iid)), "outbox": rds.type(pk.outbox).decode(),
+    timers = [s for _, s in rds.zrange(pk.timers(iid), 0, -1, withscores=True)]  # pending timers' fire times
+    return {"hash": fields, **marks, "pending timers (ms)": timers, "inbox": rds.llen(pk.inbox(iid)), "outbox": rds.type(pk.outbox).decode(),
             "redis_time": rds.time(), "history_tail": tail}
 
 
