@@ -1,5 +1,5 @@
 """Run the benchmarks and print a summary table:
-``python -m benchmarks [--quick] [--only rpc,promotion,memory,e2e,timers,idle,scale,entities]``.
+``python -m benchmarks [--quick] [--only rpc,promotion,memory,e2e,timers,idle,scale,entities,chaos]``.
 
 Results also go to ``benchmarks/results/latest.json`` (git-ignored).
 """
@@ -15,7 +15,7 @@ import time
 
 from .common import PartResult, log, summary_table
 
-PARTS = ("rpc", "promotion", "memory", "e2e", "timers", "idle", "scale", "entities")
+PARTS = ("rpc", "promotion", "memory", "e2e", "timers", "idle", "scale", "entities", "chaos")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latest.json")
 
 
@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "entities":
             from . import entities
             results.append(entities.run(quick=args.quick))
+        elif part == "chaos":
+            from . import chaos
+            results.append(chaos.run(quick=args.quick))
         else:
             from . import memory
             results.append(memory.run(quick=args.quick))
