@@ -6,7 +6,7 @@ import asyncio
 import sys
 
 from . import config as config_mod
-from . import logs
+from . import logs, stopping
 from .inspector import configure_hub, inspect_hubs
 from .runner import serve, use_uvloop
 
@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "serve":
+        stopping.forget()
     if args.command == "hash-token":
         token = sys.stdin.readline().rstrip("\n")
         if not token:

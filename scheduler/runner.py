@@ -11,6 +11,7 @@ import sys
 from multiprocessing.connection import Connection
 
 from . import config as config_mod
+from .stopping import requested as stop_requested_early
 
 log = logging.getLogger("scheduler")
 
@@ -33,6 +34,8 @@ async def serve(cfg: config_mod.Config, supervisor: Connection | None = None) ->
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # honoured from now on, also while starting
         loop.add_signal_handler(sig, stop.set)
+    if stop_requested_early():  # a SIGTERM came while Python was still importing
+        stop.set()
     app = App(cfg)
     draining = False
     if supervisor is not None:
@@ -48,6 +51,7 @@ async def serve(cfg: config_mod.Config, supervisor: Connection | None = None) ->
     if not starting.done() or starting.exception() is not None:
         if not starting.done():
             starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)  # until the start has unwound
             log.info("stopped while starting")
         error = None if starting.cancelled() else starting.exception()
         await app.store.aclose()

@@ -67,11 +67,23 @@ def test_a_bad_value_ends_the_process_with_one_line_naming_it(args, env, named):
     assert out.returncode == 2 and named in one_line(out.stderr)
 
 
+def catches_sigterm(pid: int, timeout: float = 10.0) -> None:
+    """Wait until the process has a handler for SIGTERM (its caught-signals mask in /proc)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(f"/proc/{pid}/status") as status:
+            caught = next(int(line.split()[1], 16) for line in status if line.startswith("SigCgt:"))
+        if caught & (1 << (signal.SIGTERM - 1)):
+            return
+        assert time.monotonic() < deadline, "the process never caught SIGTERM"
+        time.sleep(0.001)
+
+
 def test_sigterm_is_honoured_while_starting(redis_url):
     proc = subprocess.Popen([sys.executable, "-m", "scheduler", "serve", "--port", "0", "--redis-url",
                              "redis://127.0.0.1:1/0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:  # Redis unreachable: it serves UNAVAILABLE until Redis comes; a SIGTERM at any moment ends it
-        time.sleep(0.5)
+        catches_sigterm(proc.pid)  # from its first line on, while it still imports
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     finally:

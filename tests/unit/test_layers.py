@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "scheduler"
 # the composition root and the tools around it sit above them.
 LAYERS = {"api": 3, "engine": 2, "store": 1}
 BOTTOM = {"_proto", "protocol", "errors", "config", "logs"}
-TOP = {"app", "cli", "runner", "inspector", "testing", "processes", "ports", "__main__", "__init__"}
+TOP = {"app", "cli", "runner", "stopping", "inspector", "testing", "processes", "ports", "__main__", "__init__"}
 REDIS_CLIENTS = {"redis", "hiredis", "fakeredis"}
 MAX_LINES = 400
 
