@@ -29,6 +29,28 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0,
     return time.monotonic() - start
 
 
+async def next_work(call, timeout: float = 5.0):
+    """The next work item of a GetWorkItems stream that is not a health ping (within ``timeout``)."""
+    async def read():
+        while True:
+            item = await call.read()
+            assert item is not grpc.aio.EOF, "the work stream ended"
+            if not item.HasField("healthPing"):
+                return item
+    return await asyncio.wait_for(read(), timeout)
+
+
+def gone(pid: int) -> bool:
+    """The process has ended: no such process, or a zombie its parent has not reaped yet (its sockets
+    are closed)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rindex(b")") + 2:].startswith(b"Z")
+
+
 async def rpc_error(call: Awaitable, code: grpc.StatusCode) -> str:
     """Await a call that must fail with ``code``; returns its details (the message)."""
     with pytest.raises(grpc.aio.AioRpcError) as e:

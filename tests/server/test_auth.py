@@ -23,7 +23,7 @@ from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
 from scheduler.api.auth import ADMIN_ONLY, CLIENT, READ, ROLES, WORK
 from scheduler.store import keys
-from server_helpers import PARTITIONS, eventually, rpc_error, snapshot
+from server_helpers import PARTITIONS, eventually, next_work, rpc_error, snapshot
 
 SERVICE = pb.DESCRIPTOR.services_by_name["TaskHubSidecarService"]
 INTERCEPTOR_LOGGER = "scheduler.api.interceptors"
@@ -78,15 +78,6 @@ def tokens_path(tmp_path) -> str:
 async def app(start_app, redis_url, key_prefix, hub_name, tokens_path):
     return await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS,
                            auth_tokens_file=tokens_path, health_ping_seconds=0.2)
-
-
-async def next_work(call) -> pb.WorkItem:
-    """The next work item of a stream that is not a health ping."""
-    while True:
-        item = await asyncio.wait_for(call.read(), 5)
-        assert item is not grpc.aio.EOF
-        if not item.HasField("healthPing"):
-            return item
 
 
 def done(token: str) -> pb.OrchestratorResponse:

@@ -9,7 +9,6 @@ import grpc
 import pytest
 
 from scheduler._proto import orchestrator_service_pb2 as pb
-from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
 from scheduler.api import servicer as servicer_module
 from server_helpers import PARTITIONS, eventually
 

@@ -3,7 +3,6 @@ entityRequestV2 work items and completed or abandoned under their claim, results
 callers, state reads and queries, clean-up; SkipGracefulOrchestrationTerminations."""
 from __future__ import annotations
 
-import asyncio
 
 import grpc
 import pytest
@@ -12,7 +11,7 @@ from google.protobuf import wrappers_pb2
 from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler.protocol import ENTITY, claim_token
 from scheduler.store.keys import partition_of
-from server_helpers import MAX_PAYLOAD, PARTITIONS, eventually, prefix_keys, rpc_error
+from server_helpers import MAX_PAYLOAD, PARTITIONS, next_work, prefix_keys, rpc_error
 
 
 @pytest.fixture
@@ -24,14 +23,6 @@ async def app(start_app, redis_url, key_prefix, hub_name):
 
 def text(value: str) -> wrappers_pb2.StringValue:
     return wrappers_pb2.StringValue(value=value)
-
-
-async def next_work(call) -> pb.WorkItem:
-    while True:
-        item = await asyncio.wait_for(call.read(), 5)
-        assert item is not grpc.aio.EOF
-        if not item.HasField("healthPing"):
-            return item
 
 
 def ok(value: str | None) -> pb.OperationResult:

@@ -1,7 +1,6 @@
 """Hostile and oversized input over a real port: every rejection is a clear status, one log line, nothing written."""
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import random
@@ -15,7 +14,7 @@ from google.protobuf import descriptor, duration_pb2, empty_pb2, message_factory
 
 from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
-from server_helpers import PARTITIONS, eventually, own_redis_server, rpc_error, snapshot
+from server_helpers import PARTITIONS, eventually, next_work, own_redis_server, rpc_error, snapshot
 
 SERVICE = pb.DESCRIPTOR.services_by_name["TaskHubSidecarService"]
 # What a hostile request may get: a status that names a problem with the request (or an RPC this server lacks).
@@ -27,15 +26,6 @@ ACCEPTABLE = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.
 WAITS = {"WaitForInstanceStart", "WaitForInstanceCompletion"}
 SHORT = 500  # characters: a rejection's message must stay readable whatever the input was
 BIG = 100_000
-
-
-async def next_work(call) -> pb.WorkItem:
-    """The next work item of a stream that is not a health ping."""
-    while True:
-        item = await asyncio.wait_for(call.read(), 5)
-        assert item is not grpc.aio.EOF
-        if not item.HasField("healthPing"):
-            return item
 
 
 def raw_call(channel: grpc.aio.Channel, name: str):

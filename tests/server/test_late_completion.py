@@ -11,7 +11,7 @@ from google.protobuf import wrappers_pb2
 
 from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
-from server_helpers import PARTITIONS, eventually, rpc_error
+from server_helpers import PARTITIONS, eventually, next_work, rpc_error
 
 
 @pytest.fixture
@@ -36,14 +36,6 @@ async def other(start_app, config):
 async def other_stub(other):
     async with grpc.aio.insecure_channel(f"127.0.0.1:{other.port}") as channel:
         yield pb_grpc.TaskHubSidecarServiceStub(channel)
-
-
-async def next_work(call) -> pb.WorkItem:
-    while True:
-        item = await asyncio.wait_for(call.read(), 5)
-        assert item is not grpc.aio.EOF
-        if not item.HasField("healthPing"):
-            return item
 
 
 async def stop_worker(app, call) -> None:

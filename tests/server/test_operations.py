@@ -15,7 +15,7 @@ from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
 from scheduler.protocol import ORCHESTRATION
 from scheduler.store.keys import lease_member
 from scheduler.testing import free_port
-from server_helpers import PARTITIONS, eventually, own_redis_server, rpc_error
+from server_helpers import PARTITIONS, eventually, next_work, own_redis_server, rpc_error
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -46,14 +46,6 @@ async def test_readiness_follows_redis_and_liveness_does_not(start_app, key_pref
                 return await status(health, "readiness") == SERVING
 
             await eventually(ready, timeout=15)
-
-
-async def next_work(call) -> pb.WorkItem:
-    while True:
-        item = await asyncio.wait_for(call.read(), 5)
-        assert item is not grpc.aio.EOF
-        if not item.HasField("healthPing"):
-            return item
 
 
 def done(token: str) -> pb.OrchestratorResponse:

@@ -13,18 +13,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from scheduler.testing import start_server
+from server_helpers import gone
 
 TIME_WAIT = "06"  # the state column of /proc/net/tcp
-
-
-def gone(pid: int) -> bool:
-    """The process has ended: no such process, or a zombie (its sockets are closed)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rindex(b")") + 2:].startswith(b"Z")
 
 
 def sockets_on(port: int) -> list[tuple[int, int, str]]:

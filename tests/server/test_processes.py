@@ -22,20 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
 from scheduler.testing import free_port, start_server
-from server_helpers import eventually
+from server_helpers import eventually, gone
 
 MAX_CHANNELS = 64  # connections are spread by a hash: both processes get one of 64 but with odds of 2**-63
 CALLS = 20  # StartInstance and GetInstance calls per channel
-
-
-def gone(pid: int) -> bool:
-    """The process has ended (a zombie that its new parent has not reaped yet counts as ended)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rindex(b")") + 2:].startswith(b"Z")
 
 
 def poll(check, timeout: float) -> bool:

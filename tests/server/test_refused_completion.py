@@ -12,7 +12,7 @@ from google.protobuf import wrappers_pb2
 
 from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
-from server_helpers import PARTITIONS, eventually, own_redis_server
+from server_helpers import PARTITIONS, eventually, next_work, own_redis_server
 
 PASSING = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)  # nothing written / outcome unknown
 
@@ -21,16 +21,6 @@ def completed(token: str) -> pb.OrchestratorResponse:
     action = pb.OrchestratorAction(id=1, completeOrchestration=pb.CompleteOrchestrationAction(
         orchestrationStatus=pb.ORCHESTRATION_STATUS_COMPLETED, result=wrappers_pb2.StringValue(value='"ok"')))
     return pb.OrchestratorResponse(instanceId="held", actions=[action], completionToken=token)
-
-
-async def next_work(call, timeout: float = 5) -> pb.WorkItem:
-    async def read() -> pb.WorkItem:
-        while True:
-            item = await call.read()
-            assert item is not grpc.aio.EOF
-            if not item.HasField("healthPing"):
-                return item
-    return await asyncio.wait_for(read(), timeout)
 
 
 @pytest.fixture

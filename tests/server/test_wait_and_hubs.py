@@ -5,7 +5,6 @@ import asyncio
 import time
 
 import grpc
-import pytest
 from google.protobuf import message_factory, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 

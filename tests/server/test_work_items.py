@@ -14,22 +14,13 @@ from scheduler.engine.streams import WorkStream
 from scheduler.protocol import ACTIVITY
 from scheduler.store.keys import partition_of
 from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
-from server_helpers import PARTITIONS, eventually, rpc_error
+from server_helpers import PARTITIONS, eventually, next_work, rpc_error
 
 
 @pytest.fixture
 async def app(start_app, redis_url, key_prefix, hub_name):
     return await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS,
                            health_ping_seconds=0.2, lease_seconds=1.0)
-
-
-async def next_work(call) -> pb.WorkItem:
-    """The next work item of a stream that is not a health ping."""
-    while True:
-        item = await asyncio.wait_for(call.read(), 5)
-        assert item is not grpc.aio.EOF
-        if not item.HasField("healthPing"):
-            return item
 
 
 async def status_of(stub, iid: str) -> int:
