@@ -12,6 +12,7 @@ wrong with which instance:
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass
 
@@ -41,8 +42,13 @@ class IndexDisagrees(Violation): ...
 class KeyLeftBehind(Violation): ...
 
 
+# kinds not checked (comma-separated class names): to look for other races while a known one is fixed
+IGNORED = set(filter(None, os.environ.get("DT_EXPLORE_IGNORE", "").split(",")))
+
+
 def check(problems: list[tuple[type[Violation], str]]) -> None:
     """Raise the violation of the first kind found, saying every problem of that kind."""
+    problems = [(kind, text) for kind, text in problems if kind.__name__ not in IGNORED]
     if problems:
         kind = problems[0][0]
         raise kind("\n".join(text for k, text in problems if k is kind))

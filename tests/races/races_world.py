@@ -109,8 +109,12 @@ class World:
         self.now_ms += ms
         await self.redis.set(self.clock_key, self.now_ms)
 
-    async def promote(self, r: int, partition: int | None) -> None:
+    async def promote(self, r: int, partition: int | None, then_claim: bool) -> None:
+        """Replica ``r``'s promoter; with ``then_claim``, a stream woken by it claims every ready instance."""
         await self.replicas[r].store.promote_due(self.hub, 1000, None if partition is None else [partition])
+        if then_claim:
+            for _ in range(len(await self.queued("ready"))):
+                await self.claim_episode(r, 0)
 
     async def sweep(self, r: int) -> None:
         await self.replicas[r].engine.dispatcher.sweep([self.hub])
@@ -193,8 +197,13 @@ class World:
         if claimed is not None:
             self.episodes.append(Held(r, iid, token, claimed[0]))
 
-    async def complete_episode(self, index: int, plan: Plan) -> None:
+    async def complete_episode(self, index: int, plan: Plan, took_ms: int = 0) -> None:
+        """A worker completes an episode following ``plan``; the episode ``took_ms``: meanwhile the clock
+        moved, and a promoter ran, whose wake-up made a stream claim what it promoted."""
         held = self.episodes.pop(index % len(self.episodes))
+        if took_ms:
+            await self.advance(took_ms)
+            await self.promote(1 - held.replica, None, True)
         done = episode(held.work.orchestratorRequest, held.token, plan, self.now_ms)
         try:
             await self._orchs(held.replica).complete_episode(self.hub, held.item, held.token, done.response)

@@ -16,6 +16,7 @@ import time
 import uuid
 
 import fakeredis
+import pytest
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
@@ -26,7 +27,8 @@ from races_checks import anything, bookkeeping, check, due_now, exactly_once, li
 from races_worker import ENDS, Plan
 from races_world import IDS, PARTITIONS, REPLICAS, World
 
-EXAMPLES = int(os.environ.get("DT_EXPLORE_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("DT_EXPLORE_EXAMPLES", "100"))
+LONG = "DT_EXPLORE_EXAMPLES" in os.environ  # a long run: no test timeout (shrinking a failure takes minutes)
 STEPS = int(os.environ.get("DT_EXPLORE_STEPS", "50"))
 SETTINGS = settings(max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -96,9 +98,9 @@ class RaceExplorer(RuleBasedStateMachine):
         self.run(self.world.advance(ms))
 
     @precondition(lambda self: due_now(self.snapshot(), "due"))
-    @rule(r=replicas, partition=st.none() | st.integers(0, PARTITIONS - 1))
-    def promote(self, r, partition):
-        self.run(self.world.promote(r, partition))
+    @rule(r=replicas, partition=st.none() | st.integers(0, PARTITIONS - 1), then_claim=st.booleans())
+    def promote(self, r, partition, then_claim):
+        self.run(self.world.promote(r, partition, then_claim))
 
     @precondition(lambda self: due_now(self.snapshot(), "leases"))
     @rule(r=replicas)
@@ -118,13 +120,13 @@ class RaceExplorer(RuleBasedStateMachine):
         self.run(self.world.claim_episode(r, i))
 
     @precondition(lambda self: self.world.episodes)
-    @rule(i=index, plan=plans, how=outcomes)
-    def report_episode(self, i, plan, how):
+    @rule(i=index, plan=plans, how=outcomes, took_ms=st.sampled_from([0, 0, 1000, 3000]))
+    def report_episode(self, i, plan, how, took_ms):
         """The worker completes an episode (following ``plan``), hands it back (abandon, its stream
         closed) or vanishes (its lease runs out)."""
         i %= len(self.world.episodes)
         if how == "complete":
-            self.run(self.world.complete_episode(i, plan))
+            self.run(self.world.complete_episode(i, plan, took_ms))
         elif how == "abandon":
             self.run(self.world.abandon(ORCHESTRATION, i))
         else:
@@ -172,10 +174,12 @@ def explore(make_redis) -> None:
     run_state_machine_as_test(machine, settings=SETTINGS)
 
 
+@pytest.mark.timeout(0 if LONG else 300)
 def test_races_on_redis(redis_url):
     explore(lambda: aioredis.Redis.from_url(redis_url))
 
 
+@pytest.mark.timeout(0 if LONG else 300)
 def test_races_on_fakeredis():
     server = fakeredis.FakeServer()
     explore(lambda: fakeredis.FakeAsyncRedis(server=server))
