@@ -99,13 +99,31 @@ def _uses(text: str, name: str) -> bool:
     return re.search(rf"\b{name}\b", code) is not None
 
 
+_CLOCK_KEY = re.compile(r"[A-Za-z0-9._:{}|-]+")
+
+
+def _test_clock(clock_key: str) -> str:
+    """A ``now_ms()`` that reads the epoch ms from ``clock_key`` (a test moves it) instead of Redis TIME.
+    The key is not declared in KEYS: this works on a standalone Redis and fakeredis only, never on a
+    Cluster. Production stores have no clock key and load the prelude's ``now_ms`` unchanged."""
+    if not _CLOCK_KEY.fullmatch(clock_key):
+        raise ValueError(f"unsuitable clock key {clock_key!r}")
+    return ("-- the test clock (Store(clock_key=...)): epoch ms kept in a key the test moves\n"
+            "local function now_ms()\n"
+            f"  return tonumber(redis.call('GET', '{clock_key}'))\n"
+            "end\n")
+
+
 @cache
-def source(name: str) -> str:
+def source(name: str, clock_key: str | None = None) -> str:
     """The source of script ``name`` as loaded: the generated constants and the prelude functions it
     uses (directly or through another prelude function), then ``lua/<name>.lua``. Only what a script
-    uses is defined: a script call runs the whole chunk, definitions included."""
+    uses is defined: a script call runs the whole chunk, definitions included. With ``clock_key`` (tests
+    only), ``now_ms()`` reads that key instead of Redis TIME (see :func:`_test_clock`)."""
     body = _read(name)
     common, functions = _prelude()
+    if clock_key is not None:
+        functions = {**functions, "now_ms": _test_clock(clock_key)}
     used: list[str] = []
     pending = body
     while True:

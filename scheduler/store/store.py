@@ -42,16 +42,20 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, Quer
                + ActivityOps.SCRIPTS + EntityOps.SCRIPTS + QueryOps.SCRIPTS)
 
     def __init__(self, redis, prefix: str = "dt", default_partitions: int = 16, fast=None,
-                 limits: Limits = Limits()) -> None:
+                 limits: Limits = Limits(), clock_key: str | None = None) -> None:
         """``fast``: a :class:`~scheduler.store.pipelining.PipelinedConnection` for the request path of a
         standalone Redis; without one (embedded store, Cluster) requests are batched over ``redis``.
-        ``limits``: the bounds of one instance that the scripts check when it grows."""
+        ``limits``: the bounds of one instance that the scripts check when it grows.
+        ``clock_key`` (tests only): the scripts' clock and :meth:`server_time_ms` read the epoch ms from
+        this key, which the test moves, instead of Redis TIME. The key is undeclared in the scripts'
+        KEYS, so only on a standalone Redis or fakeredis, never on a Cluster."""
         self.redis = redis
         self.prefix = prefix
         self.default_partitions = default_partitions
         self.limits = limits
         self.channel = keys.events_channel(prefix)
-        self._scripts = {name: redis.register_script(source(name)) for name in self.SCRIPTS}
+        self.clock_key = clock_key
+        self._scripts = {name: redis.register_script(source(name, clock_key)) for name in self.SCRIPTS}
         self._hubs: dict[str, keys.HubKeys] = {}
         self._execute = fast.execute if fast is not None else Batcher(redis).execute
         self._fast = fast
@@ -105,6 +109,8 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, Quer
 
     @unavailable_on_redis_errors
     async def server_time_ms(self) -> int:
+        if self.clock_key is not None:  # a test's clock (see __init__)
+            return int(await self.redis.get(self.clock_key))
         seconds, micros = await self.redis.time()
         return seconds * 1000 + micros // 1000
 
