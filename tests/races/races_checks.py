@@ -56,7 +56,7 @@ def check(problems: list[tuple[type[Violation], str]]) -> None:
 
 PARTITION_KEYS = ("due", "ready", "leases", "by_created", "by_completed", "stats", "outbox", "activities",
                   "activity_payloads", "activity_tokens", "generation", "entities", "entity_index")
-INSTANCE_KEYS = ("instance", "inbox", "history", "timers", "delivered")
+INSTANCE_KEYS = ("instance", "inbox", "history", "timers", "seen")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler.config import Config
 from scheduler.engine import Engine, subtree
 from scheduler.engine.orchestrations import new_instance
-from scheduler.engine.relay import Relay
+from scheduler.engine.relay import HOLD_MS, Relay
 from scheduler.protocol import ACTIVITY, ORCHESTRATION, TERMINAL, OutboxMessage, claim_token, new_id, parse_activity_item
 from scheduler.store import Store
 from scheduler.store.keys import HubKeys, partition_of
@@ -168,16 +168,20 @@ class World:
     # -- the relays --------------------------------------------------------------------------------
 
     async def relay(self, r: int, partition: int, index: int, remove: bool) -> None:
-        """Replica ``r``'s relay delivers one message of a partition's outbox, and removes it unless the
-        replica dies in between (``remove`` False: another relay delivers it again)."""
-        store = self.replicas[r].store
-        batch = await store.outbox_batch(self.hub, partition, 100)
-        if not batch:
+        """Replica ``r``'s relay takes a partition's outbox (one relay at a time), delivers one of its messages,
+        and removes it and lets go, unless the replica dies in between (``remove`` False: its hold on the
+        partition expires and another relay delivers the message again)."""
+        replica = self.replicas[r]
+        batch = await replica.store.take_outbox(self.hub, partition, replica.relay.owner, HOLD_MS, 100)
+        if not batch:  # empty, or another relay holds it
             return
         raw = batch[index % len(batch)]
-        await self.replicas[r].relay.deliver(OutboxMessage.decode(raw))
+        await replica.relay.deliver(OutboxMessage.decode(raw))
         if remove:
-            await store.outbox_remove(self.hub, partition, raw)
+            await replica.store.outbox_remove(self.hub, partition, raw)
+            await replica.store.release_outbox(self.hub, partition, replica.relay.owner)
+        else:  # the hold's expiry runs on Redis' own clock, not the test's: let it lapse now
+            await replica.store.redis.delete(self.hub.partition(partition).relay)
 
     # -- work streams and workers ------------------------------------------------------------------
 
