@@ -5,10 +5,14 @@ from scheduler.store import keys
 
 
 async def finish(redis, hub: keys.HubKeys, iid: str, status: str = "COMPLETED", completed_ms: int = 1_000) -> None:
-    """Make an instance terminal as a worker will (status, completed time, stats, out of the ready set)."""
+    """Make an instance terminal as a worker will (status, completed time, stats, status index, out of the
+    ready set)."""
     pk = hub.for_instance(iid)
     old = (await redis.hget(pk.instance(iid), "status")).decode()
+    created = int(await redis.hget(pk.instance(iid), "created_ms"))
     await redis.hset(pk.instance(iid), mapping={"status": status, "completed_ms": completed_ms})
+    await redis.zrem(pk.by_status, status_member(old, created, iid))
+    await redis.zadd(pk.by_status, {status_member(status, created, iid): 0})
     await redis.hincrby(pk.stats, old, -1)
     await redis.hincrby(pk.stats, status, 1)
     await redis.zrem(pk.ready, iid)
@@ -16,8 +20,18 @@ async def finish(redis, hub: keys.HubKeys, iid: str, status: str = "COMPLETED", 
 
 async def set_created(redis, hub: keys.HubKeys, iid: str, ms: int) -> None:
     pk = hub.for_instance(iid)
+    status = (await redis.hget(pk.instance(iid), "status")).decode()
+    old = int(await redis.hget(pk.instance(iid), "created_ms"))
     await redis.zadd(pk.by_created, {iid: ms}, xx=True)
     await redis.hset(pk.instance(iid), "created_ms", ms)
+    for indexed in (status, "*"):
+        await redis.zrem(pk.by_status, status_member(indexed, old, iid))
+        await redis.zadd(pk.by_status, {status_member(indexed, ms, iid): 0})
+
+
+def status_member(status: str, created_ms: int, iid: str) -> str:
+    """An instance's member in its partition's status index (as status_member in lua/prelude.lua)."""
+    return f"{status}|{created_ms:016d}|{iid}"
 
 
 async def index_order(redis, hub: keys.HubKeys) -> list[str]:

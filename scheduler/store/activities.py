@@ -93,7 +93,7 @@ class ActivityOps:
         reply = await self._write(
             "complete_activity", hub, pk,
             [pk.activity_tokens, pk.activity_payloads, pk.leases, pk.instance(iid), pk.inbox(iid), pk.ready,
-             pk.history(iid), pk.stats, pk.timers(iid), pk.due, pk.activities],
+             pk.history(iid), pk.stats, pk.timers(iid), pk.due, pk.activities, pk.by_status],
             [item, token, iid, execution_id, event, self.limits.max_work_item_bytes, overflow, *claim])
         return self._outcome(reply, iid, Code.TOO_LARGE)
 

@@ -46,7 +46,7 @@ class InstanceOps:
         reply = await self._write(
             "create_instance", hub, pk,
             [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.due, pk.ready, pk.by_created, pk.stats,
-             pk.timers(iid), pk.seen(iid), pk.by_completed, pk.leases], args)
+             pk.timers(iid), pk.seen(iid), pk.by_completed, pk.leases, pk.by_status], args)
         _, (created_ms, *claimed) = self._outcome(reply, iid)
         return int(created_ms), (claim_of(iid, claim[0], claimed) if claimed else None)
 
@@ -84,7 +84,7 @@ class InstanceOps:
         reply = await self._write(
             "terminate_instance", hub, pk,
             [pk.instance(instance_id), pk.inbox(instance_id), pk.history(instance_id), pk.due, pk.ready, pk.stats,
-             pk.outbox, pk.by_completed, pk.leases, pk.timers(instance_id), pk.seen(instance_id)],
+             pk.outbox, pk.by_completed, pk.leases, pk.timers(instance_id), pk.seen(instance_id), pk.by_status],
             [instance_id, event, "0" if output is None else "1", output or "", notice, "1" if force else "0",
              read_as, message_id])
         code, values = self._outcome(reply, instance_id, Code.CHANGED, Code.DONE_BEFORE)
@@ -105,7 +105,7 @@ class InstanceOps:
     async def _suspend_or_resume(self, script: str, hub: HubKeys, instance_id: str, event: bytes) -> str:
         pk = hub.for_instance(instance_id)
         reply = await self._write(script, hub, pk, [pk.instance(instance_id), pk.inbox(instance_id), pk.due,
-                                                    pk.ready, pk.stats], [instance_id, event])
+                                                    pk.ready, pk.stats, pk.by_status], [instance_id, event])
         return self._status(reply, instance_id)
 
     @unavailable_on_redis_errors
@@ -134,7 +134,7 @@ class InstanceOps:
         reply = await self._write(
             "rewind_instance", hub, pk,
             [pk.instance(instance_id), pk.inbox(instance_id), pk.history(instance_id), pk.ready, pk.stats,
-             pk.by_completed, pk.seen(instance_id)],
+             pk.by_completed, pk.seen(instance_id), pk.by_status],
             [instance_id, event, message_id, self.limits.max_work_item_bytes if limited else 0])
         code, values = self._outcome(reply, instance_id, Code.NOT_FOUND, Code.WRONG_STATUS, Code.DONE_BEFORE)
         return code, values[0].decode() if values else None

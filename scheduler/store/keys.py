@@ -28,6 +28,8 @@ key                                    type    holds
 ``<prefix>:{H:p}:by-created``          zset    instance ids by creation time (ms)
 ``<prefix>:{H:p}:by-completed``        zset    ids of ended instances by completion time (ms): what retention purges
 ``<prefix>:{H:p}:stats``               hash    instance count per status name
+``<prefix>:{H:p}:by-status``           zset    every instance by status, all at score 0: "<status>|<created ms, 16
+                                              digits>|<id>" (lexical order: status-filtered queries)
 ``<prefix>:{H:p}:activities``          zset    activity work items ready to hand out; score = queued since (ms)
 ``<prefix>:{H:p}:act-payloads``        hash    activity work item -> serialized ActivityRequest, until completed
 ``<prefix>:{H:p}:act-tokens``          hash    activity work item -> claim token, while claimed
@@ -93,6 +95,10 @@ class PartitionKeys:
     @property
     def stats(self) -> str:
         return self.base + "stats"
+
+    @property
+    def by_status(self) -> str:
+        return self.base + "by-status"
 
     @property
     def outbox(self) -> str:

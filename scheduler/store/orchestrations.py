@@ -47,7 +47,7 @@ class OrchestrationOps:
         reply = await self._write(
             "claim_orchestration", hub, pk,
             [pk.ready, pk.leases, pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.stats, pk.timers(iid),
-             pk.due],
+             pk.due, pk.by_status],
             [iid, token, lease_ms, episode_start])
         code, values = self._outcome(reply, iid, Code.NOT_READY, Code.NOT_FOUND, Code.WRONG_STATUS, Code.LEASED)
         if code is not Code.OK:
@@ -128,7 +128,7 @@ class OrchestrationOps:
             "complete_orchestration", hub, pk,
             [pk.instance(iid), pk.inbox(iid), pk.history(iid), pk.ready, pk.leases, pk.stats,
              pk.activities, pk.activity_payloads, pk.timers(iid), pk.due, pk.outbox, pk.by_completed,
-             pk.activity_tokens],
+             pk.activity_tokens, pk.by_status],
             [iid, token, status or "", "" if output is None else "=" + output, failure or b"",
              "" if custom_status is None else "=" + custom_status, len(events),
              len(activities), len(timers), *limits, claim_lease, "1" if with_state else "0", *events, *pairs,

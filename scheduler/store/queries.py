@@ -1,10 +1,21 @@
 """Store operations that find, list and purge instances (mixed into the Store).
 
-Every query walks the hub's per-partition ``by-created`` zsets merged into one
-order, ``(created_ms, instance id)``: the zsets order members the same way
-(score, then member bytes). A :class:`Cursor` is a position in that order; a
-page continues strictly after it, so instances created while a client pages are
-never returned twice and never shift what follows (their ``created_ms`` is now).
+Every query walks per-partition indexes merged into one order, ``(created_ms,
+instance id)``: the ``by-status`` zsets, whose members ``<status>|<created ms, 16
+digits>|<id>`` sort that way within a status, in the ranges of the statuses of the
+filter (``*``, every instance, without one). A :class:`Cursor` is a position in that
+order; a page continues strictly after it, so instances created while a client pages
+are never returned twice and never shift what follows (their ``created_ms`` is now).
+
+A page does bounded work whatever the data: its range reads, the index entries they
+return and its reads of instance hashes add up to at most :data:`MAX_EXAMINED` (beyond
+that, only the start event of each match is read). When that budget is spent before the
+page is full, the page ends early, even empty, with a cursor that continues after
+everything examined: the SDKs' clients loop on the token.
+
+Hubs made before the status index (schema 1) may hold instances that are not in it: their
+queries walk the ``by-created`` zsets instead (ordered by score, then member bytes), as
+bounded but for the entries at exactly the cursor's millisecond, which are read whole.
 """
 from __future__ import annotations
 
@@ -19,6 +30,27 @@ from .records import Cursor, Found, InstanceFilter
 from .scripts import Code
 
 _PURGE_BATCH = 100
+MAX_EXAMINED = 1000  # range reads + index entries read + instance hashes read, per query page
+STATUS_INDEX_SCHEMA = 2  # the first hub schema whose hubs index every instance by status
+
+
+class _Budget:
+    """What a scan may still read, and where it stopped when it ran out (None: it did not)."""
+
+    def __init__(self, left: int | None) -> None:
+        self.left = left  # None: no bound (purges, bounded by their timeout)
+        self.stopped_at: Cursor | None = None
+
+
+def _member_cursor(status: str, member: bytes) -> Cursor:
+    """The cursor of a status index member ``<status>|<16 digits>|<id>``."""
+    text = member.decode()
+    at = len(status) + 1
+    return Cursor(int(text[at:at + 16]), text[at + 17:])
+
+
+def _lex(status: str, created_ms: int, instance_id: str = "") -> str:
+    return f"{status}|{created_ms:016d}|{instance_id}"
 
 
 class QueryOps:
@@ -30,31 +62,38 @@ class QueryOps:
 
     @unavailable_on_redis_errors
     async def query_instances(self, hub: keys.HubKeys, flt: InstanceFilter, page_size: int,
-                              after: Cursor | None = None, start_events: bool = True
-                              ) -> tuple[list[Found], Cursor | None]:
+                              after: Cursor | None = None, start_events: bool = True,
+                              examine: int = MAX_EXAMINED) -> tuple[list[Found], Cursor | None]:
         """Up to ``page_size`` matching instances after ``after`` in (created_ms, id) order, and the
-        cursor to continue from: None when nothing further matches (the scan looks one match ahead)."""
+        cursor to continue from: None when nothing further matches (the scan looks one match ahead).
+        The page's range reads, index entries read and instance hashes read add up to at most ``examine``:
+        when that runs out first, the page is short (maybe empty) and the cursor continues after what
+        was examined."""
         found: list[Found] = []
-        async for item in self._matching(hub, flt, after, page_size + 1, start_events):
+        budget = _Budget(examine)
+        async for item in self._matching(hub, flt, after, page_size + 1, start_events, budget):
             found.append(item)
             if len(found) > page_size:
                 break
         if len(found) > page_size:
             return found[:page_size], found[page_size - 1].cursor
-        return found, None
+        return found, budget.stopped_at
 
     async def _matching(self, hub: keys.HubKeys, flt: InstanceFilter, after: Cursor | None, batch: int,
-                        start_events: bool) -> AsyncIterator[Found]:
-        """Matching instances in order, reading at most ``batch`` index entries per partition per round."""
-        async for chunk in self._candidates(hub, flt, after, batch):
+                        start_events: bool, budget: _Budget | None = None) -> AsyncIterator[Found]:
+        """Matching instances in order, reading at most ``batch`` index entries per index per round."""
+        budget = budget or _Budget(None)
+        async for chunk in self._candidates(hub, flt, after, batch, budget):
             pks = [hub.for_instance(c.instance_id) for c in chunk]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for c, pk in zip(chunk, pks):
                     pipe.hgetall(pk.instance(c.instance_id))
                 hashes = await pipe.execute()
+            if budget.left is not None:
+                budget.left -= len(chunk)
             hits = [(c, pk, {k.decode(): v for k, v in h.items()})
                     for c, pk, h in zip(chunk, pks, hashes) if h]  # an empty hash: purged meanwhile
-            hits = [(c, pk, h) for c, pk, h in hits if flt.matches(h)]
+            hits = [(c, pk, h) for c, pk, h in hits if flt.matches(h)]  # the index may be behind: check
             if start_events and hits:
                 await self._add_start_events(hits)
             for c, _, h in hits:
@@ -72,54 +111,113 @@ class QueryOps:
             if event is not None and "start" in h:
                 h["start_event"] = event
 
+    async def _statuses_indexed(self, hub: keys.HubKeys, flt: InstanceFilter) -> tuple[str, ...] | None:
+        """The statuses whose ranges of the status index answer the filter ("*": every instance); () to
+        walk the by-created zsets instead (a hub made before the status index); None when no status
+        can match."""
+        statuses = set(flt.statuses)
+        if flt.terminal_only:
+            statuses = (statuses & TERMINAL) if statuses else set(TERMINAL)
+            if not statuses:
+                return None
+        schema = await self.redis.hget(hub.meta, "schema")
+        if int(schema or 0) < STATUS_INDEX_SCHEMA:
+            return ()
+        return tuple(sorted(statuses)) or ("*",)
+
     async def _candidates(self, hub: keys.HubKeys, flt: InstanceFilter, after: Cursor | None,
-                          batch: int) -> AsyncIterator[list[Cursor]]:
+                          batch: int, budget: _Budget) -> AsyncIterator[list[Cursor]]:
         """Index entries after ``after`` within the creation bounds whose id has the prefix, in order.
 
-        Each round reads at most ``batch`` entries per partition past the cursor's millisecond
-        (plus the entries at exactly that millisecond, which the cursor's id splits) and yields
-        the ones that no unread entry can precede: those up to the smallest last entry of the
-        partitions that filled their batch. The entries at exactly the cursor's millisecond are read
-        whole: they are bounded by how many instances one partition creates in one millisecond."""
-        hi = "+inf" if flt.created_to_ms is None else f"({flt.created_to_ms}"
+        The indexes are the ranges of the partitions' status indexes of each status of the filter
+        ("*" without one) or, in a hub made before the status index, their by-created zsets. Each round reads at most ``batch`` entries per index past the cursor
+        (plus, in a by-created zset, the entries at exactly the cursor's millisecond, which the cursor's
+        id splits: bounded by how many instances one partition creates in one millisecond) and yields
+        the ones that no unread entry can precede: those up to the smallest last entry of the indexes
+        that filled their batch. With a bounded ``budget`` (which the caller also charges for the
+        instances it reads of what is yielded), a round reads no more than what is left of it could
+        pay for, its entries and their instances (the first round at least one entry per index); once
+        it is spent, the scan stops and says where (``budget.stopped_at``)."""
         if flt.created_from_ms is not None and (after is None or after.created_ms < flt.created_from_ms):
             after = None
-        live = hub.all_partitions()
+        statuses = await self._statuses_indexed(hub, flt)
+        if statuses is None:
+            return
+        live: list[tuple[keys.PartitionKeys, str | None]] = [
+            (pk, s) for pk in hub.all_partitions() for s in (statuses or (None,))]
+        first = True
         while live:
             if after is not None and flt.created_to_ms is not None and after.created_ms >= flt.created_to_ms:
                 return
-            if after is not None:
-                lo = f"({after.created_ms}"
-            else:
-                lo = "-inf" if flt.created_from_ms is None else flt.created_from_ms
+            step = batch
+            if budget.left is not None:
+                commands = sum(2 if s is None and after is not None else 1 for _, s in live)
+                step = min(batch, (budget.left - commands) // (2 * len(live)))
+                if step < 1:
+                    if not first:
+                        budget.stopped_at = after
+                        return
+                    step = 1
+            first = False
             async with self.redis.pipeline(transaction=False) as pipe:
-                for pk in live:
-                    if after is not None:  # the entries at the cursor's ms, which its id splits
-                        pipe.zrangebyscore(pk.by_created, after.created_ms, after.created_ms, withscores=True)
-                    pipe.zrangebyscore(pk.by_created, lo, hi, start=0, num=batch, withscores=True)
+                for pk, status in live:
+                    self._read_index(pipe, pk, status, flt, after, step)
                 replies = iter(await pipe.execute())
-            per_part: list[list[Cursor]] = []
+            per_index: list[list[Cursor]] = []
             full: list[bool] = []
             bound: Cursor | None = None
-            for _ in live:
-                entries = []
-                if after is not None:
-                    entries = [c for c in (Cursor(score(s), m.decode()) for m, s in next(replies)) if c > after]
-                rest = next(replies)
-                entries += [Cursor(score(s), m.decode()) for m, s in rest]
-                per_part.append(entries)
-                full.append(len(rest) >= batch)
+            spent = 0
+            for _, status in live:
+                if status is None:
+                    entries = []
+                    if after is not None:
+                        same = next(replies)
+                        spent += 1 + len(same)
+                        entries = [c for c in (Cursor(score(s), m.decode()) for m, s in same) if c > after]
+                    rest = next(replies)
+                    entries += [Cursor(score(s), m.decode()) for m, s in rest]
+                else:
+                    rest = next(replies)
+                    entries = [_member_cursor(status, m) for m in rest]
+                spent += 1 + len(rest)
+                per_index.append(entries)
+                full.append(len(rest) >= step)
                 if full[-1] and (bound is None or entries[-1] < bound):
                     bound = entries[-1]
-            ready = sorted(c for entries in per_part for c in entries if bound is None or c <= bound)
+            if budget.left is not None:
+                budget.left -= spent
+            ready = sorted({c for entries in per_index for c in entries if bound is None or c <= bound})
             chunk = [c for c in ready if c.instance_id.startswith(flt.id_prefix)]
             for i in range(0, len(chunk), batch):
                 yield chunk[i:i + batch]
             if bound is None:
                 return
-            live = [pk for pk, entries, was_full in zip(live, per_part, full)
+            live = [source for source, entries, was_full in zip(live, per_index, full)
                     if was_full or (entries and entries[-1] > bound)]
             after = bound
+
+    @staticmethod
+    def _read_index(pipe, pk: keys.PartitionKeys, status: str | None, flt: InstanceFilter,
+                    after: Cursor | None, count: int) -> None:
+        """Queue the reads of up to ``count`` entries of one index after ``after`` within the creation
+        bounds: a by-created zset (``status`` None) or the range of ``status`` in the status index."""
+        if status is None:
+            hi = "+inf" if flt.created_to_ms is None else f"({flt.created_to_ms}"
+            if after is not None:  # the entries at the cursor's ms, which its id splits
+                pipe.zrangebyscore(pk.by_created, after.created_ms, after.created_ms, withscores=True)
+                lo = f"({after.created_ms}"
+            else:
+                lo = "-inf" if flt.created_from_ms is None else flt.created_from_ms
+            pipe.zrangebyscore(pk.by_created, lo, hi, start=0, num=count, withscores=True)
+            return
+        if after is not None:
+            lo = "(" + _lex(status, after.created_ms, after.instance_id)
+        elif flt.created_from_ms is not None:
+            lo = "[" + _lex(status, flt.created_from_ms)
+        else:
+            lo = f"[{status}|"
+        hi = f"({status}}}" if flt.created_to_ms is None else "(" + _lex(status, flt.created_to_ms)
+        pipe.zrangebylex(pk.by_status, lo, hi, start=0, num=count)
 
     # -- purge ---------------------------------------------------------------------------------
 
@@ -131,7 +229,7 @@ class QueryOps:
         reply = await self._write("purge_instance", hub, pk, [
             pk.instance(instance_id), pk.inbox(instance_id), pk.history(instance_id),
             pk.by_created, pk.due, pk.ready, pk.stats, pk.timers(instance_id), pk.seen(instance_id),
-            pk.by_completed], [instance_id, "" if ended_before_ms is None else ended_before_ms])
+            pk.by_completed, pk.by_status], [instance_id, "" if ended_before_ms is None else ended_before_ms])
         return self._outcome(reply, instance_id, Code.NOT_FOUND, Code.WRONG_STATUS, Code.NOT_READY)[0] is Code.OK
 
     @unavailable_on_redis_errors

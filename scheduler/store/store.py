@@ -28,7 +28,7 @@ from .records import HubStats, PartitionStats, Promotion
 from .scripts import Code, outcome, source
 from .work import WorkOps
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: every instance is in its partition's status index (store/queries.py)
 _DELETE_BATCH = 500
 # A deleted hub's partitions keep their tombstone generation this long (writers that still knew the
 # hub have long noticed by then: every replica revalidates its hubs every few seconds).

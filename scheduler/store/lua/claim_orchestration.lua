@@ -24,6 +24,7 @@
 -- KEYS[7] stats       partition status counts hash
 -- KEYS[8] timers      instance pending timers zset (TimerFired events, score = fire time ms)
 -- KEYS[9] due         partition due zset
+-- KEYS[10] by_status  partition status index zset
 -- ARGV[4] instance_id
 -- ARGV[5] token          claim token (opaque, made by the caller)
 -- ARGV[6] lease_ms       lease duration
@@ -33,4 +34,4 @@
 -- {LEASED} (it is in an episode under a live lease) or {HUB_GONE}.
 if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
 return claim_instance({ready = KEYS[2], leases = KEYS[3], inst = KEYS[4], inbox = KEYS[5], hist = KEYS[6],
-  stats = KEYS[7], timers = KEYS[8], due = KEYS[9]}, ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7])
+  stats = KEYS[7], by_status = KEYS[10], timers = KEYS[8], due = KEYS[9]}, ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7])

@@ -23,6 +23,7 @@
 -- KEYS[10] timers       instance pending timers zset
 -- KEYS[11] due          partition due zset
 -- KEYS[12] activities   partition activity queue zset
+-- KEYS[13] by_status    partition status index zset
 -- ARGV[4] item
 -- ARGV[5] token
 -- ARGV[6] instance_id
@@ -61,7 +62,7 @@ local claiming = ARGV[11] ~= ''
 deliver(inst_key, inbox_key, ready_key, instance_id, status, event, now, claiming)
 if claiming then
   local claim = claim_instance({ready = ready_key, leases = leases_key, inst = inst_key, inbox = inbox_key,
-    hist = KEYS[8], stats = KEYS[9], timers = KEYS[10], due = KEYS[11]}, instance_id, ARGV[11],
+    hist = KEYS[8], stats = KEYS[9], by_status = KEYS[13], timers = KEYS[10], due = KEYS[11]}, instance_id, ARGV[11],
     tonumber(ARGV[12]), ARGV[13])
   if claim[1] == CODE.OK then return claim end
 end

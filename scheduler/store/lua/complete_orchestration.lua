@@ -33,6 +33,7 @@
 -- KEYS[12] outbox        partition outbox list (messages for other instances, delivered by the relay)
 -- KEYS[13] by_completed  partition completion index zset
 -- KEYS[14] act_tokens    partition hash: activity item -> claim token
+-- KEYS[15] by_status     partition status index zset
 -- ARGV[4] instance_id
 -- ARGV[5] token          the claim token of the work item
 -- ARGV[6] status         final status name, or "" if the orchestration goes on
@@ -133,7 +134,7 @@ if status ~= '' then
   if output ~= '' then redis.call('HSET', inst_key, 'output', string.sub(output, 2)) end
   if failure ~= '' then redis.call('HSET', inst_key, 'failure', failure) end
   redis.call('HDEL', inst_key, 'prev_status', 'due_ms')  -- suspended meanwhile: it ended all the same
-  count_status(stats_key, old_status, status)
+  count_status(stats_key, KEYS[15], inst_key, instance_id, old_status, status)
   redis.call('ZREM', ready_key, instance_id)
   redis.call('ZREM', due_key, instance_id)
   redis.call('DEL', timers_key)

@@ -21,6 +21,7 @@
 -- KEYS[10] seen         instance zset of the message ids it took (dropped with a replaced instance)
 -- KEYS[11] by_completed partition completion index zset
 -- KEYS[12] leases       partition leases zset
+-- KEYS[13] by_status    partition status index zset
 -- ARGV[4] instance_id
 -- ARGV[5] due_ms        scheduled start in epoch ms rounded up, or "" to start now
 -- ARGV[6] start_event   serialized ExecutionStarted HistoryEvent
@@ -37,6 +38,7 @@
 local inst_key, inbox_key, hist_key, due_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ready_key, created_key, stats_key = KEYS[6], KEYS[7], KEYS[8]
 local timers_key, seen_key, completed_key = KEYS[9], KEYS[10], KEYS[11]
+local index_key = KEYS[13]
 local instance_id, due_ms, start_event = ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local replaceable = ' ' .. ARGV[7] .. ' '
 local same_is_done, execution_id = ARGV[8] == '1', ARGV[9]
@@ -51,6 +53,7 @@ if old_status then
   if not string.find(replaceable, ' ' .. old_status .. ' ', 1, true) then
     return {CODE.EXISTS, old_status}
   end
+  index_instance(index_key, inst_key, instance_id, old_status, false)
   redis.call('DEL', inst_key, inbox_key, hist_key, timers_key, seen_key)
   redis.call('ZREM', due_key, instance_id)
   redis.call('ZREM', ready_key, instance_id)
@@ -63,6 +66,7 @@ redis.call('HSET', inst_key, 'status', 'PENDING', 'created_ms', now, 'updated_ms
 redis.call('RPUSH', inbox_key, start_event)
 redis.call('ZADD', created_key, now, instance_id)
 redis.call('HINCRBY', stats_key, 'PENDING', 1)
+index_instance(index_key, inst_key, instance_id, 'PENDING', true)
 if due_ms and due_ms > now then
   add_due(due_key, instance_id, due_ms, false)
   return {CODE.OK, now}
@@ -71,7 +75,7 @@ local claiming = ARGV[10] ~= ''
 push_work(ready_key, instance_id, now, claiming)
 if claiming then
   local claim = claim_instance({ready = ready_key, leases = KEYS[12], inst = inst_key, inbox = inbox_key,
-    hist = hist_key, stats = stats_key, timers = timers_key, due = due_key}, instance_id, ARGV[10],
+    hist = hist_key, stats = stats_key, by_status = index_key, timers = timers_key, due = due_key}, instance_id, ARGV[10],
     tonumber(ARGV[11]), ARGV[12])
   if claim[1] == CODE.OK then return {CODE.OK, now, unpack(claim, 2)} end
 end

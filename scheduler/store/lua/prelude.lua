@@ -62,10 +62,41 @@ local function lease_member(kind, item)
   return kind .. '|' .. item
 end
 
--- Count an instance under status `to` instead of `from` in its partition's stats.
-local function count_status(stats_key, from, to)
+-- The member of an instance in its partition's status index (keys.py PartitionKeys.by_status):
+-- "<status>|<creation ms, 16 digits>|<id>", all at score 0, so the members of one status sort by
+-- (creation ms, id): the order of queries, read with ZRANGEBYLEX. Every instance also has a member
+-- under status "*" from its creation to its purge (what a query without a status filter reads).
+local function status_member(status, created_ms, instance_id)
+  return status .. '|' .. string.format('%016d', tonumber(created_ms)) .. '|' .. instance_id
+end
+
+-- Move an instance from status `from` to status `to` in its partition's status index (either may be
+-- false: the instance enters or leaves the index); the instance hash must still hold its `created_ms`.
+local function index_status(index_key, inst_key, instance_id, from, to)
+  local created = redis.call('HGET', inst_key, 'created_ms')
+  if not created then return end
+  if from then redis.call('ZREM', index_key, status_member(from, created, instance_id)) end
+  if to then redis.call('ZADD', index_key, 0, status_member(to, created, instance_id)) end
+end
+
+-- Put a new instance (`add`) into its partition's status index, under its status and "*", or take
+-- one that goes (purged, replaced) out of it.
+local function index_instance(index_key, inst_key, instance_id, status, add)
+  if add then
+    index_status(index_key, inst_key, instance_id, false, status)
+    index_status(index_key, inst_key, instance_id, false, '*')
+  else
+    index_status(index_key, inst_key, instance_id, status, false)
+    index_status(index_key, inst_key, instance_id, '*', false)
+  end
+end
+
+-- Count an instance under status `to` instead of `from` in its partition's stats, and move it
+-- in the partition's status index: every status change of an existing instance goes through here.
+local function count_status(stats_key, index_key, inst_key, instance_id, from, to)
   redis.call('HINCRBY', stats_key, from, -1)
   redis.call('HINCRBY', stats_key, to, 1)
+  index_status(index_key, inst_key, instance_id, from, to)
 end
 
 -- Wake the work streams for a queue that is about to get work (the one wake-up rule of every
@@ -168,7 +199,7 @@ end
 
 -- Claim a ready instance for a worker under a lease (see claim_orchestration.lua, which says what
 -- it does; complete_activity.lua claims this way too). `k` holds the keys: ready, leases, inst,
--- inbox, hist, stats, timers, due. Returns {OK, lease expiry, flat hash, history, new events} or a
+-- inbox, hist, stats, by_status, timers, due. Returns {OK, lease expiry, flat hash, history, new events} or a
 -- refusal ({NOT_READY}, {NOT_FOUND}, {WRONG_STATUS, status}, {LEASED}).
 local function claim_instance(k, instance_id, token, lease_ms, episode_start)
   local member = lease_member(KIND.ORCHESTRATION, instance_id)
@@ -208,7 +239,7 @@ local function claim_instance(k, instance_id, token, lease_ms, episode_start)
   redis.call('HSET', k.inst, 'lease', token, 'claimed_n', claimed_n, 'episode_start', episode_start)
   if status == 'PENDING' then
     redis.call('HSET', k.inst, 'status', 'RUNNING', 'updated_ms', now)
-    count_status(k.stats, 'PENDING', 'RUNNING')
+    count_status(k.stats, k.by_status, k.inst, instance_id, 'PENDING', 'RUNNING')
     wake(WAKE.STATUS, instance_id)
   end
   local events = {}

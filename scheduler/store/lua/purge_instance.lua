@@ -18,6 +18,7 @@
 -- KEYS[9] timers        instance pending timers zset
 -- KEYS[10] seen         instance zset of the message ids it took
 -- KEYS[11] by_completed partition completion index zset
+-- KEYS[12] by_status    partition status index zset
 -- ARGV[4] instance_id
 -- ARGV[5] ended_before  epoch ms, or "" for any terminal instance
 -- Returns {OK, status} when purged, {WRONG_STATUS, status} when not terminal, {NOT_READY} when it ended
@@ -33,6 +34,7 @@ local status = h[1]
 if not status then return {CODE.NOT_FOUND} end
 if not TERMINAL[status] then return {CODE.WRONG_STATUS, status} end
 if ended_before and not (tonumber(h[2] or '') and tonumber(h[2]) < ended_before) then return {CODE.NOT_READY} end
+index_instance(KEYS[12], inst_key, instance_id, status, false)
 redis.call('DEL', inst_key, inbox_key, hist_key, timers_key, seen_key)
 redis.call('ZREM', created_key, instance_id)
 redis.call('ZREM', completed_key, instance_id)

@@ -12,6 +12,7 @@
 -- KEYS[4] due         partition due zset
 -- KEYS[5] ready       partition ready zset
 -- KEYS[6] stats       partition status counts hash
+-- KEYS[7] by_status   partition status index zset
 -- ARGV[4] instance_id
 -- ARGV[5] event       serialized ExecutionResumed HistoryEvent
 -- Returns {OK, status before}, {NOT_FOUND} or {HUB_GONE}.
@@ -29,7 +30,7 @@ redis.call('RPUSH', inbox_key, event)
 redis.call('HINCRBY', inst_key, 'size', #event)
 redis.call('HSET', inst_key, 'status', prev, 'updated_ms', now)
 redis.call('HDEL', inst_key, 'prev_status', 'due_ms')
-count_status(stats_key, 'SUSPENDED', prev)
+count_status(stats_key, KEYS[7], inst_key, instance_id, 'SUSPENDED', prev)
 local waits = due_ms and due_ms > now
 if waits then add_due(due_key, instance_id, due_ms, false) end
 if not waits or prev == 'RUNNING' then push_work(ready_key, instance_id, now) end

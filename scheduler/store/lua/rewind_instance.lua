@@ -19,6 +19,7 @@
 -- KEYS[6] stats         partition status counts hash
 -- KEYS[7] by_completed  partition completion index zset
 -- KEYS[8] seen          instance zset of the message ids it took
+-- KEYS[9] by_status     partition status index zset
 -- ARGV[4] instance_id
 -- ARGV[5] event       serialized ExecutionRewound HistoryEvent
 -- ARGV[6] message_id  the outbox message asking for it, or "" (a client's call)
@@ -46,7 +47,7 @@ redis.call('HDEL', inst_key, 'completed_ms', 'output', 'failure', 'overflow')
 redis.call('HSET', inst_key, 'status', 'RUNNING', 'rewinding', '1', 'size', size, 'updated_ms', now)
 redis.call('HINCRBY', inst_key, 'rewinds', 1)
 redis.call('ZREM', completed_key, instance_id)
-count_status(stats_key, status, 'RUNNING')
+count_status(stats_key, KEYS[9], inst_key, instance_id, status, 'RUNNING')
 push_work(ready_key, instance_id, now)
 wake(WAKE.STATUS, instance_id)
 return {CODE.OK, status}

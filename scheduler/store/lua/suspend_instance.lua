@@ -13,6 +13,7 @@
 -- KEYS[4] due         partition due zset
 -- KEYS[5] ready       partition ready zset
 -- KEYS[6] stats       partition status counts hash
+-- KEYS[7] by_status   partition status index zset
 -- ARGV[4] instance_id
 -- ARGV[5] event       serialized ExecutionSuspended HistoryEvent
 -- Returns {OK, status before}, {NOT_FOUND} or {HUB_GONE}.
@@ -31,6 +32,6 @@ redis.call('ZREM', ready_key, instance_id)
 redis.call('RPUSH', inbox_key, event)
 redis.call('HINCRBY', inst_key, 'size', #event)
 redis.call('HSET', inst_key, 'status', 'SUSPENDED', 'prev_status', status, 'updated_ms', now_ms())
-count_status(stats_key, status, 'SUSPENDED')
+count_status(stats_key, KEYS[7], inst_key, instance_id, status, 'SUSPENDED')
 wake(WAKE.STATUS, instance_id)
 return {CODE.OK, status}

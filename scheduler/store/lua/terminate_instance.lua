@@ -28,6 +28,7 @@
 -- KEYS[10] leases       partition leases zset
 -- KEYS[11] timers       instance pending timers zset
 -- KEYS[12] seen         instance zset of the message ids it took
+-- KEYS[13] by_status    partition status index zset
 -- ARGV[4] instance_id
 -- ARGV[5] event       serialized ExecutionTerminated HistoryEvent
 -- ARGV[6] has_output  "1" to store ARGV[7] as the output, "0" to leave it unset
@@ -42,7 +43,7 @@ local inst_key, inbox_key, hist_key, due_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5
 local ready_key, stats_key, outbox_key, completed_key = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local instance_id, event, has_output, output = ARGV[4], ARGV[5], ARGV[6] == '1', ARGV[7]
 local notice, force = ARGV[8], ARGV[9] == '1'
-local leases_key, timers_key, seen_key = KEYS[10], KEYS[11], KEYS[12]
+local leases_key, timers_key, seen_key, index_key = KEYS[10], KEYS[11], KEYS[12], KEYS[13]
 local read_as, message_id = ARGV[10], ARGV[11]
 
 if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
@@ -63,7 +64,7 @@ elseif base == 'RUNNING' then
   if status == 'SUSPENDED' then
     redis.call('HSET', inst_key, 'status', 'RUNNING')
     redis.call('HDEL', inst_key, 'prev_status', 'due_ms')
-    count_status(stats_key, 'SUSPENDED', 'RUNNING')
+    count_status(stats_key, index_key, inst_key, instance_id, 'SUSPENDED', 'RUNNING')
     wake(WAKE.STATUS, instance_id)
   end
   deliver(inst_key, inbox_key, ready_key, instance_id, 'RUNNING', event, now)
@@ -79,7 +80,7 @@ redis.call('HDEL', inst_key, 'prev_status', 'due_ms')
 redis.call('ZREM', due_key, instance_id)
 redis.call('ZREM', ready_key, instance_id)
 redis.call('ZADD', completed_key, now, instance_id)
-count_status(stats_key, status, 'TERMINATED')
+count_status(stats_key, index_key, inst_key, instance_id, status, 'TERMINATED')
 wake(WAKE.STATUS, instance_id)
 if notice ~= '' then post_messages(outbox_key, {notice}, 1, 1) end
 return {CODE.OK, status}
