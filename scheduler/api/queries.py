@@ -8,7 +8,9 @@ is NOT_FOUND for an unknown instance and streams the history (nothing for an
 instance never dispatched, whose events still wait in its inbox) in chunks of 100.
 Where we differ: pages are ordered by (creation time, instance id), also for
 ListInstanceIds (the reference orders that one by completion time, for which
-this store keeps no index), and tokens are cursors, not offsets.
+this store keeps no index), and tokens are cursors, not offsets. A page does bounded work
+whatever the data (see store/queries.py): it may end short, even empty, with a token.
+``query.taskHubNames`` may name only the call's own task hub: any other is INVALID_ARGUMENT.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from .. import errors
 from .._proto import orchestrator_service_pb2 as pb
 from ..engine import subtree
 from ..engine.events import status_name
-from ..protocol import due_ms
+from ..protocol import due_ms, quote
 from ..store import Cursor, InstanceFilter
 from . import translate, validation
 from .status import rpc
@@ -46,6 +48,11 @@ class QueryRPCs:
             id_prefix=q.instanceIdPrefix.value,
             created_from_ms=_ms(q, "createdTimeFrom", "query."),
             created_to_ms=_ms(q, "createdTimeTo", "query."))
+        for i, name in enumerate(q.taskHubNames):
+            if name.value != self._hub_name(context):
+                raise errors.InvalidRequest(
+                    f"query.taskHubNames[{i}] is {quote(name.value)}: a query reads only the task hub of the call "
+                    f"({quote(self._hub_name(context))}, from the 'taskhub' metadata); query each hub with its own call")
         hub = await self._existing_hub(context)
         if hub is None:
             return pb.QueryInstancesResponse()

@@ -29,7 +29,7 @@ key                                    type    holds
 ``<prefix>:{H:p}:by-completed``        zset    ids of ended instances by completion time (ms): what retention purges
 ``<prefix>:{H:p}:stats``               hash    instance count per status name
 ``<prefix>:{H:p}:by-status``           zset    every instance by status, all at score 0: "<status>|<created ms, 16
-                                              digits>|<id>" (lexical order: status-filtered queries)
+                                              digits>|<id>", and "*|<created ms>|<id>" (lexical order: queries)
 ``<prefix>:{H:p}:activities``          zset    activity work items ready to hand out; score = queued since (ms)
 ``<prefix>:{H:p}:act-payloads``        hash    activity work item -> serialized ActivityRequest, until completed
 ``<prefix>:{H:p}:act-tokens``          hash    activity work item -> claim token, while claimed

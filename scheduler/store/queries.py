@@ -63,14 +63,14 @@ class QueryOps:
     @unavailable_on_redis_errors
     async def query_instances(self, hub: keys.HubKeys, flt: InstanceFilter, page_size: int,
                               after: Cursor | None = None, start_events: bool = True,
-                              examine: int = MAX_EXAMINED) -> tuple[list[Found], Cursor | None]:
+                              examine: int | None = None) -> tuple[list[Found], Cursor | None]:
         """Up to ``page_size`` matching instances after ``after`` in (created_ms, id) order, and the
         cursor to continue from: None when nothing further matches (the scan looks one match ahead).
-        The page's range reads, index entries read and instance hashes read add up to at most ``examine``:
+        The page's range reads, index entries read and instance hashes read add up to at most ``examine`` (default :data:`MAX_EXAMINED`):
         when that runs out first, the page is short (maybe empty) and the cursor continues after what
         was examined."""
         found: list[Found] = []
-        budget = _Budget(examine)
+        budget = _Budget(MAX_EXAMINED if examine is None else examine)
         async for item in self._matching(hub, flt, after, page_size + 1, start_events, budget):
             found.append(item)
             if len(found) > page_size:

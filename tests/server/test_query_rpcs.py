@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2, wrappers_pb2
 from instance_setup import finish, index_order, set_created
 from scheduler.api import queries as rpc_queries
 from scheduler.store import keys
+from scheduler.store import queries as store_queries
 from scheduler._proto import orchestrator_service_pb2 as pb
 from server_helpers import PARTITIONS, rpc_error
 
@@ -280,3 +281,23 @@ async def test_long_history_streams_in_chunks_of_100(stub, redis, key_prefix, hu
         instanceId="long", executionId=wrappers_pb2.StringValue(value="ignored")))]
     assert [len(c.events) for c in chunks] == sizes
     assert [e for c in chunks for e in c.events] == events
+
+
+# -- bounds --------------------------------------------------------------------------------------
+
+async def test_task_hub_names_may_name_only_the_calls_hub(stub, hub_name):
+    await start(stub, ["h-1"])
+    same = query(taskHubNames=[wrappers_pb2.StringValue(value=hub_name)])
+    assert [s.instanceId for s in (await stub.QueryInstances(same)).orchestrationState] == ["h-1"]
+    other = query(taskHubNames=[wrappers_pb2.StringValue(value=hub_name), wrappers_pb2.StringValue(value="other")])
+    details = await rpc_error(stub.QueryInstances(other), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "taskHubNames[1]" in details and "'other'" in details
+
+
+async def test_a_page_that_spends_its_budget_is_short_and_carries_a_token(stub, monkeypatch):
+    monkeypatch.setattr(store_queries, "MAX_EXAMINED", 10)
+    ids = [f"b-{i:02d}" for i in range(30)]
+    await start(stub, ids)
+    pages = await query_all(stub, 100, instanceIdPrefix=wrappers_pb2.StringValue(value="b-2"))
+    assert len(pages) > 1 and [] in pages[:-1]
+    assert sorted(s.instanceId for p in pages for s in p) == ids[20:]
