@@ -40,7 +40,10 @@ def finish(r: redis.Redis, hub: HubKeys, iid: str, status: str = "COMPLETED",
     pk = hub.for_instance(iid)
     completed_ms = int((completed or datetime.now(timezone.utc)).timestamp() * 1000)
     old = r.hget(pk.instance(iid), "status").decode()
+    created = int(r.hget(pk.instance(iid), "created_ms"))
     r.hset(pk.instance(iid), mapping={"status": status, "completed_ms": completed_ms})
+    r.zrem(pk.by_status, f"{old}|{created:016d}|{iid}")  # the status index, as lua/prelude.lua keeps it
+    r.zadd(pk.by_status, {f"{status}|{created:016d}|{iid}": 0})
     r.hincrby(pk.stats, old, -1)
     r.hincrby(pk.stats, status, 1)
     r.zrem(pk.ready, iid)
