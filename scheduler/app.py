@@ -76,7 +76,8 @@ class App:
         self.redis = redis if redis is not None else connect(config.redis_url, config.redis_cluster,
                                                              config.redis_max_connections)
         fast = connect_fast(config.redis_url, config.redis_cluster) if redis is None else None
-        self.store = Store(self.redis, config.key_prefix, config.partitions, fast=fast, limits=config.limits)
+        self.store = Store(self.redis, config.key_prefix, config.partitions, fast=fast, limits=config.limits,
+                           max_hubs=config.max_task_hubs)
         self.engine = Engine.build(self.store, config)
         self.health = health.aio.HealthServicer()
         self.housekeeping = AsyncIOScheduler()

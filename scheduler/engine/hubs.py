@@ -37,9 +37,14 @@ class Hubs:
         """The hubs whose loops run here."""
         return [promoter.hub for promoter in self.promoters.values()]
 
-    async def get(self, name: str) -> HubKeys:
-        """The hub ``name``, created on first use (fixing its partition count), and served here."""
-        hub = self.store.cached_hub(name) or await self.store.ensure_hub(name)
+    async def get(self, name: str, create: bool = True) -> HubKeys:
+        """The hub ``name``, served here. One that does not exist is created (fixing its partition count)
+        if ``create``, else HubNotFound (nothing written: with tokens in use, only an admin's
+        CreateTaskHub makes a hub)."""
+        hub = self.store.cached_hub(name) or (
+            await self.store.ensure_hub(name) if create else await self.store.find_hub(name))
+        if hub is None:
+            raise errors.HubNotFound(name)
         self.serve(hub)  # also when a read cached it first
         return hub
 
