@@ -135,7 +135,7 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, Quer
         # The registry (which every replica reads to find the hubs it serves) admits the hub first,
         # within --max-task-hubs (TooManyTaskHubs, nothing written). It lives in another slot than the
         # hub's metadata on a Cluster, hence two scripts; a name admitted whose metadata never came
-        # (the replica died in between) is dropped by the hubs' refresh (see forget_unmade_hubs).
+        # (the replica died in between) is dropped by the hubs' refresh (engine/hubs.py).
         self._outcome(await self._run("register_hub", name, 0, [keys.hubs_key(self.prefix)], [self.max_hubs]), name)
         generation = await self.redis.incr(keys.generations_key(self.prefix))
         reply = await self._run("ensure_hub", name, generation, [keys.meta_key(self.prefix, name)],
@@ -182,6 +182,23 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, Quer
         for name in gone:
             self.forget_hub(name)
         return gone
+
+    @unavailable_on_redis_errors
+    async def hub_states(self, names: list[str]) -> dict[str, dict[str, bytes]]:
+        """What the metadata of these hubs holds now (one pipelined round trip): generation, deleting,
+        deleting_ms, retention_seconds (absent fields left out; an empty dict: no metadata)."""
+        fields = ("generation", "deleting", "deleting_ms", "retention_seconds")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hmget(keys.meta_key(self.prefix, name), *fields)
+            metas = await pipe.execute()
+        return {name: {f: v for f, v in zip(fields, values) if v is not None} for name, values in zip(names, metas)}
+
+    @unavailable_on_redis_errors
+    async def unregister_hubs(self, names: list[str]) -> None:
+        """Drop names from the registry whose hub was never made (see ensure_hub)."""
+        if names:
+            await self.redis.srem(keys.hubs_key(self.prefix), *names)
 
     @unavailable_on_redis_errors
     async def register_hubs(self, names: list[str]) -> None:
