@@ -19,6 +19,7 @@ from .api.servicer import Servicer, add_to_server
 from .api.tls import ServerCertificates
 from .config import Config
 from .engine import Engine
+from .engine.hubs import SAFETY_SWEEP_SECONDS
 from .protocol import STATUS_PREFIX
 from .store import Store
 from .store.connection import connect, connect_fast
@@ -59,7 +60,8 @@ HELD = prometheus_client.Gauge("dt_work_items_held", "Work items this replica's 
 
 def lease_sweep_seconds(lease_seconds: float) -> float:
     """How often expired leases are looked for: a sixth of a lease (work of a dead worker or replica waits
-    at most that long past its lease), between 0.5 and 5 s (each sweep reads every partition)."""
+    at most that long past its lease in a hub active lately; see engine/hubs.py for idle hubs), between 0.5
+    and 5 s."""
     return min(5.0, max(0.5, lease_seconds / 6))
 
 
@@ -76,7 +78,8 @@ class App:
         self.redis = redis if redis is not None else connect(config.redis_url, config.redis_cluster,
                                                              config.redis_max_connections)
         fast = connect_fast(config.redis_url, config.redis_cluster) if redis is None else None
-        self.store = Store(self.redis, config.key_prefix, config.partitions, fast=fast, limits=config.limits)
+        self.store = Store(self.redis, config.key_prefix, config.partitions, fast=fast, limits=config.limits,
+                           max_hubs=config.max_task_hubs)
         self.engine = Engine.build(self.store, config)
         self.health = health.aio.HealthServicer()
         self.housekeeping = AsyncIOScheduler()
@@ -132,7 +135,8 @@ class App:
         await self.engine.hubs.refresh()
         jobs = [(self.engine.hubs.refresh, HUB_REFRESH_SECONDS), (self._check_health, HEALTH_CHECK_SECONDS),
                 (self.sweep_leases, lease_sweep_seconds(self.config.lease_seconds)),
-                (self.safety_look, SAFETY_LOOK_SECONDS), (self.engine.retention.sweep, RETENTION_SECONDS)]
+                (self.safety_look, SAFETY_LOOK_SECONDS), (self.engine.retention.sweep, RETENTION_SECONDS),
+                (self.safety_sweep, SAFETY_SWEEP_SECONDS)]
         if self.config.metrics_port is not None:
             jobs.append((self.sample_depths, DEPTH_SAMPLE_SECONDS))
         for job, seconds in jobs:
@@ -179,7 +183,12 @@ class App:
 
     async def sweep_leases(self) -> None:
         """Re-queue work whose lease expired (a worker or replica died); any replica may run it."""
-        await self.engine.dispatcher.sweep(self.engine.hubs.served())
+        seconds = lease_sweep_seconds(self.config.lease_seconds)
+        await self.engine.dispatcher.sweep(self.engine.hubs.lease_sweep_slice(seconds))
+
+    async def safety_sweep(self) -> None:
+        """Behind the wake-ups: a few partitions in turn are called by their promoter and relay."""
+        self.engine.hubs.safety_sweep()
 
     async def safety_look(self) -> None:
         await self.engine.dispatcher.safety_look(self.engine.hubs.served())

@@ -68,6 +68,8 @@ class Config:
     allow_unauthenticated: bool = False  # listen beyond loopback without authentication
     shutdown_grace_seconds: float = 25.0  # on SIGTERM, how long handed-out work may take to finish
     log_format: str = "text"  # text or json
+    # -- task hubs (sec-hubs) --
+    max_task_hubs: int = 1000  # task hubs this Redis may hold; one more (CreateTaskHub or first use) is refused
     replica: str = ""  # this replica's name in logs and metrics; default: the host name
     processes: int = 1  # server processes on one port (SO_REUSEPORT), each a full replica
     process: int = 0  # not a flag: which of --processes this one is (1..N), 0 in the supervisor or the only process
@@ -101,6 +103,8 @@ class Config:
         for name in ("max_inbox_events", "max_stream_work_items", "redis_max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        if self.max_task_hubs < 1:
+            raise ValueError(f"{_flag('max_task_hubs')} must be at least 1, got {self.max_task_hubs}")
         for name in ("stream_write_timeout_seconds", "max_work_item_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{_flag(name)} must be positive, got {getattr(self, name)}")
@@ -191,6 +195,9 @@ _OPTIONS = [
     ("--replica", "DT_REPLICA", str, "this replica's name in logs and metrics (default: the host name)"),
     ("--processes", "DT_PROCESSES", int,
      "server processes on one port (SO_REUSEPORT), each a full replica; at most one per core the pod may use"),
+    # -- task hubs (sec-hubs) --
+    ("--max-task-hubs", "DT_MAX_TASK_HUBS", int,
+     "task hubs this Redis may hold (CreateTaskHub, or first use without tokens, past it: RESOURCE_EXHAUSTED)"),
 ]
 _SWITCHES = [  # (flag, environment variable, help): on when given, or when the variable is 1, true or yes
     ("--redis-cluster", "DT_REDIS_CLUSTER", "the Redis URL names a node of a Redis Cluster"),

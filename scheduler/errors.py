@@ -96,6 +96,21 @@ class HubGone(StoreError):
         super().__init__(f"the task hub was deleted, or deleted and created again, while '{subject}' was in use")
 
 
+class HubNotFound(StoreError):
+    """The caller named a task hub that does not exist, where only an admin may create one."""
+
+    def __init__(self, hub: str) -> None:
+        super().__init__(f"task hub '{hub}' does not exist; an admin creates it with CreateTaskHub")
+        self.hub = hub
+
+
+class TooManyTaskHubs(LimitExceeded):
+    def __init__(self, hub: str, limit: int) -> None:
+        super().__init__(f"task hub '{hub}' was not created: there are {limit} task hubs, the most "
+                         f"--max-task-hubs allows; delete one first")
+        self.hub = hub
+
+
 class HubDeleting(StoreError):
     def __init__(self, hub: str) -> None:
         super().__init__(f"task hub '{hub}' is being deleted; retry once the deletion has finished")

@@ -54,8 +54,9 @@ class Servicer(LifecycleRPCs, QueryRPCs, WorkRPCs, EntityRPCs, pb_grpc.TaskHubSi
         return self.config.task_hub
 
     async def _hub(self, context: grpc.aio.ServicerContext) -> HubKeys:
-        """The caller's task hub, created on first use."""
-        return await self.engine.hubs.get(self._hub_name(context))
+        """The caller's task hub, created on first use unless tokens are in use (then only CreateTaskHub,
+        an admin's call, creates one: NOT_FOUND, nothing written)."""
+        return await self.engine.hubs.get(self._hub_name(context), create=not self.config.authenticates)
 
     async def _existing_hub(self, context: grpc.aio.ServicerContext) -> HubKeys | None:
         """Like :meth:`_hub` for calls that only read: None when the hub does not exist (nothing is created)."""

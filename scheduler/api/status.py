@@ -28,7 +28,7 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, errors.InstanceExists):
         return grpc.StatusCode.ALREADY_EXISTS, str(exc)
-    if isinstance(exc, errors.InstanceNotFound):
+    if isinstance(exc, (errors.InstanceNotFound, errors.HubNotFound)):
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, errors.FailedPrecondition):
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)

@@ -230,11 +230,12 @@ class Dispatcher:
                     for stream in streams:
                         stream.look(kind, partition)
 
-    async def sweep(self, hubs: list[HubKeys]) -> None:
-        """Re-queue work whose lease expired (a worker or replica died); any replica may run it."""
-        for hub in hubs:
+    async def sweep(self, hubs: list[tuple[HubKeys, list[int] | None]]) -> None:
+        """Re-queue work whose lease expired (a worker or replica died) in these partitions of each hub
+        (None: all); any replica may run it."""
+        for hub, partitions in hubs:
             try:
-                swept = await self.store.sweep_expired_leases(hub, None, SWEEP_BATCH)
+                swept = await self.store.sweep_expired_leases(hub, partitions, SWEEP_BATCH)
             except errors.HubGone:
                 continue  # deleted meanwhile: the hub refresh stops serving it
             except errors.StoreError as exc:

@@ -26,9 +26,10 @@ from .loops import Loop
 
 log = logging.getLogger(__name__)
 
-# A safety net behind the wake-up messages (a lost subscription is made good at once by
-# sweep_soon); it does not bound precision, and keeps an idle hub nearly free.
-MAX_SLEEP_SECONDS = 30.0
+# An idle promoter calls Redis only when woken: by a wake-up message, at the earliest due time it
+# knows, or by the replica's safety sweep (engine/hubs.py), which hands it a few partitions at a
+# time to call, so that an idle hub costs nothing of its own. This cap only bounds a sleep.
+MAX_SLEEP_SECONDS = 3600.0
 LOG_EVERY_SECONDS = 5.0
 
 PROMOTED = Counter("dt_promoted_total", "Due entries promoted to ready", ["hub"])
@@ -39,7 +40,8 @@ PROMOTION_LAG = Histogram(
 
 class Promoter:
     """Sleeps until the earliest due time; on waking, calls only the partitions whose head is due
-    (all of them after a wake-up message, an error, or at least once per MAX_SLEEP_SECONDS)."""
+    (all of them at its start, after a wake-up message without a partition or an error; those the
+    safety sweep names)."""
 
     def __init__(self, store: Store, hub: HubKeys, batch: int = 1000,
                  on_promoted: Callable[[Promotion], None] | None = None) -> None:
@@ -53,7 +55,7 @@ class Promoter:
         self._hint_count = 0  # hints received so far (to tell which arrived during a call)
         self._hinted_at: dict[int, int] = {}  # partition -> _hint_count when its last hint arrived
         self._sweep_all = True
-        self._last_sweep = 0.0
+        self._sweep_parts: set[int] = set()  # partitions to call at the next step whatever their head
         self._clock: tuple[int, float] = (0, 0.0)  # (Redis ms, local monotonic s) of the last call
         self._unlogged, self._last_log = (0, 0), float("-inf")
         self._loop = Loop(f"promoter[{hub.hub}]", self._step, MAX_SLEEP_SECONDS)
@@ -78,9 +80,12 @@ class Promoter:
         if self._next_due_ms is None or due_ms < self._next_due_ms:
             self._loop.wake()
 
-    def sweep_soon(self) -> None:
-        """Wake-up messages may have been lost: call every partition now."""
-        self._sweep_all = True
+    def sweep_soon(self, partitions: list[int] | None = None) -> None:
+        """Wake-up messages may have been lost: call these partitions (None: every one) now."""
+        if partitions is None:
+            self._sweep_all = True
+        else:
+            self._sweep_parts.update(partitions)
         self._loop.wake()
 
     def _known_heads(self) -> dict[int, int]:
@@ -92,18 +97,18 @@ class Promoter:
 
     def _partitions_to_call(self) -> list[int] | None:
         """None (all) when a sweep is due; else the partitions whose head is due by the estimated Redis time."""
-        now = time.monotonic()
-        if self._sweep_all or now - self._last_sweep >= MAX_SLEEP_SECONDS:
+        if self._sweep_all:
             return None
         redis_ms, at = self._clock
-        estimate = redis_ms + (now - at) * 1000
-        return [p for p, head in self._known_heads().items() if head <= estimate]
+        estimate = redis_ms + (time.monotonic() - at) * 1000
+        due = {p for p, head in self._known_heads().items() if head <= estimate}
+        return sorted(due | self._sweep_parts)
 
     async def _step(self) -> float:
         partitions = self._partitions_to_call()
+        self._sweep_parts = set()
         if partitions is None:
             self._sweep_all = False
-            self._last_sweep = time.monotonic()
         elif not partitions:
             return self._delay(*self._clock)
         hints_before = self._hint_count

@@ -41,7 +41,10 @@ log = logging.getLogger(__name__)
 
 BATCH = 100
 HOLD_MS = 10_000  # how long a relay holds a partition's outbox without renewing it (a batch takes far less)
-MAX_SLEEP_SECONDS = 30.0  # a safety net: every outbox write publishes a wake-up for the relays
+# Every outbox write publishes a wake-up naming its partition; an idle relay reads nothing until one
+# comes, or until the replica's safety sweep (engine/hubs.py) names a few partitions to read. This cap
+# only bounds a sleep.
+MAX_SLEEP_SECONDS = 3600.0
 
 
 class Relay:
@@ -67,8 +70,8 @@ class Relay:
 
     async def _step(self) -> float:
         partitions, self._pending = self._pending, set()
-        if not partitions:  # the safety sleep ended: look everywhere
-            partitions = set(range(self.hub.partitions))
+        if not partitions:  # nothing written that we heard of: the safety sweep will name partitions
+            return MAX_SLEEP_SECONDS
         try:
             left = await asyncio.gather(*(self._drain(p) for p in sorted(partitions)))
         except BaseException:

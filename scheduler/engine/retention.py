@@ -4,7 +4,8 @@ hub's retention (its own setting, else --retention-seconds; off by default).
 A housekeeping job on every replica; in each round one replica takes the turn for a hub (a
 short Redis lock), so no work is done twice, and it purges at most BATCH instances per
 partition, those that ended first first. Purging is the same script as PurgeInstances:
-only a terminal instance goes, with its history and index entries.
+only a terminal instance goes, with its history and index entries. A hub's own retention is the
+one the hubs' refresh last read (it checks each hub in turn), so an idle hub costs no Redis call here.
 """
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ class Retention:
         purged = 0
         for hub in self.hubs.served():
             try:
-                own = await self.store.retention_seconds(hub)
+                if hub.hub not in self.hubs.own_retention:
+                    continue  # its own setting (which may keep everything) is not known yet: see Hubs.refresh
+                own = self.hubs.own_retention[hub.hub]
                 seconds = self.default_seconds if own is None else own
                 if seconds <= 0 or not await self.store.take_turn(hub, "retention", self.owner, TURN_MS):
                     continue

@@ -38,6 +38,8 @@ class Wakeups:
             await cancel_and_wait(self._task)
 
     def route(self, wakeup: Wakeup) -> None:
+        if wakeup.kind in (notify.DUE, notify.STATUS, notify.WORK, notify.OUTBOX):
+            self.hubs.heard(wakeup.hub)
         if wakeup.kind == notify.DUE:
             self.hubs.due_at(wakeup.hub, wakeup.due_ms, None if wakeup.queue is None else wakeup.queue[1])
         elif wakeup.kind == notify.STATUS:

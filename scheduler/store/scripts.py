@@ -41,6 +41,7 @@ class Code(enum.IntEnum):
     HUB_GONE = 12  # the caller's task hub was deleted (or deleted and created again): nothing was written
     HUB_DELETING = 13  # the task hub is being deleted (since the time that follows)
     CHANGED = 14  # the instance is not the one the caller read (created again, rewound): read again
+    TOO_MANY_HUBS = 15  # the hub registry holds as many task hubs as it may (the bound follows)
 
 
 def _lua_set(names) -> str:
@@ -173,4 +174,6 @@ def error_of(code: Code, subject: str, values: list, limits: Limits = Limits()) 
         return errors.HubGone(subject)
     if code is Code.HUB_DELETING:
         return errors.HubDeleting(subject)
+    if code is Code.TOO_MANY_HUBS:
+        return errors.TooManyTaskHubs(subject, int(detail))
     return RuntimeError(f"script returned {code.name} for {subject!r} where the store did not expect it")

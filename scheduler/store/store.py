@@ -38,11 +38,11 @@ _TOMBSTONE_MS = 24 * 3600 * 1000
 class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, QueryOps):
     """Domain operations over one Redis; every other layer reaches Redis only through it."""
 
-    SCRIPTS = (("ensure_hub", "mark_hub_deleting", "retire_partition", "promote_due") + InstanceOps.SCRIPTS + OrchestrationOps.SCRIPTS
+    SCRIPTS = (("register_hub", "ensure_hub", "mark_hub_deleting", "retire_partition", "promote_due") + InstanceOps.SCRIPTS + OrchestrationOps.SCRIPTS
                + ActivityOps.SCRIPTS + EntityOps.SCRIPTS + QueryOps.SCRIPTS)
 
     def __init__(self, redis, prefix: str = "dt", default_partitions: int = 16, fast=None,
-                 limits: Limits = Limits(), clock_key: str | None = None) -> None:
+                 limits: Limits = Limits(), clock_key: str | None = None, max_hubs: int = 1000) -> None:
         """``fast``: a :class:`~scheduler.store.pipelining.PipelinedConnection` for the request path of a
         standalone Redis; without one (embedded store, Cluster) requests are batched over ``redis``.
         ``limits``: the bounds of one instance that the scripts check when it grows.
@@ -53,6 +53,7 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, Quer
         self.prefix = prefix
         self.default_partitions = default_partitions
         self.limits = limits
+        self.max_hubs = max_hubs  # the most task hubs the registry admits (see register_hub.lua)
         self.channel = keys.events_channel(prefix)
         self.clock_key = clock_key
         self._scripts = {name: redis.register_script(source(name, clock_key)) for name in self.SCRIPTS}
@@ -131,13 +132,15 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, Quer
         hub = await self.find_hub(name)
         if hub is not None:
             return hub
+        # The registry (which every replica reads to find the hubs it serves) admits the hub first,
+        # within --max-task-hubs (TooManyTaskHubs, nothing written). It lives in another slot than the
+        # hub's metadata on a Cluster, hence two scripts; a name admitted whose metadata never came
+        # (the replica died in between) is dropped by the hubs' refresh (engine/hubs.py).
+        self._outcome(await self._run("register_hub", name, 0, [keys.hubs_key(self.prefix)], [self.max_hubs]), name)
         generation = await self.redis.incr(keys.generations_key(self.prefix))
         reply = await self._run("ensure_hub", name, generation, [keys.meta_key(self.prefix, name)],
                                 [self.default_partitions, SCHEMA_VERSION])
         _, (partitions, _, generation, _) = self._outcome(reply, name)
-        # The registry lets every replica's promoter find the hub. It is a separate,
-        # idempotent single-key write (another slot on a Cluster): repeating it is harmless.
-        await self.redis.sadd(keys.hubs_key(self.prefix), name)
         return self._cache(keys.HubKeys(self.prefix, name, int(partitions), int(generation)))
 
     @unavailable_on_redis_errors
@@ -179,6 +182,23 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, Quer
         for name in gone:
             self.forget_hub(name)
         return gone
+
+    @unavailable_on_redis_errors
+    async def hub_states(self, names: list[str]) -> dict[str, dict[str, bytes]]:
+        """What the metadata of these hubs holds now (one pipelined round trip): generation, deleting,
+        deleting_ms, retention_seconds (absent fields left out; an empty dict: no metadata)."""
+        fields = ("generation", "deleting", "deleting_ms", "retention_seconds")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hmget(keys.meta_key(self.prefix, name), *fields)
+            metas = await pipe.execute()
+        return {name: {f: v for f, v in zip(fields, values) if v is not None} for name, values in zip(names, metas)}
+
+    @unavailable_on_redis_errors
+    async def unregister_hubs(self, names: list[str]) -> None:
+        """Drop names from the registry whose hub was never made (see ensure_hub)."""
+        if names:
+            await self.redis.srem(keys.hubs_key(self.prefix), *names)
 
     @unavailable_on_redis_errors
     async def register_hubs(self, names: list[str]) -> None:

@@ -8,6 +8,7 @@ a claimed item has a member on its partition's ``leases`` zset (keys.lease_membe
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 from .. import protocol
 from . import keys
@@ -40,9 +41,10 @@ class WorkOps:
         return {(kind, partition): length for (kind, partition, _), length in zip(wanted, lengths)}
 
     @unavailable_on_redis_errors
-    async def sweep_expired_leases(self, hub: keys.HubKeys, partition: int | None, limit: int) -> list[str]:
-        """Release at most ``limit`` work items of one partition (None: of each partition) whose lease
-        expired; returns them.
+    async def sweep_expired_leases(self, hub: keys.HubKeys, partition: int | Iterable[int] | None,
+                                   limit: int) -> list[str]:
+        """Release at most ``limit`` work items of one partition (several; None: of each partition) whose
+        lease expired; returns them.
 
         Two steps, because a script must name each instance's keys: read the expired members
         (Redis time; every partition in one pipelined round trip), then run the sweep script of each,
@@ -52,7 +54,8 @@ class WorkOps:
             return []
         now_ms = await self.server_time_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
-            for p in range(hub.partitions) if partition is None else (partition,):
+            for p in range(hub.partitions) if partition is None else (
+                    (partition,) if isinstance(partition, int) else partition):
                 pipe.zrangebyscore(hub.partition(p).leases, "-inf", now_ms, start=0, num=limit)
             members = [member for found in await pipe.execute() for member in found]
         sweeps = {protocol.ORCHESTRATION: self.sweep_orchestration_lease, protocol.ACTIVITY: self.sweep_activity_lease,

@@ -117,7 +117,7 @@ class World:
                 await self.claim_episode(r, 0)
 
     async def sweep(self, r: int) -> None:
-        await self.replicas[r].engine.dispatcher.sweep([self.hub])
+        await self.replicas[r].engine.dispatcher.sweep([(self.hub, None)])
 
     # -- client calls ----------------------------------------------------------------------------
 

@@ -221,6 +221,7 @@ async def test_each_role_may_make_the_calls_of_its_set_and_no_other(stub, redis,
 # -- task hubs ------------------------------------------------------------------------------
 
 async def test_a_token_limited_to_a_hub_may_use_only_that_hub(stub, redis, key_prefix):
+    await stub.CreateTaskHub(pb.CreateTaskHubRequest(), metadata=auth("admin", "a"))  # with tokens, admins make hubs
     await stub.StartInstance(pb.CreateInstanceRequest(instanceId="i", name="Orch"), metadata=auth("client-a", "a"))
     assert await status_of(stub, "i", "a") == pb.ORCHESTRATION_STATUS_PENDING
     before = await snapshot(redis, key_prefix)
@@ -234,6 +235,8 @@ async def test_a_token_limited_to_a_hub_may_use_only_that_hub(stub, redis, key_p
 
 
 async def test_a_worker_limited_to_a_hub_cannot_complete_work_of_another_hub(stub, redis, key_prefix):
+    for hub in ("a", "b"):  # with tokens, admins make hubs
+        await stub.CreateTaskHub(pb.CreateTaskHubRequest(), metadata=auth("admin", hub))
     own_stream, own = await claim(stub, "in-a", "a", who="worker-a")  # its own hub: allowed
     other_stream, other = await claim(stub, "in-b", "b")  # claimed by an admin on hub b
     try:

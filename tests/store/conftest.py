@@ -56,8 +56,8 @@ async def make_store(request, key_prefix) -> AsyncIterator[Callable[..., Store]]
         def fast():
             return PipelinedConnection(url) if request.param == "redis-pipelined" else None
 
-    def make(prefix: str = key_prefix, default_partitions: int = PARTITIONS) -> Store:
-        stores.append(Store(client(), prefix, default_partitions=default_partitions, fast=fast()))
+    def make(prefix: str = key_prefix, default_partitions: int = PARTITIONS, max_hubs: int = 1000) -> Store:
+        stores.append(Store(client(), prefix, default_partitions=default_partitions, fast=fast(), max_hubs=max_hubs))
         return stores[-1]
 
     yield make

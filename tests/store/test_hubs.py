@@ -161,3 +161,20 @@ async def test_hub_stats_numbers(store: Store, hub, redis):
 async def test_hub_stats_of_an_empty_hub(store: Store, hub):
     stats = await store.hub_stats(hub)
     assert (stats.statuses, stats.due, stats.ready, stats.next_due_ms, stats.oldest_ready_ms) == ({}, 0, 0, None, None)
+
+
+async def test_registry_admits_at_most_max_hubs_across_stores(make_store, store, hub, redis, key_prefix, hub_name):
+    """The bound is checked and the hub added in one script: two stores (two replicas) racing for the last
+    place admit one hub; the other is refused with nothing written."""
+    import asyncio
+
+    from scheduler import errors
+    one, two = make_store(max_hubs=2), make_store(max_hubs=2)
+    results = await asyncio.gather(one.ensure_hub(hub_name + "-x"), two.ensure_hub(hub_name + "-y"),
+                                   return_exceptions=True)
+    refused = [r for r in results if isinstance(r, errors.TooManyTaskHubs)]
+    assert len(refused) == 1 and len([r for r in results if isinstance(r, keys.HubKeys)]) == 1
+    assert len(await store.known_hubs()) == 2
+    made = {k for k in await scan_keys(redis, f"{key_prefix}:*") if k.endswith(":meta")}
+    assert len(made) == 2
+    assert (await one.ensure_hub(hub_name)).hub == hub_name  # an existing hub is no new one
