@@ -168,7 +168,9 @@ class TokenFile:
             self._entries = self._read()
             self._fixed()
         except FileNotFoundError:
-            self._version, self._entries = None, []  # fail closed
+            self._version = None
+            if self._entries:
+                self._entries = []  # fail closed
             self._broken(now, "the file is gone: no token is valid until it is back")
         except (OSError, ValueError) as exc:
             self._broken(now, f"{_one_line(exc)}; the last good set of {len(self._entries)} identities stays in "

@@ -132,6 +132,8 @@ def test_a_deleted_tokens_file_fails_closed_and_tells_the_listeners(tokens, cloc
     assert names(tokens, "ta", "tb") == ["a", "b"]
     os.remove(tokens.path)
     tokens.refresh()
+    clock.now += 1
+    tokens.refresh()  # still gone: nothing more to tell
     assert names(tokens, "ta", "tb") == [None, None]
     assert told == [True] and valid_gauge() == 0
     write(tokens.path, {"tokens": [entry("b", "tb")]})
