@@ -13,11 +13,11 @@ from grpc_reflection.v1alpha import reflection
 
 from . import errors, ports
 from ._proto import orchestrator_service_pb2 as pb
-from .api.auth import Authenticator, TokenFile
+from .api.auth import Authenticator, TokenFile, TokensFileError
 from .api.interceptors import CallInterceptor
 from .api.servicer import Servicer, add_to_server
 from .api.tls import ServerCertificates
-from .config import Config
+from .config import Config, _is_loopback
 from .engine import Engine
 from .engine.hubs import SAFETY_SWEEP_SECONDS
 from .protocol import STATUS_PREFIX
@@ -37,6 +37,7 @@ HEALTH_CHECK_SECONDS = 1.0
 DEPTH_SAMPLE_SECONDS = 5.0  # only with --metrics-port
 SAFETY_LOOK_SECONDS = 10.0  # behind the wake-ups: streams of a hub with queued work look there
 RETENTION_SECONDS = 5.0
+TOKENS_FILE_CHECK_SECONDS = 0.5  # a change of the tokens file bites within this (revoked streams end)
 
 # With --processes N, the supervisor serves the metrics of every process merged (prometheus_client's
 # multiprocess mode): a hub's depths are the same Redis figures read by each process, so the latest
@@ -69,12 +70,27 @@ class StartupError(Exception):
     """The replica cannot start (a port in use, ...): one line says why."""
 
 
+def _tokens_file(config: Config) -> TokenFile | None:
+    """The tokens file of ``--auth-tokens-file`` (None without one); StartupError when it cannot be used."""
+    if not config.auth_tokens_file:
+        return None
+    plaintext = None
+    if not config.tls_cert_file and not _is_loopback(config.host):
+        plaintext = (f"bearer tokens travel in plaintext: --host {config.host} listens beyond loopback without "
+                     f"--tls-cert-file (anyone on the path can read and reuse them; serve TLS, or use a mesh)")
+    try:
+        return TokenFile(config.auth_tokens_file, transport_warning=plaintext)
+    except TokensFileError as exc:
+        raise StartupError(str(exc)) from None
+
+
 class App:
     """One replica: the store, the engine (promoters and relays per task hub, dispatcher, wake-ups),
     the gRPC surface and housekeeping."""
 
     def __init__(self, config: Config, redis=None) -> None:
         self.config = config
+        self.tokens = _tokens_file(config)  # first: a bad tokens file stops the start before anything is built
         self.redis = redis if redis is not None else connect(config.redis_url, config.redis_cluster,
                                                              config.redis_max_connections)
         fast = connect_fast(config.redis_url, config.redis_cluster) if redis is None else None
@@ -87,8 +103,7 @@ class App:
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
         self.draining = False
-        tokens = TokenFile(config.auth_tokens_file) if config.auth_tokens_file else None
-        self.interceptor = CallInterceptor(Authenticator(tokens), config.task_hub, count=config.metrics_port is not None,
+        self.interceptor = CallInterceptor(Authenticator(self.tokens), config.task_hub, count=config.metrics_port is not None,
                                            log_context=config.log_format == "json")
 
     async def start(self) -> int:
@@ -139,6 +154,8 @@ class App:
                 (self.safety_sweep, SAFETY_SWEEP_SECONDS)]
         if self.config.metrics_port is not None:
             jobs.append((self.sample_depths, DEPTH_SAMPLE_SECONDS))
+        if self.tokens is not None:
+            jobs.append((self.watch_tokens, TOKENS_FILE_CHECK_SECONDS))
         for job, seconds in jobs:
             self.add_housekeeping(job, seconds)
         self.housekeeping.start()
@@ -192,6 +209,10 @@ class App:
 
     async def safety_look(self) -> None:
         await self.engine.dispatcher.safety_look(self.engine.hubs.served())
+
+    async def watch_tokens(self) -> None:
+        """Re-read the tokens file if it changed: long calls of callers that lost access end at once."""
+        self.tokens.refresh()
 
     async def sample_depths(self) -> None:
         """Queue depths and instance counts of the hubs served here, and this replica's streams, for the

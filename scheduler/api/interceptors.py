@@ -19,7 +19,8 @@ import grpc
 import prometheus_client
 
 from .. import logs
-from .auth import ANONYMOUS, TOKEN_HUB_CALLS, Authenticator, PermissionDenied, Unauthenticated, token_hub
+from .auth import (ANONYMOUS, LONG_CALLS, TOKEN_HUB_CALLS, Authenticator, PermissionDenied, Unauthenticated,
+                   token_hub)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class CallInterceptor:
         hub_of = self._hub_of(method)
         authenticate = self.authenticator.tokens is not None
         destructive = method in DESTRUCTIVE
+        revocable = authenticate and method in LONG_CALLS  # ends when its caller loses access
         count = self.count
 
         if not (authenticate or destructive or count):
@@ -111,6 +113,15 @@ class CallInterceptor:
                 if destructive:
                     log.info("%s on task hub %r by %s (role %s, peer %s)", method, hub, identity.name, identity.role,
                              context.peer())
+                if revocable:
+                    try:
+                        return await authenticator.revocable(inner(request, context), metadata, method, hub)
+                    except Unauthenticated as exc:
+                        log.info("%s of %s ended: UNAUTHENTICATED %s", method, identity.name, exc)
+                        await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+                    except PermissionDenied as exc:
+                        log.info("%s of %s ended: PERMISSION_DENIED %s", method, identity.name, exc)
+                        await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
                 return await inner(request, context)
             finally:
                 if count:

@@ -440,3 +440,114 @@ async def test_the_server_certificate_is_re_read_when_its_files_change(start_app
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         await pb_grpc.TaskHubSidecarServiceStub(channel).StartInstance(
             pb.CreateInstanceRequest(instanceId="over-tls", name="Orch"), timeout=5)
+
+
+# -- revocation bites within seconds ---------------------------------------------------------
+
+def write_entries(path, changed: dict[str, tuple[str, list[str]] | None]) -> None:
+    """The tokens file of IDENTITIES with some changed: name -> (role, hubs), or None to remove it."""
+    entries = []
+    for name, (role, hubs) in IDENTITIES.items():
+        if name in changed:
+            if changed[name] is None:
+                continue
+            role, hubs = changed[name]
+        entries.append({"name": identity_name(name), "sha256": hashlib.sha256(TOKEN[name].encode()).hexdigest(),
+                        "role": role, "hubs": hubs})
+    tmp = f"{path}.new"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"tokens": entries}, f)
+    os.replace(tmp, path)
+
+
+async def stream_end(call, timeout: float) -> tuple[grpc.StatusCode, str]:
+    """How a work stream ends (within ``timeout``); it must hand out no work item meanwhile."""
+    async def read() -> tuple[grpc.StatusCode, str]:
+        while True:
+            try:
+                item = await call.read()
+            except grpc.aio.AioRpcError as exc:
+                return exc.code(), exc.details() or ""
+            if item is grpc.aio.EOF:
+                return grpc.StatusCode.OK, ""
+            assert item.HasField("healthPing"), f"a revoked stream was handed {item}"
+    return await asyncio.wait_for(read(), timeout)
+
+
+async def handed_back_at_once(stub, iid: str, hub: str | None = None) -> float:
+    """How long until the item is handed to another stream: far less than a lease (30 s) when its stream
+    handed it back."""
+    started = asyncio.get_running_loop().time()
+    call = stub.GetWorkItems(pb.GetWorkItemsRequest(), metadata=auth("admin", hub))
+    try:
+        item = await next_work(call, timeout=10)
+        assert item.orchestratorRequest.instanceId == iid
+    finally:
+        call.cancel()
+    return asyncio.get_running_loop().time() - started
+
+
+# who loses what -> (the worker, its hub, the change of the tokens file, the status its stream ends with)
+REVOCATIONS = {
+    "token removed": ("worker", None, {"worker": None}, grpc.StatusCode.UNAUTHENTICATED),
+    "role lost": ("worker", None, {"worker": ("reader", ["*"])}, grpc.StatusCode.PERMISSION_DENIED),
+    "hub lost": ("worker-a", "a", {"worker-a": ("worker", ["b"])}, grpc.StatusCode.PERMISSION_DENIED),
+}
+
+
+@pytest.mark.parametrize("case", REVOCATIONS)
+async def test_a_work_stream_whose_caller_loses_access_ends_at_once_and_its_work_goes_back(stub, tokens_path,
+                                                                                           case):
+    who, hub, change, code = REVOCATIONS[case]
+    # Another caller's stream, full (it takes one orchestration at a time): not touched by the change.
+    await stub.StartInstance(pb.CreateInstanceRequest(instanceId="kept", name="Orch"), metadata=auth("admin", hub))
+    kept_call = stub.GetWorkItems(pb.GetWorkItemsRequest(maxConcurrentOrchestrationWorkItems=1),
+                                  metadata=auth("admin", hub))
+    assert (await next_work(kept_call)).orchestratorRequest.instanceId == "kept"
+    call, item = await claim(stub, "revoked", hub, who=who)
+    try:
+        changed = asyncio.get_running_loop().time()
+        write_entries(tokens_path, change)
+        got, details = await stream_end(call, timeout=5.0)
+        took = asyncio.get_running_loop().time() - changed
+        assert got == code, (got, details)
+        assert TOKEN[who] not in details
+        assert took < 5.0
+        assert await handed_back_at_once(stub, "revoked", hub) < 5.0  # not after the 30 s lease
+        assert not kept_call.done()
+    finally:
+        call.cancel()
+        kept_call.cancel()
+
+
+async def test_a_wait_whose_caller_loses_access_ends_at_once(app, stub, tokens_path):
+    await stub.StartInstance(pb.CreateInstanceRequest(instanceId="w", name="Orch"), metadata=auth("admin"))
+    waiting = asyncio.ensure_future(stub.WaitForInstanceCompletion(pb.GetInstanceRequest(instanceId="w"),
+                                                                   metadata=auth("reader"), timeout=30))
+    other = asyncio.ensure_future(stub.WaitForInstanceCompletion(pb.GetInstanceRequest(instanceId="w"),
+                                                                 metadata=auth("client"), timeout=30))
+    try:
+        async def both_waiting() -> bool:
+            return app.interceptor.authenticator.long_calls == 2
+
+        await eventually(both_waiting, timeout=5)
+        write_entries(tokens_path, {"reader": None})
+        await rpc_error(asyncio.wait_for(waiting, 5.0), grpc.StatusCode.UNAUTHENTICATED)
+        assert not other.done()
+    finally:
+        waiting.cancel()
+        other.cancel()
+
+
+async def test_a_deleted_tokens_file_refuses_every_token_within_seconds(stub, tokens_path):
+    call, _ = await claim(stub, "orphan", who="worker")
+    try:
+        deleted = asyncio.get_running_loop().time()
+        os.remove(tokens_path)
+        got, _ = await stream_end(call, timeout=3.0)
+        assert got == grpc.StatusCode.UNAUTHENTICATED
+        assert asyncio.get_running_loop().time() - deleted < 3.0
+        await rpc_error(stub.GetInstance(pb.GetInstanceRequest(instanceId="orphan"), metadata=auth("admin")),
+                        grpc.StatusCode.UNAUTHENTICATED)
+    finally:
+        call.cancel()
