@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from . import errors, ports
 from ._proto import orchestrator_service_pb2 as pb
 from .api.auth import Authenticator, TokenFile
+from .api.jwt_auth import JwksFile, JwtVerifier
 from .api.interceptors import CallInterceptor
 from .api.servicer import Servicer, add_to_server
 from .api.tls import ServerCertificates
@@ -85,7 +86,12 @@ class App:
         self.port: int | None = None
         self.draining = False
         tokens = TokenFile(config.auth_tokens_file) if config.auth_tokens_file else None
-        self.interceptor = CallInterceptor(Authenticator(tokens), config.task_hub, count=config.metrics_port is not None,
+        verifier = None
+        if config.auth_jwks_file:
+            verifier = JwtVerifier(JwksFile(config.auth_jwks_file), config.auth_jwt_audience, config.auth_jwt_issuer)
+        elif tokens is not None and tokens.has_subjects:
+            log.warning("the tokens file has subjects but no --auth-jwks-file is given: JWTs are not accepted")
+        self.interceptor = CallInterceptor(Authenticator(tokens, verifier), config.task_hub, count=config.metrics_port is not None,
                                            log_context=config.log_format == "json")
 
     async def start(self) -> int:

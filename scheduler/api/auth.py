@@ -14,7 +14,8 @@ A presented token is hashed and compared with every stored hash in constant time
 resume, terminate, restart, signal); ``worker`` (work items, completions, abandons); ``admin``
 (everything, including task hub create and delete, purge, entity storage clean-up). No token:
 UNAUTHENTICATED; a role or task hub the identity lacks: PERMISSION_DENIED. ``dt-scheduler
-hash-token`` prints the hash of a token.
+hash-token`` prints the hash of a token. With ``--auth-jwks-file``, a bearer token shaped as a JWT is
+a workload's token instead, its subject looked up in the file's ``subjects`` (api/jwt_auth.py).
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+
+from .jwt_auth import InvalidJwt, JwtVerifier, looks_like_jwt, parse_subjects
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,7 @@ class TokenFile:
         self._version: tuple | None = None
         self._checked = float("-inf")
         self._entries: list[tuple[bytes, Identity]] = []
+        self._subjects: dict[str, Identity] = {}  # JWT subject -> identity (the "subjects" section)
         self._reload(force=True)
 
     def identify(self, token: str) -> Identity | None:
@@ -94,6 +98,16 @@ class TokenFile:
                 found = identity
         return found
 
+    def subject(self, subject: str) -> Identity | None:
+        """The identity of a verified JWT's subject, or None if the file has no entry for it."""
+        if self._clock() - self._checked >= 1.0:
+            self._reload()
+        return self._subjects.get(subject)
+
+    @property
+    def has_subjects(self) -> bool:
+        return bool(self._subjects)
+
     def _reload(self, force: bool = False) -> None:
         self._checked = self._clock()
         try:
@@ -102,15 +116,17 @@ class TokenFile:
             if version == self._version and not force:
                 return
             with open(self.path, encoding="utf-8") as f:
-                entries = parse_tokens(json.load(f))
+                document = json.load(f)
+            entries = parse_tokens(document)
+            subjects = {sub: Identity(*entry) for sub, entry in parse_subjects(document, ROLES).items()}
         except (OSError, ValueError) as exc:
             if force:
                 raise ValueError(f"--auth-tokens-file {self.path}: {exc}") from exc
             log.warning("the tokens file could not be re-read (%s); keeping the identities it had", exc)
             return
-        self._version, self._entries = version, entries
+        self._version, self._entries, self._subjects = version, entries, subjects
         if not force:
-            log.info("tokens file re-read: %d identities", len(entries))
+            log.info("tokens file re-read: %d identities, %d subjects", len(entries), len(subjects))
 
 
 def parse_tokens(document) -> list[tuple[bytes, Identity]]:
@@ -136,8 +152,10 @@ def parse_tokens(document) -> list[tuple[bytes, Identity]]:
 class Authenticator:
     """Identifies the caller of a call and checks what it may do."""
 
-    def __init__(self, tokens: TokenFile | None) -> None:
+    def __init__(self, tokens: TokenFile | None, jwt: JwtVerifier | None = None) -> None:
+        """``jwt``: verifies workloads' JWTs (their subjects are in ``tokens``); None: no JWTs."""
         self.tokens = tokens
+        self.jwt = jwt
 
     def identify(self, metadata) -> Identity:
         """The caller's identity; Unauthenticated without a valid bearer token (when tokens are required)."""
@@ -148,9 +166,22 @@ class Authenticator:
             raise Unauthenticated("this server requires a bearer token: send 'authorization: Bearer <token>' "
                                   "metadata")
         scheme, _, token = header.partition(" ")
-        identity = self.tokens.identify(token.strip()) if scheme.lower() == "bearer" else None
+        token = token.strip()
+        if self.jwt is not None and scheme.lower() == "bearer" and looks_like_jwt(token):
+            return self._identify_jwt(token)
+        identity = self.tokens.identify(token) if scheme.lower() == "bearer" else None
         if identity is None:
             raise Unauthenticated("the bearer token is not one this server knows")
+        return identity
+
+    def _identify_jwt(self, token: str) -> Identity:
+        try:
+            subject = self.jwt.subject(token)
+        except InvalidJwt as exc:
+            raise Unauthenticated(str(exc)) from None
+        identity = self.tokens.subject(subject)
+        if identity is None:  # a workload the cluster vouches for, but not one allowed here
+            raise PermissionDenied(f"{subject} has no entry in the subjects of the tokens file")
         return identity
 
     @staticmethod
