@@ -91,7 +91,8 @@ class App:
             verifier = JwtVerifier(JwksFile(config.auth_jwks_file), config.auth_jwt_audience, config.auth_jwt_issuer)
         elif tokens is not None and tokens.has_subjects:
             log.warning("the tokens file has subjects but no --auth-jwks-file is given: JWTs are not accepted")
-        self.interceptor = CallInterceptor(Authenticator(tokens, verifier), config.task_hub, count=config.metrics_port is not None,
+        self.interceptor = CallInterceptor(Authenticator(tokens, verifier), config.task_hub,
+                                           count=config.metrics_port is not None,
                                            log_context=config.log_format == "json")
 
     async def start(self) -> int:

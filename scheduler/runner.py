@@ -36,7 +36,14 @@ async def serve(cfg: config_mod.Config, supervisor: Connection | None = None) ->
         loop.add_signal_handler(sig, stop.set)
     if stop_requested_early():  # a SIGTERM came while Python was still importing
         stop.set()
-    app = App(cfg)
+    try:
+        app = App(cfg)
+    except ValueError as exc:  # a policy file (tokens, JWKS) that cannot be used: one line, not a traceback
+        if supervisor is not None:
+            _tell(supervisor, ("error", str(exc)))
+        else:
+            print(f"dt-scheduler: {exc}", file=sys.stderr)
+        return 2
     draining = False
     if supervisor is not None:
         def supervisor_gone() -> None:  # readable means closed: the supervisor never writes
