@@ -13,7 +13,9 @@ from grpc_reflection.v1alpha import reflection
 
 from . import errors, ports
 from ._proto import orchestrator_service_pb2 as pb
-from .api.auth import Authenticator, TokenFile, TokensFileError
+from .api.auth import Authenticator
+from .api.tokens import TokenFile, TokensFileError
+from .api.jwt_auth import JwksFile, JwtVerifier
 from .api.interceptors import CallInterceptor
 from .api.servicer import Servicer, add_to_server
 from .api.tls import ServerCertificates
@@ -103,7 +105,17 @@ class App:
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
         self.draining = False
-        self.interceptor = CallInterceptor(Authenticator(self.tokens), config.task_hub, count=config.metrics_port is not None,
+        verifier = None
+        if config.auth_jwks_file:
+            try:
+                verifier = JwtVerifier(JwksFile(config.auth_jwks_file), config.auth_jwt_audience,
+                                       config.auth_jwt_issuer)
+            except ValueError as exc:
+                raise StartupError(str(exc)) from None  # it names the flag and the file
+        elif self.tokens is not None and self.tokens.has_subjects:
+            log.warning("the tokens file has subjects but no --auth-jwks-file is given: JWTs are not accepted")
+        self.interceptor = CallInterceptor(Authenticator(self.tokens, verifier), config.task_hub,
+                                           count=config.metrics_port is not None,
                                            log_context=config.log_format == "json")
 
     async def start(self) -> int:

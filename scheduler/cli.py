@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         if not token:
             print("dt-scheduler hash-token: give the token on standard input", file=sys.stderr)
             return 2
-        from .api.auth import hash_token
+        from .api.tokens import hash_token
 
         print(hash_token(token))
         return 0

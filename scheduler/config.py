@@ -66,6 +66,10 @@ class Config:
     tls_client_ca_file: str | None = None  # require client certificates signed by these CAs (mutual TLS)
     auth_tokens_file: str | None = None  # bearer tokens (JSON, SHA-256 hashes) -> role and task hubs
     allow_unauthenticated: bool = False  # listen beyond loopback without authentication
+    # Workload identity: JWTs (Kubernetes projected ServiceAccount tokens) verified against a JWKS file.
+    auth_jwks_file: str | None = None  # the issuer's public keys (JWKS JSON; re-read when it changes)
+    auth_jwt_audience: str | None = None  # the audience the tokens must name (required with the JWKS file)
+    auth_jwt_issuer: str | None = None  # the issuer the tokens must name (required with the JWKS file)
     shutdown_grace_seconds: float = 25.0  # on SIGTERM, how long handed-out work may take to finish
     log_format: str = "text"  # text or json
     # -- task hubs (sec-hubs) --
@@ -117,10 +121,11 @@ class Config:
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError(f"{_flag('tls_client_ca_file')} (mutual TLS) needs {_flag('tls_cert_file')} and "
                              f"{_flag('tls_key_file')}")
-        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file"):
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file", "auth_jwks_file"):
             path = getattr(self, name)
             if path is not None and not os.path.isfile(path):
                 raise ValueError(f"{_flag(name)}: no such file {path!r}")
+        self._check_jwt()
         if self.shutdown_grace_seconds < 0:
             raise ValueError(f"{_flag('shutdown_grace_seconds')} must not be negative, got {self.shutdown_grace_seconds}")
         if self.log_format not in ("text", "json"):
@@ -139,6 +144,21 @@ class Config:
                 f"{_flag('host')} {self.host} listens beyond this machine, and no {_flag('auth_tokens_file')} is "
                 f"given: anyone who reaches the port could run and delete everything. Give the tokens file, or "
                 f"{_flag('allow_unauthenticated')} to accept that (a network policy, a mesh, a trusted network)")
+
+    def _check_jwt(self) -> None:
+        jwt_flags = ("auth_jwt_audience", "auth_jwt_issuer")
+        if self.auth_jwks_file is None:
+            given = [_flag(name) for name in jwt_flags if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"{' and '.join(given)} only apply with {_flag('auth_jwks_file')}")
+            return
+        for name in jwt_flags:
+            if not getattr(self, name):
+                raise ValueError(f"{_flag('auth_jwks_file')} needs {_flag(name)}: without it, a token the cluster "
+                                 f"issued for any other purpose would be accepted")
+        if self.auth_tokens_file is None:
+            raise ValueError(f"{_flag('auth_jwks_file')} needs {_flag('auth_tokens_file')}: its \"subjects\" "
+                             f"section says which roles and task hubs each token subject has")
 
     @property
     def authenticates(self) -> bool:
@@ -189,6 +209,14 @@ _OPTIONS = [
      "require client certificates signed by these CAs (mutual TLS; PEM)"),
     ("--auth-tokens-file", "DT_AUTH_TOKENS_FILE", str,
      "bearer tokens (JSON: SHA-256 hashes, each with a role and task hubs; re-read when it changes)"),
+    # Workload identity (JWTs).
+    ("--auth-jwks-file", "DT_AUTH_JWKS_FILE", str,
+     "verify JWT bearer tokens (e.g. projected ServiceAccount tokens) against these public keys (JWKS JSON, "
+     "e.g. from kubectl get --raw /openid/v1/jwks; re-read when it changes); subjects map to roles in the "
+     "tokens file"),
+    ("--auth-jwt-audience", "DT_AUTH_JWT_AUDIENCE", str, "the audience (aud) JWTs must name (with --auth-jwks-file)"),
+    ("--auth-jwt-issuer", "DT_AUTH_JWT_ISSUER", str,
+     "the issuer (iss) JWTs must name, e.g. https://kubernetes.default.svc.cluster.local (with --auth-jwks-file)"),
     ("--shutdown-grace-seconds", "DT_SHUTDOWN_GRACE_SECONDS", float,
      "on SIGTERM: how long work already handed out may take to finish (match terminationGracePeriodSeconds)"),
     ("--log-format", "DT_LOG_FORMAT", str, "text or json (one object per line, with replica, hub and instance)"),

@@ -80,6 +80,8 @@ async def serve(cfg: config_mod.Config, supervisor: Connection | None = None) ->
     store = f"Redis at {config_mod.redacted(cfg.redis_url)}" if cfg.redis_url else "the EMBEDDED store"
     security = ("mutual TLS" if cfg.tls_client_ca_file else "TLS") if cfg.tls_cert_file else "plaintext"
     auth = "bearer tokens" if cfg.authenticates else "NO authentication"
+    if cfg.auth_jwks_file:
+        auth += f" and JWTs (audience {cfg.auth_jwt_audience!r}, issuer {cfg.auth_jwt_issuer!r})"
     log.info("serving TaskHubSidecarService on %s:%d (%s, %s; task hub %r, %s)", cfg.host, port, security, auth,
              cfg.task_hub, store)
     if not cfg.authenticates and cfg.allow_unauthenticated:

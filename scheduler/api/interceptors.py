@@ -19,8 +19,8 @@ import grpc
 import prometheus_client
 
 from .. import logs
-from .auth import (ANONYMOUS, LONG_CALLS, TOKEN_HUB_CALLS, Authenticator, PermissionDenied, Unauthenticated,
-                   token_hub)
+from .auth import Authenticator, PermissionDenied, Unauthenticated, token_hub
+from .roles import ANONYMOUS, LONG_CALLS, TOKEN_HUB_CALLS
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from certs import Certs, certs  # noqa: F401 - certs is a fixture
 from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
-from scheduler.api.auth import ADMIN_ONLY, CLIENT, READ, ROLES, WORK
+from scheduler.api.roles import ADMIN_ONLY, CLIENT, READ, ROLES, WORK
 from scheduler.store import keys
 from server_helpers import PARTITIONS, eventually, next_work, rpc_error, snapshot
 
@@ -499,6 +499,8 @@ REVOCATIONS = {
 async def test_a_work_stream_whose_caller_loses_access_ends_at_once_and_its_work_goes_back(stub, tokens_path,
                                                                                            case):
     who, hub, change, code = REVOCATIONS[case]
+    if hub is not None:  # with tokens, an admin makes the task hub
+        await stub.CreateTaskHub(pb.CreateTaskHubRequest(), metadata=auth("admin", hub))
     # Another caller's stream, full (it takes one orchestration at a time): not touched by the change.
     await stub.StartInstance(pb.CreateInstanceRequest(instanceId="kept", name="Orch"), metadata=auth("admin", hub))
     kept_call = stub.GetWorkItems(pb.GetWorkItemsRequest(maxConcurrentOrchestrationWorkItems=1),

@@ -13,9 +13,10 @@ import sys
 import prometheus_client
 import pytest
 
-from scheduler.api.auth import Authenticator, TokenFile, TokensFileError, Unauthenticated, parse_tokens
+from scheduler.api.auth import Authenticator, Unauthenticated
+from scheduler.api.tokens import TokenFile, TokensFileError, parse_tokens
 
-AUTH_LOGGER = "scheduler.api.auth"
+AUTH_LOGGER = "scheduler.api.tokens"
 
 
 def sha(token: str) -> str:
