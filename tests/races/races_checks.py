@@ -55,7 +55,7 @@ def check(problems: list[tuple[type[Violation], str]]) -> None:
 
 
 PARTITION_KEYS = ("due", "ready", "leases", "by_created", "by_completed", "stats", "outbox", "activities",
-                  "activity_payloads", "activity_tokens", "generation", "entities", "entity_index")
+                  "activity_payloads", "activity_tokens", "generation", "entities", "entity_index", "by_status", "relay")
 INSTANCE_KEYS = ("instance", "inbox", "history", "timers", "seen")
 
 
@@ -80,6 +80,7 @@ async def snapshot(world: World, ids: tuple[str, ...]) -> Snapshot:
             pipe.lrange(pk.outbox, 0, -1)
             pipe.hkeys(pk.activity_payloads)
             pipe.zrange(pk.activities, 0, -1)
+            pipe.zrange(pk.by_status, 0, -1)
         for iid in ids:
             pk = hub.for_instance(iid)
             pipe.hgetall(pk.instance(iid))
@@ -89,14 +90,16 @@ async def snapshot(world: World, ids: tuple[str, ...]) -> Snapshot:
         replies = iter(await pipe.execute())
     part = []
     for _ in hub.all_partitions():
-        due, ready, leases, created, completed, stats, outbox, payloads, queued = (next(replies) for _ in range(9))
+        due, ready, leases, created, completed, stats, outbox, payloads, queued, by_status = (next(replies)
+                                                                                              for _ in range(10))
         part.append({"due": {m.decode(): int(s) for m, s in due}, "ready": {m.decode() for m in ready},
                      "leases": {m.decode(): int(s) for m, s in leases},
                      "by_created": {m.decode() for m in created}, "by_completed": {m.decode() for m in completed},
                      "stats": {k.decode(): int(v) for k, v in stats.items() if int(v) != 0},
                      "outbox": [OutboxMessage.decode(m) for m in outbox],
                      "payloads": [parse_activity_item(m.decode()) for m in payloads],
-                     "activities": [m.decode() for m in queued]})
+                     "activities": [m.decode() for m in queued],
+                     "by_status": {(m.decode().split("|", 2)[0], m.decode().split("|", 2)[2]) for m in by_status}})
     inst = {}
     for iid in ids:
         h, inbox, hist, timers = (next(replies) for _ in range(4))
@@ -202,6 +205,10 @@ def bookkeeping(s: Snapshot, world: World) -> list[str]:
         if s.part[p]["by_created"] != set(mine):
             problems.append((IndexDisagrees, f"partition {p}: by-created holds {sorted(s.part[p]['by_created'])}, instances "
                             f"are {sorted(mine)}"))
+        indexed = {(status_of(s, iid), iid) for iid in mine} | {("*", iid) for iid in mine}
+        if s.part[p]["by_status"] != indexed:
+            problems.append((IndexDisagrees, f"partition {p}: by-status holds {sorted(s.part[p]['by_status'])}, the "
+                            f"instances are {sorted(indexed)}"))
         ended = {iid for iid in mine if status_of(s, iid) in TERMINAL}
         if s.part[p]["by_completed"] != ended:
             problems.append((IndexDisagrees, f"partition {p}: by-completed holds {sorted(s.part[p]['by_completed'])}, ended "
