@@ -11,7 +11,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlparse, urlunparse
+from urllib.parse import parse_qsl, unquote, urlparse, urlunparse
 
 # gRPC clients refuse messages over 4 MiB by default. A message carries more than its payloads
 # (ids, timestamps, status, the framing of each event): payloads keep 64 KiB of headroom below it.
@@ -249,14 +249,19 @@ def check_redis_url(url: str) -> None:
 
 
 def redacted(url: str | None) -> str | None:
-    """The URL without its password, for logs."""
+    """The URL without its password, for logs: the password of the user info and every ``password``
+    option of the query become ``***`` (the user name, host and other options stay)."""
     if url is None:
         return None
     parsed = urlparse(url)
-    if parsed.password is None:
-        return url
-    netloc = parsed.netloc.replace(":" + parsed.password + "@", ":***@", 1)
-    return urlunparse(parsed._replace(netloc=netloc))
+    netloc = parsed.netloc
+    userinfo, at, host = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = userinfo.split(":", 1)[0] + ":***@" + host
+    options = parsed.query.split("&") if parsed.query else []
+    query = "&".join("password=***" if unquote(option.partition("=")[0]) == "password" else option
+                     for option in options)
+    return urlunparse(parsed._replace(netloc=netloc, query=query))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
