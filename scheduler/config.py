@@ -72,6 +72,11 @@ class Config:
     processes: int = 1  # server processes on one port (SO_REUSEPORT), each a full replica
     process: int = 0  # not a flag: which of --processes this one is (1..N), 0 in the supervisor or the only process
 
+    # -- concurrent calls per client connection --
+    # Streams (calls) one HTTP/2 connection may have open at once, for every service (health Watch,
+    # reflection too); a client's calls past it wait in the client until one ends, they do not fail.
+    max_streams_per_connection: int = 100
+
     def __post_init__(self) -> None:
         if self.max_payload_bytes is None:
             object.__setattr__(self, "max_payload_bytes", self.max_message_bytes - MESSAGE_HEADROOM_BYTES)
@@ -128,6 +133,9 @@ class Config:
                              f"lives inside one process, so the processes would share nothing")
         if not 0 <= self.process <= self.processes:
             raise ValueError(f"process {self.process} is not one of {_flag('processes')} {self.processes}")
+        if self.max_streams_per_connection < 2:  # a worker needs its work stream and a completion at once
+            raise ValueError(f"{_flag('max_streams_per_connection')} must be at least 2, got "
+                             f"{self.max_streams_per_connection}")
         if not self.replica:
             object.__setattr__(self, "replica", os.environ.get("HOSTNAME") or socket.gethostname())
         if self.auth_tokens_file is None and not self.allow_unauthenticated and not _is_loopback(self.host):
@@ -191,6 +199,12 @@ _OPTIONS = [
     ("--replica", "DT_REPLICA", str, "this replica's name in logs and metrics (default: the host name)"),
     ("--processes", "DT_PROCESSES", int,
      "server processes on one port (SO_REUSEPORT), each a full replica; at most one per core the pod may use"),
+]
+# Concurrent calls per client connection.
+_OPTIONS += [
+    ("--max-streams-per-connection", "DT_MAX_STREAMS_PER_CONNECTION", int,
+     "calls one client connection may have open at once, for every service (health and reflection too); "
+     "a client's calls past it wait in the client until one ends"),
 ]
 _SWITCHES = [  # (flag, environment variable, help): on when given, or when the variable is 1, true or yes
     ("--redis-cluster", "DT_REDIS_CLUSTER", "the Redis URL names a node of a Redis Cluster"),
