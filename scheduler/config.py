@@ -254,6 +254,8 @@ def check_redis_url(url: str) -> None:
     if db and not db.isdigit():
         raise ValueError(f"{what}: the database (the path) must be a number, got {db!r}")
     for name, value in parse_qsl(parsed.query):
+        if name == "db" and not value.isdigit():  # the database as an option (it wins over the path)
+            raise ValueError(f"{what}: the database (db=) must be a number, got {value!r}")
         if name not in _SSL_PARAMS:
             continue
         if name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") and not os.path.isfile(value):

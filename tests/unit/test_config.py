@@ -137,7 +137,7 @@ def test_a_bad_environment_value_names_its_variable(env, value, named):
 @pytest.mark.parametrize("url, says", [
     ("http://h:1", "scheme"), ("redis://:x@h:notaport/0", "port"), ("redis://h:1/zero", "database"),
     ("rediss://h:1/0?ssl_ca_certs=/no/such/ca.pem", "ssl_ca_certs"), ("rediss://h/0?ssl_cert_reqs=maybe", "ssl_cert_reqs"),
-    ("redis:///0", "no host")])
+    ("redis:///0", "no host"), ("redis://h:1?db=one", "db=")])
 def test_a_bad_redis_url_is_refused_naming_the_flag(url, says):
     with pytest.raises(ValueError) as bad:
         Config(redis_url=url)
