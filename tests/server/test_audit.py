@@ -64,23 +64,26 @@ async def start(stub, iid: str, hub: str | None = None) -> None:
 async def test_each_destructive_call_is_logged_once_with_caller_role_peer_and_ok(stub, audit):
     for iid in ("t1", "s1", "s2", "p1"):
         await start(stub, iid)
-    calls = [
+    calls = [  # made one at a time: a call starts when it is made
         ("TerminateInstance", "client",
-         stub.TerminateInstance(pb.TerminateRequest(instanceId="t1"), metadata=auth("client"))),
+         lambda: stub.TerminateInstance(pb.TerminateRequest(instanceId="t1"), metadata=auth("client"))),
         ("SkipGracefulOrchestrationTerminations", "client",
-         stub.SkipGracefulOrchestrationTerminations(pb.SkipGracefulOrchestrationTerminationsRequest(
+         lambda: stub.SkipGracefulOrchestrationTerminations(pb.SkipGracefulOrchestrationTerminationsRequest(
              instanceBatch=pb.InstanceBatch(instanceIds=["s1", "s2", "nobody"])), metadata=auth("client"))),
-        ("RestartInstance", "client",
-         stub.RestartInstance(pb.RestartInstanceRequest(instanceId="t1"), metadata=auth("client"))),
+        ("RestartInstance", "client",  # s2 ended at once (SkipGraceful...)
+         lambda: stub.RestartInstance(pb.RestartInstanceRequest(instanceId="s2"), metadata=auth("client"))),
         ("PurgeInstances", "admin",
-         stub.PurgeInstances(pb.PurgeInstancesRequest(instanceId="s1"), metadata=auth("admin"))),
+         lambda: stub.PurgeInstances(pb.PurgeInstancesRequest(instanceId="s1"), metadata=auth("admin"))),
         ("CleanEntityStorage", "admin",
-         stub.CleanEntityStorage(pb.CleanEntityStorageRequest(removeEmptyEntities=True), metadata=auth("admin"))),
-        ("CreateTaskHub", "admin", stub.CreateTaskHub(pb.CreateTaskHubRequest(), metadata=auth("admin", "other"))),
-        ("DeleteTaskHub", "admin", stub.DeleteTaskHub(pb.DeleteTaskHubRequest(), metadata=auth("admin", "other"))),
+         lambda: stub.CleanEntityStorage(pb.CleanEntityStorageRequest(removeEmptyEntities=True),
+                                         metadata=auth("admin"))),
+        ("CreateTaskHub", "admin",
+         lambda: stub.CreateTaskHub(pb.CreateTaskHubRequest(), metadata=auth("admin", "other"))),
+        ("DeleteTaskHub", "admin",
+         lambda: stub.DeleteTaskHub(pb.DeleteTaskHubRequest(), metadata=auth("admin", "other"))),
     ]
     for method, who, call in calls:
-        await call
+        await call()
         lines = audit(method)
         assert len(lines) == 1, (method, lines)
         line = lines[0]

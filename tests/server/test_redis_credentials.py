@@ -45,14 +45,14 @@ def redis_server(tmp_path, *auth_args: str) -> Iterator[int]:
         while True:
             assert proc.poll() is None, f"redis-server exited: {logfile.read_text() if logfile.exists() else ''}"
             try:
-                with redis.Redis(port=port, socket_connect_timeout=1) as probe:
+                with redis.Redis(port=port, socket_connect_timeout=1, socket_timeout=1) as probe:
                     probe.ping()
             except redis.exceptions.AuthenticationError:
                 break  # serving, and refusing who has no credentials
             except redis.exceptions.ResponseError as exc:
                 assert "NOAUTH" in str(exc) or "NOPERM" in str(exc), exc
                 break
-            except redis.exceptions.ConnectionError:
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                 pass
             else:
                 raise AssertionError("the redis-server answers without credentials")
@@ -96,7 +96,8 @@ def url(request) -> str:
 
 async def readiness(app) -> int:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="readiness"))
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="readiness"),
+                                                                timeout=10)
         return reply.status
 
 
@@ -120,7 +121,8 @@ async def test_every_connection_path_logs_in_with_the_urls_credentials(start_app
     async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as ch1, \
             grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as ch2:
         stub1, stub2 = pb_grpc.TaskHubSidecarServiceStub(ch1), pb_grpc.TaskHubSidecarServiceStub(ch2)
-        await stub1.StartInstance(pb.CreateInstanceRequest(instanceId="cred-1", name="Orch"))  # pipelined connection
+        await stub1.StartInstance(pb.CreateInstanceRequest(instanceId="cred-1", name="Orch"),  # pipelined connection
+                                 timeout=10)
         waiter = asyncio.ensure_future(stub1.WaitForInstanceCompletion(pb.GetInstanceRequest(instanceId="cred-1"),
                                                                        timeout=60))
 
@@ -132,7 +134,7 @@ async def test_every_connection_path_logs_in_with_the_urls_credentials(start_app
         try:
             item = await next_work(stream)
             assert item.orchestratorRequest.instanceId == "cred-1"
-            await stub2.CompleteOrchestratorTask(done(item.completionToken))
+            await stub2.CompleteOrchestratorTask(done(item.completionToken), timeout=10)
         finally:
             stream.cancel()
         answered = await asyncio.wait_for(waiter, 10)  # woken by the pub/sub wake-up, not the 120 s re-read

@@ -79,7 +79,7 @@ async def test_a_worker_stream_and_more_concurrent_completions_than_the_bound_al
     async with own_connection(app.port) as channel:
         stub = pb_grpc.TaskHubSidecarServiceStub(channel)
         count = LIMIT + LIMIT // 2
-        await asyncio.gather(*(stub.StartInstance(pb.CreateInstanceRequest(instanceId=f"w{i}", name="Orch"))
+        await asyncio.gather(*(stub.StartInstance(pb.CreateInstanceRequest(instanceId=f"w{i}", name="Orch"), timeout=30)
                                for i in range(count)))
         stream = stub.GetWorkItems(pb.GetWorkItemsRequest(maxConcurrentOrchestrationWorkItems=count))
         try:
