@@ -136,6 +136,15 @@ class App:
             ("grpc.so_reuseport", 1 if shared else 0),
             ("grpc.max_receive_message_length", self.config.max_message_bytes),
             ("grpc.max_send_message_length", self.config.max_message_bytes),
+            # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: the calls one connection may hold open, for every service
+            # (health Watch streams cost memory and ask no token); a client queues its calls past it.
+            ("grpc.max_concurrent_streams", self.config.max_streams_per_connection),
+            # grpc's "overload protection" also refuses (REFUSED_STREAM: the caller gets UNAVAILABLE) a new
+            # stream while calls that already ended still count until their handler has finished: a client at
+            # the bound, such as a worker answering many work items at once, would see calls fail at random
+            # instead of waiting (tests/server/test_streams_per_connection.py). Without the bound above it
+            # never applied (its threshold was unlimited), so turning it off changes nothing else.
+            ("grpc.http.overload_protection", 0),
         ])
         self.servicer = Servicer(self.engine, self.config)
         add_to_server(self.servicer, self.server, self.interceptor.wrap)

@@ -11,7 +11,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlparse, urlunparse
+from urllib.parse import parse_qsl, unquote, urlparse, urlunparse
 
 # gRPC clients refuse messages over 4 MiB by default. A message carries more than its payloads
 # (ids, timestamps, status, the framing of each event): payloads keep 64 KiB of headroom below it.
@@ -78,6 +78,11 @@ class Config:
     processes: int = 1  # server processes on one port (SO_REUSEPORT), each a full replica
     process: int = 0  # not a flag: which of --processes this one is (1..N), 0 in the supervisor or the only process
 
+    # -- concurrent calls per client connection --
+    # Streams (calls) one HTTP/2 connection may have open at once, for every service (health Watch,
+    # reflection too); a client's calls past it wait in the client until one ends, they do not fail.
+    max_streams_per_connection: int = 100
+
     def __post_init__(self) -> None:
         if self.max_payload_bytes is None:
             object.__setattr__(self, "max_payload_bytes", self.max_message_bytes - MESSAGE_HEADROOM_BYTES)
@@ -137,6 +142,9 @@ class Config:
                              f"lives inside one process, so the processes would share nothing")
         if not 0 <= self.process <= self.processes:
             raise ValueError(f"process {self.process} is not one of {_flag('processes')} {self.processes}")
+        if self.max_streams_per_connection < 2:  # a worker needs its work stream and a completion at once
+            raise ValueError(f"{_flag('max_streams_per_connection')} must be at least 2, got "
+                             f"{self.max_streams_per_connection}")
         if not self.replica:
             object.__setattr__(self, "replica", os.environ.get("HOSTNAME") or socket.gethostname())
         if self.auth_tokens_file is None and not self.allow_unauthenticated and not _is_loopback(self.host):
@@ -227,6 +235,12 @@ _OPTIONS = [
     ("--max-task-hubs", "DT_MAX_TASK_HUBS", int,
      "task hubs this Redis may hold (CreateTaskHub, or first use without tokens, past it: RESOURCE_EXHAUSTED)"),
 ]
+# Concurrent calls per client connection.
+_OPTIONS += [
+    ("--max-streams-per-connection", "DT_MAX_STREAMS_PER_CONNECTION", int,
+     "calls one client connection may have open at once, for every service (health and reflection too); "
+     "a client's calls past it wait in the client until one ends"),
+]
 _SWITCHES = [  # (flag, environment variable, help): on when given, or when the variable is 1, true or yes
     ("--redis-cluster", "DT_REDIS_CLUSTER", "the Redis URL names a node of a Redis Cluster"),
     ("--allow-unauthenticated", "DT_ALLOW_UNAUTHENTICATED",
@@ -275,6 +289,8 @@ def check_redis_url(url: str) -> None:
     if db and not db.isdigit():
         raise ValueError(f"{what}: the database (the path) must be a number, got {db!r}")
     for name, value in parse_qsl(parsed.query):
+        if name == "db" and not value.isdigit():  # the database as an option (it wins over the path)
+            raise ValueError(f"{what}: the database (db=) must be a number, got {value!r}")
         if name not in _SSL_PARAMS:
             continue
         if name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") and not os.path.isfile(value):
@@ -284,14 +300,19 @@ def check_redis_url(url: str) -> None:
 
 
 def redacted(url: str | None) -> str | None:
-    """The URL without its password, for logs."""
+    """The URL without its password, for logs: the password of the user info and every ``password``
+    option of the query become ``***`` (the user name, host and other options stay)."""
     if url is None:
         return None
     parsed = urlparse(url)
-    if parsed.password is None:
-        return url
-    netloc = parsed.netloc.replace(":" + parsed.password + "@", ":***@", 1)
-    return urlunparse(parsed._replace(netloc=netloc))
+    netloc = parsed.netloc
+    userinfo, at, host = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = userinfo.split(":", 1)[0] + ":***@" + host
+    options = parsed.query.split("&") if parsed.query else []
+    query = "&".join("password=***" if unquote(option.partition("=")[0]) == "password" else option
+                     for option in options)
+    return urlunparse(parsed._replace(netloc=netloc, query=query))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,8 @@
 """What every call of the TaskHubSidecarService goes through: who calls and whether it may
-(api/auth.py), the task hub and instance it is about (for the logs), a log line with the caller
-for every destructive call, and its count and duration by status code (metrics).
+(api/auth.py), the task hub and instance it is about (for the logs), one audit line for every
+destructive call once its outcome is known (the caller's name, role and address, what it was about,
+and OK or the status code), one line for every refusal (with the caller's address), and its count
+and duration by status code (metrics). Tokens never appear in a line.
 Health and reflection are left open for probes.
 
 This is not a ``grpc.aio.ServerInterceptor``: grpc runs those as a chain of coroutines per call
@@ -11,6 +13,8 @@ names its hub and instance for JSON logs, and with text logs it is served as it 
 """
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +29,8 @@ from .roles import ANONYMOUS, LONG_CALLS, TOKEN_HUB_CALLS
 log = logging.getLogger(__name__)
 
 DESTRUCTIVE = frozenset({"DeleteTaskHub", "CreateTaskHub", "PurgeInstances", "TerminateInstance",
-                         "CleanEntityStorage", "RestartInstance", "RewindInstance"})
+                         "CleanEntityStorage", "RestartInstance", "RewindInstance",
+                         "SkipGracefulOrchestrationTerminations"})
 TASK_HUB_METADATA_KEY = "taskhub"
 
 REQUESTS = prometheus_client.Counter("dt_rpc_requests_total", "Calls by method and status code", ["method", "code"])
@@ -34,6 +39,47 @@ DURATION = prometheus_client.Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600))
 
 Handler = Callable[..., Awaitable]
+
+# What a destructive call's handler adds to its audit line (set in the task that serves the call).
+_note: contextvars.ContextVar[str | None] = contextvars.ContextVar("audit_note", default=None)
+
+
+def audit_note(text: str) -> None:
+    """Add ``text`` to the audit line of the destructive call being served (e.g. that it wiped a hub)."""
+    _note.set(text)
+
+
+def _subject(method: str, request) -> str:
+    """What a destructive call is about, from its request (caller-given strings quoted with repr)."""
+    if request is None:
+        return "an unparsable request"
+    if method == "CreateTaskHub":
+        return "recreateIfExists" if request.recreateIfExists else "create if missing"
+    if method == "PurgeInstances":
+        which = request.WhichOneof("request")
+        if which == "instanceId":
+            return f"instance {request.instanceId!r}" + (" recursive" if request.recursive else "")
+        if which == "instanceBatch":
+            return f"{len(request.instanceBatch.instanceIds)} instance(s) by id"
+        return "instances by filter"
+    if method == "SkipGracefulOrchestrationTerminations":
+        return f"{len(request.instanceBatch.instanceIds)} instance(s)"
+    if method == "CleanEntityStorage":
+        return f"removeEmptyEntities={request.removeEmptyEntities} releaseOrphanedLocks={request.releaseOrphanedLocks}"
+    if method == "DeleteTaskHub":
+        return "the task hub"
+    return f"instance {request.instanceId!r}"
+
+
+def _result(method: str, reply) -> str:
+    """What a destructive call that succeeded did, from its reply."""
+    if method == "PurgeInstances" and reply is not None:
+        return f"OK, {reply.deletedInstanceCount} purged"
+    if method == "SkipGracefulOrchestrationTerminations" and reply is not None:
+        return f"OK, {len(reply.unterminatedInstanceIds)} not terminated (unknown or already ended)"
+    if method == "CleanEntityStorage" and reply is not None:
+        return f"OK, {reply.emptyEntitiesRemoved} empty entities removed, {reply.orphanedLocksReleased} locks released"
+    return "OK"
 
 
 class CallInterceptor:
@@ -108,11 +154,8 @@ class CallInterceptor:
                         log.info("%s refused: UNAUTHENTICATED %s (peer %s)", method, exc, context.peer())
                         await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
                     except PermissionDenied as exc:
-                        log.info("%s refused: PERMISSION_DENIED %s", method, exc)
+                        log.info("%s refused: PERMISSION_DENIED %s (peer %s)", method, exc, context.peer())
                         await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-                if destructive:
-                    log.info("%s on task hub %r by %s (role %s, peer %s)", method, hub, identity.name, identity.role,
-                             context.peer())
                 if revocable:
                     try:
                         return await authenticator.revocable(inner(request, context), metadata, method, hub)
@@ -122,9 +165,36 @@ class CallInterceptor:
                     except PermissionDenied as exc:
                         log.info("%s of %s ended: PERMISSION_DENIED %s", method, identity.name, exc)
                         await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-                return await inner(request, context)
+                if not destructive:
+                    return await inner(request, context)
+                return await audited(request, context, hub, identity)
             finally:
                 if count:
                     observe(context.code(), time.perf_counter() - started)
+
+        async def audited(request, context, hub, identity):
+            """Serve a destructive call, then log it once with its outcome."""
+            _note.set(None)
+            reply = None
+            outcome = None
+            try:
+                reply = await inner(request, context)
+                return reply
+            except asyncio.CancelledError:
+                outcome = grpc.StatusCode.CANCELLED.name
+                raise
+            except Exception:
+                code = context.code()
+                outcome = code.name if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK \
+                    else grpc.StatusCode.UNKNOWN.name
+                raise
+            finally:
+                if outcome is None:
+                    code = context.code()
+                    outcome = _result(method, reply) if code in (None, grpc.StatusCode.OK) else code.name
+                note = _note.get()
+                log.info("%s on task hub %r (%s) by %s (role %s, peer %s): %s%s", method, hub,
+                         _subject(method, request), identity.name, identity.role, context.peer(), outcome,
+                         f"; {note}" if note else "")
 
         return behavior

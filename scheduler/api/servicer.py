@@ -22,6 +22,7 @@ from ..protocol import TERMINAL, new_id, quote
 from ..store.keys import HubKeys
 from . import translate, validation
 from .entities import EntityRPCs
+from .interceptors import audit_note
 from .lifecycle import LifecycleRPCs
 from .queries import QueryRPCs
 from .status import rpc
@@ -91,7 +92,11 @@ class Servicer(LifecycleRPCs, QueryRPCs, WorkRPCs, EntityRPCs, pb_grpc.TaskHubSi
 
     @rpc
     async def CreateTaskHub(self, request: pb.CreateTaskHubRequest, context):
-        await self.engine.hubs.create(self._hub_name(context), request.recreateIfExists)
+        name = self._hub_name(context)
+        wipes = request.recreateIfExists and await self.engine.hubs.existing(name) is not None
+        await self.engine.hubs.create(name, request.recreateIfExists)
+        if wipes:
+            audit_note("recreateIfExists wiped the existing task hub")
         return pb.CreateTaskHubResponse()
 
     @rpc

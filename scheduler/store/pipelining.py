@@ -26,7 +26,7 @@ import collections
 import ssl
 import time
 from collections.abc import Callable
-from urllib.parse import parse_qsl, unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import hiredis
 import redis.exceptions as rexc
@@ -102,6 +102,11 @@ class _Protocol(asyncio.Protocol):
         self.buffer = []
 
 
+def url_options(query: str) -> dict[str, str]:
+    """The options of a Redis URL's query, decoded, the first of each name (as redis-py reads them)."""
+    return {name: values[0] for name, values in parse_qs(query).items() if values}
+
+
 def ssl_context(params: dict[str, str]) -> ssl.SSLContext:
     """The TLS context of a rediss:// URL's options, as redis-py reads them: ssl_ca_certs (CA bundle),
     ssl_certfile and ssl_keyfile (a client certificate, for mutual TLS), ssl_cert_reqs (none, optional,
@@ -124,11 +129,14 @@ class PipelinedConnection:
             raise ValueError(f"unsupported Redis URL scheme {parsed.scheme!r}")
         self.host = parsed.hostname or "127.0.0.1"
         self.port = parsed.port or 6379
-        self.ssl = ssl_context(dict(parse_qsl(parsed.query))) if parsed.scheme == "rediss" else None
-        self.username = unquote(parsed.username) if parsed.username else None
-        self.password = unquote(parsed.password) if parsed.password else None
+        params = url_options(parsed.query)
+        self.ssl = ssl_context(params) if parsed.scheme == "rediss" else None
+        # As redis-py reads a URL (so every connection path logs in alike): the user name and password
+        # of the URL's user info, else its username= and password= options; the database of db=, else the path.
+        self.username = unquote(parsed.username) if parsed.username else params.get("username") or None
+        self.password = unquote(parsed.password) if parsed.password else params.get("password") or None
         path = parsed.path.strip("/")
-        self.db = int(path) if path else 0
+        self.db = int(params["db"]) if params.get("db") else int(path) if path else 0
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future | None = None
         self._watchdog: asyncio.TimerHandle | None = None

@@ -32,10 +32,13 @@ from server_helpers import PARTITIONS, eventually, rpc_error, snapshot
 PASSWORD = "s3cret"
 
 
-def tls_url(port: int, ca: Pair, client: Pair, password: str | None = PASSWORD) -> str:
-    query = urlencode({"ssl_ca_certs": str(ca.cert), "ssl_certfile": str(client.cert), "ssl_keyfile": str(client.key)})
-    auth = f":{password}@" if password else ""
-    return f"rediss://{auth}localhost:{port}/0?{query}"
+def tls_url(port: int, ca: Pair, client: Pair, password: str | None = PASSWORD, in_query: bool = False) -> str:
+    """``in_query``: the password as the URL's password= option rather than in its user info."""
+    options = {"ssl_ca_certs": str(ca.cert), "ssl_certfile": str(client.cert), "ssl_keyfile": str(client.key)}
+    if password and in_query:
+        options["password"] = password
+    auth = f":{password}@" if password and not in_query else ""
+    return f"rediss://{auth}localhost:{port}/0?{urlencode(options)}"
 
 
 @contextlib.contextmanager
@@ -105,11 +108,13 @@ async def tls_client(url) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-@pytest.fixture(params=["no password", "password"])
+@pytest.fixture(params=["no password", "password", "?password="])
 def any_url(request, certs) -> str:
-    """The URL of the Redis without a password, then of the one with PASSWORD."""
-    if request.param == "password":
-        return tls_url(request.getfixturevalue("tls_redis_port"), certs.ca, certs.client)
+    """The URL of the Redis without a password, then of the one with PASSWORD (in the user info, then
+    as the password= option)."""
+    if request.param != "no password":
+        return tls_url(request.getfixturevalue("tls_redis_port"), certs.ca, certs.client,
+                       in_query=request.param == "?password=")
     return tls_url(request.getfixturevalue("open_tls_redis_port"), certs.ca, certs.client, password=None)
 
 

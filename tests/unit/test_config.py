@@ -137,7 +137,7 @@ def test_a_bad_environment_value_names_its_variable(env, value, named):
 @pytest.mark.parametrize("url, says", [
     ("http://h:1", "scheme"), ("redis://:x@h:notaport/0", "port"), ("redis://h:1/zero", "database"),
     ("rediss://h:1/0?ssl_ca_certs=/no/such/ca.pem", "ssl_ca_certs"), ("rediss://h/0?ssl_cert_reqs=maybe", "ssl_cert_reqs"),
-    ("redis:///0", "no host")])
+    ("redis:///0", "no host"), ("redis://h:1?db=one", "db=")])
 def test_a_bad_redis_url_is_refused_naming_the_flag(url, says):
     with pytest.raises(ValueError) as bad:
         Config(redis_url=url)
@@ -148,6 +148,23 @@ def test_passwords_are_redacted_for_logs():
     assert cfg.redacted("rediss://:s3cret@host:6380/0") == "rediss://:***@host:6380/0"
     assert cfg.redacted("redis://user:pw@host/1?ssl_cert_reqs=none") == "redis://user:***@host/1?ssl_cert_reqs=none"
     assert cfg.redacted("redis://host:6379/0") == "redis://host:6379/0"
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("redis://host:6379/0?password=s3cret", "redis://host:6379/0?password=***"),
+    ("rediss://host/0?ssl_cert_reqs=none&username=app&password=s3cret",
+     "rediss://host/0?ssl_cert_reqs=none&username=app&password=***"),
+    ("redis://host/0?password=s3cret&password=s3cret2", "redis://host/0?password=***&password=***"),
+    ("redis://host/0?pass%77ord=s3cret", "redis://host/0?password=***"),
+    ("redis://u:s3cret@host/0?password=s3cret", "redis://u:***@host/0?password=***"),
+    ("redis://u:s3c:ret@host/0", "redis://u:***@host/0"),  # a colon in the password
+    ("redis://u:s3c%40ret@host/0", "redis://u:***@host/0"),  # an encoded @ in the password
+    ("redis://:s3cret@host", "redis://:***@host"),
+    ("redis://user@host", "redis://user@host"),  # a user name alone is no secret
+])
+def test_a_password_in_any_url_form_is_redacted(url, shown):
+    assert cfg.redacted(url) == shown
+    assert "s3c" not in cfg.redacted(url)
 
 
 def test_processes_flag_and_environment():
