@@ -24,15 +24,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def redis_executor(port: int, datadir: str):
+    """pytest-redis' RedisExecutor for a redis-server on 127.0.0.1:``port`` (started by ``start()``, which may be
+    called again after ``stop()``: same port, same data), started without Python code between fork and exec.
+    mirakuru starts it with ``preexec_fn=os.setsid``, Python code that runs in the forked child of a process full
+    of gRPC and event-loop threads, where it may crash (seen: a segmentation fault in the child, so Redis never
+    came back); ``start_new_session`` does the same setsid in C."""
+    import pathlib
+
+    from pytest_redis.executor import RedisExecutor
+
+    class ForkSafeRedisExecutor(RedisExecutor):
+        @property
+        def _popen_kwargs(self) -> dict:
+            kwargs = super()._popen_kwargs
+            if kwargs.pop("preexec_fn", None) is not None:
+                kwargs["start_new_session"] = True
+            return kwargs
+
+    executable = shutil.which("redis-server") or "/usr/bin/redis-server"
+    return ForkSafeRedisExecutor(executable, databases=4, redis_timeout=30, loglevel="warning", host="127.0.0.1",
+                                 port=port, datadir=pathlib.Path(datadir))
+
+
 @contextlib.contextmanager
 def redis_server(port: int | None = None) -> Iterator[str]:
     """A fresh redis-server bound to 127.0.0.1 on a free port; yields its URL."""
-    from pytest_redis.executor import RedisExecutor
-
-    executable = shutil.which("redis-server") or "/usr/bin/redis-server"
     with tempfile.TemporaryDirectory(prefix="dt-redis-") as datadir:
-        executor = RedisExecutor(executable, databases=4, redis_timeout=30, loglevel="warning",
-                                 host="127.0.0.1", port=port or free_port(), datadir=__import__("pathlib").Path(datadir))
+        executor = redis_executor(port or free_port(), datadir)
         executor.start()
         try:
             yield f"redis://127.0.0.1:{executor.port}/0"

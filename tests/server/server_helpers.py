@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import pathlib
-import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -14,7 +12,7 @@ import pytest
 from pytest_redis.executor import RedisExecutor
 
 from scheduler.store import keys
-from scheduler.testing import free_port
+from scheduler.testing import free_port, redis_executor
 
 PARTITIONS = 4
 MAX_PAYLOAD = 1024
@@ -77,10 +75,8 @@ def bookkeeping_keys(prefix: str, *hubs: str) -> set[str]:
 @contextlib.contextmanager
 def own_redis_server() -> Iterator[RedisExecutor]:
     """A redis-server of the test's own on 127.0.0.1, which the test may stop and start again on the same port."""
-    executable = shutil.which("redis-server") or "/usr/bin/redis-server"
     with tempfile.TemporaryDirectory(prefix="dt-test-redis-") as datadir:
-        executor = RedisExecutor(executable, databases=4, redis_timeout=30, loglevel="warning", host="127.0.0.1",
-                                 port=free_port(), datadir=pathlib.Path(datadir))
+        executor = redis_executor(free_port(), datadir)
         executor.start()
         try:
             yield executor
