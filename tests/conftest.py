@@ -27,3 +27,19 @@ def key_prefix() -> str:
 @pytest.fixture
 def hub_name() -> str:
     return "hub-" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="module")
+def rsa_key():
+    """An RSA signing key for workload identity tests (RS256; see tests/jwt_keys.py)."""
+    from jwt_keys import SigningKey
+
+    return SigningKey("RS256")
+
+
+@pytest.fixture(scope="module")
+def ec_key():
+    """An EC signing key for workload identity tests (ES256)."""
+    from jwt_keys import SigningKey
+
+    return SigningKey("ES256")

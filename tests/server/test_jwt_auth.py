@@ -40,16 +40,6 @@ def write_tokens(path, subjects) -> None:
     os.replace(tmp, path)
 
 
-@pytest.fixture(scope="module")
-def rsa_key() -> SigningKey:
-    return SigningKey("RS256")
-
-
-@pytest.fixture(scope="module")
-def ec_key() -> SigningKey:
-    return SigningKey("ES256")
-
-
 @pytest.fixture
 def paths(tmp_path, rsa_key, ec_key) -> tuple[str, str]:
     tokens, jwks = str(tmp_path / "tokens.json"), str(tmp_path / "jwks.json")

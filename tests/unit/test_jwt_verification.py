@@ -24,16 +24,6 @@ from scheduler.config import Config
 WORKER = subject("orders", "worker")
 
 
-@pytest.fixture(scope="module")
-def rsa_key() -> SigningKey:
-    return SigningKey("RS256")
-
-
-@pytest.fixture(scope="module")
-def ec_key() -> SigningKey:
-    return SigningKey("ES256")
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
