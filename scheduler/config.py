@@ -152,6 +152,11 @@ class Config:
                 f"{_flag('host')} {self.host} listens beyond this machine, and no {_flag('auth_tokens_file')} is "
                 f"given: anyone who reaches the port could run and delete everything. Give the tokens file, or "
                 f"{_flag('allow_unauthenticated')} to accept that (a network policy, a mesh, a trusted network)")
+        if self.redis_url is None and not _is_loopback(self.host):
+            raise ValueError(
+                f"{_flag('host')} {self.host} listens beyond this machine on the embedded in-process store (no "
+                f"{_flag('redis_url')}): each replica would keep its own world and lose it on restart. Give "
+                f"{_flag('redis_url')}")
 
     def _check_jwt(self) -> None:
         jwt_flags = ("auth_jwt_audience", "auth_jwt_issuer")

@@ -60,6 +60,7 @@ def test_a_taken_metrics_port_ends_the_process_at_once(taken_port, redis_url):
     ([], {"DT_PORT": "abc"}, "DT_PORT"),
     ([], {"DT_LEASE_SECONDS": "soon"}, "DT_LEASE_SECONDS"),
     (["--host", "0.0.0.0"], {}, "--allow-unauthenticated"),
+    (["--host", "0.0.0.0", "--allow-unauthenticated"], {}, "--redis-url (DT_REDIS_URL)"),  # the embedded store
     (["--tls-cert-file", "/no/such/cert.pem", "--tls-key-file", "/no/such/key.pem"], {}, "--tls-cert-file"),
 ])
 def test_a_bad_value_ends_the_process_with_one_line_naming_it(args, env, named):

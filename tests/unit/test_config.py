@@ -121,9 +121,20 @@ def test_without_authentication_only_loopback_is_served_unless_allowed():
         with pytest.raises(ValueError, match="--allow-unauthenticated") as refused:
             Config(host=host)
         assert "--auth-tokens-file" in str(refused.value)
-        assert Config(host=host, allow_unauthenticated=True).host == host
+        assert Config(host=host, allow_unauthenticated=True, redis_url="redis://r:6379/0").host == host
     for host in ("127.0.0.1", "::1", "localhost"):
         assert Config(host=host).host == host
+
+
+def test_the_embedded_store_serves_loopback_only():
+    """Without --redis-url every replica keeps a world of its own in memory: fine for a try-out on this machine,
+    never for a port others reach (N pods, N separate worlds, all lost on restart)."""
+    for host in ("0.0.0.0", "10.1.2.3", "::"):
+        with pytest.raises(ValueError, match="--redis-url") as refused:
+            Config(host=host, allow_unauthenticated=True)
+        assert "embedded" in str(refused.value)
+        assert Config(host=host, allow_unauthenticated=True, redis_url="redis://r:6379/0").host == host
+    assert Config(host="127.0.0.1").redis_url is None
 
 
 @pytest.mark.parametrize("env, value, named", [("DT_PORT", "abc", "DT_PORT"), ("DT_LEASE_SECONDS", "soon", "DT_LEASE_SECONDS"),

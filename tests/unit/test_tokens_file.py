@@ -214,5 +214,5 @@ def test_tokens_over_plaintext_beyond_loopback_are_warned_about(tmp_path, caplog
     write(path, {"tokens": [entry("a", "ta")]})
     _tokens_file(Config(host="127.0.0.1", auth_tokens_file=str(path)))
     assert warnings(caplog) == []
-    _tokens_file(Config(host="0.0.0.0", auth_tokens_file=str(path)))
+    _tokens_file(Config(host="0.0.0.0", auth_tokens_file=str(path), redis_url="redis://r:6379/0"))
     assert len(warnings(caplog)) == 1 and "plaintext" in warnings(caplog)[0], warnings(caplog)
