@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from scheduler.protocol import ACTIVITY, ORCHESTRATION, TERMINAL
+from scheduler.store.keys import hubs_key
 
 from races_checks import anything, bookkeeping, check, due_now, exactly_once, liveness, snapshot, status_of
 from races_worker import ENDS, Plan
@@ -71,6 +72,8 @@ class RaceExplorer(RuleBasedStateMachine):
                 found = [k async for k in self.world.redis.scan_iter(match=pattern, count=1000)]
                 if found:
                     await self.world.redis.unlink(*found)
+            # and its place in the registry: a long run makes more hubs than --max-task-hubs allows at once
+            await self.world.redis.srem(hubs_key(self.world.hub.prefix), self.world.hub.hub)
             await self.world.aclose()
         self.run(close())
         self.loop.close()
