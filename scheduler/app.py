@@ -114,7 +114,9 @@ class App:
                 raise StartupError(str(exc)) from None  # it names the flag and the file
         elif self.tokens is not None and self.tokens.has_subjects:
             log.warning("the tokens file has subjects but no --auth-jwks-file is given: JWTs are not accepted")
-        self.interceptor = CallInterceptor(Authenticator(self.tokens, verifier), config.task_hub,
+        self.jwt = verifier
+        self.authenticator = Authenticator(self.tokens, verifier)
+        self.interceptor = CallInterceptor(self.authenticator, config.task_hub,
                                            count=config.metrics_port is not None,
                                            log_context=config.log_format == "json")
 
@@ -232,8 +234,12 @@ class App:
         await self.engine.dispatcher.safety_look(self.engine.hubs.served())
 
     async def watch_tokens(self) -> None:
-        """Re-read the tokens file if it changed: long calls of callers that lost access end at once."""
+        """Re-read the tokens file (and the JWKS file) if it changed: long calls of callers that lost access
+        end at once, as do long calls whose JWT has expired."""
         self.tokens.refresh()
+        if self.jwt is not None:
+            self.jwt.jwks.refresh()
+            self.authenticator.expire()
 
     async def sample_depths(self) -> None:
         """Queue depths and instance counts of the hubs served here, and this replica's streams, for the

@@ -16,14 +16,16 @@ resume, terminate, restart, signal); ``worker`` (work items, completions, abando
 (everything, including task hub create and delete, purge, entity storage clean-up). No token:
 UNAUTHENTICATED; a role or task hub the identity lacks: PERMISSION_DENIED. ``dt-scheduler
 hash-token`` prints the hash of a token. Long calls (work streams, waits) are checked again whenever
-the identities change, and end at once when their caller lost access (:meth:`Authenticator.changed`).
-With ``--auth-jwks-file``, a bearer token shaped as a JWT is a workload's token instead, its subject
-looked up in the file's ``subjects`` (api/jwt_auth.py).
+the identities change (the tokens file or the JWKS file), and end at once when their caller lost access
+(:meth:`Authenticator.changed`). With ``--auth-jwks-file``, a bearer token shaped as a JWT is a
+workload's token instead, its subject looked up in the file's ``subjects`` (api/jwt_auth.py); a long
+call made with a JWT ends when the JWT expires (:meth:`Authenticator.expire`).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 
 from .jwt_auth import InvalidJwt, JwtVerifier, looks_like_jwt
@@ -52,6 +54,8 @@ class Authenticator:
         if tokens is not None:
             tokens.listeners.append(self.changed)
         self.jwt = jwt
+        if jwt is not None:
+            jwt.jwks.listeners.append(self.changed)
 
     def identify(self, metadata) -> Identity:
         """The caller's identity; Unauthenticated without a valid bearer token (when tokens are required)."""
@@ -96,6 +100,10 @@ class Authenticator:
         once (a work stream's ``finally`` hands its work back) and this raises Unauthenticated (the
         credentials are no longer valid) or PermissionDenied (the role or the task hub was taken away)."""
         held = _LongCall(metadata, method, hub, asyncio.current_task())
+        if self.jwt is not None:
+            token = _bearer(held.metadata)
+            if token is not None and looks_like_jwt(token):
+                held.ends_at = self.jwt.ends_at(token)
         self._long_calls.add(held)
         try:
             return await call
@@ -115,20 +123,29 @@ class Authenticator:
     def changed(self) -> None:
         """The identities changed: each long call is checked again with the credentials it was made with,
         and ends if they no longer allow it."""
+        self._recheck(list(self._long_calls), "the identities changed")
+
+    def expire(self, now: float | None = None) -> None:
+        """End the long calls made with a JWT that has expired since (the replica's housekeeping calls
+        this every half second)."""
+        now = time.time() if now is None else now
         for held in list(self._long_calls):
-            if held.revoked is not None:
-                continue
+            if held.ends_at is not None and held.ends_at <= now:
+                held.revoke(Unauthenticated(f"the bearer token is not a valid JWT: it has expired (while "
+                                            f"{held.method} was open)"))
+
+    def _recheck(self, calls: list[_LongCall], why: str) -> None:
+        for held in calls:
             try:
                 self.check(self.identify(held.metadata), held.method, held.hub)
             except (Unauthenticated, PermissionDenied) as exc:
-                held.revoked = type(exc)(f"{exc} (the identities changed while {held.method} was open)")
-                held.task.cancel()
+                held.revoke(type(exc)(f"{exc} ({why} while {held.method} was open)"))
 
 
 class _LongCall:
     """A long call that :meth:`Authenticator.changed` re-checks: the credentials (metadata) it was made with."""
 
-    __slots__ = ("metadata", "method", "hub", "task", "revoked")
+    __slots__ = ("metadata", "method", "hub", "task", "revoked", "ends_at")
 
     def __init__(self, metadata, method: str, hub: str | None, task: asyncio.Task) -> None:
         self.metadata = tuple(metadata)
@@ -136,6 +153,22 @@ class _LongCall:
         self.hub = hub
         self.task = task
         self.revoked: Unauthenticated | PermissionDenied | None = None
+        self.ends_at: float | None = None  # when its JWT expires (epoch seconds), if made with one
+
+    def revoke(self, why: Unauthenticated | PermissionDenied) -> None:
+        """End the call (once) with ``why``."""
+        if self.revoked is None:
+            self.revoked = why
+            self.task.cancel()
+
+
+def _bearer(metadata) -> str | None:
+    """The token of the ``authorization: Bearer <token>`` metadata, if any."""
+    header = next((value for key, value in metadata or () if key == "authorization"), None)
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
 def token_hub(request) -> str | None:

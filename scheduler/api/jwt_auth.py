@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import NamedTuple
 
 import jwt
@@ -154,7 +154,12 @@ class JwksFile:
         self._checked = float("-inf")
         self._keys: dict[str, jwt.PyJWK] = {}
         self._problem: str | None = None
+        self.listeners: list[Callable[[], None]] = []  # told when the keys change (long calls are checked again)
         self._reload(force=True)
+
+    def refresh(self) -> None:
+        """Re-read the file now if it changed (the replica's housekeeping calls this)."""
+        self._reload()
 
     def key(self, kid: str) -> jwt.PyJWK | None:
         if self._clock() - self._checked >= RECHECK_SECONDS:
@@ -182,11 +187,19 @@ class JwksFile:
             if self._problem is None:
                 log.error("the JWKS file %s could not be re-read (%s); every JWT is refused until it can",
                           self.path, reason)
+            had_keys = bool(self._keys)
             self._version, self._keys, self._problem = None, {}, reason
+            if had_keys:
+                self._tell()
             return
         self._version, self._keys, self._problem = version, keys, None
         if not force:
             log.info("JWKS file re-read: %d keys (%s)", len(keys), ", ".join(sorted(keys)))
+            self._tell()
+
+    def _tell(self) -> None:
+        for listener in list(self.listeners):
+            listener()
 
 
 class JwtVerifier:
@@ -221,6 +234,15 @@ class JwtVerifier:
         except jwt.PyJWTError as exc:
             reason = next((text for kind, text in _REASONS if isinstance(exc, kind)), "the token does not verify")
             raise InvalidJwt(f"the bearer token is not a valid JWT: {reason}") from None
+
+    @staticmethod
+    def ends_at(token: str) -> float | None:
+        """When a token that verified stops verifying (its ``exp`` plus the leeway, epoch seconds)."""
+        try:
+            exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+        except jwt.PyJWTError:
+            return None
+        return float(exp) + LEEWAY_SECONDS if isinstance(exp, (int, float)) else None
 
     def subject(self, token: str) -> str:
         """The subject (``sub``) of a token that verifies; InvalidJwt saying why it does not."""

@@ -3,9 +3,11 @@ verify, how bearer tokens are routed, and the flags."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import hmac
 import json
+import os
 import time
 
 import jwt
@@ -231,6 +233,52 @@ def test_jwts_go_to_the_verifier_and_other_tokens_to_the_hashes(tmp_path, verifi
     # Without a JWKS, a JWT is only a token the file does not know.
     with pytest.raises(Unauthenticated, match="not one this server knows"):
         without_jwt.identify(bearer(rsa_key.token(WORKER)))
+
+
+def workers_authenticator(tmp_path, verifier) -> Authenticator:
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"tokens": [], "subjects": [entry()]}))
+    return Authenticator(TokenFile(str(path)), verifier)
+
+
+async def open_stream(authenticator: Authenticator, token: str):
+    """A long call (a work stream) made with ``token``, waiting until it is ended; and its task."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    authenticator.check(authenticator.identify(metadata), "GetWorkItems", "orders")
+    task = asyncio.create_task(authenticator.revocable(asyncio.Event().wait(), metadata, "GetWorkItems",
+                                                       "orders"))
+    while authenticator.long_calls == 0:
+        await asyncio.sleep(0)
+    return task
+
+
+async def test_a_stream_made_with_a_jwt_ends_when_its_key_leaves_the_jwks(tmp_path, verifier, rsa_key, ec_key):
+    authenticator = workers_authenticator(tmp_path, verifier)
+    by_rsa = await open_stream(authenticator, rsa_key.token(WORKER))
+    by_ec = await open_stream(authenticator, ec_key.token(WORKER))
+    path = verifier.jwks.path
+    write_jwks(path, ec_key)  # the RSA key is rotated out
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new version even within one mtime tick
+    verifier.jwks.refresh()
+    with pytest.raises(Unauthenticated, match="does not have.*identities changed while GetWorkItems"):
+        await asyncio.wait_for(by_rsa, 10)
+    assert not by_ec.done(), "a stream whose key stays is left alone"
+    by_ec.cancel()
+
+
+async def test_a_stream_made_with_a_jwt_ends_when_the_jwt_expires(tmp_path, verifier, rsa_key):
+    authenticator = workers_authenticator(tmp_path, verifier)
+    exp = int(time.time()) + 60
+    stream = await open_stream(authenticator, rsa_key.token(WORKER, exp=exp))
+    later = await open_stream(authenticator, rsa_key.token(WORKER, exp=exp + 3600))
+    authenticator.expire(now=exp)  # within the leeway: still valid
+    await asyncio.sleep(0)
+    assert not stream.done()
+    authenticator.expire(now=exp + LEEWAY_SECONDS)
+    with pytest.raises(Unauthenticated, match="it has expired \\(while GetWorkItems was open"):
+        await asyncio.wait_for(stream, 10)
+    assert not later.done()
+    later.cancel()
 
 
 # -- flags ---------------------------------------------------------------------------------
