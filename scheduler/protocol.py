@@ -171,7 +171,9 @@ def parse_claim_token(token: str, kind: str) -> ClaimToken:
 # orchestration an entity starts: its ExecutionStarted event) and "rewind" (an
 # ExecutionRewound event naming the child to run again, as it was created, and its parent's
 # new execution). The Lua prelude builds "entity" and "event" messages of lock requests in
-# this format too.
+# this format too. An event bound for one execution of its target (a child's end, or the failure of
+# its creation, for the parent execution that created it) names it after the target id, separated by
+# a tab (ids hold no control characters): the target drops it once it is another execution.
 
 @dataclass(frozen=True)
 class OutboxMessage:
@@ -179,14 +181,17 @@ class OutboxMessage:
     kind: str
     target: str  # instance id
     payload: bytes  # a serialized HistoryEvent
+    execution: str = ""  # the target's execution it is meant for ("": whichever runs)
 
     def encode(self) -> bytes:
-        return f"{self.message_id}\n{self.kind}\n{self.target}\n".encode() + self.payload
+        target = f"{self.target}\t{self.execution}" if self.execution else self.target
+        return f"{self.message_id}\n{self.kind}\n{target}\n".encode() + self.payload
 
     @classmethod
     def decode(cls, raw: bytes) -> OutboxMessage:
         message_id, kind, target, payload = raw.split(b"\n", 3)
-        return cls(message_id.decode(), kind.decode(), target.decode(), payload)
+        instance_id, _, execution = target.decode().partition("\t")
+        return cls(message_id.decode(), kind.decode(), instance_id, payload, execution)
 
 
 # -- entity messages -----------------------------------------------------------------------

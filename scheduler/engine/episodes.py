@@ -184,7 +184,8 @@ def parent_notification(h: dict[str, bytes], status: str, output: str | None,
     child_execution = h.get("execution_id", b"").decode()
     rewinds = h.get("rewinds")  # an execution rewound can end more than once
     suffix = "" if rewinds is None else f":{rewinds.decode()}"
-    return OutboxMessage(f"{child_execution}:done{suffix}", "event", parent.decode(), event)
+    return OutboxMessage(f"{child_execution}:done{suffix}", "event", parent.decode(), event,
+                         h.get("parent_execution_id", b"").decode())
 
 
 def sub_orchestration_ended(task_id: int, status: str, output: str | None, failure: bytes | None) -> bytes:

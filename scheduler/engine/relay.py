@@ -69,16 +69,16 @@ class Relay:
         self._loop.wake()
 
     async def _step(self) -> float:
-        partitions, self._pending = self._pending, set()
+        partitions, self._pending = sorted(self._pending), set()
         if not partitions:  # nothing written that we heard of: the safety sweep will name partitions
             return MAX_SLEEP_SECONDS
         try:
-            left = await asyncio.gather(*(self._drain(p) for p in sorted(partitions)))
+            left = await asyncio.gather(*(self._drain(p) for p in partitions))
         except BaseException:
-            self._pending |= partitions
+            self._pending.update(partitions)
             raise
-        again = {p for p, n in zip(sorted(partitions), left) if n}
-        held = {p for p, n in zip(sorted(partitions), left) if n is None}
+        again = {p for p, n in zip(partitions, left) if n}
+        held = {p for p, n in zip(partitions, left) if n is None}
         self._pending |= again | held
         if again:
             return 0
@@ -105,11 +105,7 @@ class Relay:
         if message.kind == "create":
             await self._create_child(message)
         elif message.kind == "event":
-            code = await self.store.deliver_event(self.hub, message.target, message.message_id, message.payload,
-                                                  _overflow(message, self.store.limits))
-            if code in (Code.INBOX_FULL, Code.TOO_LARGE):
-                log.warning("task hub %r: instance %r had no room for message %r; it fails at its next dispatch",
-                            self.hub.hub, message.target, message.message_id)
+            await self._deliver_event(message)
         elif message.kind == "entity":
             notice = await self.entities.deliver(self.hub, message)
             if notice is not None:
@@ -128,6 +124,16 @@ class Relay:
             await self._rewind_child(message)
         else:
             log.warning("dropping outbox message %r of unknown kind %r", message.message_id, message.kind)
+
+    async def _deliver_event(self, message: OutboxMessage) -> None:
+        code = await self.store.deliver_event(self.hub, message.target, message.message_id, message.payload,
+                                              _overflow(message, self.store.limits), message.execution)
+        if code in (Code.INBOX_FULL, Code.TOO_LARGE):
+            log.warning("task hub %r: instance %r had no room for message %r; it fails at its next dispatch",
+                        self.hub.hub, message.target, message.message_id)
+        elif code is Code.CHANGED:
+            log.debug("task hub %r: message %r was for execution %r of instance %r, which is another one now",
+                      self.hub.hub, message.message_id, message.execution, message.target)
 
     async def _start(self, message: OutboxMessage) -> None:
         """Start an orchestration an entity's batch asked for, as the SDK's reference does: replacing an ended
@@ -156,10 +162,9 @@ class Relay:
             parent = event.executionStarted.parentInstance
             failed = sub_orchestration_failed(parent.taskScheduledId, pb.TaskFailureDetails(
                 errorType="InstanceExists", errorMessage=str(exc), isNonRetriable=True))
-            notice = OutboxMessage(f"{message.message_id}:taken", "event", parent.orchestrationInstance.instanceId,
-                                   failed)
-            await self.store.deliver_event(self.hub, notice.target, notice.message_id, failed,
-                                           _overflow(notice, self.store.limits))
+            await self._deliver_event(OutboxMessage(
+                f"{message.message_id}:taken", "event", parent.orchestrationInstance.instanceId, failed,
+                parent.orchestrationInstance.executionId.value))
 
     async def _rewind_child(self, message: OutboxMessage) -> None:
         """Run a sub-orchestration of a rewound parent again: rewound if it failed, created again if it is
@@ -182,10 +187,9 @@ class Relay:
             return
         output = h["output"].decode() if "output" in h else None
         event = sub_orchestration_ended(rewound.parentInstance.taskScheduledId, status, output, h.get("failure"))
-        notice = OutboxMessage(f"{message.message_id}:ended", "event",
-                               rewound.parentInstance.orchestrationInstance.instanceId, event)
-        await self.store.deliver_event(self.hub, notice.target, notice.message_id, event,
-                                       _overflow(notice, self.store.limits))
+        parent = rewound.parentInstance.orchestrationInstance
+        await self._deliver_event(OutboxMessage(f"{message.message_id}:ended", "event", parent.instanceId, event,
+                                                parent.executionId.value))
 
 
 def _overflow(message: OutboxMessage, limits: Limits) -> str:

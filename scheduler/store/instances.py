@@ -110,18 +110,19 @@ class InstanceOps:
 
     @unavailable_on_redis_errors
     async def deliver_event(self, hub: HubKeys, instance_id: str, message_id: str, event: bytes,
-                            overflow: str = DEFAULT_OVERFLOW) -> Code:
-        """Append an event from another instance once (see deliver_event.lua). Returns OK when it was
-        appended; DONE_BEFORE, NOT_FOUND or WRONG_STATUS (ended) when nothing was; INBOX_FULL or
-        TOO_LARGE when the instance had no room and was marked to fail with ``overflow``
+                            overflow: str = DEFAULT_OVERFLOW, execution: str = "") -> Code:
+        """Append an event from another instance once (see deliver_event.lua); with ``execution``, only
+        to that execution of it (or the one a rewind made of it). Returns OK when it was appended;
+        DONE_BEFORE, NOT_FOUND, WRONG_STATUS (ended) or CHANGED (another execution) when nothing was;
+        INBOX_FULL or TOO_LARGE when the instance had no room and was marked to fail with ``overflow``
         ("<error type>\n<message>")."""
         pk = hub.for_instance(instance_id)
         reply = await self._write("deliver_event", hub, pk, [pk.seen(instance_id), pk.instance(instance_id),
                                                              pk.inbox(instance_id), pk.ready],
                                   [instance_id, message_id, event, self.limits.max_inbox_events,
-                                   self.limits.max_work_item_bytes, overflow])
+                                   self.limits.max_work_item_bytes, overflow, execution])
         return self._outcome(reply, instance_id, Code.DONE_BEFORE, Code.NOT_FOUND, Code.WRONG_STATUS,
-                             Code.INBOX_FULL, Code.TOO_LARGE)[0]
+                             Code.CHANGED, Code.INBOX_FULL, Code.TOO_LARGE)[0]
 
     @unavailable_on_redis_errors
     async def rewind_instance(self, hub: HubKeys, instance_id: str, event: bytes, message_id: str = "",

@@ -15,6 +15,17 @@ from test_dispatch import claim, wait_past
 from test_relay import make_relay, terminated
 
 
+async def come_due(store: Store, hub, iid: str) -> None:
+    """Let the time of the instance's timers come (their scores, and its due entry, moved to just now)
+    instead of waiting: the steps before it may take any time on a loaded machine."""
+    pk = hub.for_instance(iid)
+    now = await store.server_time_ms() - 1
+    timers = await store.redis.zrange(pk.timers(iid), 0, -1)
+    assert timers and await store.redis.zscore(pk.due, iid) is not None, "the timer waits in due"
+    await store.redis.zadd(pk.timers(iid), {t: now for t in timers})
+    await store.redis.zadd(pk.due, {iid: now})
+
+
 async def test_a_timer_that_comes_due_during_a_later_episode_makes_the_instance_ready_at_its_end(store: Store, hub,
                                                                                                  redis):
     """Race 1: the promoter took the timer's due entry while an episode ran, a stream's claim found the
@@ -22,10 +33,10 @@ async def test_a_timer_that_comes_due_during_a_later_episode_makes_the_instance_
     iid = "slow-replay"
     pk = hub.for_instance(iid)
     first = await running(store, hub, iid)
-    fire = await store.server_time_ms() + 30
+    fire = await store.server_time_ms() + 60_000
     await store.complete_orchestration(hub, iid, first.token, [b"timer-created"], timers=[(fire, b"timer-fired")])
     second = await next_episode(store, hub, iid)  # the activity's result, say: a slow episode starts
-    await wait_past(store, fire)
+    await come_due(store, hub, iid)
     assert (await store.promote_due(hub, 100)).promoted_due_ms, "the timer's due entry went to ready"
     await unready(store, hub, iid)  # a stream's claim finds it leased
     completion = await store.complete_orchestration(hub, iid, second.token, [b"still-waiting"])
@@ -40,10 +51,10 @@ async def test_a_timer_that_comes_due_during_an_episode_is_handed_out_whatever_t
     event; the event was handed out with that episode, so the inbox is empty at its completion."""
     iid = "approval"
     first = await running(store, hub, iid)
-    fire = await store.server_time_ms() + 30
+    fire = await store.server_time_ms() + 60_000
     await store.complete_orchestration(hub, iid, first.token, [b"timeout-created"], timers=[(fire, b"timeout")])
     second = await next_episode(store, hub, iid, name="Approved")
-    await wait_past(store, fire)
+    await come_due(store, hub, iid)
     await store.promote_due(hub, 100)
     await unready(store, hub, iid)
     await store.complete_orchestration(hub, iid, second.token, [])
@@ -171,3 +182,45 @@ async def test_an_event_without_room_during_an_episode_fails_the_instance_at_its
     await unready(store, hub, iid)
     completion = await store.complete_orchestration(hub, iid, second.token, [])
     assert completion.readied and await redis.zscore(hub.for_instance(iid).ready, iid) is not None
+
+
+def child_ended(parent: str, parent_execution: str, child_execution: str = "e-kid") -> OutboxMessage:
+    """The message a child sends its parent (execution ``parent_execution``) when it completes."""
+    h = {"parent_instance_id": parent.encode(), "parent_execution_id": parent_execution.encode(),
+         "parent_task_id": b"1", "execution_id": child_execution.encode()}
+    notice = parent_notification(h, "COMPLETED", '"done"', None)
+    assert notice is not None and OutboxMessage.decode(notice.encode()) == notice
+    return notice
+
+
+async def test_a_childs_end_for_an_earlier_execution_does_not_reach_the_one_that_continued_as_new(
+        store: Store, hub, redis):
+    """Found by the explorer (FOUND.md 3): a parent's execution 1 schedules a child and continues as new;
+    execution 2 schedules a child of the same id. The end (or the failed creation) meant for task 1 of
+    execution 1 must not end task 1 of execution 2, which is another task."""
+    first = await running(store, hub, "mum")
+    await store.continue_as_new(hub, "mum", first.token, "e-mum-2", [b"new-start"])
+    assert await claim(store, hub, "mum") is not None
+    relay = make_relay(store, hub)
+    inbox = hub.for_instance("mum").inbox("mum")
+    before = await redis.llen(inbox)
+    await relay.deliver(child_ended("mum", "e-mum"))
+    assert await redis.llen(inbox) == before, "the end for execution 1 was dropped"
+    await relay.deliver(child_ended("mum", "e-mum-2", "e-kid-2"))
+    assert await redis.llen(inbox) == before + 1, "the end for the running execution was delivered"
+
+
+async def test_a_childs_end_for_the_execution_a_rewind_replaced_still_reaches_the_parent(store: Store, hub, redis):
+    """A rewind gives the parent a new execution id, but it is the same execution run again: a child that
+    was still running when the parent failed ends later and must still reach it."""
+    first = await running(store, hub, "dad")
+    await store.rewind_orchestration(hub, "dad", first.token, [b"dad-started"], 0, {"execution_id": "e-dad-2"})
+    again = await claim(store, hub, "dad")
+    await store.rewind_orchestration(hub, "dad", again.token, [b"dad-started"], 0, {"execution_id": "e-dad-3"})
+    inbox = hub.for_instance("dad").inbox("dad")
+    relay = make_relay(store, hub)
+    await relay.deliver(child_ended("dad", "e-dad", "e-kid-a"))
+    await relay.deliver(child_ended("dad", "e-dad-2", "e-kid-b"))
+    await relay.deliver(child_ended("dad", "e-dad-3", "e-kid-c"))
+    await relay.deliver(child_ended("dad", "e-other", "e-kid-d"))
+    assert await redis.llen(inbox) == 3, "the ends for the execution and the two it was rewound from"

@@ -88,7 +88,7 @@ def child_start(child: str, execution: str, parent: str = "mum", task_id: int = 
         parentInstance=pb.ParentInstanceInfo(taskScheduledId=task_id, orchestrationInstance=pb.OrchestrationInstance(
             instanceId=parent)))
     started.orchestrationInstance.executionId.value = execution
-    started.parentInstance.orchestrationInstance.executionId.value = "p1"
+    started.parentInstance.orchestrationInstance.executionId.value = f"e-{parent}"  # as store_helpers.new names it
     return pb.HistoryEvent(eventId=-1, executionStarted=started).SerializeToString()
 
 

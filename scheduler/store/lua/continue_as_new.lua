@@ -48,7 +48,7 @@ post_messages(outbox_key, ARGV, last_event + 1, #ARGV)
 redis.call('DEL', hist_key, timers_key)
 redis.call('ZREM', due_key, instance_id)
 drop_claim(leases_key, inst_key, instance_id)
-redis.call('HDEL', inst_key, 'output', 'failure', 'rewinding')
+redis.call('HDEL', inst_key, 'output', 'failure', 'rewinding', 'rewound_from')
 redis.call('HSET', inst_key, 'execution_id', execution_id, 'start', 'inbox 0', 'updated_ms', now, 'size', size)
 if custom_status ~= '' then redis.call('HSET', inst_key, 'custom_status', string.sub(custom_status, 2)) end
 if not IDLE[status] then push_work(ready_key, instance_id, now) end  -- suspended meanwhile: on resume

@@ -7,7 +7,9 @@
 -- instance is made ready; a pending one gets the event with its first run. An event
 -- that the inbox or the next work item has no room for is not appended: the instance
 -- is marked to fail (`overflow` holds the failure, applied at its next dispatch), so
--- nothing waits forever for an event that was lost.
+-- nothing waits forever for an event that was lost. An event meant for one execution (`execution`:
+-- a child's end for the parent execution that created it) is dropped once the instance is another
+-- execution (it continued as new, or was created again); a rewind keeps what it waited for.
 --
 -- KEYS[1] generation  partition generation key
 -- KEYS[2] seen        instance zset of the message ids it took
@@ -20,17 +22,21 @@
 -- ARGV[7] max_inbox   pending inbox events allowed
 -- ARGV[8] max_bytes   bytes of history and inbox allowed
 -- ARGV[9] overflow    the failure ("<error type>\n<message>") if the event has no room
+-- ARGV[10] execution  the execution it is meant for, or "" for whichever runs
 -- Returns {OK} delivered, {DONE_BEFORE} already delivered, {NOT_FOUND}, {WRONG_STATUS, status}
--- when the instance has ended, {INBOX_FULL} or {TOO_LARGE} when it was marked to fail, {HUB_GONE}.
+-- when the instance has ended, {CHANGED} when it is another execution now, {INBOX_FULL} or
+-- {TOO_LARGE} when it was marked to fail, {HUB_GONE}.
 local seen_key, inst_key, inbox_key, ready_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local instance_id, message_id, event = ARGV[4], ARGV[5], ARGV[6]
 local max_inbox, max_bytes, overflow = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+local execution = ARGV[10]
 
 if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
 if seen_before(seen_key, message_id) then return {CODE.DONE_BEFORE} end
 local status = redis.call('HGET', inst_key, 'status')
 if not status then return {CODE.NOT_FOUND} end
 if TERMINAL[status] then return {CODE.WRONG_STATUS, status} end
+if execution ~= '' and not is_execution(inst_key, execution) then return {CODE.CHANGED} end
 local refused = inbox_refusal(inst_key, inbox_key, #event, max_inbox, max_bytes)
 local now = now_ms()
 remember(seen_key, message_id, now)

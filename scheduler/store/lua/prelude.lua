@@ -161,6 +161,29 @@ local function wants_episode(inst_key, inbox_key, timers_key, now)
   return #redis.call('ZRANGEBYSCORE', timers_key, '-inf', now, 'LIMIT', 0, 1) > 0
 end
 
+-- Executions: an instance's execution id changes when it continues as new or is created again (a
+-- new execution that waits for nothing the old one waited for), and when a worker rewinds it (the
+-- same execution, run again: it still waits for what was addressed to the ids it was rewound from,
+-- kept in `rewound_from`, newline-separated, the last 16 of them: see note_rewound).
+local function is_execution(inst_key, execution)
+  local h = redis.call('HMGET', inst_key, 'execution_id', 'rewound_from')
+  if h[1] == execution then return true end
+  return h[2] ~= false and string.find('\n' .. h[2] .. '\n', '\n' .. execution .. '\n', 1, true) ~= nil
+end
+
+-- Note that the instance's execution `previous` (its id before a rewind changed it) is now `current`.
+local function note_rewound(inst_key, previous, current)
+  if not previous or previous == current then return end
+  local kept = redis.call('HGET', inst_key, 'rewound_from')
+  local ids = {}
+  if kept then
+    for id in string.gmatch(kept, '[^\n]+') do ids[#ids + 1] = id end
+  end
+  ids[#ids + 1] = previous
+  local first = math.max(1, #ids - 15)
+  redis.call('HSET', inst_key, 'rewound_from', table.concat(ids, '\n', first, #ids))
+end
+
 -- De-duplication, one rule for instances and entities: the ids of the messages an instance or an
 -- entity took are kept in a zset (score = when, Redis ms) for DEDUP.WINDOW_MS, and at most DEDUP.MAX
 -- of them (the oldest go first); a message delivered again within that window changes nothing. The

@@ -69,8 +69,10 @@ if claimed_n > 0 then redis.call('LTRIM', inbox_key, claimed_n, -1) end
 redis.call('ZREM', due_key, instance_id)
 drop_claim(leases_key, inst_key, instance_id)
 redis.call('HDEL', inst_key, 'rewinding')
+local previous = redis.call('HGET', inst_key, 'execution_id')
 redis.call('HSET', inst_key, 'start', 'hist ' .. start_index, 'size', size, 'updated_ms', now,
   unpack(ARGV, 13, first_event - 1))
+note_rewound(inst_key, previous, redis.call('HGET', inst_key, 'execution_id'))
 
 post_messages(outbox_key, ARGV, first_message, #ARGV)
 queue_activities(payloads_key, activities_key, ARGV, first_activity, first_timer - 1, now)
