@@ -109,11 +109,9 @@ class Views:
         q = request.query
         query = pb.InstanceQuery(maxInstanceCount=_page_size(q), fetchInputsAndOutputs=False)
         for status in filter(None, q.get("status", "").split(",")):
-            value = pb.OrchestrationStatus.values_by_name.get("ORCHESTRATION_STATUS_" + status.upper()) \
-                if status.upper() in _STATUSES else None
-            if value is None:
+            if status.upper() not in _STATUSES:
                 raise _bad(f"unknown status {quote(status)}")
-            query.runtimeStatus.append(value.number)
+            query.runtimeStatus.append(pb.OrchestrationStatus.Value("ORCHESTRATION_STATUS_" + status.upper()))
         if q.get("prefix"):
             query.instanceIdPrefix.value = q["prefix"]
         for param, field in (("createdFrom", "createdTimeFrom"), ("createdTo", "createdTimeTo")):

@@ -20,9 +20,11 @@ function h(tag, attrs, ...children) {
   const el = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === null || v === undefined || v === false) continue;
-    if (k.startsWith("on")) el.addEventListener(k.slice(2), v); else el.setAttribute(k, v === true ? "" : v);
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "style") Object.assign(el.style, v); // through the CSSOM: the CSP allows no inline style
+    else el.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) if (c !== null && c !== undefined) el.append(c instanceof Node ? c : String(c));
+  for (const c of children.flat(Infinity)) if (c !== null && c !== undefined) el.append(c instanceof Node ? c : String(c));
   return el;
 }
 
@@ -70,7 +72,9 @@ function tick() {
 
 function statusBadge(status) { return h("span", {class: `status status-${status}`}, status); }
 
-function show(...nodes) { const main = document.getElementById("main"); main.replaceChildren(...nodes); }
+function show(...nodes) {
+  document.getElementById("main").replaceChildren(...nodes.flat(Infinity).filter((n) => n !== null && n !== undefined));
+}
 
 function failed(err) { show(h("p", {class: "error"}, String(err.message || err))); }
 
@@ -224,7 +228,8 @@ function timeline(i, tl, nowMs) {
   const starts = [i.createdMs, ...tl.bars.map((b) => b.scheduledMs), ...tl.points.map((p) => p.atMs)].filter(Boolean);
   const ends = [i.completedMs || nowMs, ...tl.bars.map((b) => b.endMs || b.due || nowMs)].filter(Boolean);
   const t0 = Math.min(...starts), t1 = Math.max(...ends, t0 + 1);
-  const pos = (a, b) => `left:${(100 * (a - t0) / (t1 - t0)).toFixed(3)}%;width:${(100 * (Math.max(b, a) - a) / (t1 - t0)).toFixed(3)}%`;
+  const pos = (a, b) => ({left: `${(100 * (a - t0) / (t1 - t0)).toFixed(3)}%`,
+    width: `${(100 * (Math.max(b, a) - a) / (t1 - t0)).toFixed(3)}%`});
   const row = (label, bar, duration) => h("div", {class: "tl-row"}, h("div", {class: "tl-label"}, label),
     h("div", {class: "tl-track"}, bar), h("div", {class: "tl-dur"}, duration));
   const rows = [];
