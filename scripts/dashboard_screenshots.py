@@ -1,8 +1,8 @@
 """Make the README's dashboard screenshots (docs/dashboard-*.png).
 
 Starts ``scheduler serve --dashboard-port`` on the embedded store, makes a few instances with the
-official SDK (completed, delayed, waiting for an event, failed, with a sub-orchestration and an
-entity), and photographs the pages with headless chromium (Debian's, driven by Playwright):
+official SDK (completed, delayed, waiting for an event, failed, with a sub-orchestration, a timer and
+an entity), and photographs the pages with headless chromium (Debian's, driven by Playwright):
 
     .venv/bin/python scripts/dashboard_screenshots.py [--out docs] [--chromium /usr/bin/chromium]
 """
@@ -95,9 +95,9 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}"
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1200, "height": 640})
-            for name, path, ready in (("list", "/", "#instances"), ("instance", f"/instances/{done}", "#timeline"),
-                                      ("entities", "/entities", "#entities")):
+            for name, path, ready, height in (("list", "/", "#instances", 640),
+                                              ("instance", f"/instances/{done}", "#timeline", 900)):
+                page = browser.new_page(viewport={"width": 1200, "height": height})
                 page.goto(url + path)
                 page.locator(ready).wait_for()
                 page.screenshot(path=str(out / f"dashboard-{name}.png"))

@@ -246,9 +246,15 @@ function timeline(i, tl, nowMs) {
       b.endMs ? seconds(b.endMs - b.scheduledMs) : b.outcome));
   }
   const points = tl.points.map((p) => h("tr", {}, h("td", {}, when(p.atMs)), h("td", {}, p.kind), h("td", {}, p.name || ""),
-    h("td", {}, p.detail ? JSON.stringify(p.detail) : "")));
+    h("td", {}, describe(p.detail))));
   return h("div", {}, h("div", {class: "timeline", id: "timeline"}, rows.length ? rows : h("p", {class: "muted"}, "nothing scheduled yet")),
     h("h2", {}, "Events"), h("table", {id: "events"}, h("tbody", {}, points)));
+}
+
+function describe(detail) {
+  if (!detail) return "";
+  return Object.entries(detail).filter(([, v]) => v !== null && v !== undefined)
+    .map(([k, v]) => `${k}: ${typeof v === "object" ? v.text + (v.truncated ? "…" : "") : v}`).join("; ");
 }
 
 // -- entities and schedules ------------------------------------------------------------------------------
