@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import grpc
 import prometheus_client
@@ -14,8 +15,6 @@ from grpc_reflection.v1alpha import reflection
 from . import errors, ports
 from ._proto import orchestrator_service_pb2 as pb
 from .api.auth import Authenticator
-from .api.dashboard import Dashboard
-from .api.dashboard.calls import Calls
 from .api.tokens import TokenFile, TokensFileError
 from .api.jwt_auth import JwksFile, JwtVerifier
 from .api.interceptors import CallInterceptor
@@ -27,6 +26,9 @@ from .engine.hubs import SAFETY_SWEEP_SECONDS
 from .protocol import STATUS_PREFIX
 from .store import Store
 from .store.connection import connect, connect_fast
+
+if TYPE_CHECKING:
+    from .api.dashboard import Dashboard
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +175,8 @@ class App:
                 raise StartupError(f"--metrics-port (DT_METRICS_PORT): cannot listen on "
                                    f"{self.config.host}:{self.config.metrics_port}: {exc.strerror}") from None
         if self.config.dashboard_port is not None:
+            from .api.dashboard import Dashboard  # aiohttp is imported only by a replica that serves it
+            from .api.dashboard.calls import Calls
             self.dashboard = Dashboard(Calls(self.servicer, self.interceptor), self.engine, self.config, certificates)
             try:
                 await self.dashboard.start()

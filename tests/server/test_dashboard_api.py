@@ -5,6 +5,7 @@ when they change), the port flag, and bad input."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 import time
@@ -101,7 +102,7 @@ async def test_a_page_costs_a_handful_of_redis_commands_per_row(quiet_dashboard,
     print(f"\nRedis commands for a list page of {ROWS} rows ({PARTITIONS} partitions): {list_cost}")
 
 
-async def test_bad_input_is_a_clear_400_and_writes_nothing(quiet_dashboard, redis, key_prefix):
+async def test_bad_input_is_a_clear_400_and_writes_nothing(quiet_dashboard, redis, key_prefix, caplog):
     url, _, _ = quiet_dashboard
     async with aiohttp.ClientSession() as session:
         for path, words in (("/api/instances?status=DONE", "unknown status"),
@@ -115,8 +116,12 @@ async def test_bad_input_is_a_clear_400_and_writes_nothing(quiet_dashboard, redi
             assert reply.status == 400 and "JSON object" in (await reply.json())["error"]
         async with session.post(f"{url}/api/instances/x/raise-event", data=b"x" * (1024 * 1024 + 1)) as reply:
             assert reply.status == 413
-        async with session.post(f"{url}/api/instances/missing/terminate", json={}) as reply:
+        caplog.set_level(logging.INFO, "scheduler.api.interceptors")
+        async with session.post(f"{url}/api/instances/missing/terminate", json={"reason": "r"}) as reply:
             assert reply.status == 404
+    # A destructive call made from the dashboard is audited as any other, naming the dashboard as its peer.
+    assert any("TerminateInstance on task hub" in r.getMessage() and "peer dashboard 127.0.0.1" in r.getMessage()
+               and r.getMessage().endswith("NOT_FOUND") for r in caplog.records), caplog.text
     assert not [k async for k in redis.scan_iter(match=f"{key_prefix}:*inst*")]
 
 
