@@ -5,6 +5,8 @@ when they change), the port flag, and bad input."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import socket
 import ssl
@@ -177,3 +179,25 @@ def _peer_serial(port: int, certs: Certs) -> int:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         with context.wrap_socket(sock, server_hostname="localhost") as tls:
             return int(tls.getpeercert()["serialNumber"], 16)
+
+
+async def test_with_tokens_who_asks_comes_first(start_app, redis_url, key_prefix, hub_name, tmp_path):
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps({"tokens": [{"name": "viewer", "sha256": hashlib.sha256(b"viewer-token").hexdigest(),
+                                              "role": "reader", "hubs": [hub_name]}]}))
+    port = _free_port()
+    await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS,
+                    auth_tokens_file=str(tokens), dashboard_port=port)
+    url, viewer = f"http://127.0.0.1:{port}", {"Authorization": "Bearer viewer-token"}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url + "/") as reply:  # the page is a shell: no data in it
+            assert reply.status == 200 and hub_name not in await reply.text()
+        assert (await _get(session, f"{url}/api/instances?status=DONE"))[0] == 401  # not 400: nothing before who
+        assert (await _get(session, f"{url}/api/instances?status=DONE", headers=viewer))[0] == 400
+        status, session_info = await _get(session, f"{url}/api/session", headers=viewer)
+        assert status == 200 and (session_info["role"], session_info["hubs"]) == ("reader", [hub_name])
+        assert "TerminateInstance" not in session_info["methods"]
+        assert (await _get(session, f"{url}/api/hubs", headers=viewer))[1]["hubs"] == [hub_name]
+        assert (await _get(session, f"{url}/api/stats?hub=other-hub", headers=viewer))[0] == 403
+        async with session.post(f"{url}/api/instances/x/terminate", json={}, headers=viewer) as reply:
+            assert reply.status == 403 and "TerminateInstance" in (await reply.json())["error"]

@@ -106,21 +106,8 @@ class Views:
         return await self._json(request, answer)
 
     async def instances(self, request: web.Request) -> web.Response:
-        q = request.query
-        query = pb.InstanceQuery(maxInstanceCount=_page_size(q), fetchInputsAndOutputs=False)
-        for status in filter(None, q.get("status", "").split(",")):
-            if status.upper() not in _STATUSES:
-                raise _bad(f"unknown status {quote(status)}")
-            query.runtimeStatus.append(pb.OrchestrationStatus.Value("ORCHESTRATION_STATUS_" + status.upper()))
-        if q.get("prefix"):
-            query.instanceIdPrefix.value = q["prefix"]
-        for param, field in (("createdFrom", "createdTimeFrom"), ("createdTo", "createdTimeTo")):
-            if q.get(param):
-                getattr(query, field).FromMilliseconds(_int(q, param))
-        if q.get("token"):
-            query.continuationToken.value = q["token"]
-
         async def answer(metadata, hub):
+            query = _instance_query(request.query)
             reply = await self.calls.unary("QueryInstances", pb.QueryInstancesRequest(query=query), metadata,
                                            _peer(request))
             return {"instances": [present.instance_row(s) for s in reply.orchestrationState],
@@ -143,10 +130,10 @@ class Views:
 
     async def payload(self, request: web.Request) -> web.Response:
         instance_id, which = request.match_info["id"], request.match_info["which"]
-        if which not in PAYLOADS:
-            raise _bad(f"no payload {quote(which)}: one of {', '.join(PAYLOADS)}")
 
         async def answer(metadata, hub):
+            if which not in PAYLOADS:
+                raise _bad(f"no payload {quote(which)}: one of {', '.join(PAYLOADS)}")
             return {"text": present.payload_of(await self._state(instance_id, metadata, request), which)}
         return await self._json(request, answer)
 
@@ -154,10 +141,9 @@ class Views:
         instance_id, action = request.match_info["id"], request.match_info["action"]
         if action not in ACTIONS:
             raise web.HTTPNotFound()
-        body = await _body(request)
 
         async def answer(metadata, hub):
-            method, message = ACTIONS[action](instance_id, body)
+            method, message = ACTIONS[action](instance_id, await _body(request))
             reply = await self.calls.unary(method, message, metadata, _peer(request))
             if method == "RestartInstance":
                 return {"ok": True, "instanceId": reply.instanceId}
@@ -176,14 +162,13 @@ class Views:
                                        present.schedule_row)
 
     async def _entity_page(self, request: web.Request, prefix: str, row) -> web.Response:
-        query = pb.EntityQuery(includeState=True, includeTransient=True)
-        query.pageSize.value = _page_size(request.query)
-        if prefix:
-            query.instanceIdStartsWith.value = prefix
-        if request.query.get("token"):
-            query.continuationToken.value = request.query["token"]
-
         async def answer(metadata, hub):
+            query = pb.EntityQuery(includeState=True, includeTransient=True)
+            query.pageSize.value = _page_size(request.query)
+            if prefix:
+                query.instanceIdStartsWith.value = prefix
+            if request.query.get("token"):
+                query.continuationToken.value = request.query["token"]
             reply = await self.calls.unary("QueryEntities", pb.QueryEntitiesRequest(query=query), metadata,
                                            _peer(request))
             return {"entities": [row(e) for e in reply.entities], "nowMs": int(time.time() * 1000),
@@ -204,6 +189,8 @@ class Views:
             return _error(400, "INVALID_ARGUMENT", f"task hub name {quote(hub)} must match {NAME_RE.pattern}")
         metadata = self.calls.metadata(request.headers.get("Authorization"), hub)
         try:
+            if self.calls.authenticates:  # who asks comes first: 401 before anything about the request
+                self.calls.identify(metadata)
             body = await answer(metadata, hub)
         except CallFailed as exc:
             return _error(exc.http_status, exc.code.name, exc.message)
@@ -272,9 +259,25 @@ def _int(query, name: str) -> int:
         raise _bad(f"{name} must be an integer, got {quote(query[name])}") from None
 
 
-def _bad(message: str) -> web.HTTPException:
-    return web.HTTPBadRequest(text=json.dumps({"code": "INVALID_ARGUMENT", "error": message}),
-                              content_type="application/json")
+def _bad(message: str) -> CallFailed:
+    return CallFailed(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _instance_query(q) -> pb.InstanceQuery:
+    """The QueryInstances query of the list page's parameters (created range in epoch ms)."""
+    query = pb.InstanceQuery(maxInstanceCount=_page_size(q), fetchInputsAndOutputs=False)
+    for status in filter(None, q.get("status", "").split(",")):
+        if status.upper() not in _STATUSES:
+            raise _bad(f"unknown status {quote(status)}")
+        query.runtimeStatus.append(pb.OrchestrationStatus.Value("ORCHESTRATION_STATUS_" + status.upper()))
+    if q.get("prefix"):
+        query.instanceIdPrefix.value = q["prefix"]
+    for param, field in (("createdFrom", "createdTimeFrom"), ("createdTo", "createdTimeTo")):
+        if q.get(param):
+            getattr(query, field).FromMilliseconds(_int(q, param))
+    if q.get("token"):
+        query.continuationToken.value = q["token"]
+    return query
 
 
 async def _body(request: web.Request) -> dict:

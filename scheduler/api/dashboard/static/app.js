@@ -122,7 +122,7 @@ async function header() {
 
 // -- the instance list -----------------------------------------------------------------------------------
 
-function toMs(local) { return local ? String(new Date(local).getTime()) : ""; }
+function toMs(utc) { return utc ? String(new Date(`${utc}Z`).getTime()) : ""; } // the inputs are in UTC, as shown
 
 async function listPage() {
   const q = new URLSearchParams();
@@ -135,8 +135,8 @@ async function listPage() {
     h("label", {}, "status", h("select", {name: "status"}, h("option", {value: ""}, "any"),
       STATUSES.map((s) => h("option", {value: s, selected: params.get("status") === s}, s)))),
     h("label", {}, "instance id prefix", h("input", {name: "prefix", value: params.get("prefix") || ""})),
-    h("label", {}, "created from", h("input", {type: "datetime-local", name: "createdFrom", value: params.get("createdFrom") || ""})),
-    h("label", {}, "created before", h("input", {type: "datetime-local", name: "createdTo", value: params.get("createdTo") || ""})),
+    h("label", {}, "created from (UTC)", h("input", {type: "datetime-local", name: "createdFrom", value: params.get("createdFrom") || ""})),
+    h("label", {}, "created before (UTC)", h("input", {type: "datetime-local", name: "createdTo", value: params.get("createdTo") || ""})),
     h("button", {type: "submit"}, "Filter"), h("a", {href: link("/")}, "clear"));
   const rows = page.instances.map((i) => h("tr", {"data-id": i.id},
     h("td", {class: "id"}, h("a", {href: link(`/instances/${encodeURIComponent(i.id)}`)}, i.id)),
