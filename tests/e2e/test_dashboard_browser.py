@@ -85,7 +85,7 @@ def test_the_list_shows_completed_and_delayed_instances_and_an_instance_its_acti
         countdown = pending_row.locator(".countdown")
         poll(lambda: "starts in" in countdown.inner_text(), 5, what="the delayed start's countdown")
         first = countdown.inner_text()
-        poll(lambda: countdown.inner_text() != first, 5, what="the countdown to move")
+        poll(lambda: countdown.inner_text() != first, 10, what="the countdown to move")
         stats = page.locator("#hub-stats").inner_text()
         assert f"Task hub {hub_name}" in stats and "PENDING" in stats and "COMPLETED" in stats
 

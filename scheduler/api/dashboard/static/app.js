@@ -61,12 +61,18 @@ function seconds(ms) {
   return ms < 1000 ? `${ms} ms` : ms < 120000 ? `${(ms / 1000).toFixed(1)} s` : `${(ms / 60000).toFixed(1)} min`;
 }
 
+function clock(ms) { // 12.3 s, or h:mm:ss: it moves every second
+  if (ms < 60000) return `${(ms / 1000).toFixed(1)} s`;
+  const s = Math.floor(ms / 1000);
+  return `${Math.floor(s / 3600)}:${String(Math.floor(s / 60) % 60).padStart(2, "0")}:${String(s % 60).padStart(2, "0")}`;
+}
+
 function countdown(dueMs) { return h("span", {class: "countdown", "data-due": dueMs}, ""); }
 
 function tick() {
   for (const el of document.querySelectorAll("[data-due]")) {
     const left = Number(el.dataset.due) - (Date.now() + skewMs);
-    el.textContent = left > 0 ? `starts in ${seconds(left)}` : "due";
+    el.textContent = left > 0 ? `starts in ${clock(left)}` : "due";
   }
 }
 
