@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -46,3 +47,10 @@ def get_json(url: str, token: str | None = None, method: str = "GET", body: dict
             return reply.status, json.loads(reply.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
+
+
+def dump_dom(url: str) -> str:
+    """The DOM of ``url`` once chromium has loaded it (``--headless --dump-dom``, a browser of its own)."""
+    done = subprocess.run([chromium_path(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", url],
+                          capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout

@@ -17,7 +17,7 @@ from durabletask.entities import EntityContext, EntityInstanceId
 from durabletask.scheduled import ScheduleCreationOptions, ScheduledTaskClient
 
 from dashboard_browser import browser as _browser
-from dashboard_browser import get_json
+from dashboard_browser import dump_dom, get_json
 from e2e_helpers import entity_worker, poll, sdk_on
 from scheduler.testing import free_port
 
@@ -75,6 +75,13 @@ def test_the_list_shows_completed_and_delayed_instances_and_an_instance_its_acti
         assert c.wait_for_orchestration_completion(done, timeout=30).runtime_status == Status.COMPLETED
         later = datetime.now(timezone.utc) + timedelta(hours=1)
         pending = c.schedule_new_orchestration(checkout, input="order-8", start_at=later)
+
+        # The page as chromium has it once loaded (no waiting for requests made after the load).
+        listed = dump_dom(url + "/")
+        assert f'data-id="{done}"' in listed and f'data-id="{pending}"' in listed
+        assert "status-COMPLETED" in listed and "status-PENDING" in listed
+        shown = dump_dom(f"{url}/instances/{done}")
+        assert "fetch_invoice" in shown and "charge_card" in shown
 
         page.goto(url + "/")
         done_row = page.locator(f'#instances tr[data-id="{done}"]')

@@ -201,3 +201,18 @@ async def test_with_tokens_who_asks_comes_first(start_app, redis_url, key_prefix
         assert (await _get(session, f"{url}/api/stats?hub=other-hub", headers=viewer))[0] == 403
         async with session.post(f"{url}/api/instances/x/terminate", json={}, headers=viewer) as reply:
             assert reply.status == 403 and "TerminateInstance" in (await reply.json())["error"]
+
+
+async def test_the_page_carries_its_first_answers_escaped(quiet_dashboard, hub_name):
+    url, _, engine = quiet_dashboard
+    hub = await engine.store.ensure_hub(hub_name)
+    hostile = "</script><script>alert(1)</script>"
+    await engine.orchestrations.start(hub, translate.new_instance(pb.CreateInstanceRequest(name=hostile), "x<y"))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url + "/") as reply:
+            html = await reply.text()
+            assert reply.headers["Content-Security-Policy"].startswith("default-src 'self'")
+    assert "alert(1)" in html and hostile not in html and "x<y" not in html  # "<" travels as \u003c
+    preload = json.loads(html.split('<script type="application/json" id="preload">', 1)[1].split("</script>", 1)[0])
+    assert [i["name"] for i in preload["instances"]["body"]["instances"]] == [hostile]
+    assert preload["session"]["status"] == 200 and preload["stats"]["body"]["statuses"] == {"PENDING": 1}

@@ -14,6 +14,7 @@ from importlib import resources
 
 import grpc
 from aiohttp import web
+from multidict import MultiDict, MultiDictProxy
 
 from ... import errors
 from ..._proto import orchestrator_service_pb2 as pb
@@ -30,6 +31,7 @@ MAX_PAGE_SIZE = 200
 HISTORY_CHUNKS = 50  # StreamInstanceHistory chunks of 100 events: the timeline shows at most 5,000 events
 MAX_BODY_BYTES = 1024 * 1024  # an action's JSON body (an event's data, a reason)
 STATIC = ("app.js", "app.css")
+PRELOAD_MARK = b"<!--preload-->"
 PAYLOADS = ("input", "output", "customStatus", "failure")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
@@ -63,8 +65,34 @@ class Views:
     # -- pages -------------------------------------------------------------------------------
 
     async def page(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.assets["index.html"], content_type="text/html", charset="utf-8",
-                            headers=SECURITY_HEADERS)
+        """The page shell. Without tokens (there is none to ask for), it carries the answers its script
+        would ask for first, so the page is whole as soon as it has loaded (one round trip, no flicker)."""
+        body = self.assets["index.html"]
+        if not self.calls.authenticates:
+            answers = json.dumps(await self._preload(request)).replace("<", "\\u003c").encode()
+            body = body.replace(PRELOAD_MARK, b'<script type="application/json" id="preload">' + answers + b"</script>")
+        return web.Response(body=body, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS)
+
+    async def _preload(self, request: web.Request) -> dict:
+        """What the page's script asks first, by kind: {kind: {"status": HTTP status, "body": JSON}}."""
+        q, path = request.query, request.path
+        hub = {"hub": q["hub"]} if q.get("hub") else {}
+        jobs = {"session": (self.session, {}, {}), "hubs": (self.hubs, {}, {})}
+        paging = {k: q[k] for k in ("prefix", "token", "pageSize") if q.get(k)}
+        if path == "/":
+            jobs["stats"] = (self.stats, {}, {})
+            if not q.get("createdFrom") and not q.get("createdTo"):  # the page's are UTC times, the API's ms
+                jobs["instances"] = (self.instances, {**paging, **({"status": q["status"]} if q.get("status") else {})},
+                                     {})
+        elif path.startswith("/instances/"):
+            jobs["instance"] = (self.instance, {}, {"id": request.match_info["id"]})
+        elif path in ("/entities", "/schedules"):
+            jobs[path[1:]] = (self.entities if path == "/entities" else self.schedules, paging, {})
+        answers = {}
+        for kind, (handler, query, match) in jobs.items():
+            reply = await handler(_Asked(request, {**query, **hub}, match))
+            answers[kind] = {"status": reply.status, "body": json.loads(reply.body)}
+        return answers
 
     async def static(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -197,6 +225,16 @@ class Views:
         except errors.StoreError as exc:  # a read outside the gRPC calls (hubs, stats)
             return _error(503, "UNAVAILABLE", f"{exc}; retry later")
         return web.json_response(body, headers={**SECURITY_HEADERS, "Cache-Control": "no-store"})
+
+
+class _Asked:
+    """A JSON request the page shell answers in advance: the page's own request, another query."""
+
+    def __init__(self, page: web.Request, query: dict, match_info: dict) -> None:
+        self.query = MultiDictProxy(MultiDict(query))
+        self.match_info = match_info
+        self.headers = page.headers
+        self.remote = page.remote
 
 
 _STATUSES = frozenset(n.removeprefix("ORCHESTRATION_STATUS_") for n in pb.OrchestrationStatus.keys())

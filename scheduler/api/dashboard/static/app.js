@@ -39,7 +39,21 @@ function link(path, extra) {
 
 class AuthError extends Error {}
 
-async function api(path, options) {
+// Without tokens the page arrives with the first answers it needs (by kind), so it is whole once loaded.
+const PRELOAD = (() => { const el = document.getElementById("preload"); return el ? JSON.parse(el.textContent) : {}; })();
+
+function settle(status, body) {
+  if (status === 401) { sessionStorage.removeItem(TOKEN_KEY); throw new AuthError(body.error); }
+  if (status >= 400) throw new Error(`${body.code || status}: ${body.error}`);
+  return body;
+}
+
+async function api(path, options, kind) {
+  if (kind && PRELOAD[kind] && !options) {
+    const {status, body} = PRELOAD[kind];
+    delete PRELOAD[kind];
+    return settle(status, body);
+  }
   const token = sessionStorage.getItem(TOKEN_KEY);
   const headers = {"Accept": "application/json"};
   if (token) headers["Authorization"] = `Bearer ${token}`;
@@ -49,9 +63,7 @@ async function api(path, options) {
   const reply = await fetch(url, {...(options || {}), headers});
   let body = {};
   try { body = await reply.json(); } catch (e) { body = {error: `HTTP ${reply.status}`}; }
-  if (reply.status === 401) { sessionStorage.removeItem(TOKEN_KEY); throw new AuthError(body.error); }
-  if (!reply.ok) throw new Error(`${body.code || reply.status}: ${body.error}`);
-  return body;
+  return settle(reply.status, body);
 }
 
 function when(ms) { return ms ? new Date(ms).toISOString().replace("T", " ").replace("Z", " UTC") : ""; }
@@ -114,7 +126,7 @@ async function header() {
     location.href = `${here.startsWith("/instances/") ? "/" : here}?${q}`;
   }});
   try {
-    const names = (await api("/api/hubs")).hubs;
+    const names = (await api("/api/hubs", null, "hubs")).hubs;
     if (!names.includes(hub())) names.unshift(hub());
     for (const name of names) picker.append(h("option", {value: name, selected: name === hub()}, name));
   } catch (e) { picker.append(h("option", {}, hub())); }
@@ -134,7 +146,7 @@ async function listPage() {
   const q = new URLSearchParams();
   for (const k of ["status", "prefix", "pageSize", "token"]) if (params.get(k)) q.set(k, params.get(k));
   for (const k of ["createdFrom", "createdTo"]) if (params.get(k)) q.set(k, toMs(params.get(k)));
-  const [stats, page] = await Promise.all([api("/api/stats").catch((e) => ({error: e})), api(`/api/instances?${q}`)]);
+  const [stats, page] = await Promise.all([api("/api/stats", null, "stats").catch((e) => ({error: e})), api(`/api/instances?${q}`, null, "instances")]);
   skewMs = page.nowMs - Date.now();
   const filters = h("form", {class: "filters", method: "get", action: "/"},
     params.get("hub") ? h("input", {type: "hidden", name: "hub", value: params.get("hub")}) : null,
@@ -180,7 +192,7 @@ function hubCards(stats) {
 // -- one instance ----------------------------------------------------------------------------------------
 
 async function instancePage(id) {
-  const data = await api(`/api/instances/${encodeURIComponent(id)}`);
+  const data = await api(`/api/instances/${encodeURIComponent(id)}`, null, "instance");
   skewMs = data.nowMs - Date.now();
   const i = data.instance, tl = data.timeline;
   const rows = [["name", i.name], ["status", statusBadge(i.status)], ["version", i.version],
@@ -268,7 +280,7 @@ function describe(detail) {
 async function entityPage(kind) {
   const q = new URLSearchParams();
   for (const k of ["prefix", "token", "pageSize"]) if (params.get(k)) q.set(k, params.get(k));
-  const page = await api(`/api/${kind}?${q}`);
+  const page = await api(`/api/${kind}?${q}`, null, kind);
   skewMs = page.nowMs - Date.now();
   const filters = h("form", {class: "filters", method: "get", action: location.pathname},
     params.get("hub") ? h("input", {type: "hidden", name: "hub", value: params.get("hub")}) : null,
@@ -301,7 +313,7 @@ async function entityPage(kind) {
 async function main() {
   const tried = sessionStorage.getItem(TOKEN_KEY) !== null;
   try {
-    session = await api("/api/session");
+    session = await api("/api/session", null, "session");
   } catch (e) {
     if (e instanceof AuthError) return showLogin(tried ? `That token was refused: ${e.message}` : null);
     return failed(e);
