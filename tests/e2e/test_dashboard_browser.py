@@ -109,6 +109,16 @@ def test_the_list_shows_completed_and_delayed_instances_and_an_instance_its_acti
         page.goto(f"{url}/?status=PENDING")  # a filter is a deep link
         page.locator(f'#instances tr[data-id="{pending}"]').wait_for()
         assert page.locator(f'#instances tr[data-id="{done}"]').count() == 0
+        page.goto(f"{url}/?pageSize=1")  # paging by continuation token, each page a URL
+        first = page.locator("#instances tbody tr").get_attribute("data-id")
+        page.locator("#next-page").click()
+        page.wait_for_url("**token=**")
+        page.locator("#instances tbody tr").wait_for()
+        second = page.locator("#instances tbody tr").get_attribute("data-id")
+        assert {first, second} == {done, pending}
+        page.go_back()
+        page.locator(f'#instances tr[data-id="{first}"]').wait_for()
+
         page.goto(f"{url}/instances/{pending}")
         page.locator("#details").wait_for()
         assert "PENDING" in page.locator("#details").inner_text()
