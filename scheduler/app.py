@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import grpc
 import prometheus_client
@@ -26,6 +27,9 @@ from .protocol import STATUS_PREFIX
 from .store import Store
 from .store.connection import connect, connect_fast
 
+if TYPE_CHECKING:
+    from .api.dashboard import Dashboard
+
 log = logging.getLogger(__name__)
 
 STATUS_NAMES = [name.removeprefix(STATUS_PREFIX) for name in pb.OrchestrationStatus.keys()]
@@ -39,6 +43,7 @@ HEALTH_CHECK_SECONDS = 1.0
 DEPTH_SAMPLE_SECONDS = 5.0  # only with --metrics-port
 SAFETY_LOOK_SECONDS = 10.0  # behind the wake-ups: streams of a hub with queued work look there
 RETENTION_SECONDS = 5.0
+CERTIFICATE_CHECK_SECONDS = 1.0  # the dashboard's certificate files (with --dashboard-port and TLS)
 TOKENS_FILE_CHECK_SECONDS = 0.5  # a change of the tokens file bites within this (revoked streams end)
 
 # With --processes N, the supervisor serves the metrics of every process merged (prometheus_client's
@@ -103,6 +108,7 @@ class App:
         self.housekeeping = AsyncIOScheduler()
         self._running_jobs: set[asyncio.Task] = set()
         self.server: grpc.aio.Server | None = None
+        self.dashboard: Dashboard | None = None
         self.port: int | None = None
         self.draining = False
         verifier = None
@@ -153,10 +159,12 @@ class App:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), self.server)
         address = f"{self.config.host}:{self.config.port}"
+        certificates = None
+        if self.config.tls_cert_file:
+            certificates = ServerCertificates(self.config.tls_cert_file, self.config.tls_key_file,
+                                              self.config.tls_client_ca_file)
         try:
-            if self.config.tls_cert_file:
-                certificates = ServerCertificates(self.config.tls_cert_file, self.config.tls_key_file,
-                                                  self.config.tls_client_ca_file)
+            if certificates is not None:
                 self.port = self.server.add_secure_port(address, certificates.credentials())
             else:
                 self.port = self.server.add_insecure_port(address)
@@ -168,6 +176,15 @@ class App:
             except OSError as exc:
                 raise StartupError(f"--metrics-port (DT_METRICS_PORT): cannot listen on "
                                    f"{self.config.host}:{self.config.metrics_port}: {exc.strerror}") from None
+        if self.config.dashboard_port is not None:
+            from .api.dashboard import Dashboard  # aiohttp is imported only by a replica that serves it
+            from .api.dashboard.calls import Calls
+            self.dashboard = Dashboard(Calls(self.servicer, self.interceptor), self.engine, self.config, certificates)
+            try:
+                await self.dashboard.start()
+            except OSError as exc:
+                raise StartupError(f"--dashboard-port (DT_DASHBOARD_PORT): cannot listen on "
+                                   f"{self.config.host}:{self.config.dashboard_port}: {exc.strerror}") from None
         await self.server.start()
         self.engine.wakeups.start()
         await self.engine.hubs.refresh()
@@ -179,6 +196,8 @@ class App:
             jobs.append((self.sample_depths, DEPTH_SAMPLE_SECONDS))
         if self.tokens is not None:
             jobs.append((self.watch_tokens, TOKENS_FILE_CHECK_SECONDS))
+        if self.dashboard is not None and certificates is not None:
+            jobs.append((self.watch_dashboard_certificates, CERTIFICATE_CHECK_SECONDS))
         for job, seconds in jobs:
             self.add_housekeeping(job, seconds)
         self.housekeeping.start()
@@ -196,6 +215,8 @@ class App:
         await self._set_readiness(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.engine.dispatcher.drain(grace)
         await self.health.enter_graceful_shutdown()
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         if self.server is not None:
             await self.server.stop(1.0)
         if self.housekeeping.running:
@@ -240,6 +261,11 @@ class App:
         if self.jwt is not None:
             self.jwt.jwks.refresh()
             self.authenticator.expire()
+
+    async def watch_dashboard_certificates(self) -> None:
+        """The dashboard's TLS context loads the certificate files again when they change (grpc asks at
+        each handshake by itself)."""
+        self.dashboard.refresh_certificates()
 
     async def sample_depths(self) -> None:
         """Queue depths and instance counts of the hubs served here, and this replica's streams, for the

@@ -52,6 +52,7 @@ class Config:
     log_level: str = "INFO"
     promote_batch: int = 1000  # entries moved per promote call (bounded scripts)
     metrics_port: int | None = None
+    dashboard_port: int | None = None  # serve the web dashboard (HTTP, or HTTPS with the TLS flags) on this port
     lease_seconds: float = 30.0  # a claimed work item returns to the queue if not renewed for this long
     health_ping_seconds: float = 15.0  # well inside the SDKs' silent-stream timeout (120 s in Python)
     max_history_events: int = 10000  # an orchestration whose history would grow past this fails
@@ -92,8 +93,10 @@ class Config:
             raise ValueError(f"{_flag('key_prefix')}: key prefix {self.key_prefix!r} must match {NAME_RE.pattern}")
         if not 1 <= self.partitions <= 1024:
             raise ValueError(f"{_flag('partitions')} must be between 1 and 1024, got {self.partitions}")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"{_flag('port')} must be between 0 and 65535, got {self.port}")
+        for name in ("port", "metrics_port", "dashboard_port"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 65535:
+                raise ValueError(f"{_flag(name)} must be between 0 and 65535, got {value}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"{_flag('log_level')} {self.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
         if not 0.1 <= self.lease_seconds <= 3600:
@@ -140,6 +143,9 @@ class Config:
         if self.processes > 1 and self.redis_url is None:
             raise ValueError(f"{_flag('processes')} {self.processes} needs {_flag('redis_url')}: the embedded store "
                              f"lives inside one process, so the processes would share nothing")
+        if self.processes > 1 and self.dashboard_port == 0:
+            raise ValueError(f"{_flag('dashboard_port')} 0 with {_flag('processes')} {self.processes}: the processes share "
+                             f"one dashboard port, name it")
         if not 0 <= self.process <= self.processes:
             raise ValueError(f"process {self.process} is not one of {_flag('processes')} {self.processes}")
         if self.max_streams_per_connection < 2:  # a worker needs its work stream and a completion at once
@@ -203,6 +209,8 @@ _OPTIONS = [
      "largest accepted payload (input, event data, output, ...); unset: the max message size minus 64 KiB"),
     ("--log-level", "DT_LOG_LEVEL", str, "DEBUG, INFO, WARNING or ERROR"),
     ("--metrics-port", "DT_METRICS_PORT", int, "serve Prometheus metrics on this port"),
+    ("--dashboard-port", "DT_DASHBOARD_PORT", int,
+     "serve the web dashboard on this port (same host, TLS and tokens as the gRPC port)"),
     ("--lease-seconds", "DT_LEASE_SECONDS", float, "lease of a work item handed to a worker"),
     ("--health-ping-seconds", "DT_HEALTH_PING_SECONDS", float, "HealthPing interval on idle work streams"),
     ("--max-history-events", "DT_MAX_HISTORY_EVENTS", int, "history events an orchestration may have"),

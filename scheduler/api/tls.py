@@ -1,4 +1,5 @@
-"""Transport security: the server's certificate files, re-read when they change.
+"""Transport security: the server's certificate files, re-read when they change (for the gRPC port
+and, as an ``ssl.SSLContext``, for the dashboard).
 
 cert-manager (and Kubernetes Secrets in general) rotate certificate files in place; grpc asks
 for the configuration at each new handshake, and gets a new one once a file's content changed.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 
 import grpc
 
@@ -53,3 +55,30 @@ class ServerCertificates:
         self._seen = versions
         log.info("TLS certificate files changed: new connections use them")
         return configuration
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same certificates for an HTTPS server (the dashboard); :meth:`refresh_ssl` keeps it current."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._load_ssl(context)
+        self._ssl_seen = self._versions()
+        return context
+
+    def refresh_ssl(self, context: ssl.SSLContext) -> None:
+        """Load the files into ``context`` again if they changed since it last loaded them."""
+        try:
+            versions = self._versions()
+            if versions == self._ssl_seen:
+                return
+            self._load_ssl(context)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("TLS certificate files could not be re-read for the dashboard (%s); keeping the current "
+                        "ones", exc)
+            return
+        self._ssl_seen = versions
+        log.info("TLS certificate files changed: new dashboard connections use them")
+
+    def _load_ssl(self, context: ssl.SSLContext) -> None:
+        context.load_cert_chain(self.cert_file, self.key_file)
+        if self.client_ca_file is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(self.client_ca_file)
