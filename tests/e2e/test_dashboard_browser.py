@@ -221,6 +221,10 @@ def test_with_a_tokens_file_nothing_without_a_token_and_actions_by_role(replicas
             terminate = clerk.locator('button[data-action="terminate"]')
             terminate.wait_for()
             assert clerk.locator('button[data-action="purge"]').count() == 0  # purge is an admin's
+            # Only what applies to a running instance: no resume (not suspended), no rewind (not failed).
+            assert clerk.locator('button[data-action="suspend"]').count() == 1
+            assert clerk.locator('button[data-action="resume"]').count() == 0
+            assert clerk.locator('button[data-action="rewind"]').count() == 0
             asked = []
             clerk.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
             terminate.click()

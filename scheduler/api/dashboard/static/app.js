@@ -6,11 +6,16 @@
 
 const TOKEN_KEY = "dt-dashboard-token";
 const STATUSES = ["PENDING", "RUNNING", "SUSPENDED", "COMPLETED", "FAILED", "TERMINATED", "CONTINUED_AS_NEW", "CANCELED"];
-const ACTIONS = [ // [path, method the role must allow, label, what the confirmation says]
-  ["suspend", "SuspendInstance", "Suspend", "Suspend"], ["resume", "ResumeInstance", "Resume", "Resume"],
-  ["raise-event", "RaiseEvent", "Raise event", "Raise an event to"],
-  ["terminate", "TerminateInstance", "Terminate", "Terminate"], ["rewind", "RewindInstance", "Rewind", "Rewind"],
-  ["restart", "RestartInstance", "Restart", "Restart"], ["purge", "PurgeInstances", "Purge", "Purge (delete for good)"],
+const LIVE = ["PENDING", "RUNNING", "SUSPENDED"];
+const ENDED = ["COMPLETED", "FAILED", "TERMINATED", "CANCELED"];
+const ACTIONS = [ // [path, method the role must allow, label, what the confirmation says, statuses it applies to]
+  ["suspend", "SuspendInstance", "Suspend", "Suspend", ["PENDING", "RUNNING"]],
+  ["resume", "ResumeInstance", "Resume", "Resume", ["SUSPENDED"]],
+  ["raise-event", "RaiseEvent", "Raise event", "Raise an event to", LIVE],
+  ["terminate", "TerminateInstance", "Terminate", "Terminate", LIVE],
+  ["rewind", "RewindInstance", "Rewind", "Rewind", ["FAILED"]],
+  ["restart", "RestartInstance", "Restart", "Restart", ENDED],
+  ["purge", "PurgeInstances", "Purge", "Purge (delete for good)", ENDED],
 ];
 const params = new URLSearchParams(location.search);
 let session = null;
@@ -221,7 +226,8 @@ function payload(id, which, p) {
 }
 
 function actions(i) {
-  const buttons = ACTIONS.filter(([, method]) => may(method)).map(([path, , label, verb]) =>
+  const buttons = ACTIONS.filter(([, method, , , statuses]) => may(method) && statuses.includes(i.status))
+    .map(([path, , label, verb]) =>
     h("button", {"data-action": path, onclick: () => act(i, path, verb)}, label));
   return buttons.length ? h("div", {class: "actions"}, buttons) : null;
 }
