@@ -21,7 +21,8 @@ def taken(config: Config) -> str | None:
     on the port and waits out its TIME_WAIT (up to 60 s) leaves it free, while a live listener still
     holds it. The probe does not set SO_REUSEPORT, so a port that other processes listen on together
     (``--processes``) counts as taken too."""
-    for flag, port in (("--port (DT_PORT)", config.port), ("--metrics-port (DT_METRICS_PORT)", config.metrics_port)):
+    for flag, port in (("--port (DT_PORT)", config.port), ("--dapr-port (DT_DAPR_PORT)", config.dapr_port),
+                       ("--metrics-port (DT_METRICS_PORT)", config.metrics_port)):
         if not port:
             continue
         with socket.socket(_family(config.host), socket.SOCK_STREAM) as probe:
