@@ -8,7 +8,7 @@ package collides with the official SDK's), and render a descriptor as ``.proto``
 
 and a test compares the bindings generated from it with the wheel's descriptor. The one line added to
 the SDK's contract is ``package``: without it Dapr's messages and ours (the same names) could not live in
-one process. The gRPC service path stays ``/TaskHubSidecarService/<method>`` (see api/dapr/server.py).
+one process. The gRPC service path stays ``/TaskHubSidecarService/<method>`` (see app.py).
 """
 from __future__ import annotations
 
@@ -44,6 +44,14 @@ def _type(field: descriptor_pb2.FieldDescriptorProto) -> str:
     return _SCALARS.get(field.type) or field.type_name.lstrip(".")
 
 
+def _options(field: descriptor_pb2.FieldDescriptorProto) -> str:
+    """A field's options as .proto text (only ``deprecated`` occurs; others are refused, not lost)."""
+    options = dict((f.name, v) for f, v in field.options.ListFields())
+    if set(options) - {"deprecated"}:
+        raise ValueError(f"field {field.name}: options {sorted(options)} are not rendered")
+    return " [deprecated = true]" if options.get("deprecated") else ""
+
+
 def _render_message(msg: descriptor_pb2.DescriptorProto, indent: str, out: list[str]) -> None:
     out.append(f"{indent}message {msg.name} {{")
     maps = {n.name: n for n in msg.nested_type if n.options.map_entry}
@@ -63,16 +71,16 @@ def _render_message(msg: descriptor_pb2.DescriptorProto, indent: str, out: list[
             out.append(f"{indent}  oneof {msg.oneof_decl[index].name} {{")
             for member in msg.field:
                 if member.HasField("oneof_index") and member.oneof_index == index:
-                    out.append(f"{indent}    {_type(member)} {member.name} = {member.number};")
+                    out.append(f"{indent}    {_type(member)} {member.name} = {member.number}{_options(member)};")
             out.append(f"{indent}  }}")
             continue
         entry = maps.get(field.type_name.rsplit(".", 1)[-1]) if field.type == _F.TYPE_MESSAGE else None
         if entry is not None and field.label == _F.LABEL_REPEATED:
             key, value = entry.field
-            out.append(f"{indent}  map<{_type(key)}, {_type(value)}> {field.name} = {field.number};")
+            out.append(f"{indent}  map<{_type(key)}, {_type(value)}> {field.name} = {field.number}{_options(field)};")
             continue
         label = "repeated " if field.label == _F.LABEL_REPEATED else "optional " if field.proto3_optional else ""
-        out.append(f"{indent}  {label}{_type(field)} {field.name} = {field.number};")
+        out.append(f"{indent}  {label}{_type(field)} {field.name} = {field.number}{_options(field)};")
     out.append(f"{indent}}}")
 
 
@@ -110,7 +118,7 @@ HEADER = """\
 // `python -m scheduler._proto.dapr_contract <wheel>`. Field names and numbers are the SDK's; do not edit
 // by hand. Ours: the `package` line (the SDK's file has none), so that these messages and those of
 // protos/orchestrator_service.proto can be loaded in one process. On the wire the service is still
-// `/TaskHubSidecarService/<method>` (registered so in scheduler/api/dapr/server.py).
+// `/TaskHubSidecarService/<method>` (registered so in scheduler/app.py).
 """
 
 
