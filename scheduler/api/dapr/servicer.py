@@ -120,7 +120,16 @@ class DaprServicer:
 
     @rpc
     async def GetInstance(self, request, context):
-        return _state(await self.ours.GetInstance(to_ours(request, pb.GetInstanceRequest), context))
+        reply = _state(await self.ours.GetInstance(to_ours(request, pb.GetInstanceRequest), context))
+        state = reply.orchestrationState
+        if reply.exists and state.orchestrationStatus == dpb.ORCHESTRATION_STATUS_SUSPENDED:
+            # a stall suspends the orchestration right after its executionStalled event (see
+            # CompleteOrchestratorTask); until it runs again, that is its last event: it is STALLED
+            hub = await self.ours._existing_hub(context)
+            last = None if hub is None else await self.store.history_page(hub, request.instanceId, -1, 1)
+            if last and dpb.HistoryEvent.FromString(last[0]).HasField("executionStalled"):
+                state.orchestrationStatus = dpb.ORCHESTRATION_STATUS_STALLED
+        return reply
 
     @rpc
     async def WaitForInstanceStart(self, request, context):

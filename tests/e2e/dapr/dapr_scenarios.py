@@ -165,7 +165,7 @@ def versioning(address: str) -> dict:
     w = _worker(address, versions=[(plain_v1, "wf", "v1", True)])
     try:
         c.raise_orchestration_event(iid, "go", data=1)
-        stalled = _until(lambda: _status(c, iid) == "SUSPENDED" and any(
+        stalled = _until(lambda: _status(c, iid) == "STALLED" and any(
             e.HasField("executionStalled") for e in _history(address, iid)), "the stall")
     finally:
         w.stop()

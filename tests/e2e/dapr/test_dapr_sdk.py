@@ -49,7 +49,7 @@ def test_suspend_resume_terminate_and_purge_with_force(dapr, both):
 def test_versions_and_patches_are_kept_and_a_missing_version_stalls(dapr, both):
     result = dapr.run("versioning", both.dapr_address)
     assert result["versions"] == ["v2"] and result["patches"] == [["p1"]]  # the first episode's record
-    assert result["stalled"]  # the v1-only worker stalled it: SUSPENDED, with an executionStalled event
+    assert result["stalled"]  # the v1-only worker stalled it: STALLED, with an executionStalled event
     assert result["status"] == "COMPLETED"
     assert result["output"] == {"patched": True, "version": "v2"}  # replayed with the patch it had met
 
