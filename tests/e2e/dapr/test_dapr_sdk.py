@@ -9,7 +9,7 @@ import secrets
 import pytest
 from durabletask import client, task, worker
 
-from conftest import stop
+from dapr_helpers import stop
 
 pytestmark = pytest.mark.e2e
 
