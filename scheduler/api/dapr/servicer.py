@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import logging
 
-import grpc
 from google.protobuf import empty_pb2, wrappers_pb2
 
 from ... import errors
 from ..._proto import orchestrator_service_pb2 as pb
 from ..._proto.dapr import orchestrator_service_pb2 as dpb
 from ...engine.events import status_name
-from ...protocol import ORCHESTRATION, TERMINAL, quote
+from ...engine import rerun
+from ...protocol import ORCHESTRATION, TERMINAL, new_id, quote
 from ...store import InstanceFilter
 from .. import validation
 from ..queries import _cursor, _page_size
@@ -240,11 +240,28 @@ class DaprServicer:
         if chunk.events:
             await context.write(chunk)
 
+    @rpc
     async def RerunWorkflowFromEvent(self, request: dpb.RerunWorkflowFromEventRequest, context):
-        # Not yet: it needs a store step that creates an instance from a history prefix with the task at
-        # eventID queued again (see README, "Dapr Workflow").
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "RerunWorkflowFromEvent is not implemented by this service yet")
+        """A new instance (``newInstanceID``, or a new id) that runs the ended ``sourceInstanceID`` again from
+        its activity event ``eventID`` (with ``input`` when ``overwriteInput``); see engine/rerun.py."""
+        if not request.sourceInstanceID:
+            raise errors.InvalidRequest("sourceInstanceID is required and must not be empty")
+        validation.check_identifier("sourceInstanceID", request.sourceInstanceID)
+        instance_id = request.newInstanceID or new_id()
+        validation.check_identifier("newInstanceID", instance_id)
+        if instance_id.startswith("@"):
+            raise errors.InvalidRequest(f"newInstanceID {quote(instance_id)} starts with '@', which marks entity ids")
+        if request.newChildWorkflowInstanceID:
+            raise errors.InvalidRequest("newChildWorkflowInstanceID: running a workflow again from a child "
+                                        "workflow's event is not supported; name an activity's event")
+        new_input = None
+        if request.overwriteInput:
+            new_input = request.input.value if request.HasField("input") else ""
+            validation.check_payload("input", new_input, self.config.max_payload_bytes)
+        hub = await self.ours._hub(context)
+        await rerun.rerun_from_event(self.engine.orchestrations, hub, request.sourceInstanceID, request.eventID,
+                                     instance_id, new_input)
+        return dpb.RerunWorkflowFromEventResponse(newInstanceID=instance_id)
 
     # -- task hubs -----------------------------------------------------------------------------------
 

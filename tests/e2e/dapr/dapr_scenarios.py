@@ -11,6 +11,7 @@ import uuid
 from datetime import timedelta
 
 import grpc
+from google.protobuf import wrappers_pb2
 from durabletask import client, task, worker
 from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.internal import orchestrator_service_pb2_grpc as stubs
@@ -25,6 +26,16 @@ def whoami(ctx: task.ActivityContext, _):
 def two_activities(ctx: task.OrchestrationContext, _):
     first = yield ctx.call_activity(whoami)
     second = yield ctx.call_activity(whoami)
+    return [first, second]
+
+
+def add_one(ctx: task.ActivityContext, n):
+    return n + 1
+
+
+def two_steps(ctx: task.OrchestrationContext, n):
+    first = yield ctx.call_activity(add_one, input=n)
+    second = yield ctx.call_activity(add_one, input=first)
     return [first, second]
 
 
@@ -263,9 +274,45 @@ def reuse(address: str) -> dict:
     return out
 
 
+def rerun(address: str) -> dict:
+    """Run a finished orchestration again from its second activity, with a new input, and from its first."""
+    c = client.TaskHubGrpcClient(host_address=address)
+    stub = _stub(address)
+    out = {}
+    w = _worker(address, two_steps, waiter, activities=[add_one])
+    try:
+        source = c.schedule_new_orchestration(two_steps, input=1)
+        out["source"] = json.loads(c.wait_for_orchestration_completion(source, timeout=WAIT).serialized_output)
+        scheduled = [e.eventId for e in _history(address, source) if e.HasField("taskScheduled")]
+        reply = stub.RerunWorkflowFromEvent(pb.RerunWorkflowFromEventRequest(
+            sourceInstanceID=source, eventID=scheduled[1], newInstanceID=f"rerun-{uuid.uuid4().hex[:8]}",
+            input=wrappers_pb2.StringValue(value="10"),
+            overwriteInput=True))
+        out["from_second"] = json.loads(
+            c.wait_for_orchestration_completion(reply.newInstanceID, timeout=WAIT).serialized_output)
+        again = stub.RerunWorkflowFromEvent(pb.RerunWorkflowFromEventRequest(sourceInstanceID=source,
+                                                                             eventID=scheduled[0]))
+        out["from_first"] = json.loads(
+            c.wait_for_orchestration_completion(again.newInstanceID, timeout=WAIT).serialized_output)
+        out["new_id_generated"] = bool(again.newInstanceID) and again.newInstanceID != source
+        running = c.schedule_new_orchestration(waiter)
+        c.wait_for_orchestration_start(running, timeout=WAIT)
+        for case, request in (("running", pb.RerunWorkflowFromEventRequest(sourceInstanceID=running, eventID=0)),
+                              ("no_such_event", pb.RerunWorkflowFromEventRequest(sourceInstanceID=source, eventID=99)),
+                              ("unknown", pb.RerunWorkflowFromEventRequest(sourceInstanceID="nope", eventID=0))):
+            try:
+                stub.RerunWorkflowFromEvent(request)
+                out[case] = "OK"
+            except grpc.RpcError as exc:
+                out[case] = exc.code().name
+    finally:
+        w.stop()
+    return out
+
+
 SCENARIOS = {"activities": activities, "flow": flow_scenario, "lifecycle": lifecycle, "versioning": versioning,
              "list_ids": list_ids, "run_same": run_same, "get_status": get_status, "worker_same": worker_same,
-             "auth": auth, "reuse": reuse}
+             "auth": auth, "reuse": reuse, "rerun": rerun}
 
 if __name__ == "__main__":
     name, address, args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])

@@ -61,6 +61,16 @@ def test_list_instance_ids_pages_through_every_instance(dapr, both):
     assert result["history_of_unknown"] == "NOT_FOUND"
 
 
+def test_rerun_workflow_from_event(dapr, both):
+    out = dapr.run("rerun", both.dapr_address)
+    assert out["source"] == [2, 3]
+    assert out["from_second"] == [2, 11]  # the first activity's result kept, the second ran again on "10"
+    assert out["from_first"] == [2, 3]
+    assert out["new_id_generated"]
+    assert (out["running"], out["no_such_event"], out["unknown"]) == \
+        ("FAILED_PRECONDITION", "INVALID_ARGUMENT", "NOT_FOUND")
+
+
 def test_reuse_policy_actions(dapr, both):
     out = dapr.run("reuse", both.dapr_address)
     assert out == {"none": "ALREADY_EXISTS", "error": "ALREADY_EXISTS", "ignore": "OK", "ignore_kept": True,
