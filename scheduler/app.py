@@ -18,6 +18,7 @@ from .api.auth import Authenticator
 from .api.tokens import TokenFile, TokensFileError
 from .api.jwt_auth import JwksFile, JwtVerifier
 from .api.interceptors import CallInterceptor
+from .api.dapr import servicer as dapr
 from .api.servicer import Servicer, add_to_server
 from .api.tls import ServerCertificates
 from .config import Config, _is_loopback
@@ -43,8 +44,8 @@ HEALTH_CHECK_SECONDS = 1.0
 DEPTH_SAMPLE_SECONDS = 5.0  # only with --metrics-port
 SAFETY_LOOK_SECONDS = 10.0  # behind the wake-ups: streams of a hub with queued work look there
 RETENTION_SECONDS = 5.0
-CERTIFICATE_CHECK_SECONDS = 1.0  # the dashboard's certificate files (with --dashboard-port and TLS)
 TOKENS_FILE_CHECK_SECONDS = 0.5  # a change of the tokens file bites within this (revoked streams end)
+CERTIFICATE_CHECK_SECONDS = 1.0  # the dashboard's certificate files (with --dashboard-port and TLS)
 
 # With --processes N, the supervisor serves the metrics of every process merged (prometheus_client's
 # multiprocess mode): a hub's depths are the same Redis figures read by each process, so the latest
@@ -109,7 +110,10 @@ class App:
         self._running_jobs: set[asyncio.Task] = set()
         self.server: grpc.aio.Server | None = None
         self.dashboard: Dashboard | None = None
+        self.certificates: ServerCertificates | None = None
         self.port: int | None = None
+        self.dapr_server: grpc.aio.Server | None = None  # with --dapr-port: Dapr's fork of the contract
+        self.dapr_port: int | None = None
         self.draining = False
         verifier = None
         if config.auth_jwks_file:
@@ -125,6 +129,9 @@ class App:
         self.interceptor = CallInterceptor(self.authenticator, config.task_hub,
                                            count=config.metrics_port is not None,
                                            log_context=config.log_format == "json")
+        self.dapr_interceptor = CallInterceptor(self.authenticator, config.task_hub,
+                                                count=config.metrics_port is not None,
+                                                log_context=config.log_format == "json", token_hub_name=dapr.visible)
 
     async def start(self) -> int:
         """Start everything; returns the bound gRPC port. StartupError (with nothing left running) when
@@ -138,9 +145,50 @@ class App:
         try:
             await self.store.load_scripts()
             await self.engine.hubs.get(self.config.task_hub)
+            if self.config.dapr_port is not None:
+                await self.engine.hubs.get(dapr.twin(self.config.task_hub))
         except errors.StoreError as exc:
             log.warning("Redis is not reachable yet (%s); serving UNAVAILABLE until it is", exc)
-        self.server = grpc.aio.server(options=[
+        if self.config.tls_cert_file:
+            self.certificates = ServerCertificates(self.config.tls_cert_file, self.config.tls_key_file,
+                                                   self.config.tls_client_ca_file)
+        self.server = self._grpc_server(shared)
+        self.servicer = Servicer(self.engine, self.config)
+        add_to_server(self.servicer, self.server, self.interceptor.wrap)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), self.server)
+        self.port = self._listen(self.server, self.config.port, "--port (DT_PORT)")
+        if self.config.dapr_port is not None:
+            # Dapr's SDKs call /TaskHubSidecarService/<method> with messages of their own: a server of its own
+            # (the two services share one path), with the same limits, credentials and interceptor steps
+            self.dapr_server = self._grpc_server(shared)
+            add_to_server(dapr.DaprServicer(self.engine, self.config), self.dapr_server, self.dapr_interceptor.wrap,
+                          service=dapr.SERVICE, name=dapr.WIRE_NAME)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.dapr_server)
+            self.dapr_port = self._listen(self.dapr_server, self.config.dapr_port, "--dapr-port (DT_DAPR_PORT)")
+        if self.config.metrics_port is not None and not shared:
+            try:
+                prometheus_client.start_http_server(self.config.metrics_port, addr=self.config.host)
+            except OSError as exc:
+                raise StartupError(f"--metrics-port (DT_METRICS_PORT): cannot listen on "
+                                   f"{self.config.host}:{self.config.metrics_port}: {exc.strerror}") from None
+        if self.config.dashboard_port is not None:
+            from .api.dashboard import Dashboard  # aiohttp is imported only by a replica that serves it
+            from .api.dashboard.calls import Calls
+            self.dashboard = Dashboard(Calls(self.servicer, self.interceptor), self.engine, self.config,
+                                       self.certificates)
+            try:
+                await self.dashboard.start()
+            except OSError as exc:
+                raise StartupError(f"--dashboard-port (DT_DASHBOARD_PORT): cannot listen on "
+                                   f"{self.config.host}:{self.config.dashboard_port}: {exc.strerror}") from None
+        await self.server.start()
+        if self.dapr_server is not None:
+            await self.dapr_server.start()
+        return await self._start_background()
+
+    def _grpc_server(self, shared: bool) -> grpc.aio.Server:
+        return grpc.aio.server(options=[
             ("grpc.so_reuseport", 1 if shared else 0),
             ("grpc.max_receive_message_length", self.config.max_message_bytes),
             ("grpc.max_send_message_length", self.config.max_message_bytes),
@@ -154,38 +202,17 @@ class App:
             # never applied (its threshold was unlimited), so turning it off changes nothing else.
             ("grpc.http.overload_protection", 0),
         ])
-        self.servicer = Servicer(self.engine, self.config)
-        add_to_server(self.servicer, self.server, self.interceptor.wrap)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), self.server)
-        address = f"{self.config.host}:{self.config.port}"
-        certificates = None
-        if self.config.tls_cert_file:
-            certificates = ServerCertificates(self.config.tls_cert_file, self.config.tls_key_file,
-                                              self.config.tls_client_ca_file)
+
+    def _listen(self, server: grpc.aio.Server, port: int, flag: str) -> int:
+        address = f"{self.config.host}:{port}"
         try:
-            if certificates is not None:
-                self.port = self.server.add_secure_port(address, certificates.credentials())
-            else:
-                self.port = self.server.add_insecure_port(address)
+            if self.certificates is not None:
+                return server.add_secure_port(address, self.certificates.credentials())
+            return server.add_insecure_port(address)
         except RuntimeError as exc:
-            raise StartupError(f"--port (DT_PORT): cannot listen on {address}: {exc}") from None
-        if self.config.metrics_port is not None and not shared:
-            try:
-                prometheus_client.start_http_server(self.config.metrics_port, addr=self.config.host)
-            except OSError as exc:
-                raise StartupError(f"--metrics-port (DT_METRICS_PORT): cannot listen on "
-                                   f"{self.config.host}:{self.config.metrics_port}: {exc.strerror}") from None
-        if self.config.dashboard_port is not None:
-            from .api.dashboard import Dashboard  # aiohttp is imported only by a replica that serves it
-            from .api.dashboard.calls import Calls
-            self.dashboard = Dashboard(Calls(self.servicer, self.interceptor), self.engine, self.config, certificates)
-            try:
-                await self.dashboard.start()
-            except OSError as exc:
-                raise StartupError(f"--dashboard-port (DT_DASHBOARD_PORT): cannot listen on "
-                                   f"{self.config.host}:{self.config.dashboard_port}: {exc.strerror}") from None
-        await self.server.start()
+            raise StartupError(f"{flag}: cannot listen on {address}: {exc}") from None
+
+    async def _start_background(self) -> int:
         self.engine.wakeups.start()
         await self.engine.hubs.refresh()
         jobs = [(self.engine.hubs.refresh, HUB_REFRESH_SECONDS), (self._check_health, HEALTH_CHECK_SECONDS),
@@ -196,7 +223,7 @@ class App:
             jobs.append((self.sample_depths, DEPTH_SAMPLE_SECONDS))
         if self.tokens is not None:
             jobs.append((self.watch_tokens, TOKENS_FILE_CHECK_SECONDS))
-        if self.dashboard is not None and certificates is not None:
+        if self.dashboard is not None and self.certificates is not None:
             jobs.append((self.watch_dashboard_certificates, CERTIFICATE_CHECK_SECONDS))
         for job, seconds in jobs:
             self.add_housekeeping(job, seconds)
@@ -217,8 +244,7 @@ class App:
         await self.health.enter_graceful_shutdown()
         if self.dashboard is not None:
             await self.dashboard.stop()
-        if self.server is not None:
-            await self.server.stop(1.0)
+        await asyncio.gather(*(server.stop(1.0) for server in (self.server, self.dapr_server) if server is not None))
         if self.housekeeping.running:
             self.housekeeping.pause()  # shutdown() would cancel a running job mid-step: let it finish
             if self._running_jobs:

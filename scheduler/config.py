@@ -53,6 +53,7 @@ class Config:
     promote_batch: int = 1000  # entries moved per promote call (bounded scripts)
     metrics_port: int | None = None
     dashboard_port: int | None = None  # serve the web dashboard (HTTP, or HTTPS with the TLS flags) on this port
+    dapr_port: int | None = None  # also serve Dapr's fork of the contract on this port (Dapr's SDKs)
     lease_seconds: float = 30.0  # a claimed work item returns to the queue if not renewed for this long
     health_ping_seconds: float = 15.0  # well inside the SDKs' silent-stream timeout (120 s in Python)
     max_history_events: int = 10000  # an orchestration whose history would grow past this fails
@@ -93,10 +94,13 @@ class Config:
             raise ValueError(f"{_flag('key_prefix')}: key prefix {self.key_prefix!r} must match {NAME_RE.pattern}")
         if not 1 <= self.partitions <= 1024:
             raise ValueError(f"{_flag('partitions')} must be between 1 and 1024, got {self.partitions}")
-        for name in ("port", "metrics_port", "dashboard_port"):
+        for name in ("port", "metrics_port", "dashboard_port", "dapr_port"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 65535:
                 raise ValueError(f"{_flag(name)} must be between 0 and 65535, got {value}")
+        if self.dapr_port == 0 and self.processes > 1:
+            raise ValueError(f"{_flag('dapr_port')} 0 picks a port per process: with {_flag('processes')} over 1, "
+                             "name the port")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"{_flag('log_level')} {self.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
         if not 0.1 <= self.lease_seconds <= 3600:
@@ -211,6 +215,8 @@ _OPTIONS = [
     ("--metrics-port", "DT_METRICS_PORT", int, "serve Prometheus metrics on this port"),
     ("--dashboard-port", "DT_DASHBOARD_PORT", int,
      "serve the web dashboard on this port (same host, TLS and tokens as the gRPC port)"),
+    ("--dapr-port", "DT_DAPR_PORT", int,
+     "also serve Dapr Workflow's SDKs (Dapr's fork of the contract) on this port (0 picks a free one)"),
     ("--lease-seconds", "DT_LEASE_SECONDS", float, "lease of a work item handed to a worker"),
     ("--health-ping-seconds", "DT_HEALTH_PING_SECONDS", float, "HealthPing interval on idle work streams"),
     ("--max-history-events", "DT_MAX_HISTORY_EVENTS", int, "history events an orchestration may have"),

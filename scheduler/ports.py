@@ -15,13 +15,14 @@ def _family(host: str) -> socket.AddressFamily:
 
 def taken(config: Config) -> str | None:
     """One line naming the flag of the first port that cannot be bound (``--port``, then
-    ``--metrics-port``, then ``--dashboard-port``), or None when all are free.
+    ``--dapr-port``, ``--metrics-port``, then ``--dashboard-port``), or None when all are free.
 
     The probe binds as grpc and the metrics endpoint do, with SO_REUSEADDR: a connection that closed
     on the port and waits out its TIME_WAIT (up to 60 s) leaves it free, while a live listener still
     holds it. The probe does not set SO_REUSEPORT, so a port that other processes listen on together
     (``--processes``) counts as taken too."""
-    for flag, port in (("--port (DT_PORT)", config.port), ("--metrics-port (DT_METRICS_PORT)", config.metrics_port),
+    for flag, port in (("--port (DT_PORT)", config.port), ("--dapr-port (DT_DAPR_PORT)", config.dapr_port),
+                       ("--metrics-port (DT_METRICS_PORT)", config.metrics_port),
                        ("--dashboard-port (DT_DASHBOARD_PORT)", config.dashboard_port)):
         if not port:
             continue

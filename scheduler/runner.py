@@ -84,13 +84,16 @@ async def serve(cfg: config_mod.Config, supervisor: Connection | None = None) ->
         auth += f" and JWTs (audience {cfg.auth_jwt_audience!r}, issuer {cfg.auth_jwt_issuer!r})"
     log.info("serving TaskHubSidecarService on %s:%d (%s, %s; task hub %r, %s)", cfg.host, port, security, auth,
              cfg.task_hub, store)
+    if app.dapr_port is not None:
+        log.info("serving Dapr Workflow's TaskHubSidecarService on %s:%d", cfg.host, app.dapr_port)
     if not cfg.authenticates and cfg.allow_unauthenticated:
         log.warning("--allow-unauthenticated: anyone who can reach %s:%d can start, terminate, purge and delete "
                     "everything", cfg.host, port)
     if supervisor is not None:
         _tell(supervisor, ("ready", port))
     else:  # a line for scripts and tests that start us with --port 0
-        print(f"READY {cfg.host}:{port}", flush=True)
+        dapr_line = "" if app.dapr_port is None else f" dapr {cfg.host}:{app.dapr_port}"
+        print(f"READY {cfg.host}:{port}{dapr_line}", flush=True)
     await stop.wait()
     draining = True
     log.info("shutting down: draining for up to %g s", cfg.shutdown_grace_seconds)

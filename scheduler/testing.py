@@ -117,6 +117,7 @@ class ServerProcess:
 
     proc: subprocess.Popen
     address: str  # host:port
+    dapr_address: str | None = None  # host:port of --dapr-port, when served
 
     @property
     def pid(self) -> int:
@@ -173,6 +174,7 @@ def start_server(redis_url: str | None, *extra_args: str, env: dict[str, str] | 
         if not line:
             raise RuntimeError(f"server exited before it was ready (code {proc.wait()})")
         if line.startswith("READY "):
-            return ServerProcess(proc, line.split()[1])
+            words = line.split()  # READY host:port [dapr host:port]
+            return ServerProcess(proc, words[1], words[3] if len(words) > 3 and words[2] == "dapr" else None)
     proc.kill()
     raise RuntimeError(f"server not ready within {startup_timeout}s")

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 DESTRUCTIVE = frozenset({"DeleteTaskHub", "CreateTaskHub", "PurgeInstances", "TerminateInstance",
                          "CleanEntityStorage", "RestartInstance", "RewindInstance",
-                         "SkipGracefulOrchestrationTerminations"})
+                         "SkipGracefulOrchestrationTerminations", "RerunWorkflowFromEvent"})
 TASK_HUB_METADATA_KEY = "taskhub"
 
 REQUESTS = prometheus_client.Counter("dt_rpc_requests_total", "Calls by method and status code", ["method", "code"])
@@ -68,6 +68,8 @@ def _subject(method: str, request) -> str:
         return f"removeEmptyEntities={request.removeEmptyEntities} releaseOrphanedLocks={request.releaseOrphanedLocks}"
     if method == "DeleteTaskHub":
         return "the task hub"
+    if method == "RerunWorkflowFromEvent":
+        return f"instance {request.sourceInstanceID!r} from event {request.eventID}"
     return f"instance {request.instanceId!r}"
 
 
@@ -84,9 +86,12 @@ def _result(method: str, reply) -> str:
 
 class CallInterceptor:
     def __init__(self, authenticator: Authenticator, default_hub: str, count: bool = True,
-                 log_context: bool = True) -> None:
+                 log_context: bool = True, token_hub_name: Callable[[str], str] | None = None) -> None:
         """``count``: keep the per-call metrics (only worth it when they are served). ``log_context``:
-        name each call's task hub and instance for the logs (only JSON logs show them)."""
+        name each call's task hub and instance for the logs (only JSON logs show them).
+        ``token_hub_name``: the hub name tokens know, of the hub a completion token names (the Dapr
+        port's hubs are twins of those named in the tokens file)."""
+        self.token_hub_name = token_hub_name
         self.authenticator = authenticator
         self.default_hub = default_hub
         self.count = count
@@ -95,7 +100,15 @@ class CallInterceptor:
     def _hub_of(self, method: str) -> Callable[[object, tuple], str | None]:
         """How a call of ``method`` names its task hub: (request, metadata) -> hub."""
         if method in TOKEN_HUB_CALLS:
-            return lambda request, metadata: token_hub(request)
+            rename = self.token_hub_name
+            if rename is None:
+                return lambda request, metadata: token_hub(request)
+
+            def from_token(request, metadata) -> str | None:
+                hub = token_hub(request)
+                return None if hub is None else rename(hub)
+
+            return from_token
         default = self.default_hub
 
         def from_metadata(request, metadata) -> str:

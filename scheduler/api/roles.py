@@ -4,9 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 READ = frozenset({"Hello", "GetInstance", "WaitForInstanceStart", "WaitForInstanceCompletion", "QueryInstances",
-                  "ListInstanceIds", "StreamInstanceHistory", "GetEntity", "QueryEntities"})
+                  "ListInstanceIds", "StreamInstanceHistory", "GetEntity", "QueryEntities",
+                  "ListInstanceIDs", "GetInstanceHistory"})  # (the last two: the Dapr port's)
 CLIENT = READ | {"StartInstance", "RaiseEvent", "TerminateInstance", "SuspendInstance", "ResumeInstance",
-                 "RestartInstance", "RewindInstance", "SignalEntity", "SkipGracefulOrchestrationTerminations"}
+                 "RestartInstance", "RewindInstance", "SignalEntity", "SkipGracefulOrchestrationTerminations",
+                 "RerunWorkflowFromEvent"}
 WORK = frozenset({"Hello", "GetWorkItems", "CompleteActivityTask", "CompleteOrchestratorTask", "CompleteEntityTask",
                   "AbandonTaskActivityWorkItem", "AbandonTaskOrchestratorWorkItem", "AbandonTaskEntityWorkItem",
                   "StreamInstanceHistory"})

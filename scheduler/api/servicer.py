@@ -136,13 +136,14 @@ def _has_ended(h: dict[str, bytes]) -> bool:
     return h["status"].decode() in TERMINAL
 
 
-def add_to_server(servicer: Servicer, server: grpc.aio.Server, wrap=None) -> None:
+def add_to_server(servicer, server: grpc.aio.Server, wrap=None, service=SERVICE, name: str | None = None) -> None:
     """Register the servicer as the generated code would (but see below), with request parsing that never
     fails: a request whose bytes do not parse reaches its handler as None, which answers INVALID_ARGUMENT
     (the generated deserializers make grpc answer UNKNOWN and log a traceback per call).
-    ``wrap(method name, handler)``: what every call goes through (see api/interceptors.py)."""
+    ``wrap(method name, handler)``: what every call goes through (see api/interceptors.py). ``service``: the
+    service descriptor (ours, or Dapr's fork), registered under ``name`` (default: its full name)."""
     handlers = {}
-    for method in SERVICE.methods:
+    for method in service.methods:
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
         make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
@@ -153,7 +154,7 @@ def add_to_server(servicer: Servicer, server: grpc.aio.Server, wrap=None) -> Non
                                      response_serializer=response_class.SerializeToString)
     # Generic handlers only: the generated code also registers the methods with
     # add_registered_method_handlers, which costs the grpc.aio server 4-8% more CPU per call (measured).
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name or service.full_name, handlers),))
 
 
 def _parser(message_class):

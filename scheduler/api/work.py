@@ -13,8 +13,13 @@ from ..store.keys import HubKeys
 from .status import rpc
 
 
+DAPR_SUFFIX = "~dapr"  # the task hubs of the Dapr port (api/dapr/servicer.py)
+
+
 class WorkRPCs:
     """Uses the Servicer's ``engine`` and ``_hub``."""
+
+    flavour_suffix = ""  # the Dapr port's servicer acts in hubs named with DAPR_SUFFIX
 
     @rpc
     async def GetWorkItems(self, request: pb.GetWorkItemsRequest, context):
@@ -35,6 +40,8 @@ class WorkRPCs:
         if instance_id and instance_id != claim.instance_id:
             raise errors.InvalidRequest(
                 f"instanceId '{instance_id}' does not match the completion token (issued for '{claim.instance_id}')")
+        if claim.hub.endswith(DAPR_SUFFIX) != bool(self.flavour_suffix):  # issued on the other port
+            raise errors.LeaseLost(claim.instance_id)
         hub = await self.engine.hubs.existing(claim.hub)
         if hub is None:
             raise errors.LeaseLost(claim.instance_id)

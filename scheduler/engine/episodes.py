@@ -75,7 +75,9 @@ def interpret(response: pb.OrchestratorResponse, instance_id: str, execution_id:
             episode.outbox.append(message)
         elif kind == "createTimer":
             fire_at = action.createTimer.fireAt
-            episode.events.append(history_event(action.id, timerCreated=pb.TimerCreatedEvent(fireAt=fire_at)))
+            # the event keeps all its action carried, fields this contract does not know too (Dapr's name)
+            created = pb.TimerCreatedEvent.FromString(action.createTimer.SerializeToString())
+            episode.events.append(history_event(action.id, timerCreated=created))
             episode.timers.append(timer(fire_at, action.id))
         elif kind == "rewindOrchestration":
             return Episode(rewind=action.rewindOrchestration)

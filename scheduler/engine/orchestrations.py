@@ -203,21 +203,24 @@ class Orchestrations:
     # -- worker results --------------------------------------------------------------------
 
     async def complete_episode(self, hub: HubKeys, instance_id: str, token: str,
-                               response: pb.OrchestratorResponse) -> None:
+                               response: pb.OrchestratorResponse, extra_events: list[bytes] = ()) -> None:
         """Apply a worker's episode result under its claim (LeaseLost, with nothing changed, when
         ``token`` is not the current claim). An episode that would pass a limit of the instance (its
         history, its next work item, its state) fails the orchestration instead, with a failure
-        that says which limit: nothing of the episode was written."""
+        that says which limit: nothing of the episode was written. ``extra_events``: serialized
+        history events the api layer adds before those of the actions (the Dapr port's version
+        records and stalls), kept as they are; not with continue-as-new or a rewind."""
         with self.dispatcher.reported(hub, ORCHESTRATION, instance_id, token):
-            await self._complete_episode(hub, instance_id, token, response)
+            await self._complete_episode(hub, instance_id, token, response, extra_events)
 
     async def _complete_episode(self, hub: HubKeys, instance_id: str, token: str,
-                                response: pb.OrchestratorResponse) -> None:
+                                response: pb.OrchestratorResponse, extra_events: list[bytes] = ()) -> None:
         h = self.dispatcher.claimed_fields(token)  # claimed through this replica: no read needed
         if h is None:
             h = await self._claimed_instance(hub, instance_id)
         custom = response.customStatus.value if response.HasField("customStatus") else None
         episode = interpret(response, instance_id, h.get("execution_id", b"").decode(), h["name"].decode())
+        episode.events[:0] = extra_events
         try:
             if episode.continue_as_new is not None:
                 if "start_event" not in h:  # the claim's fields do not hold it

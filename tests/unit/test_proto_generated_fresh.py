@@ -10,10 +10,12 @@ import pytest
 from scheduler._proto import regen
 
 
+@pytest.mark.parametrize("contract", regen.CONTRACTS, ids=lambda c: str(c[1]) if isinstance(c, tuple) else c)
 @pytest.mark.parametrize("name", regen.GENERATED)
-def test_generated_file_is_fresh(name: str, tmp_path) -> None:
-    fresh = regen.generate(tmp_path)[name].read_text()
-    committed_path = regen.PKG_DIR / name
+def test_generated_file_is_fresh(name: str, contract, tmp_path) -> None:
+    proto_dir, virtual_dir = contract
+    fresh = regen.generate(tmp_path, proto_dir, virtual_dir)[name].read_text()
+    committed_path = regen.REPO_ROOT / virtual_dir / name
     assert committed_path.exists(), (
         f"{committed_path} is missing; regenerate with: python -m scheduler._proto.regen"
     )
@@ -31,7 +33,7 @@ def test_generated_file_is_fresh(name: str, tmp_path) -> None:
             )[:60]
         )
         pytest.fail(
-            f"scheduler/_proto/{name} is stale relative to protos/orchestrator_service.proto.\n"
+            f"{virtual_dir}/{name} is stale relative to its .proto under {proto_dir}.\n"
             f"Regenerate with: python -m scheduler._proto.regen "
             f"(using the pinned grpcio-tools; installed: {metadata.version('grpcio-tools')}).\n"
             f"First lines of the diff:\n{diff}"

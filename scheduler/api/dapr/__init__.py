@@ -1,0 +1,1 @@
+"""Dapr Workflow's SDKs on their own port (see servicer.py)."""
