@@ -1,5 +1,5 @@
 """Run the benchmarks and print a summary table:
-``python -m benchmarks [--quick] [--only rpc,promotion,memory,e2e,timers,idle,scale,entities,chaos]``.
+``python -m benchmarks [--quick] [--only rpc,promotion,memory,e2e,timers,idle,scale,pending,entities,chaos]``.
 
 Results also go to ``benchmarks/results/latest.json`` (git-ignored).
 """
@@ -15,7 +15,7 @@ import time
 
 from .common import PartResult, log, summary_table
 
-PARTS = ("rpc", "promotion", "memory", "e2e", "timers", "idle", "scale", "entities", "chaos")
+PARTS = ("rpc", "promotion", "memory", "e2e", "timers", "idle", "scale", "pending", "entities", "chaos")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latest.json")
 
 
@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="rounds, each one window per side and RPC (rpc, scale: 5; quick 1)")
     parser.add_argument("--scale-count", type=int, default=None,
                         help="instances in the scale run (100000; quick 10000)")
+    parser.add_argument("--pending-count", type=int, default=None,
+                        help="delayed starts in the pending part (1000000; quick 20000)")
+    parser.add_argument("--pending-on", default="cluster,standalone",
+                        help="Redis topologies of the pending part (cluster: three masters; standalone)")
     parser.add_argument("--output", default=RESULTS, help=f"JSON results file (default {RESULTS})")
     args = parser.parse_args(argv)
     chosen = [p.strip() for p in args.only.split(",") if p.strip()]
@@ -72,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "scale":
             from . import scale
             results.append(scale.run(quick=args.quick, duration=args.rpc_duration, rounds=args.rpc_rounds))
+        elif part == "pending":
+            from . import pending
+            results.append(pending.run(quick=args.quick, count=args.pending_count,
+                                       topologies=tuple(t.strip() for t in args.pending_on.split(",") if t.strip())))
         elif part == "entities":
             from . import entities
             results.append(entities.run(quick=args.quick))
