@@ -1,5 +1,5 @@
 """Run the benchmarks and print a summary table:
-``python -m benchmarks [--quick] [--only rpc,promotion,memory,e2e,timers,idle,scale,pending,entities,chaos]``.
+``python -m benchmarks [--quick] [--only rpc,promotion,memory,e2e,timers,idle,scale,fleet,pending,entities,chaos]``.
 
 Results also go to ``benchmarks/results/latest.json`` (git-ignored).
 """
@@ -15,7 +15,7 @@ import time
 
 from .common import PartResult, log, summary_table
 
-PARTS = ("rpc", "promotion", "memory", "e2e", "timers", "idle", "scale", "pending", "entities", "chaos")
+PARTS = ("rpc", "promotion", "memory", "e2e", "timers", "idle", "scale", "fleet", "pending", "entities", "chaos")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latest.json")
 
 
@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "scale":
             from . import scale
             results.append(scale.run(quick=args.quick, duration=args.rpc_duration, rounds=args.rpc_rounds))
+        elif part == "fleet":
+            from . import fleet
+            results.append(fleet.run(quick=args.quick))
         elif part == "pending":
             from . import pending
             results.append(pending.run(quick=args.quick, count=args.pending_count,

@@ -83,6 +83,12 @@ SCRIPT_COMMANDS = ("evalsha", "eval", "evalsha_ro", "eval_ro", "fcall")
 UNCOUNTED_COMMANDS = ("info", "ping")  # the benchmark's own readings
 
 
+def calls_by_command(commandstats: dict) -> dict[str, int]:
+    """Calls so far by command name from an ``INFO commandstats`` reply (the benchmark's own left out)."""
+    return {name.removeprefix("cmdstat_"): int(stat["calls"]) for name, stat in commandstats.items()
+            if name.removeprefix("cmdstat_") not in UNCOUNTED_COMMANDS}
+
+
 def command_counts(commandstats: dict) -> tuple[int, int]:
     """(commands, of which scripts) so far from an ``INFO commandstats`` reply, the benchmark's own
     INFO and PING left out: divided by the operations of a window, Redis calls per operation."""

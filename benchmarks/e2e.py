@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from scheduler import testing
 
 from . import ref_backend
-from .common import PartResult, Row, command_counts, log, machine_cpu_seconds, median, percentile, proc_cpu_seconds
+from .common import PartResult, Row, calls_by_command, command_counts, log, machine_cpu_seconds, median, percentile, proc_cpu_seconds
 
 # issue 11's targets, ours/reference
 TARGET_THROUGHPUT = 1.0  # burst orchestrations/s, at least
@@ -79,18 +79,21 @@ class _Cpu:
             self.redis = redis.Redis.from_url(redis_url)
 
     def snapshot(self) -> dict:
-        redis_cpu, commands, scripts = 0.0, 0, 0
+        redis_cpu, commands, scripts, by_command = 0.0, 0, 0, {}
         if self.redis is not None:
             info = self.redis.info("cpu")
             redis_cpu = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-            commands, scripts = command_counts(self.redis.info("commandstats"))
+            stats = self.redis.info("commandstats")
+            commands, scripts = command_counts(stats)
+            by_command = calls_by_command(stats)
         return {"server": proc_cpu_seconds(self.server_pid), "redis": redis_cpu,
-                "redis_commands": commands, "redis_scripts": scripts,
+                "redis_commands": commands, "redis_scripts": scripts, "redis_by_command": by_command,
                 "worker": proc_cpu_seconds(self.worker_pid), "machine": machine_cpu_seconds()[0]}
 
     @staticmethod
     def delta(a: dict, b: dict) -> dict:
-        return {k: b[k] - a[k] for k in a}
+        return {k: {c: n - a[k].get(c, 0) for c, n in b[k].items() if n != a[k].get(c, 0)}
+                if isinstance(a[k], dict) else b[k] - a[k] for k in a}
 
 
 def phase(address: str, cpu: _Cpu, *args) -> dict:
