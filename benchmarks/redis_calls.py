@@ -160,13 +160,15 @@ def _run_starts(count: int):
     return phase
 
 
-def run(count: int) -> list[dict]:
+def run(count: int, only: tuple[str, ...] | None = None) -> list[dict]:
     plans = [("orchestration", count, _run_e2e_phase("burst", count)),
              ("StartInstance", count, _run_starts(count)),
-             ("timer", count, _run_e2e_phase("timers", count, 1.0, 5.0 + count / 200)),
+             ("timer", count, _run_e2e_phase("timers", count, 1.0, 10.0 + count / 50)),
              ("entity signal", count, _run_signals(count, max(count // 100, 1)))]
     results = []
     for name, n, phase in plans:
+        if only and name not in only:
+            continue
         log(f"redis_calls: {name} x {n}")
         results.append(_measure(name, n, phase))
     return results
@@ -188,9 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.redis_calls", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1000, help="operations of each kind (default 1000)")
+    parser.add_argument("--only", help="comma-separated: orchestration, StartInstance, timer, entity signal")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
-    results = run(args.count)
+    results = run(args.count, tuple(s.strip() for s in args.only.split(",")) if args.only else None)
     print(table(results))
     for d in results:
         print(f"{d['operation']}: sent {d['sent_by_command']}; in scripts {d['in_scripts_by_command']}")

@@ -9,15 +9,18 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.mark.timeout(600)  # two Redis topologies, each with a replica started twice and a creation lead time
 def test_pending_part_promotes_each_once_never_early(tmp_path) -> None:
     out = tmp_path / "pending.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--only", "pending", "--pending-count", "1000",
-         "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=280)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+         "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=560)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     details = json.loads(out.read_text())["parts"]["pending"]["details"]
     for topology in ("cluster", "standalone"):
         d = details[topology]
