@@ -102,37 +102,32 @@ def _measure(name: str, count: int, phase) -> dict:
             "seconds": plain.get("seconds")}
 
 
+def _timed_phase(cpu, run) -> dict:
+    """``run()`` (a phase that snapshots ``cpu`` at the start and the end of its window), with the Redis
+    times of those two snapshots in its ``cpu_seconds`` (``start_time``, ``end_time``)."""
+    times = []
+    original = cpu.snapshot
+
+    def snapshot() -> dict:
+        times.append(_redis_time(cpu.redis))
+        return original()
+    cpu.snapshot = snapshot
+    out = run()
+    out["cpu_seconds"]["start_time"], out["cpu_seconds"]["end_time"] = times[-2], times[-1]
+    return out
+
+
 def _run_e2e_phase(mode: str, *args):
     def phase(server, url, tag):
         with e2e.worker_side("ours", server.address, server.pid, url) as side:
-            cpu = side["cpu"]
-            times = []
-            original = cpu.snapshot
-
-            def snapshot() -> dict:
-                times.append(_redis_time(cpu.redis))
-                return original()
-            cpu.snapshot = snapshot
-            out = e2e.phase(server.address, cpu, mode, *args, tag)
-            out["cpu_seconds"]["start_time"], out["cpu_seconds"]["end_time"] = times[-2], times[-1]
-            return out
+            return _timed_phase(side["cpu"], lambda: e2e.phase(server.address, side["cpu"], mode, *args, tag))
     return phase
 
 
 def _run_signals(count: int, entity_count: int):
     def phase(server, url, tag):
         with entities._worker_side("ours", server.address, server.pid, url) as side:
-            cpu = side["cpu"]
-            times = []
-            original = cpu.snapshot
-
-            def snapshot() -> dict:
-                times.append(_redis_time(cpu.redis))
-                return original()
-            cpu.snapshot = snapshot
-            out = entities._phase(side, "signals", count, entity_count, tag)
-            out["cpu_seconds"]["start_time"], out["cpu_seconds"]["end_time"] = times[-2], times[-1]
-            return out
+            return _timed_phase(side["cpu"], lambda: entities._phase(side, "signals", count, entity_count, tag))
     return phase
 
 
