@@ -4,7 +4,7 @@ On a three-master Redis Cluster that the part starts (``testing.redis_cluster``)
 redis-server, one at a time:
 
 1. a replica (``dt-scheduler serve``) starts against the hub while it is empty: the time to READY and to
-   its first answered ``GetInstance``, and the Redis commands it issues in its first seconds (the baseline);
+   its first answered ``GetInstance``, and the Redis commands it issues until then (at least 3 s; the baseline);
 2. COUNT instances (1,000,000; quick 20,000) with a 100-byte input are created through
    ``Store.create_instance`` (the StartInstance path) by two creator processes, due uniformly over
    COUNT / RATE seconds (RATE 10,000/s) starting after a lead time calibrated from a first run of 5,000
@@ -41,7 +41,7 @@ from .common import (PartResult, Row, connect_redis, log, redis_client, redis_ti
 HUB = "pending"
 RATE = 10_000  # promotions per second while they come due
 TARGET_BYTES = 1024
-STARTUP_WATCH_SECONDS = 3.0  # the new replica's Redis commands are counted over its first seconds
+STARTUP_WATCH_SECONDS = 3.0  # the new replica's Redis commands are counted until it answered, at least this long
 WARM = 200  # instances due an hour later, so that every partition's keys exist before memory is measured
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -114,7 +114,8 @@ def _first_answer(address: str, instance_id: str, timeout: float = 60.0) -> floa
 
 async def _startup(url: str, cluster: bool, masters: list, instance_id: str) -> dict:
     """A new replica starts: seconds to READY and to its first GetInstance answer, and the Redis commands
-    and redis-server CPU of its first STARTUP_WATCH_SECONDS (nothing else uses Redis meanwhile)."""
+    and redis-server CPU from its start until it answered, at least STARTUP_WATCH_SECONDS (nothing else uses
+    Redis meanwhile)."""
     c0, cpu0 = await _commands(masters), await _sum_info(masters, "cpu", ("used_cpu_sys", "used_cpu_user"))
     t0 = time.monotonic()
     server = await asyncio.to_thread(lambda: testing.start_server(url, *(["--redis-cluster"] if cluster else []),
@@ -124,12 +125,13 @@ async def _startup(url: str, cluster: bool, masters: list, instance_id: str) -> 
         answer = ready + await asyncio.to_thread(_first_answer, server.address, instance_id)
         await asyncio.sleep(max(STARTUP_WATCH_SECONDS - (time.monotonic() - t0), 0))
         c1, cpu1 = await _commands(masters), await _sum_info(masters, "cpu", ("used_cpu_sys", "used_cpu_user"))
+        watched = time.monotonic() - t0
     finally:
         await asyncio.to_thread(server.stop)
     commands = _delta(c0, c1)
     return {"ready_s": ready, "first_answer_s": answer, "commands": sum(commands.values()),
             "by_command": dict(sorted(commands.items(), key=lambda kv: -kv[1])),
-            "redis_cpu_ms": (cpu1 - cpu0) * 1000}
+            "redis_cpu_ms": (cpu1 - cpu0) * 1000, "watched_s": watched}
 
 
 async def _topology(url: str, cluster: bool, count: int, calibration: int, spare_ms: int) -> dict:
@@ -149,7 +151,7 @@ async def _topology(url: str, cluster: bool, count: int, calibration: int, spare
         window_ms = count * 1000 // RATE
         empty = await _startup(url, cluster, masters, "nobody")
         log(f"  a new replica on an empty hub: READY in {empty['ready_s']:.2f}s, first answer "
-            f"{empty['first_answer_s']:.2f}s, {empty['commands']} Redis commands in {STARTUP_WATCH_SECONDS:.0f}s")
+            f"{empty['first_answer_s']:.2f}s, {empty['commands']} Redis commands in {empty['watched_s']:.1f}s")
         # the lead covers the creation (twice its calibrated time) and, after it, a new replica's start (twice
         # what it took on the empty hub): that replica serves the hub too, and must be gone before the first is due
         lead_ms = int(2 * count / rate * 1000 + 2000 * (empty["first_answer_s"] + STARTUP_WATCH_SECONDS) + spare_ms)
@@ -163,7 +165,7 @@ async def _topology(url: str, cluster: bool, count: int, calibration: int, spare
             f"{(used1 - used0) / made['created']:.0f} B each")
         loaded = await _startup(url, cluster, masters, "p0-0")
         log(f"  a new replica with {count:,} pending: READY in {loaded['ready_s']:.2f}s, first answer "
-            f"{loaded['first_answer_s']:.2f}s, {loaded['commands']} Redis commands in {STARTUP_WATCH_SECONDS:.0f}s")
+            f"{loaded['first_answer_s']:.2f}s, {loaded['commands']} Redis commands in {loaded['watched_s']:.1f}s")
 
         async with promotion.Replicas(url, HUB, 2, lags, cluster=cluster):
             margin = first_due - await redis_time_ms(masters[0])
@@ -246,10 +248,11 @@ def _rows(result: PartResult, topology: str, d: dict) -> None:
             loaded["ready_s"] / empty["ready_s"], unit="s"),
         Row("pending", f"{t}: new replica first answer (ref: empty)", loaded["first_answer_s"],
             empty["first_answer_s"], loaded["first_answer_s"] / empty["first_answer_s"], unit="s"),
-        Row("pending", f"{t}: its Redis commands, first {STARTUP_WATCH_SECONDS:.0f}s (ref: empty)",
-            loaded["commands"], empty["commands"]),
-        Row("pending", f"{t}: its redis-server CPU, first {STARTUP_WATCH_SECONDS:.0f}s (ref: empty)",
-            loaded["redis_cpu_ms"], empty["redis_cpu_ms"], unit="ms"),
+        Row("pending", f"{t}: its Redis commands until it answered (ref: empty)", loaded["commands"],
+            empty["commands"]),
+        Row("pending", f"{t}: its redis-server CPU meanwhile (ref: empty)",
+            loaded["redis_cpu_ms"], empty["redis_cpu_ms"], unit="ms",
+            target=f"{loaded['watched_s']:.1f}s / {empty['watched_s']:.1f}s"),
     ]
     margin = d["creation_margin_ms"]
     result.notes.append(
@@ -258,5 +261,6 @@ def _rows(result: PartResult, topology: str, d: dict) -> None:
         + (" (LATE: measurement disturbed)" if margin < 0 else "")
         + f"; {d['masters']} master(s); after the run ready={d['ready_after']:,} due={d['due_after']:,}; "
           f"per promoter {d['by_promoter']}")
-    result.notes.append(f"{t}: the new replica's Redis commands in its first {STARTUP_WATCH_SECONDS:.0f}s with "
+    result.notes.append(f"{t}: the new replica's Redis commands from its start until it answered (at least "
+                        f"{STARTUP_WATCH_SECONDS:.0f}s) with "
                         f"{d['created']:,} pending {loaded['by_command']}, on the empty hub {empty['by_command']}")
