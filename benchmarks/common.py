@@ -64,10 +64,43 @@ def redis_client(url: str):
     return aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 2))
 
 
+def connect_redis(url: str, cluster: bool = False):
+    """:func:`redis_client`, or on a Redis Cluster the client a replica uses (``--redis-cluster``)."""
+    if not cluster:
+        return redis_client(url)
+    from scheduler.store.connection import connect
+
+    return connect(url, cluster=True, max_connections=64)
+
+
 async def redis_cpu_seconds(redis) -> float:
     """used_cpu_sys + used_cpu_user of the redis-server (its own rusage, every thread)."""
     info = await redis.info("cpu")
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+SCRIPT_COMMANDS = ("evalsha", "eval", "evalsha_ro", "eval_ro", "fcall")
+UNCOUNTED_COMMANDS = ("info", "ping")  # the benchmark's own readings
+
+
+def calls_by_command(commandstats: dict) -> dict[str, int]:
+    """Calls so far by command name from an ``INFO commandstats`` reply (the benchmark's own left out)."""
+    return {name.removeprefix("cmdstat_"): int(stat["calls"]) for name, stat in commandstats.items()
+            if name.removeprefix("cmdstat_") not in UNCOUNTED_COMMANDS}
+
+
+def command_counts(commandstats: dict) -> tuple[int, int]:
+    """(commands, of which scripts) so far from an ``INFO commandstats`` reply, the benchmark's own
+    INFO and PING left out: divided by the operations of a window, Redis calls per operation."""
+    commands = scripts = 0
+    for name, stat in commandstats.items():
+        cmd = name.removeprefix("cmdstat_")
+        if cmd in UNCOUNTED_COMMANDS:
+            continue
+        commands += int(stat["calls"])
+        if cmd in SCRIPT_COMMANDS:
+            scripts += int(stat["calls"])
+    return commands, scripts
 
 
 async def redis_time_ms(redis) -> int:

@@ -3,7 +3,7 @@
 Importable (:func:`create`) and runnable as its own process, so that creation
 load does not share the measuring process with the promoters::
 
-    python -m benchmarks.creator REDIS_URL HUB COUNT FIRST_DUE_MS WINDOW_MS [--input-bytes N] [--seed S]
+    python -m benchmarks.creator REDIS_URL HUB COUNT FIRST_DUE_MS WINDOW_MS [--input-bytes N] [--seed S] [--cluster]
 
 Instance i (of COUNT) is due at FIRST_DUE_MS + i * WINDOW_MS / COUNT (epoch ms,
 Redis clock); they are created in a shuffled order, in concurrent chunks. The
@@ -23,8 +23,9 @@ from google.protobuf import timestamp_pb2, wrappers_pb2
 from scheduler.api import translate
 from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler.store import Store
+from scheduler.store.connection import connect_fast
 
-from .common import redis_client, redis_time_ms, run_async
+from .common import connect_redis, redis_time_ms, run_async
 
 CHUNK = 200
 
@@ -70,19 +71,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--id-prefix", default="i")
     parser.add_argument("--part", default="0/1", help="K/N: create only every N-th instance starting at K")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--cluster", action="store_true", help="the URL names a node of a Redis Cluster")
     args = parser.parse_args(argv)
     k, n = (int(x) for x in args.part.split("/"))
 
     async def go() -> dict:
-        redis = redis_client(args.redis_url)
+        redis = connect_redis(args.redis_url, args.cluster)
         try:
-            store = Store(redis)
+            # as a replica: the auto-pipelined connection on a standalone Redis, batches on a Cluster
+            store = Store(redis, fast=connect_fast(args.redis_url, args.cluster))
             await store.load_scripts()
             dues = due_times(args.count, args.first_due_ms, args.window_ms)
             mine = dues[k::n]
             return await create(store, args.hub, mine, args.input_bytes, f"{args.id_prefix}{k}-", args.seed + k)
         finally:
-            await redis.aclose()
+            await store.aclose()
 
     print(json.dumps(run_async(go)), flush=True)
     return 0

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from scheduler import testing
 
 from . import ref_backend
-from .common import PartResult, Row, log, machine_cpu_seconds, median, percentile, proc_cpu_seconds
+from .common import PartResult, Row, calls_by_command, command_counts, log, machine_cpu_seconds, median, percentile, proc_cpu_seconds
 
 # issue 11's targets, ours/reference
 TARGET_THROUGHPUT = 1.0  # burst orchestrations/s, at least
@@ -79,16 +79,21 @@ class _Cpu:
             self.redis = redis.Redis.from_url(redis_url)
 
     def snapshot(self) -> dict:
-        redis_cpu = 0.0
+        redis_cpu, commands, scripts, by_command = 0.0, 0, 0, {}
         if self.redis is not None:
             info = self.redis.info("cpu")
             redis_cpu = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+            stats = self.redis.info("commandstats")
+            commands, scripts = command_counts(stats)
+            by_command = calls_by_command(stats)
         return {"server": proc_cpu_seconds(self.server_pid), "redis": redis_cpu,
+                "redis_commands": commands, "redis_scripts": scripts, "redis_by_command": by_command,
                 "worker": proc_cpu_seconds(self.worker_pid), "machine": machine_cpu_seconds()[0]}
 
     @staticmethod
     def delta(a: dict, b: dict) -> dict:
-        return {k: b[k] - a[k] for k in a}
+        return {k: {c: n - a[k].get(c, 0) for c, n in b[k].items() if n != a[k].get(c, 0)}
+                if isinstance(a[k], dict) else b[k] - a[k] for k in a}
 
 
 def phase(address: str, cpu: _Cpu, *args) -> dict:
@@ -175,6 +180,7 @@ def _figures(side: str, r: dict, cfg: dict, notes: list[str]) -> dict:
     m = {"tput": b["completed"] / b["seconds"],
          "server": b["cpu_seconds"]["server"] * 1000 / n, "redis": b["cpu_seconds"]["redis"] * 1000 / n,
          "worker": b["cpu_seconds"]["worker"] * 1000 / n, "client": b["client_cpu_seconds"] * 1000 / n,
+         "commands": b["cpu_seconds"]["redis_commands"] / n, "scripts": b["cpu_seconds"]["redis_scripts"] / n,
          "p50": percentile(lat, 50), "p99": percentile(lat, 99), "max": max(lat) if lat else None,
          "steady_server": (st["cpu_seconds"]["server"] + st["cpu_seconds"]["redis"]) * 1000 / max(st["completed"], 1),
          "steady_worker": st["cpu_seconds"]["worker"] * 1000 / max(st["completed"], 1),
@@ -214,6 +220,8 @@ def _summarise(result: PartResult, runs: list[dict], cfg: dict) -> None:
             f"<= {TARGET_CPU}x", c_ratio is not None and c_ratio <= TARGET_CPU, "ms"),
         Row("e2e", "  of which scheduler proc", med("ours", "server"), None, median_ratio("server"), unit="ms"),
         Row("e2e", "  of which redis-server", med("ours", "redis"), None, median_ratio("redis", "server"), unit="ms"),
+        Row("e2e", "  Redis commands/orchestration", med("ours", "commands")),
+        Row("e2e", "    of which scripts", med("ours", "scripts")),
         Row("e2e", "  SDK worker proc CPU/orchestration", med("ours", "worker"), med("reference", "worker"),
             w_ratio, f"<= {TARGET_WORKER_CPU}x", w_ratio is not None and w_ratio <= TARGET_WORKER_CPU, "ms"),
         Row("e2e", "  SDK client proc CPU/orchestration", med("ours", "client"), med("reference", "client"),

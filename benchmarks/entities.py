@@ -170,6 +170,7 @@ def _signals(d: dict) -> dict:
             "drain": d["seconds"] - d["signal_seconds"], "server": cpu["server"] * 1000 / n,
             "redis": cpu["redis"] * 1000 / n, "total": (cpu["server"] + cpu["redis"]) * 1000 / n,
             "worker": cpu["worker"] * 1000 / n, "client": d["client_cpu_seconds"] * 1000 / n,
+            "commands": cpu["redis_commands"] / n, "scripts": cpu["redis_scripts"] / n,
             "batch_ops": ops / len(batches) if batches else None, "batches": len(batches),
             "reads": d["reads"], "other_load": _other_load(d, d["seconds"])}
 
@@ -283,6 +284,8 @@ def _summarise(result: PartResult, per_round: list[dict], cfg: dict) -> None:
         Row("entities", "  of which redis-server", med("ours", "signals", "redis"), None,
             median([x for f in per_round if (x := e2e.ratio(f["ours"]["signals"]["redis"],
                                                              f["reference"]["signals"]["total"]))]), unit="ms"),
+        Row("entities", "  Redis commands/operation", med("ours", "signals", "commands")),
+        Row("entities", "    of which scripts", med("ours", "signals", "scripts")),
         row("signals", "  SDK worker proc CPU/operation", "worker", "ms"),
         row("signals", "  SDK client proc CPU/operation", "client", "ms"),
         row("signals", "  operations per entity batch", "batch_ops"),

@@ -30,7 +30,7 @@ from scheduler.engine.wakeups import Wakeups
 from scheduler.store import Promotion, Store
 
 from . import creator
-from .common import (PartResult, Row, log, percentile, redis_client, redis_cpu_seconds, redis_time_ms, run_async,
+from .common import (PartResult, Row, connect_redis, log, percentile, redis_client, redis_cpu_seconds, redis_time_ms, run_async,
                      self_cpu_seconds)
 
 PRECISION_P99_MS = 20
@@ -87,13 +87,13 @@ class _Route:
 class Replicas:
     """N promoter sets (Redis client, Store, Wakeups, Promoter), as N replicas would run them."""
 
-    def __init__(self, redis_url: str, hub: str, count: int, lags: Lags) -> None:
-        self.redis_url, self.hub, self.count, self.lags = redis_url, hub, count, lags
+    def __init__(self, redis_url: str, hub: str, count: int, lags: Lags, cluster: bool = False) -> None:
+        self.redis_url, self.hub, self.count, self.lags, self.cluster = redis_url, hub, count, lags, cluster
         self.parts: list[tuple] = []
 
     async def __aenter__(self) -> "Replicas":
         for n in range(self.count):
-            redis = redis_client(self.redis_url)
+            redis = connect_redis(self.redis_url, self.cluster)
             store = Store(redis)
             await store.load_scripts()
             hub = await store.ensure_hub(self.hub)

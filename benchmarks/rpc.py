@@ -30,8 +30,8 @@ from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
 
 from . import ref_backend
-from .common import (PartResult, Row, log, machine_cpu_seconds, median, proc_context_switches, proc_cpu_seconds,
-                     proc_syscalls, redis_client, redis_cpu_seconds, run_async, self_cpu_seconds)
+from .common import (PartResult, Row, command_counts, log, machine_cpu_seconds, median, proc_context_switches,
+                     proc_cpu_seconds, proc_syscalls, redis_client, redis_cpu_seconds, run_async, self_cpu_seconds)
 
 TARGET_THROUGHPUT = 1.0  # ours/reference, at least (issue 11)
 TARGET_CPU = 1.2  # ours/reference CPU per call, at most
@@ -81,9 +81,10 @@ async def _window(side: Side, call, make_request, concurrency: int, warmup: floa
     async def snapshot() -> tuple:
         redis_cpu = await redis_cpu_seconds(side.redis) if side.redis is not None else 0.0
         by_process = [proc_cpu_seconds(pid) for pid in side.pids]
+        counts = command_counts(await side.redis.info("commandstats")) if side.redis is not None else (0, 0)
         return (state["ok"], sum(by_process), redis_cpu, self_cpu_seconds(), time.perf_counter(),
                 *machine_cpu_seconds(), sum(proc_syscalls(pid) for pid in side.pids),
-                sum(proc_context_switches(pid) for pid in side.pids), by_process)
+                sum(proc_context_switches(pid) for pid in side.pids), by_process, *counts)
 
     tasks = [asyncio.create_task(worker(w)) for w in range(concurrency)]
     await asyncio.sleep(warmup)
@@ -108,6 +109,8 @@ async def _window(side: Side, call, make_request, concurrency: int, warmup: floa
         "server_syscalls_per_call": (s1[7] - s0[7]) / max(calls, 1),  # read + write calls of the server process
         "server_context_switches_per_call": (s1[8] - s0[8]) / max(calls, 1),
         "server_cores_by_process": [(b - a) / seconds for a, b in zip(s0[9], s1[9])],  # in the order of side.pids
+        "redis_commands_per_call": (s1[10] - s0[10]) / max(calls, 1),
+        "redis_scripts_per_call": (s1[11] - s0[11]) / max(calls, 1),
         "errors": state["errors"],
         "first_error": state["first_error"],
     }
@@ -240,6 +243,8 @@ def _summarise(result: PartResult, rounds_out: list[dict]) -> None:
                 c_ratio <= TARGET_CPU, "ms"),
             Row("rpc", "  of which scheduler proc", our_sched, None, s_ratio, unit="ms"),
             Row("rpc", "  of which redis-server", our_redis, None, r_ratio, unit="ms"),
+            Row("rpc", "  Redis commands/call", med("ours", rpc, "redis_commands_per_call")),
+            Row("rpc", "    of which scripts", med("ours", rpc, "redis_scripts_per_call")),
             Row("rpc", "  server proc busy (cores)", our_sched * our_tput / 1000, ref_cpu * ref_tput / 1000),
             Row("rpc", "  server r+w syscalls/call", med("ours", rpc, "server_syscalls_per_call"),
                 med("reference", rpc, "server_syscalls_per_call")),

@@ -85,7 +85,8 @@ def _round_stats(d: dict) -> dict:
     return {"lag_p50": percentile(lags, 50), "lag_p99": percentile(lags, 99), "lag_max": max(lags, default=None),
             "ep_p50": percentile(episodes, 50), "ep_p99": percentile(episodes, 99),
             "ep_max": max(episodes, default=None), "server_cpu": (cpu["server"] + cpu["redis"]) * 1000 / n,
-            "worker_cpu": cpu["worker"] * 1000 / n, "other_load": _other_load(d)}
+            "worker_cpu": cpu["worker"] * 1000 / n, "other_load": _other_load(d),
+            "commands": cpu["redis_commands"] / n, "scripts": cpu["redis_scripts"] / n}
 
 
 def _stats(rounds: list[dict]) -> dict:
@@ -123,6 +124,9 @@ def _summarise(result: PartResult, runs: dict, cfg: dict) -> None:
                          m["batch"]["reference"], lags + (
         ("ep_p50", "  episode time p50"), ("ep_p99", "  episode time p99"), ("ep_max", "  episode time max"),
         ("server_cpu", "  server CPU/timer over the window"), ("worker_cpu", "  SDK worker proc CPU/timer")))
+    ours = m["batch"]["ours"]
+    result.rows += [Row("timers", "  Redis commands/timer over the window", ours["commands"]),
+                    Row("timers", "    of which scripts", ours["scripts"])]
     result.rows += _rows(f"{short['delay'] * 1000:.0f} ms timers", rounds, m["short"]["ours"],
                          m["short"]["reference"], lags)
     result.details["summary"] = m

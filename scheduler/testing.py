@@ -75,7 +75,7 @@ def _free_cluster_port() -> int:
 
 @contextlib.contextmanager
 def redis_cluster(nodes: int = 3, startup_timeout: float = 20.0) -> Iterator[str]:
-    """A throwaway Redis Cluster of ``nodes`` primaries on free ports; yields a URL of one node."""
+    """A throwaway Redis Cluster of ``nodes`` primaries (1, or 3 and more) on free ports; yields a URL of one node."""
     executable = shutil.which("redis-server") or "/usr/bin/redis-server"
     cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
     ports: list[int] = []
@@ -96,8 +96,12 @@ def redis_cluster(nodes: int = 3, startup_timeout: float = 20.0) -> Iterator[str
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"cluster node on port {port} did not start")
                     time.sleep(0.05)
-            subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
-                            "--cluster-yes"], check=True, capture_output=True)
+            if nodes == 1:  # redis-cli --cluster create wants three masters: one node takes every slot itself
+                subprocess.run([cli, "-p", str(ports[0]), "cluster", "addslotsrange", "0", "16383"], check=True,
+                               capture_output=True)
+            else:
+                subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas",
+                                "0", "--cluster-yes"], check=True, capture_output=True)
             while "cluster_state:ok" not in subprocess.run([cli, "-p", str(ports[0]), "cluster", "info"],
                                                            capture_output=True, text=True).stdout:
                 if time.monotonic() > deadline:
