@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .logs import ready_address
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -172,7 +174,8 @@ def start_server(redis_url: str | None, *extra_args: str, env: dict[str, str] | 
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError(f"server exited before it was ready (code {proc.wait()})")
-        if line.startswith("READY "):
-            return ServerProcess(proc, line.split()[1])
+        address = ready_address(line)  # "READY host:port", or its JSON object with --log-format json
+        if address is not None:
+            return ServerProcess(proc, address)
     proc.kill()
     raise RuntimeError(f"server not ready within {startup_timeout}s")

@@ -22,6 +22,8 @@ from urllib.parse import urlparse, urlunparse
 import pytest
 import redis
 
+from scheduler.logs import ready_address
+
 from deploy_helpers import (DRIVER, RoundRobinProxy, base_process_env, container, container_env, find, free_port,
                             health_check, kubelet_expand, local_command, materialize_mounts, remap_paths, render,
                             secret_data, start_redis, stop_process, wait_for)
@@ -79,7 +81,8 @@ class Pod:
         proc = subprocess.Popen(local_command(argv), env=env, stdout=subprocess.PIPE, stderr=log.open("w"),
                                 text=True)
         line = proc.stdout.readline()
-        assert line.startswith("READY "), f"{name} did not start ({line!r}); log:\n{log.read_text()[-3000:]}"
+        # DT_LOG_FORMAT=json: the READY line is a JSON object too
+        assert ready_address(line), f"{name} did not start ({line!r}); log:\n{log.read_text()[-3000:]}"
         return Replica(name, proc, port, metrics_port, log)
 
     def probe(self, replica: Replica) -> dict[str, str]:
