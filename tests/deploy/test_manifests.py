@@ -3,16 +3,18 @@ Kubernetes schemas (kubernetes-validate, offline), and what the objects say fits
 probes, grace periods, selectors, Secrets and the service's own settings."""
 from __future__ import annotations
 
+import pathlib
 import re
 import subprocess
 import sys
 
 import kubernetes_validate
 import pytest
+import redis as redis_lib
 import yaml
 
-from deploy_helpers import (DEPLOY, KUSTOMIZATIONS, container, container_env, find, kubelet_expand, render,
-                            secret_data)
+from deploy_helpers import (DEPLOY, KUSTOMIZATIONS, container, container_env, find, kubelet_expand,
+                            redis_workload_command, render, secret_data, start_redis, stop_process)
 
 VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]  # the oldest supported and the newest known
 SECRETS_MADE_OUTSIDE = {"dt-scheduler-redis", "dt-scheduler-tokens", "dt-scheduler-tls"}  # base, redis-cluster
@@ -154,14 +156,62 @@ def test_objects_fit_together(rendered, kustomization, known_env):
         for name in ("dt-scheduler-redis", "dt-scheduler-client-tokens"):
             assert all(v.startswith(b"dev-only-") for v in secret_data(objects, name).values())
 
+def redis_conf(objects: list[dict], workload: dict) -> tuple[dict[str, str], dict]:
+    """The directives of the redis.conf a Redis workload mounts (the last of each wins, as in Redis), and its
+    container."""
+    ctr = container(workload)
+    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+    for mount in ctr["volumeMounts"]:
+        source = volumes.get(mount["name"], {}).get("configMap")
+        if source:
+            text = find(objects, "ConfigMap", source["name"])["data"]["redis.conf"]
+            directives = {}
+            for line in text.splitlines():
+                if line.strip() and not line.lstrip().startswith("#"):
+                    name, _, value = line.strip().partition(" ")
+                    directives[name.lower()] = value.strip()
+            return directives, ctr
+    raise AssertionError(f"{workload['metadata']['name']} mounts no redis.conf")
+
+
+def memory_bytes(quantity: str) -> int:
+    """Bytes of a Kubernetes quantity (Mi, Gi) or of a Redis memory size (mb is 2**20 bytes, m 10**6)."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "kb": 2**10, "mb": 2**20, "gb": 2**30, "k": 1000, "m": 10**6,
+             "g": 10**9}
+    for unit in sorted(units, key=len, reverse=True):
+        if quantity.endswith(unit):
+            return int(quantity[:-len(unit)]) * units[unit]
+    return int(quantity)
+
+
+def assert_password_only_from_files(objects: list[dict], workload: dict) -> None:
+    """The Redis password reaches the container as a mounted file, never in argv or in the environment."""
+    ctr = container(workload)
+    argv = " ".join(ctr.get("command", []) + ctr.get("args", []))
+    assert "--requirepass" not in argv and "$(REDIS_PASSWORD)" not in argv, argv
+    assert not [v for v in ctr.get("env", []) if "secretKeyRef" in v.get("valueFrom", {})], ctr["env"]
+    assert not [e for e in ctr.get("envFrom", []) if "secretRef" in e]
+    pod = workload["spec"]["template"]["spec"]
+    assert any(v.get("secret", {}).get("secretName", "").startswith("dt-scheduler-redis") for v in pod["volumes"])
+
+
+def assert_headless_service_governs(objects: list[dict], workload: dict) -> None:
+    service = find(objects, "Service", workload["spec"]["serviceName"])
+    assert service["spec"].get("clusterIP") == "None", f"{service['metadata']['name']} is not headless"
+    assert service["spec"]["selector"].items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+
+
 def test_dev_overlay_runs_its_own_redis(rendered):
     objects = rendered["overlays/dev"]
     redis = find(objects, "StatefulSet", "dt-redis")
-    ctr = container(redis)
-    args = ctr["args"]
-    assert args[args.index("--appendonly") + 1] == "yes" and args[args.index("--dir") + 1] == "/data"
+    conf, ctr = redis_conf(objects, redis)
+    assert conf["appendonly"] == "yes" and conf["dir"] == "/data" and conf["maxmemory-policy"] == "noeviction"
+    # Full before the container's memory limit: writes are refused (RESOURCE_EXHAUSTED), not OOM-killed.
+    assert memory_bytes(conf["maxmemory"]) <= 0.8 * memory_bytes(ctr["resources"]["limits"]["memory"])
     assert any(m["mountPath"] == "/data" for m in ctr["volumeMounts"])
     assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    assert_password_only_from_files(objects, redis)
+    assert_headless_service_governs(objects, redis)
     service = find(objects, "Service", "dt-redis")
     pod_labels = redis["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
@@ -174,11 +224,34 @@ def test_dev_overlay_runs_its_own_redis(rendered):
     scheduler_labels = find(objects, "Deployment", "dt-scheduler")["spec"]["template"]["metadata"]["labels"]
     assert redis_policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"].items() <= \
         scheduler_labels.items()
-    # Both sides use the same Secret for the password.
     deployment_env = container_env(objects, container(find(objects, "Deployment", "dt-scheduler")), "p")
-    redis_env = container_env(objects, ctr, "dt-redis-0")
-    assert kubelet_expand(args[args.index("--requirepass") + 1], redis_env) == deployment_env["REDIS_PASSWORD"]
     assert deployment_env["DT_REDIS_URL"] == f"redis://:{deployment_env['REDIS_PASSWORD']}@dt-redis:6379/0"
+
+
+def test_dev_redis_runs_as_its_manifest_says(rendered, tmp_path):
+    """The dev Redis' own start (script, redis.conf, the password from the mounted Secret) run locally: it
+    asks the password of the replicas' Secret, has it in no process' argv, refuses writes past maxmemory."""
+    objects = rendered["overlays/dev"]
+    password = secret_data(objects, "dt-scheduler-redis")["password"].decode()
+    (tmp_path / "data").mkdir()
+    proc, port = start_redis([], tmp_path / "data",
+                             command=redis_workload_command(objects, find(objects, "StatefulSet", "dt-redis"),
+                                                            tmp_path / "pod"))
+    try:
+        with pytest.raises(redis_lib.AuthenticationError):
+            redis_lib.Redis(port=port, password="wrong").ping()
+        client = redis_lib.Redis(port=port, password=password)
+        assert client.ping()
+        conf, _ = redis_conf(objects, find(objects, "StatefulSet", "dt-redis"))
+        assert client.config_get("maxmemory")["maxmemory"] == str(memory_bytes(conf["maxmemory"]))
+        assert client.config_get("appendonly")["appendonly"] == "yes"
+        assert password.encode() not in pathlib.Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert password.encode() not in pathlib.Path(f"/proc/{proc.pid}/environ").read_bytes()
+        client.config_set("maxmemory", 1)  # full: a write is refused, nothing is evicted
+        with pytest.raises(redis_lib.exceptions.OutOfMemoryError):
+            client.set("deploy-test-key", "x" * 1000)
+    finally:
+        stop_process(proc)
 
 
 def test_redis_cluster_overlay(rendered):
