@@ -7,6 +7,7 @@ import pathlib
 import re
 import subprocess
 import sys
+from urllib.parse import parse_qsl, urlparse
 
 import kubernetes_validate
 import pytest
@@ -17,7 +18,8 @@ from deploy_helpers import (DEPLOY, KUSTOMIZATIONS, container, container_env, fi
                             redis_workload_command, render, secret_data, start_redis, stop_process)
 
 VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]  # the oldest supported and the newest known
-SECRETS_MADE_OUTSIDE = {"dt-scheduler-redis", "dt-scheduler-tokens", "dt-scheduler-tls"}  # base, redis-cluster
+# base, redis-cluster, sentinel: created in the namespace beforehand (deploy/base/secrets.example.yaml)
+SECRETS_MADE_OUTSIDE = {"dt-scheduler-redis", "dt-scheduler-tokens", "dt-scheduler-tls", "dt-scheduler-redis-ca"}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def test_secret_examples_validate():
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
-def test_objects_fit_together(rendered, kustomization, known_env):
+def test_objects_fit_together(rendered, kustomization, known_env, tmp_path):
     objects = rendered[kustomization]
     deployment = find(objects, "Deployment", "dt-scheduler")
     pod = deployment["spec"]["template"]["spec"]
@@ -83,6 +85,13 @@ def test_objects_fit_together(rendered, kustomization, known_env):
     url = kubelet_expand(url_template, defined)
     assert "$(" not in url, f"DT_REDIS_URL has an undefined reference: {url}"
     from scheduler.config import check_redis_url
+    mounts = {m["mountPath"]: m["name"] for m in ctr["volumeMounts"]}
+    for name, path in parse_qsl(urlparse(url).query):  # files named in the URL: in a mounted volume
+        if name.startswith("ssl_") and name.endswith(("_certs", "file")):
+            assert any(path.startswith(mount + "/") for mount in mounts), f"{name}={path} is not mounted"
+            local = tmp_path / pathlib.Path(path).name
+            local.write_text("-----BEGIN CERTIFICATE-----\n")
+            url = url.replace(path, str(local))
     check_redis_url(url)
     assert env_names.index("REDIS_PASSWORD") < env_names.index("DT_REDIS_URL"), "expansion needs it defined first"
 
@@ -105,6 +114,12 @@ def test_objects_fit_together(rendered, kustomization, known_env):
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
     assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} == {grpc_port, metrics_port}
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    peers = {p["port"]: [peer for rule in policy["spec"]["ingress"] if p in rule["ports"] for peer in rule["from"]]
+             for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    # Clients and workers by pod label here and by namespace label elsewhere; Prometheus by namespace label,
+    # whatever its namespace is called (documented in deploy/README.md).
+    assert {"namespaceSelector": {"matchLabels": {"dt-scheduler/client": "true"}}} in peers[grpc_port]
+    assert peers[metrics_port] == [{"namespaceSelector": {"matchLabels": {"dt-scheduler/metrics": "true"}}}]
 
     # Shutdown: the kubelet's period covers the preStop sleep, the service's grace and a margin.
     pre_stop = ctr["lifecycle"]["preStop"]["exec"]["command"]
@@ -137,6 +152,7 @@ def test_objects_fit_together(rendered, kustomization, known_env):
         {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
     pdb = find(objects, "PodDisruptionBudget", "dt-scheduler")
     assert pdb["spec"]["maxUnavailable"] == 1 and pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"  # unready pods do not block a drain
     hpa = find(objects, "HorizontalPodAutoscaler", "dt-scheduler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     assert hpa["spec"]["minReplicas"] >= 2 and hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
@@ -263,6 +279,16 @@ def test_redis_cluster_overlay(rendered):
     assert ctr["image"].endswith("/dt-scheduler:0.1.0")
     egress = find(objects, "NetworkPolicy", "dt-scheduler")["spec"]["egress"]
     assert egress[0]["ports"] == [{"protocol": "TCP", "port": 6379}]
+    # TLS to Redis: rediss:// with the CA of the dt-scheduler-redis-ca Secret, mounted read-only.
+    env = {v["name"]: v.get("value") for v in ctr["env"]}
+    url = urlparse(env["DT_REDIS_URL"])
+    assert url.scheme == "rediss"
+    ca = dict(parse_qsl(url.query))["ssl_ca_certs"]
+    pod = find(objects, "Deployment", "dt-scheduler")["spec"]["template"]["spec"]
+    mount = next(m for m in ctr["volumeMounts"] if ca.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert mount["readOnly"] is True and volume["secret"]["secretName"] == "dt-scheduler-redis-ca"
+    assert "optional" not in volume["secret"] and ca.endswith("/ca.crt")
 
 
 def test_dockerfile_matches_the_manifests(rendered):
