@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
-KUSTOMIZATIONS = ["base", "overlays/dev", "overlays/redis-cluster"]
+KUSTOMIZATIONS = ["base", "overlays/dev", "overlays/redis-cluster", "overlays/sentinel"]
 DRIVER = Path(__file__).resolve().parent / "sdk_driver.py"
 # The Kubernetes version whose schemas the manifests must satisfy (strictly: no unknown fields).
 K8S_VERSION = "1.33.0"
@@ -379,8 +379,8 @@ def redis_workload_command(objects: list[dict], workload: dict, root: Path) -> l
     return [remap_text(kubelet_expand(a, env), mounts) for a in ctr.get("command", []) + ctr.get("args", [])]
 
 
-def start_redis(args: list[str], workdir: Path, timeout: float = 20.0,
-                command: list[str] | None = None) -> tuple[subprocess.Popen, int]:
+def start_redis(args: list[str], workdir: Path, timeout: float = 20.0, command: list[str] | None = None,
+                env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
     """redis-server with ``args`` (as a manifest gives them) — or ``command`` (a container's own start,
     :func:`redis_workload_command`) — on a free port of 127.0.0.1 with its files in ``workdir``: only
     --dir, --port and --bind differ from the manifest."""
@@ -399,7 +399,7 @@ def start_redis(args: list[str], workdir: Path, timeout: float = 20.0,
     head = command if command is not None else [executable, *kept]
     proc = subprocess.Popen([*head, "--dir", str(workdir), "--port", str(port), "--bind", "127.0.0.1",
                              "--logfile", str(workdir / "redis.log")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
 
     def answers() -> bool:
         try:
