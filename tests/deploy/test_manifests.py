@@ -315,6 +315,18 @@ def test_dockerfile_matches_the_manifests(rendered):
     assert int(user.group(2)) == pod["securityContext"]["runAsGroup"]
     assert "DT_HOST=0.0.0.0" in text and "DT_METRICS_PORT=9090" in text
     assert "COPY deploy/probe.py /opt/dt-scheduler/probe.py" in text
+    # The final stage takes only the installed virtualenv from the builder: no wheels, pip or cache left in
+    # a layer of it.
+    final = text[re.search(r"^FROM \$\{BASE\}$", text, re.M).start():]
+    assert re.findall(r"^COPY --from=builder (\S+)", final, re.M) == ["/opt/venv"]
+    assert "pip" not in "".join(re.findall(r"^RUN .*(?:\n .*)*", final, re.M))
+    # Provenance: OCI labels from build arguments; the revision reaches dt_build_info.
+    for key, arg in (("version", "VERSION"), ("revision", "REVISION"), ("created", "CREATED"), ("source", "SOURCE")):
+        assert f'org.opencontainers.image.{key}="${{{arg}}}"' in final and re.search(rf"^ARG {arg}=", final, re.M)
+    assert "ENV DT_BUILD_REVISION=${REVISION}" in final
+    # One place for the extras: the builder's ARG, which build-image.sh reads as its default.
+    assert len(re.findall(r"^ARG EXTRAS=", text, re.M)) == 1
+    assert "ARG EXTRAS=" in (DEPLOY / "build-image.sh").read_text()
 
 
 def test_sentinel_overlay(rendered):
