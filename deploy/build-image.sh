@@ -6,7 +6,10 @@
 #
 # Environment: BASE (base image, default python:3.11-slim; the tests use local/debian-python:bookworm),
 # PYTHON (the interpreter that builds the wheels: same minor version as the image's, default python3),
-# DOCKER (default docker), KEEP_CONTEXT=1 (keep the staged build context and print its path).
+# DOCKER (default docker), KEEP_CONTEXT=1 (keep the staged build context and print its path),
+# EXTRAS (the project's extras in the image; default: the Dockerfile's `ARG EXTRAS=`, the one place to
+# change it), REVISION (default: this checkout's git commit, "-dirty" when it has changes; "unknown"
+# outside git), SOURCE (the repository URL for the org.opencontainers.image.source label; default none).
 # Wheels are built for the host's platform: build on the same architecture (linux/amd64 here) and the
 # same Python minor version as BASE.
 set -euo pipefail
@@ -15,6 +18,15 @@ BASE="${BASE:-python:3.11-slim}"
 PYTHON="${PYTHON:-python3}"
 DOCKER="${DOCKER:-docker}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+EXTRAS="${EXTRAS-$(sed -n 's/^ARG EXTRAS=//p' "$ROOT/deploy/Dockerfile")}"
+VERSION="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$ROOT/pyproject.toml" | head -n 1)"
+if [ -z "${REVISION:-}" ]; then
+  REVISION="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
+  if [ "$REVISION" != unknown ] && [ -n "$(git -C "$ROOT" status --porcelain -- scheduler pyproject.toml deploy 2>/dev/null)" ]; then
+    REVISION="$REVISION-dirty"
+  fi
+fi
+CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 ctx="$(mktemp -d "${TMPDIR:-/tmp}/dt-image.XXXXXX")"
 cleanup() { if [ "${KEEP_CONTEXT:-}" = 1 ]; then echo "build context kept: $ctx" >&2; else rm -rf "$ctx"; fi; }
@@ -33,10 +45,12 @@ cp "$ROOT/deploy/Dockerfile" "$ROOT/deploy/probe.py" "$ctx/deploy/"
 # would skip on a newer host Python.
 echo "building wheels with $("$PYTHON" --version 2>&1) ..." >&2
 "$PYTHON" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$ctx/wheelhouse" \
-  "$ctx" "async-timeout>=4.0.3" "setuptools>=68" wheel >&2
+  "$ctx${EXTRAS:+[$EXTRAS]}" "async-timeout>=4.0.3" "setuptools>=68" wheel >&2
 rm -rf "$ctx/build" "$ctx"/*.egg-info
 
-echo "building $TAG from $BASE ..." >&2
+echo "building $TAG ($VERSION, revision $REVISION${EXTRAS:+, extras $EXTRAS}) from $BASE ..." >&2
 "$DOCKER" build --network host --build-arg "BASE=$BASE" --build-arg PIP_NO_INDEX=1 \
+  --build-arg "EXTRAS=$EXTRAS" --build-arg "VERSION=$VERSION" --build-arg "REVISION=$REVISION" \
+  --build-arg "CREATED=$CREATED" --build-arg "SOURCE=${SOURCE:-}" \
   -f "$ctx/deploy/Dockerfile" -t "$TAG" "$ctx" >&2
 echo "$TAG"

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import platform
+from importlib import metadata
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -65,6 +68,20 @@ STREAMS = prometheus_client.Gauge("dt_work_streams", "Work streams (connected wo
                                   multiprocess_mode=PER_PROCESS)
 HELD = prometheus_client.Gauge("dt_work_items_held", "Work items this replica's streams handed out, not yet reported",
                                multiprocess_mode=PER_PROCESS)
+BUILD_INFO = prometheus_client.Gauge("dt_build_info", "Always 1: the version of the service, the source revision it "
+                                     "was built from (DT_BUILD_REVISION, baked into the image) and the Python it runs on",
+                                     ["version", "revision", "python"], multiprocess_mode="livemax")
+
+
+def build_info() -> dict[str, str]:
+    """The labels of ``dt_build_info``: the installed distribution's version, the revision the image was
+    built from (``DT_BUILD_REVISION``; "unknown" outside an image built with it) and the Python version."""
+    try:
+        version = metadata.version("dt-redis-scheduler")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        version = "unknown"
+    return {"version": version, "revision": os.environ.get("DT_BUILD_REVISION") or "unknown",
+            "python": platform.python_version()}
 
 
 def lease_sweep_seconds(lease_seconds: float) -> float:
@@ -98,6 +115,7 @@ class App:
 
     def __init__(self, config: Config, redis=None) -> None:
         self.config = config
+        BUILD_INFO.labels(**build_info()).set(1)
         self.tokens = _tokens_file(config)  # first: a bad tokens file stops the start before anything is built
         self.redis = redis if redis is not None else connect(config.redis_url, config.redis_cluster,
                                                              config.redis_max_connections)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import socket
 import sys
 
 from . import config as config_mod
@@ -49,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_mod.from_args(args)
     except ValueError as exc:
-        print(f"dt-scheduler: {exc}", file=sys.stderr)
+        if (args.log_format or os.environ.get("DT_LOG_FORMAT")) == "json":  # the error is one JSON line too
+            replica = args.replica or os.environ.get("DT_REPLICA") or os.environ.get("HOSTNAME") or socket.gethostname()
+            logs.configure("INFO", "json", replica)
+        logs.fatal(str(exc))
         return 2
     several = args.command == "serve" and cfg.processes > 1
     logs.configure(cfg.log_level, cfg.log_format, cfg.replica, process=0 if several else None)

@@ -68,7 +68,7 @@ def supervise(cfg: Config) -> int:
 
 
 def _refuse(line: str) -> int:
-    print(f"dt-scheduler: {line}", file=sys.stderr)
+    logs.fatal(line)
     return 2
 
 
@@ -138,7 +138,8 @@ class Supervisor:
                     break
                 if not self.stopping and all(c.ready for c in self.children):
                     announced = True
-                    print(f"READY {self.cfg.host}:{self.port}", flush=True)
+                    logs.ready(f"{self.cfg.host}:{self.port}",  # --dapr-port is a fixed port here (config.py)
+                               None if self.cfg.dapr_port is None else f"{self.cfg.host}:{self.cfg.dapr_port}")
                     log.info("serving on %s:%d with %d processes (pids %s)", self.cfg.host, self.port,
                              len(self.children), ", ".join(str(c.process.pid) for c in self.children))
             code = child.process.exitcode

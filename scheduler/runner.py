@@ -7,10 +7,10 @@ import asyncio
 import gc
 import logging
 import signal
-import sys
 from multiprocessing.connection import Connection
 
 from . import config as config_mod
+from . import logs
 from .stopping import requested as stop_requested_early
 
 log = logging.getLogger("scheduler")
@@ -42,7 +42,7 @@ async def serve(cfg: config_mod.Config, supervisor: Connection | None = None) ->
         if supervisor is not None:
             _tell(supervisor, ("error", str(exc)))
         else:
-            print(f"dt-scheduler: {exc}", file=sys.stderr)
+            logs.fatal(str(exc))
         return 2
     draining = False
     if supervisor is not None:
@@ -66,7 +66,7 @@ async def serve(cfg: config_mod.Config, supervisor: Connection | None = None) ->
             if supervisor is not None:
                 _tell(supervisor, ("error", str(error)))  # it says it once, for every process
             else:
-                print(f"dt-scheduler: {error}", file=sys.stderr)
+                logs.fatal(str(error))
             return 2
         if error is not None:
             raise error
@@ -92,8 +92,7 @@ async def serve(cfg: config_mod.Config, supervisor: Connection | None = None) ->
     if supervisor is not None:
         _tell(supervisor, ("ready", port))
     else:  # a line for scripts and tests that start us with --port 0
-        dapr_line = "" if app.dapr_port is None else f" dapr {cfg.host}:{app.dapr_port}"
-        print(f"READY {cfg.host}:{port}{dapr_line}", flush=True)
+        logs.ready(f"{cfg.host}:{port}", None if app.dapr_port is None else f"{cfg.host}:{app.dapr_port}")
     await stop.wait()
     draining = True
     log.info("shutting down: draining for up to %g s", cfg.shutdown_grace_seconds)

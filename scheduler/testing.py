@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .logs import ready_addresses
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -177,8 +179,8 @@ def start_server(redis_url: str | None, *extra_args: str, env: dict[str, str] | 
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError(f"server exited before it was ready (code {proc.wait()})")
-        if line.startswith("READY "):
-            words = line.split()  # READY host:port [dapr host:port]
-            return ServerProcess(proc, words[1], words[3] if len(words) > 3 and words[2] == "dapr" else None)
+        addresses = ready_addresses(line)  # "READY host:port [dapr host:port]", or its JSON object
+        if addresses is not None:
+            return ServerProcess(proc, *addresses)
     proc.kill()
     raise RuntimeError(f"server not ready within {startup_timeout}s")

@@ -17,6 +17,8 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterator
 
+import prometheus_client
+
 from .. import errors
 from ..config import Config
 from ..protocol import ACTIVITY, ENTITY, ORCHESTRATION, instance_of
@@ -35,6 +37,10 @@ MAX_UNWRITTEN = 16
 _QUEUE_KINDS = {queue: kind for kind, queue in WORK_QUEUES.items()}
 # a worker's report refused for these (nothing written, or not known) was for a passing reason: Redis was away
 PASSING = (errors.StoreUnavailable, errors.StoreOutcomeUnknown, errors.RedisOutOfMemory)
+# Work items whose lease ran out before their worker reported (the worker or its replica died, or was cut
+# off), re-queued by this replica's sweep: a steady rise means workers are dying or stalling.
+LEASES_EXPIRED = prometheus_client.Counter("dt_leases_expired_total",
+                                           "Work items re-queued because their lease expired", ["hub"])
 
 
 class Dispatcher:
@@ -242,5 +248,6 @@ class Dispatcher:
                 log.debug("lease sweep skipped: %s", exc)
                 return
             if swept:
+                LEASES_EXPIRED.labels(hub.hub).inc(len(swept))
                 log.info("task hub %r: re-queued %d work item(s) whose lease expired", hub.hub, len(swept))
                 self.work_available(hub.hub)

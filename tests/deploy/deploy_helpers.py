@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -27,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
-KUSTOMIZATIONS = ["base", "overlays/dev", "overlays/redis-cluster"]
+KUSTOMIZATIONS = ["base", "overlays/dev", "overlays/redis-cluster", "overlays/sentinel"]
 DRIVER = Path(__file__).resolve().parent / "sdk_driver.py"
 # The Kubernetes version whose schemas the manifests must satisfy (strictly: no unknown fields).
 K8S_VERSION = "1.33.0"
@@ -54,7 +55,8 @@ def render(kustomization: str) -> list[dict]:
 def find(objects: list[dict], kind: str, name: str | None = None) -> dict:
     """The one object of ``kind`` (with ``name``, or its generated name ``name-<hash>``)."""
     found = [o for o in objects if o["kind"] == kind and
-             (name is None or o["metadata"]["name"] == name or o["metadata"]["name"].startswith(name + "-"))]
+             (name is None or o["metadata"]["name"] == name or re.fullmatch(re.escape(name) + r"-[a-z0-9]{10}",
+                                                                             o["metadata"]["name"]))]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {[o['metadata']['name'] for o in found]}"
     return found[0]
 
@@ -141,9 +143,11 @@ def materialize_mounts(objects: list[dict], workload: dict, ctr: dict, root: Pat
     """Write the Secret and ConfigMap volumes the container mounts under ``root`` (same file names and
     contents as the kubelet would project); returns mountPath -> local directory."""
     volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"].get("volumes", [])}
+    claims = {c["metadata"]["name"] for c in workload["spec"].get("volumeClaimTemplates", [])}
     mounts: dict[str, Path] = {}
     for mount in ctr.get("volumeMounts", []):
-        volume = volumes[mount["name"]]
+        assert mount["name"] in volumes or mount["name"] in claims, f"volume {mount['name']} is not defined"
+        volume = volumes.get(mount["name"], {})  # a StatefulSet's claim: an empty directory here
         local = root / mount["name"]
         local.mkdir(parents=True, exist_ok=True)
         if "secret" in volume or "configMap" in volume:
@@ -353,9 +357,33 @@ class RoundRobinProxy:
 
 # -- a redis-server as the manifests run it ------------------------------------------------------------
 
-def start_redis(args: list[str], workdir: Path, timeout: float = 20.0) -> tuple[subprocess.Popen, int]:
-    """redis-server with ``args`` (as a manifest gives them), on a free port of 127.0.0.1 with its
-    files in ``workdir``: only --dir, --port and --bind differ from the manifest."""
+def remap_text(text: str, mounts: dict[str, Path]) -> str:
+    """``text`` (a script, a configuration file) with every mount path replaced by its local directory."""
+    for mount_path in sorted(mounts, key=len, reverse=True):
+        text = text.replace(mount_path.rstrip("/"), str(mounts[mount_path]))
+    return text
+
+
+def redis_workload_command(objects: list[dict], workload: dict, root: Path) -> list[str]:
+    """The Redis container of ``workload`` as a local command: its mounted ConfigMaps and Secrets written
+    under ``root`` (with the mount paths in them pointed at the local copies), its command and args with
+    the same paths remapped and ``$(VAR)`` expanded as the kubelet does. Arguments added after it reach
+    redis-server (the container's script passes "$@" on)."""
+    ctr = container(workload)
+    mounts = materialize_mounts(objects, workload, ctr, root)
+    for local in mounts.values():
+        for path in local.rglob("*"):
+            if path.is_file() and path.suffix == ".conf":
+                path.write_text(remap_text(path.read_text(), mounts))
+    env = container_env(objects, ctr, workload["metadata"]["name"] + "-0")
+    return [remap_text(kubelet_expand(a, env), mounts) for a in ctr.get("command", []) + ctr.get("args", [])]
+
+
+def start_redis(args: list[str], workdir: Path, timeout: float = 20.0, command: list[str] | None = None,
+                env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
+    """redis-server with ``args`` (as a manifest gives them) — or ``command`` (a container's own start,
+    :func:`redis_workload_command`) — on a free port of 127.0.0.1 with its files in ``workdir``: only
+    --dir, --port and --bind differ from the manifest."""
     executable = shutil.which("redis-server") or "/usr/bin/redis-server"
     if not os.path.exists(executable):
         pytest.skip("redis-server is not installed (.ci/run installs Debian's redis-server)")
@@ -368,9 +396,10 @@ def start_redis(args: list[str], workdir: Path, timeout: float = 20.0) -> tuple[
         kept.append(args[i])
         i += 1
     port = free_port()
-    proc = subprocess.Popen([executable, *kept, "--dir", str(workdir), "--port", str(port), "--bind", "127.0.0.1",
+    head = command if command is not None else [executable, *kept]
+    proc = subprocess.Popen([*head, "--dir", str(workdir), "--port", str(port), "--bind", "127.0.0.1",
                              "--logfile", str(workdir / "redis.log")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
 
     def answers() -> bool:
         try:

@@ -143,6 +143,16 @@ def test_image_metadata(docker_env, image):
     assert set(config["ExposedPorts"]) == {"4001/tcp", "9090/tcp"}
     env = dict(e.split("=", 1) for e in config["Env"])
     assert env["DT_HOST"] == "0.0.0.0" and env["DT_METRICS_PORT"] == "9090"
+    # Provenance: the OCI labels of build-image.sh, and the revision the service reports (dt_build_info).
+    labels = config["Labels"]
+    revision = subprocess.run(["git", "-C", str(DEPLOY.parent), "rev-parse", "HEAD"], capture_output=True,
+                              text=True).stdout.strip() or "unknown"
+    assert labels["org.opencontainers.image.revision"].startswith(revision)
+    assert env["DT_BUILD_REVISION"] == labels["org.opencontainers.image.revision"]
+    assert labels["org.opencontainers.image.version"] == docker(
+        docker_env, "run", "--rm", "--network", "host", "--entrypoint", "python", image, "-c",
+        "from importlib.metadata import version; print(version('dt-redis-scheduler'))").stdout.strip()
+    assert labels["org.opencontainers.image.created"].endswith("Z")
     # What runs is the service's console script from the image's virtualenv, as that user.
     ident = docker(docker_env, "run", "--rm", "--network", "host", "--entrypoint", "id", image).stdout
     assert ident.startswith("uid=10001(dt) gid=10001(dt)"), ident
@@ -185,7 +195,11 @@ def test_image_serves_an_sdk_client(docker_env, image, tmp_path, hardened):
         assert health_check(port, "liveness") == "SERVING"
         wait_for(lambda: health_check(port, "readiness") == "SERVING", 20, "readiness SERVING")
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as page:
-            assert b"# TYPE dt_" in page.read()
+            text = page.read().decode()
+        assert "# TYPE dt_" in text
+        revision = json.loads(docker(docker_env, "image", "inspect", image).stdout)[0]["Config"]["Labels"][
+            "org.opencontainers.image.revision"]
+        assert f'revision="{revision}"' in next(line for line in text.splitlines() if line.startswith("dt_build_info{"))
         # The exec probe of deploy/components/tls, inside the container (plaintext here).
         assert docker(docker_env, "exec", name, "python", "/opt/dt-scheduler/probe.py", "readiness",
                       check=False).returncode == 0

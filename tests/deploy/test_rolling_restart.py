@@ -22,9 +22,11 @@ from urllib.parse import urlparse, urlunparse
 import pytest
 import redis
 
+from scheduler.logs import ready_address
+
 from deploy_helpers import (DRIVER, RoundRobinProxy, base_process_env, container, container_env, find, free_port,
-                            health_check, kubelet_expand, local_command, materialize_mounts, remap_paths, render,
-                            secret_data, start_redis, stop_process, wait_for)
+                            health_check, kubelet_expand, local_command, materialize_mounts, redis_workload_command,
+                            remap_paths, render, secret_data, start_redis, stop_process, wait_for)
 
 ORCHESTRATIONS = 12
 STEPS = 3
@@ -79,7 +81,8 @@ class Pod:
         proc = subprocess.Popen(local_command(argv), env=env, stdout=subprocess.PIPE, stderr=log.open("w"),
                                 text=True)
         line = proc.stdout.readline()
-        assert line.startswith("READY "), f"{name} did not start ({line!r}); log:\n{log.read_text()[-3000:]}"
+        # DT_LOG_FORMAT=json: the READY line is a JSON object too
+        assert ready_address(line), f"{name} did not start ({line!r}); log:\n{log.read_text()[-3000:]}"
         return Replica(name, proc, port, metrics_port, log)
 
     def probe(self, replica: Replica) -> dict[str, str]:
@@ -118,14 +121,14 @@ def test_rolling_restart_of_the_dev_deployment(tmp_path):
     kill_after = pod_spec["terminationGracePeriodSeconds"]
     assert ACTIVITY_SECONDS < grace, "the activities must fit in the grace period for this test to mean anything"
 
-    # Redis as the dev overlay's StatefulSet runs it (same arguments, its password).
+    # Redis as the dev overlay's StatefulSet runs it (its start script, redis.conf and the password from the
+    # mounted Secret).
     redis_sts = find(objects, "StatefulSet", "dt-redis")
-    redis_ctr = container(redis_sts)
-    redis_env = container_env(objects, redis_ctr, "dt-redis-0", "dt-dev")
-    redis_args = [kubelet_expand(a, redis_env) for a in redis_ctr.get("args", [])]
     (tmp_path / "redis").mkdir()
-    redis_proc, redis_port = start_redis(redis_args, tmp_path / "redis")
-    rds = redis.Redis(host="127.0.0.1", port=redis_port, db=1, password=redis_env["REDIS_PASSWORD"])
+    redis_proc, redis_port = start_redis([], tmp_path / "redis",
+                                         command=redis_workload_command(objects, redis_sts, tmp_path / "redis-pod"))
+    password = secret_data(objects, "dt-scheduler-redis")["password"].decode()
+    rds = redis.Redis(host="127.0.0.1", port=redis_port, db=1, password=password)
     key = "deploytest"
     tokens = {k: v.decode() for k, v in secret_data(objects, "dt-scheduler-client-tokens").items()}
 
@@ -152,7 +155,7 @@ def test_rolling_restart_of_the_dev_deployment(tmp_path):
             port = proxy.listen()
             drivers.append(subprocess.Popen(
                 [sys.executable, str(DRIVER), "worker", f"127.0.0.1:{port}", tokens["worker"],
-                 f"redis://:{redis_env['REDIS_PASSWORD']}@127.0.0.1:{redis_port}/1", key],
+                 f"redis://:{password}@127.0.0.1:{redis_port}/1", key],
                 stdout=subprocess.PIPE, stderr=(tmp_path / f"worker-{n}.log").open("w"), text=True))
             worker_ports[drivers[-1].pid] = port
             wait_for(lambda n=n: proxy.total_connections >= n + 1, 30, f"worker {n} to connect")

@@ -53,6 +53,7 @@ def _probe_runner(certs: Path, tmp_path: Path, ca: str = "ca.crt"):
         _secret("dt-scheduler-tls", {"tls.crt": (certs / "tls.crt").read_bytes(),
                                      "tls.key": (certs / "tls.key").read_bytes(),
                                      "ca.crt": (certs / ca).read_bytes()}),
+        _secret("dt-scheduler-redis-ca", {"ca.crt": (certs / "ca.crt").read_bytes()}),  # components/redis-tls
     ]
     deployment = find(objects, "Deployment", "dt-scheduler")
     ctr = container(deployment)

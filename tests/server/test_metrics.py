@@ -30,3 +30,18 @@ async def test_depths_and_counts_follow_the_hub(app, stub, hub_name):
     assert metric("dt_instances", hub=hub_name, status="COMPLETED") == 0
     age = metric("dt_ready_oldest_age_seconds", hub=hub_name)
     assert age is not None and 0 <= age < 60
+
+
+async def test_build_info_names_the_version_revision_and_python(app, monkeypatch):
+    import platform
+    from importlib import metadata
+
+    from scheduler.app import build_info
+
+    version = metadata.version("dt-redis-scheduler")
+    revision = build_info()["revision"]  # what this environment says ("unknown" without DT_BUILD_REVISION)
+    assert metric("dt_build_info", version=version, revision=revision, python=platform.python_version()) == 1
+    monkeypatch.setenv("DT_BUILD_REVISION", "0123abc")
+    assert build_info() == {"version": version, "revision": "0123abc", "python": platform.python_version()}
+    monkeypatch.setenv("DT_BUILD_REVISION", "")
+    assert build_info()["revision"] == "unknown"

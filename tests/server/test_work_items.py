@@ -7,6 +7,7 @@ import time
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2, wrappers_pb2
+from prometheus_client import REGISTRY
 
 from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler.engine import waiters as waiters_module
@@ -114,11 +115,21 @@ async def test_a_lease_that_is_not_renewed_expires_and_is_swept(stub, app):
     claim = await app.store.claim_orchestration(hub, "w5", "t|0|o|w5|dead", 300, b"")
     assert claim is not None and not await in_ready(app, "w5")
 
+    def expired() -> float:
+        return REGISTRY.get_sample_value("dt_leases_expired_total", {"hub": hub.hub}) or 0.0
+
+    before = expired()
+
     async def swept() -> bool:
         await app.sweep_leases()
         return await in_ready(app, "w5")
 
     await eventually(swept, timeout=5)
+    # Counted once, whichever sweep (this one or the housekeeping's) re-queued it.
+    async def counted() -> bool:
+        return expired() == before + 1
+
+    await eventually(counted, timeout=5)
 
 
 def schedule(token: str, *task_ids: int) -> pb.OrchestratorResponse:
