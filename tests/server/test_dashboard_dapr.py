@@ -5,24 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 
 import aiohttp
 import grpc
+import pytest
 
 from scheduler._proto import orchestrator_service_pb2 as pb
 from scheduler._proto import orchestrator_service_pb2_grpc as pb_grpc
 from scheduler._proto.dapr import orchestrator_service_pb2 as dpb
 from scheduler.api.dapr.servicer import SUFFIX, WIRE_NAME
+from scheduler.testing import free_port
 from server_helpers import PARTITIONS
 
 TOKENS = {"reader": ("reader", "HUB"), "client": ("client", "HUB"), "stranger": ("admin", "other-hub")}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _bearer(name: str) -> dict:
@@ -35,7 +30,7 @@ async def test_dapr_instances_have_their_own_entry_and_the_dapr_ports_rules(star
     tokens.write_text(json.dumps({"tokens": [
         {"name": name, "sha256": hashlib.sha256(f"{name}-token".encode()).hexdigest(), "role": role,
          "hubs": [hub_name if hub == "HUB" else hub]} for name, (role, hub) in TOKENS.items()]}))
-    port = _free_port()
+    port = free_port()
     app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS,
                           auth_tokens_file=str(tokens), dashboard_port=port, dapr_port=0)
     metadata = (("authorization", "Bearer client-token"),)
@@ -45,6 +40,12 @@ async def test_dapr_instances_have_their_own_entry_and_the_dapr_ports_rules(star
                                               request_serializer=dpb.CreateInstanceRequest.SerializeToString,
                                               response_deserializer=dpb.CreateInstanceResponse.FromString)
         await start_dapr(dpb.CreateInstanceRequest(instanceId="dapr-order", name="DaprCheckout"), metadata=metadata)
+        rewind_dapr = dapr_channel.unary_unary(f"/{WIRE_NAME}/RewindInstance",
+                                               request_serializer=dpb.RewindInstanceRequest.SerializeToString,
+                                               response_deserializer=dpb.RewindInstanceResponse.FromString)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # the Dapr port's own refusal, as the dashboard's below
+            await rewind_dapr(dpb.RewindInstanceRequest(instanceId="dapr-order"), metadata=metadata)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "rewind" in refused.value.details()
         await pb_grpc.TaskHubSidecarServiceStub(channel).StartInstance(
             pb.CreateInstanceRequest(instanceId="our-order", name="Checkout"), metadata=metadata)
 

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 50  # instances, entities, schedules per page (the gRPC calls' own bound is 1000)
 MAX_PAGE_SIZE = 200
 HISTORY_CHUNKS = 50  # StreamInstanceHistory chunks of 100 events: the timeline shows at most 5,000 events
+DAPR = "dapr"  # ?flavour=dapr: the hub's Dapr twin
 MAX_BODY_BYTES = 1024 * 1024  # an action's JSON body (an event's data, a reason)
 STATIC = ("app.js", "app.css")
 PRELOAD_MARK = b"<!--preload-->"
@@ -45,9 +46,6 @@ SECURITY_HEADERS = {
 
 def _asset(name: str) -> bytes:
     return resources.files(__package__).joinpath("static", name).read_bytes()
-
-
-DAPR = "dapr"
 
 
 class Views:
@@ -151,7 +149,7 @@ class Views:
         async def answer(calls, metadata, hub):
             query = _instance_query(request.query)
             reply = await calls.unary("QueryInstances", pb.QueryInstancesRequest(query=query), metadata,
-                                           _peer(request))
+                                      _peer(request))
             return {"instances": [present.instance_row(s) for s in reply.orchestrationState],
                     "next": reply.continuationToken.value if reply.HasField("continuationToken") else None,
                     "nowMs": int(time.time() * 1000)}
@@ -212,7 +210,7 @@ class Views:
             if request.query.get("token"):
                 query.continuationToken.value = request.query["token"]
             reply = await calls.unary("QueryEntities", pb.QueryEntitiesRequest(query=query), metadata,
-                                           _peer(request))
+                                      _peer(request))
             return {"entities": [row(e) for e in reply.entities], "nowMs": int(time.time() * 1000),
                     "next": reply.continuationToken.value if reply.HasField("continuationToken") else None}
         return await self._json(request, answer)
