@@ -193,8 +193,10 @@ class App:
         if self.config.dashboard_port is not None:
             from .api.dashboard import Dashboard  # aiohttp is imported only by a replica that serves it
             from .api.dashboard.calls import Calls
+            # Dapr instances too (in the twins some replica with --dapr-port made), through the Dapr port's path
             self.dashboard = Dashboard(Calls(self.servicer, self.interceptor), self.engine, self.config,
-                                       self.certificates)
+                                       self.certificates,
+                                       dapr=Calls(dapr.DaprHubs(self.engine, self.config), self.dapr_interceptor))
             try:
                 await self.dashboard.start()
             except OSError as exc:

@@ -148,6 +148,24 @@ def test_entities_and_schedules_pages(replicas, page):
     assert "job" in row and "Active" in row and "06:00:00" in row
 
 
+def test_the_dapr_twin_is_an_entry_of_its_own(replicas, page, hub_name):
+    """With --dapr-port the twin of --task-hub exists: the picker offers it as "HUB (Dapr)" and its pages keep
+    the flavour in their links (the JSON endpoints' Dapr path: tests/server/test_dashboard_dapr.py)."""
+    port = free_port()
+    replicas.start("--dashboard-port", str(port), "--dapr-port", str(free_port()))
+    url = f"http://127.0.0.1:{port}"
+    page.goto(url + "/")
+    page.locator("#hub-stats").wait_for()
+    assert page.locator("#hub-picker option").all_inner_texts() == [hub_name, f"{hub_name} (Dapr)"]
+    page.locator("#hub-picker").select_option(label=f"{hub_name} (Dapr)")
+    page.wait_for_url("**flavour=dapr**")
+    poll(lambda: f"Task hub {hub_name} (Dapr)" in page.locator("#hub-stats").inner_text(), 5, what="the Dapr entry")
+    page.locator("#nav a", has_text="Entities").click()
+    page.wait_for_url(f"{url}/entities?hub={hub_name}&flavour=dapr")
+    page.locator("#entities").wait_for()
+    assert page.locator("#hub-picker option:checked").inner_text() == f"{hub_name} (Dapr)"
+
+
 class TokensFile:
     """The tokens file: a client, a reader and a worker of the test's hub, and a reader of another hub."""
 

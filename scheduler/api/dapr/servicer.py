@@ -39,6 +39,8 @@ SUFFIX = DAPR_SUFFIX
 SERVICE = dpb.DESCRIPTOR.services_by_name["TaskHubSidecarService"]
 WIRE_NAME = "TaskHubSidecarService"  # the path Dapr's SDKs call (their contract has no package)
 HISTORY_PAGE = 1000
+NO_REWIND = ("RewindInstance is not served on the Dapr port: Dapr's workers do not rewind; "
+             "RerunWorkflowFromEvent runs a workflow again from one of its events")
 
 
 def twin(hub: str) -> str:
@@ -51,12 +53,22 @@ def visible(hub: str) -> str:
 
 
 class DaprHubs(Servicer):
-    """Our servicer, acting in the Dapr twins of the task hubs."""
+    """Our servicer, acting in the Dapr twins of the task hubs (the dashboard calls it for Dapr instances).
+    What Dapr's workers cannot take is refused here, as on the Dapr port."""
 
     flavour_suffix = SUFFIX
 
     def _hub_name(self, context) -> str:
         return twin(super()._hub_name(context))
+
+    @rpc
+    async def RewindInstance(self, request, context):
+        raise errors.FailedPrecondition(NO_REWIND)
+
+    @rpc
+    async def RestartInstance(self, request, context):
+        raise errors.FailedPrecondition("RestartInstance is not in Dapr's contract: a Dapr workflow is started "
+                                        "again by a client's StartInstance or RerunWorkflowFromEvent")
 
 
 class _Writes:
@@ -141,9 +153,7 @@ class DaprServicer:
 
     @rpc
     async def RewindInstance(self, request, context):
-        raise errors.FailedPrecondition(
-            "RewindInstance is not served on the Dapr port: Dapr's workers do not rewind; "
-            "RerunWorkflowFromEvent runs a workflow again from one of its events")
+        raise errors.FailedPrecondition(NO_REWIND)
 
     @rpc
     async def RaiseEvent(self, request, context):

@@ -25,12 +25,13 @@ log = logging.getLogger(__name__)
 
 class Dashboard:
     def __init__(self, calls: Calls, engine: Engine, config: Config,
-                 certificates: ServerCertificates | None = None) -> None:
+                 certificates: ServerCertificates | None = None, dapr: Calls | None = None) -> None:
+        """``dapr``: the calls of the Dapr port (its servicer and interceptor), for the Dapr twins' pages."""
         self.config = config
         self.certificates = certificates
         self.ssl: ssl.SSLContext | None = certificates.ssl_context() if certificates is not None else None
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
-        self.app.add_routes(Views(calls, engine).routes())
+        self.app.add_routes(Views(calls, engine, dapr).routes())
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 

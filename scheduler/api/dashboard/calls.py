@@ -93,6 +93,10 @@ class Calls:
         self.default_hub = interceptor.default_hub
         self._handlers = {m.name: interceptor.wrap(m.name, getattr(servicer, m.name)) for m in SERVICE.methods}
 
+    def stored_hub(self, hub: str) -> str:
+        """The name the store knows task hub ``hub`` by, for these calls (a Dapr twin's for the Dapr servicer)."""
+        return hub + self.servicer.flavour_suffix
+
     @property
     def authenticates(self) -> bool:
         return self.authenticator.tokens is not None

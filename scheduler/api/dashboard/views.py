@@ -3,7 +3,10 @@ endpoints answer) and the JSON endpoints under ``/api/``, each one call of the s
 
 The browser sends its token as ``Authorization: Bearer …`` on every JSON request (the pages
 themselves hold no data), so a cookie never carries authority and no request can be forged from
-another site. The task hub is the ``hub`` query parameter (default: the replica's ``--task-hub``).
+another site. The task hub is the ``hub`` query parameter (default: the replica's ``--task-hub``);
+``flavour=dapr`` shows its Dapr twin (the instances of Dapr Workflow's SDKs, see api/dapr): the calls are
+then those of the Dapr port (its servicer in the twins, its interceptor: tokens name the hub as given),
+and a twin is never reachable by its own name (``~`` is not allowed in ``hub``).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from ..._proto import orchestrator_service_pb2 as pb
 from ...config import NAME_RE
 from ...engine import Engine
 from ...protocol import quote
+from ..work import DAPR_SUFFIX
 from . import present
 from .calls import CallFailed, Calls, allowed_methods
 
@@ -29,6 +33,7 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 50  # instances, entities, schedules per page (the gRPC calls' own bound is 1000)
 MAX_PAGE_SIZE = 200
 HISTORY_CHUNKS = 50  # StreamInstanceHistory chunks of 100 events: the timeline shows at most 5,000 events
+DAPR = "dapr"  # ?flavour=dapr: the hub's Dapr twin
 MAX_BODY_BYTES = 1024 * 1024  # an action's JSON body (an event's data, a reason)
 STATIC = ("app.js", "app.css")
 PRELOAD_MARK = b"<!--preload-->"
@@ -44,9 +49,10 @@ def _asset(name: str) -> bytes:
 
 
 class Views:
-    def __init__(self, calls: Calls, engine: Engine) -> None:
+    def __init__(self, calls: Calls, engine: Engine, dapr: Calls | None = None) -> None:
         self.calls = calls
         self.engine = engine
+        self.flavours = {"": calls, **({DAPR: dapr} if dapr is not None else {})}  # ?flavour= → its calls
         self.assets = {name: _asset(name) for name in ("index.html", *STATIC)}
 
     def routes(self) -> list[web.RouteDef]:
@@ -76,7 +82,7 @@ class Views:
     async def _preload(self, request: web.Request) -> dict:
         """What the page's script asks first, by kind: {kind: {"status": HTTP status, "body": JSON}}."""
         q, path = request.query, request.path
-        hub = {"hub": q["hub"]} if q.get("hub") else {}
+        hub = {k: q[k] for k in ("hub", "flavour") if q.get(k)}
         jobs = {"session": (self.session, {}, {}), "hubs": (self.hubs, {}, {})}
         paging = {k: q[k] for k in ("prefix", "token", "pageSize") if q.get(k)}
         if path == "/":
@@ -105,39 +111,45 @@ class Views:
 
     async def session(self, request: web.Request) -> web.Response:
         """Who the token is and what it may call; 401 without a valid one when tokens are in use."""
-        async def answer(metadata, hub):
-            identity = self.calls.identify(metadata)
+        async def answer(calls, metadata, hub):
+            identity = calls.identify(metadata)
             return {"auth": self.calls.authenticates, "name": identity.name, "role": identity.role,
                     "hubs": sorted(identity.hubs), "methods": allowed_methods(identity),
                     "defaultHub": self.calls.default_hub}
         return await self._json(request, answer)
 
     async def hubs(self, request: web.Request) -> web.Response:
-        async def answer(metadata, hub):
-            identity = self.calls.identify(metadata)
+        async def answer(calls, metadata, hub):
+            """Our hubs, and (``daprHubs``) the hubs whose Dapr twin exists, both by the names tokens use."""
+            identity = calls.identify(metadata)
             names = await self.engine.store.known_hubs()
-            return {"hubs": [name for name in names if identity.may_use(name)][:1000]}
+            twins = [name.removesuffix(DAPR_SUFFIX) for name in names if name.endswith(DAPR_SUFFIX)]
+            body = {"hubs": [n for n in names if not n.endswith(DAPR_SUFFIX) and identity.may_use(n)][:1000]}
+            if DAPR in self.flavours:
+                body["daprHubs"] = [name for name in twins if identity.may_use(name)][:1000]
+            return body
         return await self._json(request, answer)
 
     async def stats(self, request: web.Request) -> web.Response:
-        async def answer(metadata, hub):
-            self.calls.check_read(metadata, hub)
-            keys = await self.engine.hubs.existing(hub)
+        async def answer(calls, metadata, hub):
+            calls.check_read(metadata, hub)
+            keys = await self.engine.hubs.existing(calls.stored_hub(hub))
             if keys is None:
                 raise CallFailed(grpc.StatusCode.NOT_FOUND, f"task hub {quote(hub)} does not exist")
             s = await self.engine.store.hub_stats(keys)
             overdue = None if s.next_due_ms is None else max(0, s.now_ms - s.next_due_ms)
-            return {"hub": hub, "partitions": s.partitions, "nowMs": s.now_ms, "statuses": s.statuses,
+            return {"hub": hub, "flavour": request.query.get("flavour") or None, "partitions": s.partitions,
+                    "nowMs": s.now_ms, "statuses": s.statuses,
                     "due": s.due, "nextDueMs": s.next_due_ms, "ready": s.ready, "outbox": s.outbox,
                     "oldestReadyAgeMs": None if s.oldest_ready_ms is None else max(0, s.now_ms - s.oldest_ready_ms),
                     "promotionLagMs": overdue}
         return await self._json(request, answer)
 
     async def instances(self, request: web.Request) -> web.Response:
-        async def answer(metadata, hub):
+        async def answer(calls, metadata, hub):
             query = _instance_query(request.query)
-            reply = await self.calls.unary("QueryInstances", pb.QueryInstancesRequest(query=query), metadata,
-                                           _peer(request))
+            reply = await calls.unary("QueryInstances", pb.QueryInstancesRequest(query=query), metadata,
+                                      _peer(request))
             return {"instances": [present.instance_row(s) for s in reply.orchestrationState],
                     "next": reply.continuationToken.value if reply.HasField("continuationToken") else None,
                     "nowMs": int(time.time() * 1000)}
@@ -146,9 +158,9 @@ class Views:
     async def instance(self, request: web.Request) -> web.Response:
         instance_id = request.match_info["id"]
 
-        async def answer(metadata, hub):
-            state = await self._state(instance_id, metadata, request)
-            chunks, more = await self.calls.stream(
+        async def answer(calls, metadata, hub):
+            state = await self._state(calls, instance_id, metadata, request)
+            chunks, more = await calls.stream(
                 "StreamInstanceHistory", pb.StreamInstanceHistoryRequest(instanceId=instance_id), metadata,
                 _peer(request), HISTORY_CHUNKS)
             events = [e for chunk in chunks for e in chunk.events]
@@ -159,10 +171,10 @@ class Views:
     async def payload(self, request: web.Request) -> web.Response:
         instance_id, which = request.match_info["id"], request.match_info["which"]
 
-        async def answer(metadata, hub):
+        async def answer(calls, metadata, hub):
             if which not in PAYLOADS:
                 raise _bad(f"no payload {quote(which)}: one of {', '.join(PAYLOADS)}")
-            return {"text": present.payload_of(await self._state(instance_id, metadata, request), which)}
+            return {"text": present.payload_of(await self._state(calls, instance_id, metadata, request), which)}
         return await self._json(request, answer)
 
     async def action(self, request: web.Request) -> web.Response:
@@ -170,9 +182,9 @@ class Views:
         if action not in ACTIONS:
             raise web.HTTPNotFound()
 
-        async def answer(metadata, hub):
+        async def answer(calls, metadata, hub):
             method, message = ACTIONS[action](instance_id, await _body(request))
-            reply = await self.calls.unary(method, message, metadata, _peer(request))
+            reply = await calls.unary(method, message, metadata, _peer(request))
             if method == "RestartInstance":
                 return {"ok": True, "instanceId": reply.instanceId}
             if method == "PurgeInstances":
@@ -190,23 +202,22 @@ class Views:
                                        present.schedule_row)
 
     async def _entity_page(self, request: web.Request, prefix: str, row) -> web.Response:
-        async def answer(metadata, hub):
+        async def answer(calls, metadata, hub):
             query = pb.EntityQuery(includeState=True, includeTransient=True)
             query.pageSize.value = _page_size(request.query)
             if prefix:
                 query.instanceIdStartsWith.value = prefix
             if request.query.get("token"):
                 query.continuationToken.value = request.query["token"]
-            reply = await self.calls.unary("QueryEntities", pb.QueryEntitiesRequest(query=query), metadata,
-                                           _peer(request))
+            reply = await calls.unary("QueryEntities", pb.QueryEntitiesRequest(query=query), metadata,
+                                      _peer(request))
             return {"entities": [row(e) for e in reply.entities], "nowMs": int(time.time() * 1000),
                     "next": reply.continuationToken.value if reply.HasField("continuationToken") else None}
         return await self._json(request, answer)
 
-    async def _state(self, instance_id: str, metadata, request) -> pb.OrchestrationState:
-        reply = await self.calls.unary("GetInstance", pb.GetInstanceRequest(instanceId=instance_id,
-                                                                            getInputsAndOutputs=True),
-                                       metadata, _peer(request))
+    async def _state(self, calls: Calls, instance_id: str, metadata, request) -> pb.OrchestrationState:
+        reply = await calls.unary("GetInstance", pb.GetInstanceRequest(instanceId=instance_id, getInputsAndOutputs=True),
+                                  metadata, _peer(request))
         if not reply.exists:
             raise CallFailed(grpc.StatusCode.NOT_FOUND, f"no instance {quote(instance_id)} in this task hub")
         return reply.orchestrationState
@@ -215,11 +226,15 @@ class Views:
         hub = request.query.get("hub") or self.calls.default_hub
         if not NAME_RE.match(hub):
             return _error(400, "INVALID_ARGUMENT", f"task hub name {quote(hub)} must match {NAME_RE.pattern}")
-        metadata = self.calls.metadata(request.headers.get("Authorization"), hub)
+        flavour = request.query.get("flavour", "")
+        calls = self.flavours.get(flavour)
+        if calls is None:
+            return _error(400, "INVALID_ARGUMENT", f"no flavour {quote(flavour)}: {DAPR} or none")
+        metadata = calls.metadata(request.headers.get("Authorization"), hub)
         try:
-            if self.calls.authenticates:  # who asks comes first: 401 before anything about the request
-                self.calls.identify(metadata)
-            body = await answer(metadata, hub)
+            if calls.authenticates:  # who asks comes first: 401 before anything about the request
+                calls.identify(metadata)
+            body = await answer(calls, metadata, hub)
         except CallFailed as exc:
             return _error(exc.http_status, exc.code.name, exc.message)
         except errors.StoreError as exc:  # a read outside the gRPC calls (hubs, stats)

@@ -114,7 +114,7 @@ def activities(address: str) -> dict:
     finally:
         w.stop()
     events = _history(address, iid)
-    return {"status": state.runtime_status.name, "output": json.loads(state.serialized_output),
+    return {"instanceId": iid, "status": state.runtime_status.name, "output": json.loads(state.serialized_output),
             "scheduled": [e.taskScheduled.taskExecutionId for e in events if e.HasField("taskScheduled")],
             "completed": [e.taskCompleted.taskExecutionId for e in events if e.HasField("taskCompleted")]}
 

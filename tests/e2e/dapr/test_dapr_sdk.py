@@ -10,6 +10,8 @@ import pytest
 from durabletask import client, task, worker
 
 from dapr_helpers import stop
+from dashboard_browser import get_json
+from scheduler.testing import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -29,6 +31,20 @@ def test_activities_carry_their_task_execution_id(dapr, both):
     assert first and second and first != second
     assert result["scheduled"] == [first, second]  # the TaskScheduled events keep them
     assert result["completed"] == [first, second]  # and the results answer with them
+
+
+def test_the_dashboard_shows_dapr_instances_under_their_own_entry(dapr, replicas, hub_name):
+    port = free_port()
+    server = replicas.start("--dapr-port", "0", "--dashboard-port", str(port))
+    iid = dapr.run("activities", server.dapr_address)["instanceId"]
+    url = f"http://127.0.0.1:{port}"
+    assert get_json(f"{url}/api/hubs")[1] == {"hubs": [hub_name], "daprHubs": [hub_name]}
+    status, page = get_json(f"{url}/api/instances?flavour=dapr")
+    assert status == 200 and [(i["id"], i["status"]) for i in page["instances"]] == [(iid, "COMPLETED")]
+    assert get_json(f"{url}/api/instances")[1]["instances"] == []  # our flavour's entry: none of them
+    status, one = get_json(f"{url}/api/instances/{iid}?flavour=dapr")
+    assert status == 200 and one["instance"]["name"] == "two_activities"
+    assert [(b["name"], b["outcome"]) for b in one["timeline"]["bars"]] == [("whoami", "completed")] * 2
 
 
 def test_timers_sub_orchestrations_and_events(dapr, both):

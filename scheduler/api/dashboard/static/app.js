@@ -34,10 +34,14 @@ function h(tag, attrs, ...children) {
 }
 
 function hub() { return params.get("hub") || (session ? session.defaultHub : ""); }
+// "dapr": the Dapr twin of the hub (instances of Dapr Workflow's SDKs), whose calls are those of the Dapr port
+function flavour() { return params.get("flavour") === "dapr" ? "dapr" : ""; }
+const DAPR_REFUSES = ["RewindInstance", "RestartInstance"]; // not in Dapr's contract (the server refuses them too)
 
 function link(path, extra) {
   const q = new URLSearchParams(extra || {});
   if (params.get("hub")) q.set("hub", params.get("hub"));
+  if (flavour()) q.set("flavour", flavour());
   const s = q.toString();
   return s ? `${path}?${s}` : path;
 }
@@ -64,7 +68,8 @@ async function api(path, options, kind) {
   if (token) headers["Authorization"] = `Bearer ${token}`;
   if (options && options.body) headers["Content-Type"] = "application/json";
   const sep = path.includes("?") ? "&" : "?";
-  const url = hub() ? `${path}${sep}hub=${encodeURIComponent(hub())}` : path;
+  let url = hub() ? `${path}${sep}hub=${encodeURIComponent(hub())}` : path;
+  if (flavour()) url += `${url.includes("?") ? "&" : "?"}flavour=${flavour()}`;
   const reply = await fetch(url, {...(options || {}), headers});
   let body = {};
   try { body = await reply.json(); } catch (e) { body = {error: `HTTP ${reply.status}`}; }
@@ -118,7 +123,7 @@ function showLogin(message) {
 }
 
 function may(method) {
-  if (!session || !session.methods.includes(method)) return false;
+  if (!session || !session.methods.includes(method) || (flavour() && DAPR_REFUSES.includes(method))) return false;
   return session.hubs.includes("*") || session.hubs.includes(hub());
 }
 
@@ -126,15 +131,19 @@ async function header() {
   const here = location.pathname;
   const nav = [["/", "Instances"], ["/entities", "Entities"], ["/schedules", "Schedules"]].map(([path, label]) =>
     h("a", {href: link(path), class: here === path ? "current" : null}, label));
-  const picker = h("select", {id: "hub-picker", onchange: (e) => {
-    const q = new URLSearchParams(); q.set("hub", e.target.value);
-    location.href = `${here.startsWith("/instances/") ? "/" : here}?${q}`;
+  const picker = h("select", {id: "hub-picker", onchange: (e) => { // an option's value is its query
+    location.href = `${here.startsWith("/instances/") ? "/" : here}?${e.target.value}`;
   }});
+  const option = (name, kind) => {
+    const q = new URLSearchParams({hub: name}); if (kind) q.set("flavour", kind);
+    return h("option", {value: q.toString(), selected: name === hub() && kind === flavour()}, hubLabel(name, kind));
+  };
   try {
-    const names = (await api("/api/hubs", null, "hubs")).hubs;
-    if (!names.includes(hub())) names.unshift(hub());
-    for (const name of names) picker.append(h("option", {value: name, selected: name === hub()}, name));
-  } catch (e) { picker.append(h("option", {}, hub())); }
+    const hubs = await api("/api/hubs", null, "hubs");
+    const entries = [...hubs.hubs.map((n) => [n, ""]), ...(hubs.daprHubs || []).map((n) => [n, "dapr"])];
+    if (!entries.some(([n, k]) => n === hub() && k === flavour())) entries.unshift([hub(), flavour()]);
+    for (const [name, kind] of entries) picker.append(option(name, kind));
+  } catch (e) { picker.append(option(hub(), flavour())); }
   nav.push(h("label", {}, "task hub", picker));
   document.getElementById("nav").replaceChildren(...nav);
   const who = [session.auth ? `${session.name} (${session.role})` : "no authentication (loopback)"];
@@ -154,7 +163,7 @@ async function listPage() {
   const [stats, page] = await Promise.all([api("/api/stats", null, "stats").catch((e) => ({error: e})), api(`/api/instances?${q}`, null, "instances")]);
   skewMs = page.nowMs - Date.now();
   const filters = h("form", {class: "filters", method: "get", action: "/"},
-    params.get("hub") ? h("input", {type: "hidden", name: "hub", value: params.get("hub")}) : null,
+    hubInputs(),
     h("label", {}, "status", h("select", {name: "status"}, h("option", {value: ""}, "any"),
       STATUSES.map((s) => h("option", {value: s, selected: params.get("status") === s}, s)))),
     h("label", {}, "instance id prefix", h("input", {name: "prefix", value: params.get("prefix") || ""})),
@@ -177,6 +186,12 @@ async function listPage() {
   tick();
 }
 
+function hubLabel(name, kind) { return kind === "dapr" ? `${name} (Dapr)` : name; }
+
+function hubInputs() { // the hub (and flavour) a filter form keeps
+  return ["hub", "flavour"].map((k) => params.get(k) ? h("input", {type: "hidden", name: k, value: params.get(k)}) : null);
+}
+
 function pageLink(token) {
   const q = new URLSearchParams(params);
   if (token) q.set("token", token); else q.delete("token");
@@ -187,7 +202,7 @@ function hubCards(stats) {
   if (stats.error) return h("p", {class: "error"}, String(stats.error.message));
   const card = (label, value, href) => h("div", {class: "card"}, h("b", {}, href ? h("a", {href}, value) : value), label);
   const statuses = Object.entries(stats.statuses).map(([s, n]) => card(s, n, link("/", {status: s})));
-  return h("section", {id: "hub-stats"}, h("h1", {}, `Task hub ${stats.hub}`),
+  return h("section", {id: "hub-stats"}, h("h1", {}, `Task hub ${hubLabel(stats.hub, stats.flavour)}`),
     h("div", {class: "cards"}, statuses.length ? statuses : card("instances", 0),
       card("due", stats.due), card("next due", stats.nextDueMs ? when(stats.nextDueMs) : "–"),
       card("ready", stats.ready), card("oldest ready", seconds(stats.oldestReadyAgeMs)),
@@ -289,7 +304,7 @@ async function entityPage(kind) {
   const page = await api(`/api/${kind}?${q}`, null, kind);
   skewMs = page.nowMs - Date.now();
   const filters = h("form", {class: "filters", method: "get", action: location.pathname},
-    params.get("hub") ? h("input", {type: "hidden", name: "hub", value: params.get("hub")}) : null,
+    hubInputs(),
     h("label", {}, kind === "entities" ? "entity name prefix (@name@key)" : "schedule id prefix",
       h("input", {name: "prefix", value: params.get("prefix") || ""})), h("button", {type: "submit"}, "Filter"));
   let head, rows;
