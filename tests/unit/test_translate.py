@@ -182,3 +182,10 @@ def test_status_name_and_value_reject_unknowns():
         events.status_name(999)
     with pytest.raises(ValueError):
         events.status_value("NOPE")
+
+
+def test_the_status_names_are_every_status_of_the_protocol():
+    """An unfiltered query of a schema-3 hub reads the status index range of each of protocol.STATUSES:
+    a status missing there would hide its instances."""
+    assert protocol.STATUSES == {events.status_name(v) for v in pb.OrchestrationStatus.values()}
+    assert protocol.TERMINAL <= protocol.STATUSES and protocol.IDLE <= protocol.STATUSES
