@@ -1,9 +1,10 @@
 -- create_instance: StartInstance's one atomic write.
 --
 -- Writes the instance hash (status PENDING), its first event into the inbox, its
--- status index member(s) (and, in a hub of schema 1, its by-created entry) and stats, and makes it ready now or puts it on the due set at
--- its scheduled start. An existing instance is replaced only when its status is
--- one of the replaceable ones; otherwise nothing is written. With `same_is_done`,
+-- status index member(s) (and, in a hub of schema 1, its by-created entry) and
+-- stats, and makes it ready now or puts it on the due set at its scheduled start.
+-- An existing instance is replaced only when its status is one of the replaceable
+-- ones; otherwise nothing is written. With `same_is_done`,
 -- an existing instance of the same execution id is this creation, done before
 -- (an outbox message delivered again): it is left alone, whatever its status. With a
 -- `claim_token`, an instance made ready now is claimed in the same step for the caller's work
