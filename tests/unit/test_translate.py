@@ -107,6 +107,13 @@ def stored(**extra) -> dict[str, bytes]:
     return h
 
 
+def test_an_instance_not_changed_since_its_creation_was_last_updated_then():
+    h = stored()
+    del h["updated_ms"]  # create_instance.lua writes it at the first change
+    state = translate.orchestration_state("i-1", h, include_payloads=False)
+    assert state.lastUpdatedTimestamp == state.createdTimestamp == ts(1_700_000_000, 123_000_000)
+
+
 def test_orchestration_state_minimal():
     state = translate.orchestration_state("i-1", stored(), include_payloads=True)
     assert state.instanceId == "i-1" and state.name == "Orch"

@@ -65,7 +65,8 @@ if old_status then
   redis.call('HINCRBY', stats_key, old_status, -1)
 end
 
-redis.call('HSET', inst_key, 'status', 'PENDING', 'created_ms', now, 'updated_ms', now,
+-- No `updated_ms` until the first change (it is `created_ms` until then: a field fewer per pending instance).
+redis.call('HSET', inst_key, 'status', 'PENDING', 'created_ms', now,
   'start', 'inbox 0', 'size', #start_event, unpack(ARGV, 15))
 redis.call('RPUSH', inbox_key, start_event)
 if by_created then redis.call('ZADD', created_key, now, instance_id) end
