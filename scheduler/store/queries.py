@@ -3,8 +3,8 @@
 Every query walks per-partition indexes merged into one order, ``(created_ms,
 instance id)``: the ``by-status`` zsets, whose members ``<status>|<created ms, 16
 digits>|<id>`` sort that way within a status, in the ranges of the statuses of the
-filter; without one, of every status (in a hub of schema 2, the range of ``*``, which
-lists every instance there). A :class:`Cursor` is a position in that
+filter; without one, of every status that the partition's stats count (in a hub of
+schema 2, the range of ``*``, which lists every instance there). A :class:`Cursor` is a position in that
 order; a page continues strictly after it, so instances created while a client pages
 are never returned twice and never shift what follows (their ``created_ms`` is now).
 
@@ -32,6 +32,7 @@ from .scripts import Code
 
 _PURGE_BATCH = 100
 MAX_EXAMINED = 1000  # range reads + index entries read + instance hashes read, per query page
+_EVERY_STATUS = tuple(sorted(STATUSES))
 
 
 class _Budget:
@@ -124,7 +125,7 @@ class QueryOps:
         if hub.keeps_by_created:
             return ()
         if not statuses:
-            statuses = {"*"} if hub.indexes_all else STATUSES
+            return ("*",) if hub.indexes_all else _EVERY_STATUS
         return tuple(sorted(statuses))
 
     async def _candidates(self, hub: keys.HubKeys, flt: InstanceFilter, after: Cursor | None,
@@ -145,8 +146,7 @@ class QueryOps:
         statuses = self._statuses_indexed(hub, flt)
         if statuses is None:
             return
-        live: list[tuple[keys.PartitionKeys, str | None]] = [
-            (pk, s) for pk in hub.all_partitions() for s in (statuses or (None,))]
+        live = await self._indexes(hub, statuses, budget)
         first = True
         while live:
             if after is not None and flt.created_to_ms is not None and after.created_ms >= flt.created_to_ms:
@@ -197,6 +197,23 @@ class QueryOps:
             live = [source for source, entries, was_full in zip(live, per_index, full)
                     if was_full or (entries and entries[-1] > bound)]
             after = bound
+
+    async def _indexes(self, hub: keys.HubKeys, statuses: tuple[str, ...],
+                       budget: _Budget) -> list[tuple[keys.PartitionKeys, str | None]]:
+        """The indexes to read: (partition, status), or (partition, None) for its by-created zset. For
+        every status (an unfiltered query of a schema-3 hub) only the statuses that the partition's
+        stats count, which every status change moves in the same step as the index (one read per
+        partition instead of a range per status)."""
+        if statuses != _EVERY_STATUS:
+            return [(pk, s) for pk in hub.all_partitions() for s in (statuses or (None,))]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pk in hub.all_partitions():
+                pipe.hgetall(pk.stats)
+            counts = await pipe.execute()
+        if budget.left is not None:
+            budget.left -= len(counts)
+        return [(pk, s) for pk, n in zip(hub.all_partitions(), counts) for s in statuses
+                if int(n.get(s.encode(), 0)) > 0]
 
     @staticmethod
     def _read_index(pipe, pk: keys.PartitionKeys, status: str | None, flt: InstanceFilter,
