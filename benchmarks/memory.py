@@ -45,7 +45,7 @@ async def _measure(redis_url: str, count: int, input_bytes: int) -> dict:
             per_key = await pipe.execute()
         async with redis.pipeline(transaction=False) as pipe:
             for pk in hub.all_partitions():
-                for key in (pk.due, pk.by_created, pk.ready):
+                for key in (pk.due, pk.by_created, pk.ready, pk.by_status):
                     pipe.memory_usage(key, samples=0)
                     pipe.zcard(key)
                     pipe.object("encoding", key)
@@ -54,11 +54,13 @@ async def _measure(redis_url: str, count: int, input_bytes: int) -> dict:
         inbox = median(per_key[1::3])
         total = count + 200
         share = {}
-        for n, name in enumerate(("due", "by_created", "ready")):
-            used = [zsets[9 * p + 3 * n] or 0 for p in range(hub.partitions)]
-            members = sum(zsets[9 * p + 3 * n + 1] for p in range(hub.partitions))
+        names = ("due", "by_created", "ready", "by_status")
+        width = 3 * len(names)
+        for n, name in enumerate(names):
+            used = [zsets[width * p + 3 * n] or 0 for p in range(hub.partitions)]
+            members = sum(zsets[width * p + 3 * n + 1] for p in range(hub.partitions))
             share[name] = sum(used) / total if members else 0.0
-            share[name + "_encoding"] = sorted({(zsets[9 * p + 3 * n + 2] or b"none").decode()
+            share[name + "_encoding"] = sorted({(zsets[width * p + 3 * n + 2] or b"none").decode()
                                                 for p in range(hub.partitions)})
         per_instance = (after - before) / count
         return {"count": count, "input_bytes": input_bytes, "used_memory_before": before,
@@ -66,9 +68,11 @@ async def _measure(redis_url: str, count: int, input_bytes: int) -> dict:
                 "memory_usage_instance_hash": instance_hash, "memory_usage_inbox_list": inbox,
                 "history_key_exists": any(per_key[2::3]),
                 "due_zset_share": share["due"], "by_created_zset_share": share["by_created"],
-                "ready_zset_share": share["ready"], "zset_encodings": {k: v for k, v in share.items()
+                "ready_zset_share": share["ready"], "status_index_share": share["by_status"],
+                "zset_encodings": {k: v for k, v in share.items()
                                                                        if k.endswith("_encoding")},
-                "unaccounted": per_instance - instance_hash - inbox - share["due"] - share["by_created"]}
+                "unaccounted": (per_instance - instance_hash - inbox - share["due"] - share["by_created"]
+                                - share["by_status"])}
     finally:
         await redis.aclose()
 
@@ -85,7 +89,8 @@ def run(quick: bool = False, count: int = 10_000, input_bytes: int = 100) -> Par
         Row("memory", "  MEMORY USAGE instance hash", m["memory_usage_instance_hash"], unit="B"),
         Row("memory", "  MEMORY USAGE inbox list", m["memory_usage_inbox_list"], unit="B"),
         Row("memory", "  due zset share", m["due_zset_share"], unit="B"),
-        Row("memory", "  by-created zset share", m["by_created_zset_share"], unit="B"),
+        Row("memory", "  by-created zset share (schema-1 hubs only)", m["by_created_zset_share"], unit="B"),
+        Row("memory", "  status index (by-status) share", m["status_index_share"], unit="B"),
         Row("memory", "  rest (key table, allocator)", m["unaccounted"], unit="B"),
     ]
     result.notes.append(f"{count:,} instances scheduled 1 h ahead, {input_bytes}-byte input, 16 partitions; "

@@ -22,6 +22,9 @@ from .errors import InvalidRequest
 # writes them as they are, and the Lua prelude gets the same sets (store/scripts.py).
 
 STATUS_PREFIX = "ORCHESTRATION_STATUS_"
+# Every status an instance can have (the protocol's OrchestrationStatus names).
+STATUSES = frozenset({"PENDING", "RUNNING", "SUSPENDED", "COMPLETED", "FAILED", "TERMINATED", "CANCELED",
+                      "CONTINUED_AS_NEW"})
 TERMINAL = frozenset({"COMPLETED", "FAILED", "TERMINATED"})  # an instance in one never runs again
 IDLE = TERMINAL | {"SUSPENDED"}  # an instance in one is not dispatched
 

@@ -22,11 +22,11 @@ async def set_created(redis, hub: keys.HubKeys, iid: str, ms: int) -> None:
     pk = hub.for_instance(iid)
     status = (await redis.hget(pk.instance(iid), "status")).decode()
     old = int(await redis.hget(pk.instance(iid), "created_ms"))
-    await redis.zadd(pk.by_created, {iid: ms}, xx=True)
+    await redis.zadd(pk.by_created, {iid: ms}, xx=True)  # a hub of schema 1 has it
     await redis.hset(pk.instance(iid), "created_ms", ms)
-    for indexed in (status, "*"):
-        await redis.zrem(pk.by_status, status_member(indexed, old, iid))
-        await redis.zadd(pk.by_status, {status_member(indexed, ms, iid): 0})
+    for indexed in (status, "*"):  # a hub of schema 1 or 2 has the "*" member
+        if await redis.zrem(pk.by_status, status_member(indexed, old, iid)):
+            await redis.zadd(pk.by_status, {status_member(indexed, ms, iid): 0})
 
 
 def status_member(status: str, created_ms: int, iid: str) -> str:
@@ -35,8 +35,11 @@ def status_member(status: str, created_ms: int, iid: str) -> str:
 
 
 async def index_order(redis, hub: keys.HubKeys) -> list[str]:
-    """Every indexed id in (created_ms, id) order, read straight from the zsets."""
+    """Every indexed id in (created_ms, id) order, read straight from the status indexes."""
     entries = []
     for pk in hub.all_partitions():
-        entries += [(int(s), m.decode()) for m, s in await redis.zrange(pk.by_created, 0, -1, withscores=True)]
+        for member in await redis.zrange(pk.by_status, 0, -1):
+            status, created, iid = member.decode().split("|", 2)
+            if status != "*":
+                entries.append((int(created), iid))
     return [iid for _, iid in sorted(entries)]

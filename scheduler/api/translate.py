@@ -3,7 +3,7 @@
 The instance hash holds scalar fields as plain strings so that ``HGETALL`` is readable:
 ``name``, ``version``, ``status`` (``PENDING``, ``RUNNING``, ...), ``output``,
 ``custom_status``, ``execution_id``, ``parent_instance_id``, ``created_ms``/``updated_ms``/
-``completed_ms`` (epoch ms), ``scheduled_start`` and ``request_time`` (RFC 3339, exactly as
+``completed_ms`` (epoch ms; ``updated_ms`` is absent until the first change, the creation time then), ``scheduled_start`` and ``request_time`` (RFC 3339, exactly as
 given), ``failure`` (serialized TaskFailureDetails), ``start`` (where the start event is) and,
 once rewound, ``rewinds`` (how many times) and ``rewinding`` (until the worker has rewound it).
 The input and the tags live only in the ExecutionStarted event (see
@@ -69,7 +69,7 @@ def fill_state(state: pb.OrchestrationState, instance_id: str, h: dict[str, byte
     status = _STATUS_VALUES.get(h["status"])
     state.orchestrationStatus = status_value(h["status"].decode()) if status is None else status
     _set_ms(state.createdTimestamp, h["created_ms"])
-    _set_ms(state.lastUpdatedTimestamp, h["updated_ms"])
+    _set_ms(state.lastUpdatedTimestamp, h.get("updated_ms", h["created_ms"]))
     for name, attr in _OPTIONAL_TEXT:
         value = h.get(name)
         if value is not None:

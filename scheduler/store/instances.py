@@ -40,7 +40,8 @@ class InstanceOps:
         pk = hub.for_instance(new.instance_id)
         iid = new.instance_id
         args: list = [iid, "" if new.due_ms is None else new.due_ms, new.start_event, " ".join(new.replaceable),
-                      "1" if new.same_is_done else "0", new.fields.get("execution_id", ""), *claim]
+                      "1" if new.same_is_done else "0", new.fields.get("execution_id", ""), *claim,
+                      "1" if hub.keeps_by_created else "0", "1" if hub.indexes_all else "0"]
         for name, value in new.fields.items():
             args += [name, value]
         reply = await self._write(

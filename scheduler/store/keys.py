@@ -25,11 +25,12 @@ key                                    type    holds
 ``<prefix>:{H:p}:due``                 zset    instance ids that become ready at a time; score = due epoch ms
 ``<prefix>:{H:p}:ready``               zset    instance ids with work to dispatch; score = ready since (ms)
 ``<prefix>:{H:p}:leases``              zset    claimed work items (lease_member: "o|<id>", "a|<item>"); score = lease expiry (ms)
-``<prefix>:{H:p}:by-created``          zset    instance ids by creation time (ms)
+``<prefix>:{H:p}:by-created``          zset    instance ids by creation time (ms); written in hubs of schema 1 only
 ``<prefix>:{H:p}:by-completed``        zset    ids of ended instances by completion time (ms): what retention purges
 ``<prefix>:{H:p}:stats``               hash    instance count per status name
 ``<prefix>:{H:p}:by-status``           zset    every instance by status, all at score 0: "<status>|<created ms, 16
-                                              digits>|<id>", and "*|<created ms>|<id>" (lexical order: queries)
+                                              digits>|<id>" (lexical order: queries); in hubs of schema 1
+                                              and 2 also "*|<created ms>|<id>"
 ``<prefix>:{H:p}:activities``          zset    activity work items ready to hand out; score = queued since (ms)
 ``<prefix>:{H:p}:act-payloads``        hash    activity work item -> serialized ActivityRequest, until completed
 ``<prefix>:{H:p}:act-tokens``          hash    activity work item -> claim token, while claimed
@@ -49,6 +50,14 @@ import zlib
 from dataclasses import dataclass, field
 
 from ..protocol import ACTIVITY, ENTITY, ORCHESTRATION
+
+# The versions of a hub's key layout (its meta "schema", fixed when the hub is made):
+# 1: queries walk the by-created zsets (the status index is kept but not read);
+# 2: queries read the status index, whose "*" members list every instance (by-created kept, not read);
+# 3: no by-created and no "*" members: a query without a status filter reads every status's range.
+SCHEMA_VERSION = 3
+STATUS_INDEX_SCHEMA = 2  # the first schema whose hubs index every instance by status
+
 
 # The partition queues that work waits in, and the due set; named by wake-ups (see queue_of).
 WORK_QUEUES = {ORCHESTRATION: "ready", ACTIVITY: "activities", ENTITY: "entities"}
@@ -167,6 +176,7 @@ class HubKeys:
     hub: str
     partitions: int
     generation: int = 0  # which incarnation of the hub (a deleted and recreated hub has a newer one)
+    schema: int = SCHEMA_VERSION  # the hub's key layout (see SCHEMA_VERSION)
     # The keys of each partition, made once (every call about an instance needs its partition's).
     _partition_keys: tuple[PartitionKeys, ...] = field(init=False, repr=False, compare=False)
 
@@ -177,6 +187,16 @@ class HubKeys:
     @property
     def meta(self) -> str:
         return meta_key(self.prefix, self.hub)
+
+    @property
+    def keeps_by_created(self) -> bool:
+        """Whether new instances go into the by-created zsets (read by queries of schema-1 hubs)."""
+        return self.schema < STATUS_INDEX_SCHEMA
+
+    @property
+    def indexes_all(self) -> bool:
+        """Whether new instances also get a "*" member in the status index (read by schema-2 hubs)."""
+        return self.schema < 3
 
     def turn(self, job: str) -> str:
         """The lock by which one replica at a time runs a housekeeping job for the hub."""

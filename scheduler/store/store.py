@@ -25,10 +25,10 @@ from .notify import Wakeup
 from .orchestrations import OrchestrationOps
 from .queries import QueryOps
 from .records import HubStats, PartitionStats, Promotion
+from .keys import SCHEMA_VERSION
 from .scripts import Code, outcome, source
 from .work import WorkOps
 
-SCHEMA_VERSION = 2  # 2: every instance is in its partition's status index (store/queries.py)
 _DELETE_BATCH = 500
 # A deleted hub's partitions keep their tombstone generation this long (writers that still knew the
 # hub have long noticed by then: every replica revalidates its hubs every few seconds).
@@ -140,8 +140,8 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, Quer
         generation = await self.redis.incr(keys.generations_key(self.prefix))
         reply = await self._run("ensure_hub", name, generation, [keys.meta_key(self.prefix, name)],
                                 [self.default_partitions, SCHEMA_VERSION])
-        _, (partitions, _, generation, _) = self._outcome(reply, name)
-        return self._cache(keys.HubKeys(self.prefix, name, int(partitions), int(generation)))
+        _, (partitions, _, generation, _, schema) = self._outcome(reply, name)
+        return self._cache(keys.HubKeys(self.prefix, name, int(partitions), int(generation), int(schema)))
 
     @unavailable_on_redis_errors
     async def find_hub(self, name: str) -> keys.HubKeys | None:
@@ -150,13 +150,13 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, Quer
         cached = self._hubs.get(name)
         if cached is not None:
             return cached
-        partitions, generation, deleting = await self.redis.hmget(
-            keys.meta_key(self.prefix, name), "partitions", "generation", "deleting")
+        partitions, generation, deleting, schema = await self.redis.hmget(
+            keys.meta_key(self.prefix, name), "partitions", "generation", "deleting", "schema")
         if deleting is not None:
             raise errors.HubDeleting(name)
         if partitions is None:
             return None
-        return self._cache(keys.HubKeys(self.prefix, name, int(partitions), int(generation or 0)))
+        return self._cache(keys.HubKeys(self.prefix, name, int(partitions), int(generation or 0), int(schema or 1)))
 
     def _cache(self, hub: keys.HubKeys) -> keys.HubKeys:
         self._hubs[hub.hub] = hub

@@ -52,7 +52,10 @@ def finish(r: redis.Redis, hub: HubKeys, iid: str, status: str = "COMPLETED",
 def creation_order(r: redis.Redis, hub: HubKeys) -> list[str]:
     entries = []
     for pk in hub.all_partitions():
-        entries += [(int(s), m.decode()) for m, s in r.zrange(pk.by_created, 0, -1, withscores=True)]
+        for member in r.zrange(pk.by_status, 0, -1):  # "<status>|<created ms>|<id>", as lua/prelude.lua writes it
+            status, created, iid = member.decode().split("|", 2)
+            if status != "*":
+                entries.append((int(created), iid))
     return [iid for _, iid in sorted(entries)]
 
 

@@ -202,10 +202,10 @@ def bookkeeping(s: Snapshot, world: World) -> list[str]:
         counted = dict(Counter(status_of(s, iid) for iid in mine))
         if counted != s.part[p]["stats"]:
             problems.append((CountersDisagree, f"partition {p}: status counters {s.part[p]['stats']} but the instances are {counted}"))
-        if s.part[p]["by_created"] != set(mine):
+        if s.part[p]["by_created"] != (set(mine) if hub.keeps_by_created else set()):
             problems.append((IndexDisagrees, f"partition {p}: by-created holds {sorted(s.part[p]['by_created'])}, instances "
-                            f"are {sorted(mine)}"))
-        indexed = {(status_of(s, iid), iid) for iid in mine} | {("*", iid) for iid in mine}
+                            f"are {sorted(mine)} (schema {hub.schema})"))
+        indexed = {(status_of(s, iid), iid) for iid in mine} | {("*", iid) for iid in mine if hub.indexes_all}
         if s.part[p]["by_status"] != indexed:
             problems.append((IndexDisagrees, f"partition {p}: by-status holds {sorted(s.part[p]['by_status'])}, the "
                             f"instances are {sorted(indexed)}"))

@@ -21,11 +21,12 @@ async def test_create_now_writes_hash_inbox_index_stats_and_ready(store: Store, 
         pk = hub.for_instance(iid)
         h = await store.get_instance(hub, iid)
         start = f"start:{iid}".encode()
-        assert h == {"status": b"PENDING", "created_ms": str(created).encode(), "updated_ms": str(created).encode(),
+        assert h == {"status": b"PENDING", "created_ms": str(created).encode(),  # updated_ms: at the first change
                      "name": b"Orch", "execution_id": f"e-{iid}".encode(), "input": b'"x"',
                      "start": b"inbox 0", "start_event": start, "size": str(len(start)).encode()}
         assert await redis.lrange(pk.inbox(iid), 0, -1) == [f"start:{iid}".encode()]
-        assert await redis.zscore(pk.by_created, iid) == created
+        assert await redis.zrange(pk.by_status, 0, -1) == [f"PENDING|{created:016d}|{iid}".encode()]
+        assert not await redis.exists(pk.by_created)  # only hubs of schema 1 keep it
         assert await redis.zscore(pk.ready, iid) == created
         assert await redis.zscore(pk.due, iid) is None
         assert await redis.hget(pk.stats, "PENDING") == b"1"

@@ -410,7 +410,7 @@ async def test_sweep_of_a_suspended_or_vanished_instance_only_ends_the_lease(sto
     await store.suspend_instance(hub, sus, make.execution_suspended(None))
     await redis.delete(pk.instance(gone), pk.inbox(gone))
     await redis.hincrby(pk.stats, "RUNNING", -1)
-    await redis.zrem(pk.by_created, gone)
+    await redis.zremrangebylex(pk.by_status, "[RUNNING|", "(RUNNING}")  # gone's member (sus is SUSPENDED)
     await wait_past(store, max(cs.lease_expiry_ms, cg.lease_expiry_ms))
     assert sorted(await store.sweep_expired_leases(hub, 3, 10)) == sorted([sus, gone])
     assert await redis.zcard(pk.leases) == 0 and await redis.zcard(pk.ready) == 0

@@ -152,8 +152,9 @@ async def test_purge_removes_every_trace_of_a_terminal_instance(store, hub, redi
     await redis.zadd(pk.ready, {"p-1": 1})
     assert await store.purge_instance(hub, "p-1") is True
     assert not await redis.exists(pk.instance("p-1"), pk.inbox("p-1"), pk.history("p-1"))
-    for zset in (pk.by_created, pk.due, pk.ready):
+    for zset in (pk.due, pk.ready):
         assert await redis.zscore(zset, "p-1") is None
+    assert not [m for m in await redis.zrange(pk.by_status, 0, -1) if m.endswith(b"|p-1")]
     assert int(await redis.hget(pk.stats, "COMPLETED")) == 0
     assert await store.get_instance(hub, "p-2") is not None
     assert await store.purge_instance(hub, "p-1") is False  # gone already
@@ -162,7 +163,7 @@ async def test_purge_removes_every_trace_of_a_terminal_instance(store, hub, redi
 async def test_purge_leaves_a_non_terminal_instance_as_it_is(store, hub, redis):
     await create(store, hub, ["n-1"])
     pk = hub.for_instance("n-1")
-    before = {k: await redis.dump(k) for k in (pk.instance("n-1"), pk.inbox("n-1"), pk.by_created, pk.ready,
+    before = {k: await redis.dump(k) for k in (pk.instance("n-1"), pk.inbox("n-1"), pk.by_status, pk.ready,
                                                pk.stats)}
     assert await store.purge_instance(hub, "n-1") is False
     assert {k: await redis.dump(k) for k in before} == before

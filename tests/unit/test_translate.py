@@ -107,6 +107,13 @@ def stored(**extra) -> dict[str, bytes]:
     return h
 
 
+def test_an_instance_not_changed_since_its_creation_was_last_updated_then():
+    h = stored()
+    del h["updated_ms"]  # create_instance.lua writes it at the first change
+    state = translate.orchestration_state("i-1", h, include_payloads=False)
+    assert state.lastUpdatedTimestamp == state.createdTimestamp == ts(1_700_000_000, 123_000_000)
+
+
 def test_orchestration_state_minimal():
     state = translate.orchestration_state("i-1", stored(), include_payloads=True)
     assert state.instanceId == "i-1" and state.name == "Orch"
@@ -182,3 +189,10 @@ def test_status_name_and_value_reject_unknowns():
         events.status_name(999)
     with pytest.raises(ValueError):
         events.status_value("NOPE")
+
+
+def test_the_status_names_are_every_status_of_the_protocol():
+    """An unfiltered query of a schema-3 hub reads the status index range of each of protocol.STATUSES:
+    a status missing there would hide its instances."""
+    assert protocol.STATUSES == {events.status_name(v) for v in pb.OrchestrationStatus.values()}
+    assert protocol.TERMINAL <= protocol.STATUSES and protocol.IDLE <= protocol.STATUSES

@@ -1,9 +1,10 @@
 -- create_instance: StartInstance's one atomic write.
 --
 -- Writes the instance hash (status PENDING), its first event into the inbox, its
--- creation index and stats, and makes it ready now or puts it on the due set at
--- its scheduled start. An existing instance is replaced only when its status is
--- one of the replaceable ones; otherwise nothing is written. With `same_is_done`,
+-- status index member(s) (and, in a hub of schema 1, its by-created entry) and
+-- stats, and makes it ready now or puts it on the due set at its scheduled start.
+-- An existing instance is replaced only when its status is one of the replaceable
+-- ones; otherwise nothing is written. With `same_is_done`,
 -- an existing instance of the same execution id is this creation, done before
 -- (an outbox message delivered again): it is left alone, whatever its status. With a
 -- `claim_token`, an instance made ready now is claimed in the same step for the caller's work
@@ -15,7 +16,7 @@
 -- KEYS[4] hist          instance history list
 -- KEYS[5] due           partition due zset
 -- KEYS[6] ready         partition ready zset
--- KEYS[7] by_created    partition creation index zset
+-- KEYS[7] by_created    partition creation index zset (written only with `by_created`)
 -- KEYS[8] stats         partition status counts hash
 -- KEYS[9] timers        instance pending timers zset (dropped with a replaced instance)
 -- KEYS[10] seen         instance zset of the message ids it took (dropped with a replaced instance)
@@ -31,7 +32,9 @@
 -- ARGV[10] claim_token  "" (no claim), or the token to claim the instance under if it is ready now
 -- ARGV[11] lease_ms     the claim's lease
 -- ARGV[12] episode_start the claim's serialized OrchestratorStarted HistoryEvent
--- ARGV[13..] field, value pairs of the instance hash (the input and tags travel in the start event)
+-- ARGV[13] by_created   "1": add the instance to KEYS[7] (a hub of schema 1), "0": not
+-- ARGV[14] index_all    "1": also index the instance under "*" (a hub of schema 1 or 2), "0": not
+-- ARGV[15..] field, value pairs of the instance hash (the input and tags travel in the start event)
 -- Returns {OK, created_ms} or, when claimed, {OK, created_ms, lease expiry, flat hash, history, new
 -- events}; {EXISTS, status} if the id is taken, {DONE_BEFORE, status} if this creation was done
 -- before, {HUB_GONE} if the caller's task hub was deleted.
@@ -42,6 +45,7 @@ local index_key = KEYS[13]
 local instance_id, due_ms, start_event = ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local replaceable = ' ' .. ARGV[7] .. ' '
 local same_is_done, execution_id = ARGV[8] == '1', ARGV[9]
+local by_created, index_all = ARGV[13] == '1', ARGV[14] == '1'
 
 if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
 local now = now_ms()
@@ -61,12 +65,13 @@ if old_status then
   redis.call('HINCRBY', stats_key, old_status, -1)
 end
 
-redis.call('HSET', inst_key, 'status', 'PENDING', 'created_ms', now, 'updated_ms', now,
-  'start', 'inbox 0', 'size', #start_event, unpack(ARGV, 13))
+-- No `updated_ms` until the first change (it is `created_ms` until then: a field fewer per pending instance).
+redis.call('HSET', inst_key, 'status', 'PENDING', 'created_ms', now,
+  'start', 'inbox 0', 'size', #start_event, unpack(ARGV, 15))
 redis.call('RPUSH', inbox_key, start_event)
-redis.call('ZADD', created_key, now, instance_id)
+if by_created then redis.call('ZADD', created_key, now, instance_id) end
 redis.call('HINCRBY', stats_key, 'PENDING', 1)
-index_instance(index_key, inst_key, instance_id, 'PENDING', true)
+index_instance(index_key, inst_key, instance_id, 'PENDING', true, index_all)
 if due_ms and due_ms > now then
   add_due(due_key, instance_id, due_ms, false)
   return {CODE.OK, now}

@@ -64,8 +64,9 @@ end
 
 -- The member of an instance in its partition's status index (keys.py PartitionKeys.by_status):
 -- "<status>|<creation ms, 16 digits>|<id>", all at score 0, so the members of one status sort by
--- (creation ms, id): the order of queries, read with ZRANGEBYLEX. Every instance also has a member
--- under status "*" from its creation to its purge (what a query without a status filter reads).
+-- (creation ms, id): the order of queries, read with ZRANGEBYLEX. In hubs of schema 1 and 2 every
+-- instance also has a member under status "*" from its creation to its purge (what a query without a
+-- status filter reads there; keys.py SCHEMA_VERSION).
 local function status_member(status, created_ms, instance_id)
   return status .. '|' .. string.format('%016d', tonumber(created_ms)) .. '|' .. instance_id
 end
@@ -79,12 +80,12 @@ local function index_status(index_key, inst_key, instance_id, from, to)
   if to then redis.call('ZADD', index_key, 0, status_member(to, created, instance_id)) end
 end
 
--- Put a new instance (`add`) into its partition's status index, under its status and "*", or take
--- one that goes (purged, replaced) out of it.
-local function index_instance(index_key, inst_key, instance_id, status, add)
+-- Put a new instance (`add`) into its partition's status index, under its status (and "*" with
+-- `all`), or take one that goes (purged, replaced) out of it (and out of "*", wherever it may be).
+local function index_instance(index_key, inst_key, instance_id, status, add, all)
   if add then
     index_status(index_key, inst_key, instance_id, false, status)
-    index_status(index_key, inst_key, instance_id, false, '*')
+    if all then index_status(index_key, inst_key, instance_id, false, '*') end
   else
     index_status(index_key, inst_key, instance_id, status, false)
     index_status(index_key, inst_key, instance_id, '*', false)
