@@ -176,3 +176,146 @@ def start_server(redis_url: str | None, *extra_args: str, env: dict[str, str] | 
             return ServerProcess(proc, line.split()[1])
     proc.kill()
     raise RuntimeError(f"server not ready within {startup_timeout}s")
+
+
+@dataclass
+class RedisNode:
+    """One redis-server (or Sentinel) subprocess the tests started, on 127.0.0.1:``port``."""
+
+    port: int
+    args: list[str]
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, start_new_session=True)
+
+    def kill(self) -> None:
+        """SIGKILL: Redis gets no chance to save or to tell its replicas."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def _redis_cli(port: int, *command: str) -> str:
+    cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+    return subprocess.run([cli, "-p", str(port), *command], capture_output=True, text=True, timeout=10).stdout.strip()
+
+
+def _wait_until(check, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} within {timeout:g} s")
+        time.sleep(0.05)
+
+
+@dataclass
+class SentinelTopology:
+    """A primary, its replicas and three Sentinels that monitor it as ``master`` (all on 127.0.0.1)."""
+
+    master: str
+    servers: dict[int, RedisNode]  # by port: the primary and its replicas (which is which changes on failover)
+    sentinels: list[RedisNode]
+
+    @property
+    def sentinel_addresses(self) -> str:
+        """The value of --redis-sentinels."""
+        return ",".join(f"127.0.0.1:{node.port}" for node in self.sentinels)
+
+    def primary_port(self) -> int | None:
+        """The primary's port as the first Sentinel that answers says."""
+        for node in self.sentinels:
+            reply = _redis_cli(node.port, "sentinel", "get-master-addr-by-name", self.master).split()
+            if len(reply) == 2:
+                return int(reply[1])
+        return None
+
+    def kill_primary(self) -> int:
+        """SIGKILL the current primary; returns its port."""
+        port = self.primary_port()
+        self.servers[port].kill()
+        return port
+
+    def restart_as_replica(self, port: int) -> None:
+        """Start the server on ``port`` again as a replica of the current primary (as a StatefulSet's
+        start script that asks the Sentinels does; left to itself, a returning old primary is made a
+        replica by the Sentinels only after ~10-20 s)."""
+        node = self.servers[port]
+        primary = self.primary_port()
+        node.args = [arg for arg in node.args]
+        if "--replicaof" in node.args:
+            i = node.args.index("--replicaof")
+            del node.args[i:i + 3]
+        node.args += ["--replicaof", "127.0.0.1", str(primary)]
+        node.start()
+
+    def wait_for_new_primary(self, old_port: int, timeout: float = 30.0) -> int:
+        """Wait until the Sentinels name another primary and it says it is one; returns its port."""
+        def switched() -> bool:
+            port = self.primary_port()
+            return port is not None and port != old_port and _redis_cli(port, "role").startswith("master")
+        _wait_until(switched, "the Sentinels did not fail over", timeout)
+        return self.primary_port()
+
+    def wait_for_replicas(self, count: int, timeout: float = 30.0) -> None:
+        """Wait until the primary has ``count`` replicas in sync (connected_slaves with state online)."""
+        def synced() -> bool:
+            port = self.primary_port()
+            info = _redis_cli(port, "info", "replication") if port else ""
+            return sum("state=online" in line for line in info.splitlines() if line.startswith("slave")) >= count
+        _wait_until(synced, f"the primary did not get {count} replica(s) in sync", timeout)
+
+
+@contextlib.contextmanager
+def redis_sentinels(replicas: int = 1, down_after_ms: int = 1000, failover_timeout_ms: int = 3000,
+                    master: str = "dtmaster") -> Iterator[SentinelTopology]:
+    """A throwaway primary with ``replicas`` replicas and three Sentinels (Debian's ``redis-server
+    --sentinel``), on free ports; a replica is promoted ~``down_after_ms`` after the primary stops
+    answering. Killed servers stay down until a test starts them again (``servers[port].start()``: the
+    Sentinels make a returning old primary a replica of the new one)."""
+    executable = shutil.which("redis-server") or "/usr/bin/redis-server"
+    with tempfile.TemporaryDirectory(prefix="dt-sentinel-") as workdir:
+        ports = [free_port() for _ in range(1 + replicas)]
+        servers = {}
+        for i, port in enumerate(ports):
+            args = [executable, "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir,
+                    "--dbfilename", f"dump-{port}.rdb", "--save", "", "--appendonly", "no",
+                    "--logfile", f"{workdir}/redis-{port}.log"]
+            if i:
+                args += ["--replicaof", "127.0.0.1", str(ports[0])]
+            servers[port] = RedisNode(port, args)
+        sentinels = []
+        for _ in range(3):
+            port = free_port()
+            conf = f"{workdir}/sentinel-{port}.conf"
+            with open(conf, "w", encoding="ascii") as f:
+                f.write(f"port {port}\nbind 127.0.0.1\ndir {workdir}\nlogfile {workdir}/sentinel-{port}.log\n"
+                        f"sentinel monitor {master} 127.0.0.1 {ports[0]} 2\n"
+                        f"sentinel down-after-milliseconds {master} {down_after_ms}\n"
+                        f"sentinel failover-timeout {master} {failover_timeout_ms}\n"
+                        f"sentinel parallel-syncs {master} 1\n")
+            sentinels.append(RedisNode(port, [executable, conf, "--sentinel"]))
+        topology = SentinelTopology(master, servers, sentinels)
+        try:
+            for node in [*servers.values(), *sentinels]:
+                node.start()
+            for node in [*servers.values(), *sentinels]:
+                _wait_until(lambda n=node: _redis_cli(n.port, "ping") == "PONG", f"port {node.port} did not answer", 20)
+            topology.wait_for_replicas(replicas)
+            def all_seen() -> bool:
+                return all(_redis_cli(s.port, "sentinel", "master", master).count("\n") > 0
+                           and f"num-other-sentinels\n2" in _redis_cli(s.port, "sentinel", "master", master)
+                           for s in sentinels)
+            _wait_until(all_seen, "the Sentinels did not find each other", 20)
+            yield topology
+        finally:
+            for node in [*sentinels, *servers.values()]:
+                node.stop()
