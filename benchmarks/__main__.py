@@ -1,5 +1,5 @@
 """Run the benchmarks and print a summary table:
-``python -m benchmarks [--quick] [--only rpc,promotion,memory,e2e,timers,idle,scale,entities,chaos]``.
+``python -m benchmarks [--quick] [--only rpc,promotion,memory,e2e,timers,idle,scale,entities,chaos,wait]``.
 
 Results also go to ``benchmarks/results/latest.json`` (git-ignored).
 """
@@ -15,7 +15,7 @@ import time
 
 from .common import PartResult, log, summary_table
 
-PARTS = ("rpc", "promotion", "memory", "e2e", "timers", "idle", "scale", "entities", "chaos")
+PARTS = ("rpc", "promotion", "memory", "e2e", "timers", "idle", "scale", "entities", "chaos", "wait")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latest.json")
 
 
@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "entities":
             from . import entities
             results.append(entities.run(quick=args.quick))
+        elif part == "wait":
+            from . import wait
+            results.append(wait.run(quick=args.quick, duration=args.rpc_duration, rounds=args.rpc_rounds))
         elif part == "chaos":
             from . import chaos
             results.append(chaos.run(quick=args.quick))

@@ -76,39 +76,88 @@ def _free_cluster_port() -> int:
 @contextlib.contextmanager
 def redis_cluster(nodes: int = 3, startup_timeout: float = 20.0) -> Iterator[str]:
     """A throwaway Redis Cluster of ``nodes`` primaries on free ports; yields a URL of one node."""
+    with redis_cluster_nodes(nodes, 0, startup_timeout, node_timeout_ms=15000) as cluster:
+        yield cluster.url
+
+
+@dataclass
+class ClusterTopology:
+    """A Redis Cluster the tests started: its nodes by port (which are masters changes on failover)."""
+
+    url: str
+    nodes: dict[int, RedisNode]
+
+    def masters(self) -> list[int]:
+        """The ports of the masters that answer, as the first node that answers says."""
+        for port, node in self.nodes.items():
+            if node.proc is None or node.proc.poll() is not None:
+                continue
+            text = _redis_cli(port, "cluster", "nodes")
+            if text:  # a master another node suspects (fail?) or knows has failed is not counted
+                return sorted(int(line.split()[1].split("@")[0].rsplit(":", 1)[1]) for line in text.splitlines()
+                              if "master" in line.split()[2] and "fail" not in line.split()[2])
+        return []
+
+    def kill_master(self) -> int:
+        """SIGKILL one master (the one with the lowest port); returns its port."""
+        port = self.masters()[0]
+        self.nodes[port].kill()
+        return port
+
+    def wait_for_failover(self, old_port: int, masters: int, timeout: float = 30.0) -> None:
+        """Wait until a replica has taken over from the master on ``old_port`` (it is no master any more)
+        and the Cluster is ok again."""
+        _wait_until(lambda: old_port not in self.masters() and len(self.masters()) == masters,
+                    f"no replica took over from {old_port}", timeout)
+        self.wait_until_ok(masters, timeout)
+
+    def wait_until_ok(self, masters: int, timeout: float = 30.0) -> None:
+        """Wait until ``masters`` masters answer and every node that runs says cluster_state:ok."""
+        def ok() -> bool:
+            alive = [p for p, n in self.nodes.items() if n.proc is not None and n.proc.poll() is None]
+            return len(self.masters()) == masters and all(
+                "cluster_state:ok" in _redis_cli(p, "cluster", "info") for p in alive)
+        _wait_until(ok, "the Redis Cluster did not reach state ok", timeout)
+
+
+@contextlib.contextmanager
+def redis_cluster_nodes(masters: int = 3, replicas: int = 0, startup_timeout: float = 20.0,
+                        node_timeout_ms: int = 1000) -> Iterator[ClusterTopology]:
+    """A throwaway Redis Cluster of ``masters`` primaries, each with ``replicas`` replicas, on free ports
+    (a replica takes over ~``node_timeout_ms`` after its master stops answering). A killed node started
+    again (``nodes[port].start()``) rejoins with its nodes.conf, as a replica if it was failed over."""
     executable = shutil.which("redis-server") or "/usr/bin/redis-server"
     cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
     ports: list[int] = []
-    while len(ports) < nodes:
+    while len(ports) < masters * (1 + replicas):
         port = _free_cluster_port()
         if port not in ports:
             ports.append(port)
     with tempfile.TemporaryDirectory(prefix="dt-cluster-") as workdir:
-        procs = [subprocess.Popen(
-            [executable, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-             "--cluster-config-file", f"{workdir}/nodes-{port}.conf", "--dir", workdir,
-             "--save", "", "--appendonly", "no", "--logfile", f"{workdir}/{port}.log"])
-            for port in ports]
+        nodes = {port: RedisNode(port, [
+            executable, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+            "--cluster-config-file", f"{workdir}/nodes-{port}.conf", "--dir", workdir,
+            "--dbfilename", f"dump-{port}.rdb", "--cluster-node-timeout", str(node_timeout_ms),
+            "--save", "", "--appendonly", "no", "--logfile", f"{workdir}/{port}.log"]) for port in ports}
+        topology = ClusterTopology(f"redis://127.0.0.1:{ports[0]}/0", nodes)
         try:
-            deadline = time.monotonic() + startup_timeout
+            for node in nodes.values():
+                node.start()
             for port in ports:
-                while subprocess.run([cli, "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() != "PONG":
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"cluster node on port {port} did not start")
-                    time.sleep(0.05)
-            subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
-                            "--cluster-yes"], check=True, capture_output=True)
-            while "cluster_state:ok" not in subprocess.run([cli, "-p", str(ports[0]), "cluster", "info"],
-                                                           capture_output=True, text=True).stdout:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the Redis Cluster did not reach state ok")
-                time.sleep(0.05)
-            yield f"redis://127.0.0.1:{ports[0]}/0"
+                _wait_until(lambda p=port: _redis_cli(p, "ping") == "PONG", f"cluster node on port {port} did not "
+                            f"start", startup_timeout)
+            subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas",
+                            str(replicas), "--cluster-yes"], check=True, capture_output=True)
+            topology.wait_until_ok(masters, startup_timeout)
+            if replicas:
+                def synced() -> bool:
+                    return all("master_link_status:up" in _redis_cli(p, "info", "replication")
+                               for p in ports if p not in topology.masters())
+                _wait_until(synced, "the Cluster's replicas did not sync", startup_timeout)
+            yield topology
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait(10)
+            for node in nodes.values():
+                node.stop()
 
 
 @dataclass

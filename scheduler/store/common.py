@@ -26,8 +26,9 @@ def unavailable_on_redis_errors(fn):
             if isinstance(exc, rexc.OutOfMemoryError) or str(exc).startswith("OOM"):
                 raise errors.RedisOutOfMemory(
                     "Redis is out of memory (maxmemory reached) and refused the write; nothing was written") from exc
-            if isinstance(exc, rexc.ReadOnlyError) or str(exc).startswith("READONLY"):
-                raise store_failure(exc) from exc  # a demoted primary refused it: not applied
+            if isinstance(exc, (rexc.ReadOnlyError, rexc.ClusterDownError, rexc.TryAgainError)) or \
+                    str(exc).startswith("READONLY"):
+                raise store_failure(exc) from exc  # a demoted primary, a Cluster in failover refused it: not applied
             raise
         except NotReplicated as exc:
             REDIS_ERRORS.labels("not_replicated").inc()

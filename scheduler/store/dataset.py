@@ -5,9 +5,11 @@ there) and remembers the id it finds. It reads the key again every second, and e
 connection (a reconnection, a failover) must find it before anything is written. A missing key or
 another id (Redis emptied, replaced, failed over to a replica that never had it) makes the replica
 refuse writes (:class:`~scheduler.errors.DatasetLost`) until an operator adopts what Redis holds
-(``dt-scheduler dataset adopt``: a new id marked adopted, which every replica then takes). A
-replica that finds an id it does not know, not marked adopted, takes it only at its first look: it
-cannot tell a new dataset from a replaced one.
+(``dt-scheduler dataset adopt``: a new id marked adopted, which every replica then takes), or until
+the id it knows answers again: a Cluster client routed for a moment to a restarted, empty master that
+has not yet learnt it was failed over, a view that heals by itself (an emptied Redis never shows the
+old id again; a new one is another id). A replica that finds an id it does not know, not marked
+adopted, takes it only at its first look: it cannot tell a new dataset from a replaced one.
 
 On a Redis Cluster the marker keys are one per master at the dataset's creation: the identity hash
 lists hash tags, one in a slot of each master then, and the same id is written under each
@@ -99,6 +101,10 @@ class DatasetOps:
             lost = f"Redis holds dataset {found.decode()}, not {self.dataset_id} (replaced)"
         elif any(value is None or value.decode() != self.dataset_id for value in values):
             lost = "a Cluster master lost its dataset marker (emptied, or failed over to a replica that never had it)"
+        if lost is None and self.dataset_lost is not None:  # the same dataset answers again (see the module doc)
+            log.warning("dataset identity %s found again (%s before): writing again", self.dataset_id, self.dataset_lost)
+            self.dataset_lost = None
+            await self.redis.hdel(keys.dataset_lost_key(self.prefix), self.replica_name or "?")
         if lost is not None:
             if self.dataset_lost is None:
                 log.error("DATASET LOST: %s. Writes are refused and readiness is NOT_SERVING until an operator "
