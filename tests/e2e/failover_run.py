@@ -38,6 +38,7 @@ class Outcome:
     killed_at: float | None = None  # monotonic
     acked_at_kill: int = 0
     back_after: float | None = None  # seconds from the kill to the first start acknowledged after it
+    last_failure_after: float = 0.0  # seconds from the kill to the last failed attempt (calls succeed after it)
     lost: list[str] = field(default_factory=list)  # acknowledged, then not found
     wrong: list[str] = field(default_factory=list)  # not COMPLETED with n + 1 by the deadline
     twice: list[str] = field(default_factory=list)  # a history with a second completion
@@ -67,6 +68,8 @@ def run(addresses: list[str], total: int, kill_after: int, kill: Callable[[], No
                 except grpc.RpcError as exc:
                     with lock:
                         out.first_failures[exc.code().name] += 1
+                        if out.killed_at is not None:
+                            out.last_failure_after = max(out.last_failure_after, time.monotonic() - out.killed_at)
                     if exc.code() == grpc.StatusCode.ALREADY_EXISTS and unknown:
                         break  # an earlier attempt was applied
                     unknown = unknown or exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED,

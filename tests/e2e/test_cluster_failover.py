@@ -6,6 +6,7 @@ rejoins as a replica (as a restarted pod does), so the new master's writes have 
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -24,11 +25,15 @@ def test_a_killed_cluster_master_loses_no_acknowledged_start(key_prefix, hub_nam
         servers = [start_server(cluster.url, *common) for _ in range(2)]
         rejoined = threading.Event()
 
+        marks: dict[str, float] = {}
+
         def kill() -> None:
+            killed = time.monotonic()
             old = cluster.kill_master()
 
             def bring_back() -> None:
                 cluster.wait_for_failover(old, 3)
+                marks["promoted"] = time.monotonic() - killed
                 cluster.nodes[old].start()
                 rejoined.set()
             threading.Thread(target=bring_back, daemon=True).start()
@@ -41,8 +46,9 @@ def test_a_killed_cluster_master_loses_no_acknowledged_start(key_prefix, hub_nam
             for s in servers:
                 s.stop()
     with capsys.disabled():
-        print(f"\ncluster failover: {len(out.acked)} acknowledged ({out.acked_at_kill} before the kill), "
-              f"{len(out.unacked)} never acknowledged, back after {out.back_after:.1f} s, failed attempts "
+        print(f"\ncluster failover: a replica took over {marks['promoted']:.1f} s after the kill; {len(out.acked)} acknowledged ({out.acked_at_kill} before the kill), "
+              f"{len(out.unacked)} never acknowledged, first ack after the kill {out.back_after:.1f} s, last failed "
+              f"attempt {out.last_failure_after:.1f} s after it, failed attempts "
               f"{dict(out.first_failures)}, lost {len(out.lost)}")
     assert not out.lost, f"acknowledged starts lost: {out.lost[:5]}"
     assert not out.wrong, out.wrong[:5]

@@ -8,6 +8,7 @@ Kubernetes does), so that writes again have a replica to wait for."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -27,11 +28,15 @@ def test_a_killed_primary_loses_no_acknowledged_start(key_prefix, hub_name, caps
         servers = [start_server(None, *common) for _ in range(2)]
         restarted = threading.Event()
 
+        marks: dict[str, float] = {}
+
         def kill() -> None:
+            killed = time.monotonic()
             old = topology.kill_primary()
 
             def bring_back() -> None:
                 topology.wait_for_new_primary(old)
+                marks["promoted"] = time.monotonic() - killed
                 topology.restart_as_replica(old)
                 restarted.set()
             threading.Thread(target=bring_back, daemon=True).start()
@@ -44,8 +49,9 @@ def test_a_killed_primary_loses_no_acknowledged_start(key_prefix, hub_name, caps
             for s in servers:
                 s.stop()
     with capsys.disabled():
-        print(f"\nsentinel failover: {len(out.acked)} acknowledged ({out.acked_at_kill} before the kill), "
-              f"{len(out.unacked)} never acknowledged, back after {out.back_after:.1f} s, failed attempts "
+        print(f"\nsentinel failover: a replica took over {marks['promoted']:.1f} s after the kill; {len(out.acked)} acknowledged ({out.acked_at_kill} before the kill), "
+              f"{len(out.unacked)} never acknowledged, first ack after the kill {out.back_after:.1f} s, last failed "
+              f"attempt {out.last_failure_after:.1f} s after it, failed attempts "
               f"{dict(out.first_failures)}, lost {len(out.lost)}")
     assert not out.lost, f"acknowledged starts lost: {out.lost[:5]}"
     assert not out.wrong, out.wrong[:5]
