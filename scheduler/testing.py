@@ -255,7 +255,13 @@ class RedisNode:
 
 def _redis_cli(port: int, *command: str) -> str:
     cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
-    return subprocess.run([cli, "-p", str(port), *command], capture_output=True, text=True, timeout=10).stdout.strip()
+    # (the password of a test's topology, if any, from the environment: not on the command line)
+    env = {**os.environ, "REDISCLI_AUTH": _CLI_AUTH[port]} if port in _CLI_AUTH else None
+    return subprocess.run([cli, "-p", str(port), "--no-auth-warning", *command], capture_output=True, text=True,
+                          timeout=10, env=env).stdout.strip()
+
+
+_CLI_AUTH: dict[int, str] = {}  # port -> password of the topologies that have one
 
 
 def _wait_until(check, what: str, timeout: float) -> None:
@@ -325,11 +331,13 @@ class SentinelTopology:
 
 @contextlib.contextmanager
 def redis_sentinels(replicas: int = 1, down_after_ms: int = 1000, failover_timeout_ms: int = 3000,
-                    master: str = "dtmaster") -> Iterator[SentinelTopology]:
+                    master: str = "dtmaster", password: str | None = None,
+                    sentinel_password: str | None = None) -> Iterator[SentinelTopology]:
     """A throwaway primary with ``replicas`` replicas and three Sentinels (Debian's ``redis-server
     --sentinel``), on free ports; a replica is promoted ~``down_after_ms`` after the primary stops
     answering. Killed servers stay down until a test starts them again (``servers[port].start()``: the
-    Sentinels make a returning old primary a replica of the new one)."""
+    Sentinels make a returning old primary a replica of the new one). ``password``: the servers require it
+    (and the replicas and Sentinels use it); ``sentinel_password``: the Sentinels require it."""
     executable = shutil.which("redis-server") or "/usr/bin/redis-server"
     with tempfile.TemporaryDirectory(prefix="dt-sentinel-") as workdir:
         ports = [free_port() for _ in range(1 + replicas)]
@@ -338,6 +346,8 @@ def redis_sentinels(replicas: int = 1, down_after_ms: int = 1000, failover_timeo
             args = [executable, "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir,
                     "--dbfilename", f"dump-{port}.rdb", "--save", "", "--appendonly", "no",
                     "--logfile", f"{workdir}/redis-{port}.log"]
+            if password:
+                args += ["--requirepass", password, "--masterauth", password]
             if i:
                 args += ["--replicaof", "127.0.0.1", str(ports[0])]
             servers[port] = RedisNode(port, args)
@@ -350,9 +360,14 @@ def redis_sentinels(replicas: int = 1, down_after_ms: int = 1000, failover_timeo
                         f"sentinel monitor {master} 127.0.0.1 {ports[0]} 2\n"
                         f"sentinel down-after-milliseconds {master} {down_after_ms}\n"
                         f"sentinel failover-timeout {master} {failover_timeout_ms}\n"
-                        f"sentinel parallel-syncs {master} 1\n")
+                        f"sentinel parallel-syncs {master} 1\n"
+                        + (f"sentinel auth-pass {master} {password}\n" if password else "")
+                        + (f"requirepass {sentinel_password}\nsentinel sentinel-pass {sentinel_password}\n"
+                           if sentinel_password else ""))
             sentinels.append(RedisNode(port, [executable, conf, "--sentinel"]))
         topology = SentinelTopology(master, servers, sentinels)
+        _CLI_AUTH.update({port: password for port in servers if password})
+        _CLI_AUTH.update({node.port: sentinel_password for node in sentinels if sentinel_password})
         try:
             for node in [*servers.values(), *sentinels]:
                 node.start()

@@ -131,3 +131,25 @@ async def test_with_replica_acks_a_write_waits_for_a_replica_and_says_when_none_
             # it was applied on the primary: a read finds it
             reply = await stub.GetInstance(pb.GetInstanceRequest(instanceId="alone"), timeout=5)
             assert reply.exists
+
+
+async def test_sentinels_and_data_each_with_their_own_password(start_app, key_prefix, hub_name, tmp_path):
+    with redis_sentinels(replicas=1, password="data-pw", sentinel_password="sentinel-pw") as topology:
+        secret = tmp_path / "sentinel-password"
+        secret.write_text("sentinel-pw\n")
+        common = dict(redis_sentinels=topology.sentinel_addresses, redis_sentinel_master=topology.master,
+                      key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS)
+        app = await start_app(redis_url="redis://:data-pw@unused-host:1/0", redis_sentinel_password_file=str(secret),
+                              **common)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = pb_grpc.TaskHubSidecarServiceStub(channel)
+            await stub.StartInstance(pb.CreateInstanceRequest(instanceId="authed", name="O"), timeout=5)
+            assert (await stub.GetInstance(pb.GetInstanceRequest(instanceId="authed"), timeout=5)).exists
+
+        wrong = await start_app(redis_url="redis://:data-pw@unused-host:1/0", redis_sentinel_password="wrong",
+                                **common)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{wrong.port}") as channel:
+            stub = pb_grpc.TaskHubSidecarServiceStub(channel)
+            message = await rpc_error(stub.StartInstance(pb.CreateInstanceRequest(instanceId="refused", name="O"),
+                                                         timeout=10), grpc.StatusCode.UNAVAILABLE)
+            assert "No master found" in message and "wrong" not in message
