@@ -36,6 +36,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TaskHubSidecarService"].full_name
 # Liveness: the process and its event loop answer (a Redis outage must not restart every pod).
 READINESS, LIVENESS = "readiness", "liveness"
 HUB_REFRESH_SECONDS = 2.0
+REPLICATED_CONNECTIONS = 4  # pipelined request connections with --redis-min-replica-acks (else 1)
 HEALTH_CHECK_SECONDS = 1.0
 DEPTH_SAMPLE_SECONDS = 5.0  # only with --metrics-port
 SAFETY_LOOK_SECONDS = 10.0  # behind the wake-ups: streams of a hub with queued work look there
@@ -100,7 +101,11 @@ class App:
         sentinels = Sentinels.of(config)
         self.redis = redis if redis is not None else connect(config.redis_url, config.redis_cluster,
                                                              config.redis_max_connections, sentinels)
-        fast = connect_fast(config.redis_url, config.redis_cluster, sentinels) if redis is None else None
+        # With --redis-min-replica-acks a write's WAIT holds its connection for a replica's round trip: a few
+        # pipelined connections let those overlap (store/spread.py).
+        fast = connect_fast(config.redis_url, config.redis_cluster, sentinels,
+                            connections=REPLICATED_CONNECTIONS if config.redis_min_replica_acks else 1) \
+            if redis is None else None
         self.store = Store(self.redis, config.key_prefix, config.partitions, fast=fast, limits=config.limits,
                            max_hubs=config.max_task_hubs, replica_acks=config.redis_min_replica_acks,
                            replica_ack_timeout_ms=config.redis_replica_ack_timeout_ms, replica_name=config.replica)

@@ -80,17 +80,21 @@ class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionP
     """A Sentinel-managed pool whose calls wait for a free connection (as the standalone pool does)."""
 
 
-def connect_fast(url: str | None, cluster: bool = False, sentinels: Sentinels | None = None):
+def connect_fast(url: str | None, cluster: bool = False, sentinels: Sentinels | None = None, connections: int = 1):
     """The auto-pipelining connection for the request path, where the deployment allows one; with
-    ``sentinels`` it connects to the primary they name, each time it (re)connects."""
+    ``sentinels`` it connects to the primary they name, each time it (re)connects. ``connections`` > 1:
+    that many, calls taken in turn (spread.py: for writes that wait for replicas)."""
     if url is None or cluster:
         return None
     from .pipelining import PipelinedConnection
+    from .spread import Spread
 
-    if sentinels is None:
-        return PipelinedConnection(url)
-    manager = sentinels.manager(url)
-    return PipelinedConnection(url, locate=lambda: sentinels.primary(manager))
+    locate = None
+    if sentinels is not None:
+        manager = sentinels.manager(url)
+        locate = lambda: sentinels.primary(manager)  # noqa: E731
+    made = [PipelinedConnection(url, locate=locate) for _ in range(connections)]
+    return made[0] if connections == 1 else Spread(made)
 
 
 def connect(url: str | None, cluster: bool = False, max_connections: int = 32, sentinels: Sentinels | None = None):

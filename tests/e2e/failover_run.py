@@ -20,6 +20,7 @@ from durabletask import client, task, worker
 from durabletask.internal import orchestrator_service_pb2 as pb
 
 COMPLETED = client.OrchestrationStatus.COMPLETED
+TOTAL, KILL_AFTER = 300, 60  # starts in all; acknowledged ones before the primary is killed
 
 
 def plus_one(ctx, n: int) -> int:
@@ -129,3 +130,42 @@ def run(addresses: list[str], total: int, kill_after: int, kill: Callable[[], No
         for c in clients:
             c.close()
     return out
+
+
+def kill_under_load(servers, kill_primary: Callable[[], int], wait_for_takeover: Callable[[int], None],
+                    bring_back: Callable[[int], None], name: str, capsys) -> None:
+    """:func:`run` on the service replicas ``servers`` (ServerProcess), stopped at the end: ``kill_primary()``
+    SIGKILLs the primary (returns its port); once ``wait_for_takeover(port)`` returns, ``bring_back(port)``
+    starts it again (as a restarted pod). Prints the figures and checks that nothing acknowledged was lost,
+    that each acknowledged instance completed exactly once, and that calls succeeded again."""
+    marks: dict[str, float] = {}
+    back = threading.Event()
+
+    def kill() -> None:
+        killed = time.monotonic()
+        old = kill_primary()
+
+        def restart() -> None:
+            wait_for_takeover(old)
+            marks["promoted"] = time.monotonic() - killed
+            bring_back(old)
+            back.set()
+        threading.Thread(target=restart, daemon=True).start()
+
+    try:
+        out = run([s.address for s in servers], TOTAL, KILL_AFTER, kill, prefix=name)
+        assert back.is_set()
+        assert all(s.proc.poll() is None for s in servers), "a replica of the service died"
+    finally:
+        for s in servers:
+            s.stop()
+    with capsys.disabled():
+        print(f"\n{name} failover: a replica took over {marks['promoted']:.1f} s after the kill; {len(out.acked)} "
+              f"acknowledged ({out.acked_at_kill} before the kill), {len(out.unacked)} never acknowledged, first ack "
+              f"after the kill {out.back_after:.1f} s, last failed attempt {out.last_failure_after:.1f} s after it, "
+              f"failed attempts {dict(out.first_failures)}, lost {len(out.lost)}")
+    assert not out.lost, f"acknowledged starts lost: {out.lost[:5]}"
+    assert not out.wrong, out.wrong[:5]
+    assert not out.twice, out.twice[:5]
+    assert not out.unacked, f"starts never acknowledged: {out.unacked[:5]}"
+    assert out.back_after is not None and len(out.acked) - out.acked_at_kill > 100
