@@ -133,7 +133,8 @@ class Config:
         if self.redis_url is not None:
             check_redis_url(self.redis_url)
         if self.redis_min_replica_acks < 0:
-            raise ValueError(f"{_flag('redis_min_replica_acks')} must not be negative, got {self.redis_min_replica_acks}")
+            raise ValueError(f"{_flag('redis_min_replica_acks')} must not be negative, got "
+                             f"{self.redis_min_replica_acks}")
         if self.redis_min_replica_acks and self.redis_url is None:
             raise ValueError(f"{_flag('redis_min_replica_acks')} needs a Redis ({_flag('redis_url')} or "
                              f"{_flag('redis_sentinels')}): the embedded store has no replicas")

@@ -305,7 +305,6 @@ class SentinelTopology:
         replica by the Sentinels only after ~10-20 s)."""
         node = self.servers[port]
         primary = self.primary_port()
-        node.args = [arg for arg in node.args]
         if "--replicaof" in node.args:
             i = node.args.index("--replicaof")
             del node.args[i:i + 3]
@@ -374,9 +373,9 @@ def redis_sentinels(replicas: int = 1, down_after_ms: int = 1000, failover_timeo
             for node in [*servers.values(), *sentinels]:
                 _wait_until(lambda n=node: _redis_cli(n.port, "ping") == "PONG", f"port {node.port} did not answer", 20)
             topology.wait_for_replicas(replicas)
-            def all_seen() -> bool:
-                return all(_redis_cli(s.port, "sentinel", "master", master).count("\n") > 0
-                           and f"num-other-sentinels\n2" in _redis_cli(s.port, "sentinel", "master", master)
+
+            def all_seen() -> bool:  # each Sentinel knows the two others (a failover needs a quorum of 2)
+                return all("num-other-sentinels\n2" in _redis_cli(s.port, "sentinel", "master", master)
                            for s in sentinels)
             _wait_until(all_seen, "the Sentinels did not find each other", 20)
             yield topology

@@ -102,7 +102,8 @@ class DatasetOps:
         elif any(value is None or value.decode() != self.dataset_id for value in values):
             lost = "a Cluster master lost its dataset marker (emptied, or failed over to a replica that never had it)"
         if lost is None and self.dataset_lost is not None:  # the same dataset answers again (see the module doc)
-            log.warning("dataset identity %s found again (%s before): writing again", self.dataset_id, self.dataset_lost)
+            log.warning("dataset identity %s found again (%s before): writing again", self.dataset_id,
+                        self.dataset_lost)
             self.dataset_lost = None
             await self.redis.hdel(keys.dataset_lost_key(self.prefix), self.replica_name or "?")
         if lost is not None:
