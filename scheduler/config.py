@@ -11,7 +11,9 @@ import os
 import re
 import socket
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote, urlparse, urlunparse
+from urllib.parse import parse_qsl, urlparse
+
+from .redis_options import check_sentinels, redacted, sentinel_addresses  # noqa: F401 (re-exported)
 
 # gRPC clients refuse messages over 4 MiB by default. A message carries more than its payloads
 # (ids, timestamps, status, the framing of each event): payloads keep 64 KiB of headroom below it.
@@ -44,6 +46,14 @@ class Config:
     port: int = 4001  # where the DurableTask SDKs look by default
     redis_url: str | None = None  # None: the embedded in-process store
     redis_cluster: bool = False
+    # -- Redis under Sentinel, replication, dataset identity (see README "Redis and durability") --
+    redis_sentinels: str | None = None  # HOST:PORT[,HOST:PORT...]: find the primary through these Sentinels
+    redis_sentinel_master: str | None = None  # the name the Sentinels monitor the primary under
+    redis_sentinel_username: str | None = None  # ACL user of the Sentinels (their own, not the data's)
+    redis_sentinel_password: str | None = None  # password of the Sentinels (DT_REDIS_SENTINEL_PASSWORD)
+    redis_sentinel_password_file: str | None = None  # ... or read from this file (a mounted Secret)
+    redis_min_replica_acks: int = 0  # every acknowledged write waits for this many replicas (WAIT)
+    redis_replica_ack_timeout_ms: int = 1000  # how long WAIT waits for them
     task_hub: str = "default"
     partitions: int = 16
     key_prefix: str = "dt"
@@ -126,8 +136,18 @@ class Config:
                 raise ValueError(f"{_flag(name)} must be positive, got {getattr(self, name)}")
         if self.retention_seconds < 0:
             raise ValueError(f"{_flag('retention_seconds')} must not be negative (0: off), got {self.retention_seconds}")
+        self._check_sentinels()
         if self.redis_url is not None:
             check_redis_url(self.redis_url)
+        if self.redis_min_replica_acks < 0:
+            raise ValueError(f"{_flag('redis_min_replica_acks')} must not be negative, got "
+                             f"{self.redis_min_replica_acks}")
+        if self.redis_min_replica_acks and self.redis_url is None:
+            raise ValueError(f"{_flag('redis_min_replica_acks')} needs a Redis ({_flag('redis_url')} or "
+                             f"{_flag('redis_sentinels')}): the embedded store has no replicas")
+        if not 1 <= self.redis_replica_ack_timeout_ms <= 60000:
+            raise ValueError(f"{_flag('redis_replica_ack_timeout_ms')} must be between 1 and 60000, got "
+                             f"{self.redis_replica_ack_timeout_ms}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError(f"{_flag('tls_cert_file')} and {_flag('tls_key_file')} go together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
@@ -166,7 +186,18 @@ class Config:
             raise ValueError(
                 f"{_flag('host')} {self.host} listens beyond this machine on the embedded in-process store (no "
                 f"{_flag('redis_url')}): each replica would keep its own world and lose it on restart. Give "
-                f"{_flag('redis_url')}")
+                f"{_flag('redis_url')} or {_flag('redis_sentinels')}")
+
+    def _check_sentinels(self) -> None:
+        check_sentinels(self, _flag)
+
+    @property
+    def sentinel_password(self) -> str | None:
+        """The Sentinels' password, from the variable or the file (its first line)."""
+        if self.redis_sentinel_password_file is not None:
+            with open(self.redis_sentinel_password_file, encoding="utf-8") as file:
+                return file.readline().rstrip("\r\n")
+        return self.redis_sentinel_password
 
     def _check_jwt(self) -> None:
         jwt_flags = ("auth_jwt_audience", "auth_jwt_issuer")
@@ -203,7 +234,22 @@ _OPTIONS = [
     ("--host", "DT_HOST", str, "address to listen on"),
     ("--port", "DT_PORT", int, "gRPC port (0 picks a free one)"),
     ("--redis-url", "DT_REDIS_URL", str,
-     "redis:// or rediss:// URL; unset runs the embedded in-process store (nothing survives a restart)"),
+     "redis:// or rediss:// URL; unset runs the embedded in-process store (nothing survives a restart). With "
+     "--redis-sentinels it gives only the database, credentials and TLS options: its host and port are not used"),
+    ("--redis-sentinels", "DT_REDIS_SENTINELS", str,
+     "HOST:PORT[,HOST:PORT...] of Redis Sentinels: every connection finds the primary through them and follows "
+     "a failover (with --redis-sentinel-master; not with --redis-cluster)"),
+    ("--redis-sentinel-master", "DT_REDIS_SENTINEL_MASTER", str, "the name the Sentinels monitor the primary under"),
+    ("--redis-sentinel-username", "DT_REDIS_SENTINEL_USERNAME", str, "ACL user name on the Sentinels"),
+    ("--redis-sentinel-password", "DT_REDIS_SENTINEL_PASSWORD", str,
+     "password of the Sentinels (prefer the variable or the file to a flag)"),
+    ("--redis-sentinel-password-file", "DT_REDIS_SENTINEL_PASSWORD_FILE", str,
+     "file holding the Sentinels' password (e.g. a mounted Secret)"),
+    ("--redis-min-replica-acks", "DT_REDIS_MIN_REPLICA_ACKS", int,
+     "every write a caller is answered for waits (Redis WAIT) until this many replicas have it; fewer in time: "
+     "UNAVAILABLE, saying the write may have been applied (0: off)"),
+    ("--redis-replica-ack-timeout-ms", "DT_REDIS_REPLICA_ACK_TIMEOUT_MS", int,
+     "how long a write waits for --redis-min-replica-acks replicas"),
     ("--task-hub", "DT_TASK_HUB", str, "default task hub (clients may name one with the 'taskhub' metadata key)"),
     ("--partitions", "DT_PARTITIONS", int, "partitions of a task hub created by this replica"),
     ("--key-prefix", "DT_KEY_PREFIX", str, "prefix of every Redis key"),
@@ -316,22 +362,6 @@ def check_redis_url(url: str) -> None:
             raise ValueError(f"{what}: {name}: no such file {value!r}")
         if name == "ssl_cert_reqs" and value not in ("none", "optional", "required"):
             raise ValueError(f"{what}: ssl_cert_reqs must be none, optional or required, got {value!r}")
-
-
-def redacted(url: str | None) -> str | None:
-    """The URL without its password, for logs: the password of the user info and every ``password``
-    option of the query become ``***`` (the user name, host and other options stay)."""
-    if url is None:
-        return None
-    parsed = urlparse(url)
-    netloc = parsed.netloc
-    userinfo, at, host = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = userinfo.split(":", 1)[0] + ":***@" + host
-    options = parsed.query.split("&") if parsed.query else []
-    query = "&".join("password=***" if unquote(option.partition("=")[0]) == "password" else option
-                     for option in options)
-    return urlunparse(parsed._replace(netloc=netloc, query=query))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
