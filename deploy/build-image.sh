@@ -33,7 +33,7 @@ cp "$ROOT/deploy/Dockerfile" "$ROOT/deploy/probe.py" "$ctx/deploy/"
 # would skip on a newer host Python.
 echo "building wheels with $("$PYTHON" --version 2>&1) ..." >&2
 "$PYTHON" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$ctx/wheelhouse" \
-  "$ctx" "async-timeout>=4.0.3" "setuptools>=68" wheel >&2
+  "$ctx[otel]" "async-timeout>=4.0.3" "setuptools>=68" wheel >&2
 rm -rf "$ctx/build" "$ctx"/*.egg-info
 
 echo "building $TAG from $BASE ..." >&2

@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Iterator
 
-from .. import errors
+from .. import errors, tracing
 from .._proto import orchestrator_service_pb2 as pb
 from ..config import Limits
 from ..protocol import (CALL, ENTITY, LOCK, SIGNAL, TERMINAL, UNLOCK, EntityMessage, OutboxMessage, due_ms,
@@ -24,7 +24,7 @@ from ..protocol import (CALL, ENTITY, LOCK, SIGNAL, TERMINAL, UNLOCK, EntityMess
 from ..store import Store
 from ..store.keys import HubKeys
 from ..store.scripts import Code
-from . import events
+from . import events, spans
 from .dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,11 @@ class Entities:
             if failure is None:
                 messages += _actions(hub, entity_id, result.actions)
             await self.store.complete_entity(hub, entity_id, token, done, state, [m.encode() for m in messages])
+        if tracing.active is not None:
+            for i, message in enumerate(batch[:done]):
+                if message.kind in (SIGNAL, CALL):
+                    spans.entity_operation(entity_id, pb.HistoryEvent.FromString(message.payload),
+                                           failure is not None or results[i].HasField("failure"))
 
     async def fail_batch(self, hub: HubKeys, entity_id: str, token: str, batch: list[EntityMessage],
                          failure: pb.TaskFailureDetails) -> None:
