@@ -53,7 +53,7 @@ def named(spans, name):
     return [s for s in spans if s.name == name]
 
 
-def test_an_orchestration_and_its_activity_are_spans_of_one_trace(replicas, receiver):
+def test_an_orchestration_and_its_activity_are_spans_of_one_trace(replicas, receiver, rds, hub_keys):
     service = "dt-" + uuid.uuid4().hex[:8]
     address = replicas.start(env=otel_env(receiver, service)).address
     with sdk_on(address, "ours", [one_activity], [greet]) as c:
@@ -73,6 +73,8 @@ def test_an_orchestration_and_its_activity_are_spans_of_one_trace(replicas, rece
     assert orch.attributes["durabletask.task.status"] == "COMPLETED"
     assert orch.attributes["durabletask.task.execution_id"]
     assert orch.start_ns <= act.start_ns <= act.end_ns <= orch.end_ns
+    kept = rds.hget(hub_keys.for_instance(iid).instance(iid), "trace").decode()  # chosen at creation
+    assert kept == orch.trace_id + orch.span_id
 
 
 def test_the_clients_trace_is_the_parent_and_the_worker_gets_it(replicas, receiver):
@@ -141,7 +143,7 @@ def test_a_delayed_start_has_a_promotion_span_with_its_lag(replicas, receiver):
     assert abs(promotion.start_ns - due_ns) <= 1_000_000  # it starts at the due time (ms)
 
 
-def test_without_otel_traces_exporter_nothing_is_sent_and_the_service_works(replicas, receiver):
+def test_without_otel_traces_exporter_nothing_is_sent_and_the_service_works(replicas, receiver, rds, hub_keys):
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_SERVICE_NAME": "dt-off",
            "OTEL_BSP_SCHEDULE_DELAY": "50", "OTEL_TRACES_EXPORTER": ""}
     server = replicas.start(env=env)
@@ -150,3 +152,4 @@ def test_without_otel_traces_exporter_nothing_is_sent_and_the_service_works(repl
         assert c.wait_for_orchestration_completion(iid, timeout=WAIT).serialized_output == '"Hello off"'
     assert server.stop() == 0  # a replica flushes its spans when it stops: none may come
     assert receiver.spans() == []
+    assert rds.hget(hub_keys.for_instance(iid).instance(iid), "trace") is None  # nothing more is stored
