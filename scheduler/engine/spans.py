@@ -56,7 +56,10 @@ def handed_out(request: pb.OrchestratorRequest, ref: SpanRef, fields: dict[str, 
     end the episode brings."""
     tracer = tracing.active
     started_ns = (_ms(fields, "created_ms") or int(time.time() * 1000)) * 1_000_000
-    request.orchestrationTraceContext.spanID.value = f"{ref.child('worker', 0):016x}"
+    # the worker's own span of this execution (a worker that traces emits one per execution: a continue-as-new
+    # ends one)
+    execution_id = fields.get("execution_id", b"").decode()
+    request.orchestrationTraceContext.spanID.value = f"{ref.child('worker', execution_id):016x}"
     request.orchestrationTraceContext.spanStartTime.FromNanoseconds(started_ns)
     starts: dict[tuple[str, int], pb.HistoryEvent] = {}
     name = fields.get("name", b"").decode()

@@ -24,6 +24,10 @@ class Span:
     start_ns: int
     end_ns: int
     error: bool
+    kind: str  # INTERNAL, SERVER, CLIENT, PRODUCER, CONSUMER
+
+
+_KINDS = {1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
 
 
 def _value(v):
@@ -85,7 +89,7 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
                     received.append(Span(
                         s.name, s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(), attrs.get("service.name", ""),
                         {a.key: _value(a.value) for a in s.attributes}, s.start_time_unix_nano, s.end_time_unix_nano,
-                        s.status.code == 2))
+                        s.status.code == 2, _KINDS.get(s.kind, "UNSPECIFIED")))
         with self._changed:
             self._spans += received
             self._changed.notify_all()

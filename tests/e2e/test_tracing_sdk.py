@@ -2,6 +2,9 @@
 pointing at an OTLP receiver the test runs, the official SDK client and worker in this process."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -16,6 +19,7 @@ from otlp_receiver import OtlpReceiver
 pytestmark = pytest.mark.e2e
 
 WAIT = 30  # seconds: an SDK round trip and a span export, on a loaded machine
+TRACED_WORKER = os.path.join(os.path.dirname(__file__), "traced_worker_proc.py")
 
 
 def greet(ctx: task.ActivityContext, name: str) -> str:
@@ -153,3 +157,41 @@ def test_without_otel_traces_exporter_nothing_is_sent_and_the_service_works(repl
     assert server.stop() == 0  # a replica flushes its spans when it stops: none may come
     assert receiver.spans() == []
     assert rds.hget(hub_keys.for_instance(iid).instance(iid), "trace") is None  # nothing more is stored
+
+
+def test_the_spans_of_a_worker_that_traces_join_the_services(replicas, receiver):
+    """The SDK worker's own spans: its orchestration span under the service's, its activity span under the
+    service's activity span, all in one trace."""
+    address = replicas.start(env=otel_env(receiver, "dt-service")).address
+    proc = subprocess.Popen([sys.executable, TRACED_WORKER, address], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, **otel_env(receiver, "sdk-worker")})
+    try:
+        assert proc.stdout.readline().strip() == "WORKER READY"
+        c = client.TaskHubGrpcClient(host_address=address)
+        iid = c.schedule_new_orchestration("traced_one", input="sdk")
+        assert c.wait_for_orchestration_completion(iid, timeout=WAIT).serialized_output == '"Hello sdk"'
+        c.close()
+        proc.stdin.close()  # the worker flushes its spans and exits
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def by(spans, service, name):
+        return [s for s in spans if s.service == service and s.name == name]
+
+    def complete(spans):
+        return all(by(spans, service, name) for service in ("dt-service", "sdk-worker")
+                   for name in ("orchestration:traced_one", "activity:traced_greet"))
+    spans = receiver.wait_for(complete, WAIT, "the service's and the worker's spans")
+    orch, = by(spans, "dt-service", "orchestration:traced_one")
+    act, = by(spans, "dt-service", "activity:traced_greet")
+    sdk_orch, = by(spans, "sdk-worker", "orchestration:traced_one")
+    sdk_act, = [s for s in by(spans, "sdk-worker", "activity:traced_greet") if s.kind == "SERVER"]
+    sdk_call, = [s for s in by(spans, "sdk-worker", "activity:traced_greet") if s.kind == "CLIENT"]
+    assert {s.trace_id for s in spans} == {orch.trace_id}
+    assert sdk_orch.parent_id == orch.span_id  # the worker's orchestration span under the service's
+    assert sdk_act.parent_id == act.span_id  # the worker's activity span under the service's activity span
+    assert sdk_call.parent_id == sdk_orch.span_id  # the orchestrator's call, as the SDK nests it
+    assert len({orch.span_id, act.span_id, sdk_orch.span_id, sdk_act.span_id, sdk_call.span_id}) == 5
