@@ -10,8 +10,8 @@ Every function here is called only when tracing is on and the instance has an or
   worker (:func:`handed_out`); a sub-orchestration is an orchestration whose span is a child of its
   parent's. The service's spans never hang below a span of a worker (which may not trace);
 - the promotion of a delayed start, ``promotion:<name>`` (due -> promoted, with its lag);
-- entity operations, ``entity:<entity>:<operation>`` (requested -> its batch's result applied),
-  in the trace of whoever sent the operation.
+- an orchestration's calls to entities, ``entity:<entity>:<operation>`` (called -> its batch's result
+  applied), children of the caller's span (signals carry no trace context in this contract).
 
 What a worker gets: the ExecutionStarted event of its work item names this orchestration's span as
 its parent (the SDK's own orchestration span becomes its child), the work item's
@@ -25,7 +25,7 @@ import time
 
 from .. import tracing
 from .._proto import orchestrator_service_pb2 as pb
-from ..tracing import SpanRef, new_span_id, parse_traceparent
+from ..tracing import SpanRef, new_span_id
 
 ATTR_TYPE = "durabletask.type"
 ATTR_NAME = "durabletask.task.name"
@@ -119,19 +119,14 @@ def promoted(ref: SpanRef, instance_id: str, name: str, due_ms: int, now_ms: int
                          "dt.promotion.lag_ms": now_ms - due_ms})
 
 
-def entity_operation(entity_id: str, event: pb.HistoryEvent, failed: bool) -> None:
-    """Emit the span of one entity operation whose result was just applied, in the trace of its sender."""
-    kind = event.WhichOneof("eventType")
-    if kind not in ("entityOperationSignaled", "entityOperationCalled"):
-        return
-    op = getattr(event, kind)
-    parsed = parse_traceparent(op.parentTraceContext.traceParent) if op.HasField("parentTraceContext") else None
-    if parsed is None or not parsed[2]:
-        return
+def entity_call(ref: SpanRef, entity_id: str, caller: str, event: pb.HistoryEvent, failed: bool) -> None:
+    """Emit the span of an orchestration's call to an entity, from the call to its batch's result: a child of
+    the caller's orchestration span."""
+    called = event.entityOperationCalled
     entity = entity_id[1:].partition("@")[0]
-    tracing.active.emit(f"entity:{entity}:{op.operation}", parsed[0], new_span_id(), parsed[1],
+    tracing.active.emit(f"entity:{entity}:{called.operation}", ref.trace_id, new_span_id(), ref.span_id,
                         event.timestamp.ToNanoseconds() if event.HasField("timestamp") else time.time_ns(), None,
-                        {ATTR_TYPE: "entity", ATTR_NAME: f"{entity}:{op.operation}", ATTR_INSTANCE: entity_id,
-                         "durabletask.entity.request_id": op.requestId,
+                        {ATTR_TYPE: "entity", ATTR_NAME: f"{entity}:{called.operation}", ATTR_INSTANCE: entity_id,
+                         "durabletask.entity.caller": caller, "durabletask.entity.request_id": called.requestId,
                          ATTR_STATUS: "Failed" if failed else "Completed"},
                         kind="CLIENT", error="failed" if failed else None)

@@ -13,7 +13,9 @@ from durabletask import client, task
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from e2e_helpers import sdk_on
+from durabletask.entities import EntityContext, EntityInstanceId
+
+from e2e_helpers import entity_worker, sdk_on
 from otlp_receiver import OtlpReceiver
 
 pytestmark = pytest.mark.e2e
@@ -28,6 +30,15 @@ def greet(ctx: task.ActivityContext, name: str) -> str:
 
 def one_activity(ctx: task.OrchestrationContext, name: str):
     return (yield ctx.call_activity(greet, input=name))
+
+
+def tally(ctx: EntityContext, value):
+    ctx.set_state(ctx.get_state(int, 0) + value)
+    return ctx.get_state()
+
+
+def calls_tally(ctx: task.OrchestrationContext, n: int):
+    return (yield ctx.call_entity(EntityInstanceId("tally", "one"), "add", n))
 
 
 def child(ctx: task.OrchestrationContext, n: int):
@@ -195,3 +206,19 @@ def test_the_spans_of_a_worker_that_traces_join_the_services(replicas, receiver)
     assert sdk_act.parent_id == act.span_id  # the worker's activity span under the service's activity span
     assert sdk_call.parent_id == sdk_orch.span_id  # the orchestrator's call, as the SDK nests it
     assert len({orch.span_id, act.span_id, sdk_orch.span_id, sdk_act.span_id, sdk_call.span_id}) == 5
+
+
+def test_a_call_to_an_entity_is_a_child_span_of_the_calling_orchestration(replicas, receiver):
+    address = replicas.start(env=otel_env(receiver, "dt-entities")).address
+    with entity_worker(address, orchestrators=[calls_tally], entities=[tally]):
+        c = client.TaskHubGrpcClient(host_address=address)
+        iid = c.schedule_new_orchestration(calls_tally, input=3)
+        assert c.wait_for_orchestration_completion(iid, timeout=WAIT).serialized_output == "3"
+        c.close()
+    spans = receiver.wait_for(lambda s: named(s, "orchestration:calls_tally") and named(s, "entity:tally:add"),
+                              WAIT, "the orchestration and entity operation spans")
+    orch, = named(spans, "orchestration:calls_tally")
+    call, = named(spans, "entity:tally:add")
+    assert call.trace_id == orch.trace_id and call.parent_id == orch.span_id
+    assert call.attributes["durabletask.task.instance_id"] == "@tally@one"
+    assert orch.start_ns <= call.start_ns <= call.end_ns <= orch.end_ns
