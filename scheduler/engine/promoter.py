@@ -120,8 +120,10 @@ class Promoter:
             return self._delay(*self._clock)
         hints_before = self._hint_count
         try:
-            result = await self.store.promote_due(self.hub, self.batch, partitions,
-                                                  members=tracing.active is not None)
+            if tracing.active is None:
+                result = await self.store.promote_due(self.hub, self.batch, partitions)
+            else:  # which entries moved, for the spans of delayed starts
+                result = await self.store.promote_due(self.hub, self.batch, partitions, members=True)
         except Exception:
             self._sweep_all = True
             raise
