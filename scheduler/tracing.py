@@ -12,7 +12,7 @@ characters at most, so the hash keeps its compact encoding), and every span is e
 with explicit ids and start and end times, when its end is known: a ``ReadableSpan`` handed to
 the span processor (the batching exporter). The ids of an orchestration's children (its
 activities, timers, the SDK worker's own orchestration span) are derived from the orchestration
-span id and the task id, so any replica computes the same id when it schedules the task (and
+span id, the execution id and the task id, so any replica computes the same id when it schedules the task (and
 hands it to the worker) and when it sees the task end.
 """
 from __future__ import annotations

@@ -116,7 +116,7 @@ def activity(scheduled: pb.TaskScheduledEvent, task_id: int, instance_id: str, e
                                      instanceId=instance_id, executionId=wrappers_pb2.StringValue(value=execution_id)))
     copy_set(scheduled, request)
     if trace is not None:
-        request.parentTraceContext.CopyFrom(activity_context(trace, task_id))
+        request.parentTraceContext.CopyFrom(activity_context(trace, execution_id, task_id))
     return activity_item(instance_id, execution_id, task_id), request.SerializeToString()
 
 

@@ -41,9 +41,15 @@ def trace_context(ref: SpanRef, span_id: int | None = None) -> pb.TraceContext:
     return pb.TraceContext(traceParent=ref.traceparent(span), spanID=f"{span:016x}")
 
 
-def activity_context(ref: SpanRef, task_id: int) -> pb.TraceContext:
+def task_span(ref: SpanRef, kind: str, execution_id: str, task_id: int) -> int:
+    """The span id of task ``task_id`` (an activity or a timer) of an execution (task ids start again after a
+    continue-as-new)."""
+    return ref.child(kind, f"{execution_id}/{task_id}")
+
+
+def activity_context(ref: SpanRef, execution_id: str, task_id: int) -> pb.TraceContext:
     """What an ActivityRequest carries: the activity's span, so the worker's span is its child."""
-    return trace_context(ref, ref.child("activity", task_id))
+    return trace_context(ref, task_span(ref, "activity", execution_id, task_id))
 
 
 def _ms(fields: dict[str, bytes], name: str) -> int | None:
@@ -79,8 +85,8 @@ def handed_out(request: pb.OrchestratorRequest, ref: SpanRef, fields: dict[str, 
             if scheduled is None:
                 continue
             error = getattr(event, kind).failureDetails.errorMessage if kind == "taskFailed" else None
-            tracer.emit(f"activity:{scheduled.taskScheduled.name}", ref.trace_id, ref.child("activity", task_id),
-                        ref.span_id,
+            tracer.emit(f"activity:{scheduled.taskScheduled.name}", ref.trace_id,
+                        task_span(ref, "activity", execution_id, task_id), ref.span_id,
                         scheduled.timestamp.ToNanoseconds(), event.timestamp.ToNanoseconds(),
                         {ATTR_TYPE: "activity", ATTR_NAME: scheduled.taskScheduled.name,
                          ATTR_INSTANCE: request.instanceId, ATTR_TASK_ID: task_id,
@@ -91,7 +97,7 @@ def handed_out(request: pb.OrchestratorRequest, ref: SpanRef, fields: dict[str, 
             created = starts.get(("timerCreated", timer_id))
             if created is None:
                 continue
-            tracer.emit(f"timer:{name}", ref.trace_id, ref.child("timer", timer_id), ref.span_id,
+            tracer.emit(f"timer:{name}", ref.trace_id, task_span(ref, "timer", execution_id, timer_id), ref.span_id,
                         created.timestamp.ToNanoseconds(), event.timerFired.fireAt.ToNanoseconds(),
                         {ATTR_TYPE: "timer", ATTR_NAME: name, ATTR_INSTANCE: request.instanceId,
                          ATTR_TASK_ID: timer_id, "durabletask.fire_at": event.timerFired.fireAt.ToJsonString()})

@@ -87,7 +87,8 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
             for scope_spans in resource_spans.scope_spans:
                 for s in scope_spans.spans:
                     received.append(Span(
-                        s.name, s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(), attrs.get("service.name", ""),
+                        s.name, s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(),
+                        attrs.get("service.name", ""),
                         {a.key: _value(a.value) for a in s.attributes}, s.start_time_unix_nano, s.end_time_unix_nano,
                         s.status.code == 2, _KINDS.get(s.kind, "UNSPECIFIED")))
         with self._changed:
