@@ -41,6 +41,14 @@ def calls_tally(ctx: task.OrchestrationContext, n: int):
     return (yield ctx.call_entity(EntityInstanceId("tally", "one"), "add", n))
 
 
+def twice_then_fail(ctx: task.OrchestrationContext, n: int):
+    yield ctx.call_activity(greet, input=str(n))
+    if n == 0:
+        ctx.continue_as_new(1)
+        return None
+    raise ValueError("the second execution fails")
+
+
 def child(ctx: task.OrchestrationContext, n: int):
     return n * 10
 
@@ -222,3 +230,19 @@ def test_a_call_to_an_entity_is_a_child_span_of_the_calling_orchestration(replic
     assert call.trace_id == orch.trace_id and call.parent_id == orch.span_id
     assert call.attributes["durabletask.task.instance_id"] == "@tally@one"
     assert orch.start_ns <= call.start_ns <= call.end_ns <= orch.end_ns
+
+
+def test_a_continue_as_new_keeps_one_orchestration_span_and_a_failure_marks_it(replicas, receiver):
+    address = replicas.start(env=otel_env(receiver, "dt-continued")).address
+    with sdk_on(address, "ours", [twice_then_fail], [greet]) as c:
+        iid = c.schedule_new_orchestration(twice_then_fail, input=0)
+        assert c.wait_for_orchestration_completion(iid, timeout=WAIT).runtime_status == \
+            client.OrchestrationStatus.FAILED
+    spans = receiver.wait_for(
+        lambda s: named(s, "orchestration:twice_then_fail") and len(named(s, "activity:greet")) == 2,
+        WAIT, "the orchestration span and one activity span per execution")
+    orch, = named(spans, "orchestration:twice_then_fail")
+    first, second = named(spans, "activity:greet")
+    assert first.span_id != second.span_id  # the same task id in two executions, two spans
+    assert first.parent_id == second.parent_id == orch.span_id
+    assert orch.error and orch.attributes["durabletask.task.status"] == "FAILED"
