@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -184,12 +185,19 @@ def _otlp_exporter(protocol: str | None):
     return OTLPSpanExporter()
 
 
+SHUTDOWN_SECONDS = 5.0  # the most a replica's exit waits for its last spans to go out
+
+
 def shutdown() -> None:
-    """Flush what is left and turn tracing off (at the end of the process)."""
+    """Turn tracing off and flush what is left (at the end of the process), waiting at most
+    SHUTDOWN_SECONDS: a collector that is away must not hold up a replica's exit."""
     global active
-    if active is not None:
-        active.shutdown()
-        active = None
+    if active is None:
+        return
+    tracer, active = active, None
+    flushing = threading.Thread(target=tracer.shutdown, name="otel-shutdown", daemon=True)
+    flushing.start()
+    flushing.join(SHUTDOWN_SECONDS)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 
 import pytest
 from opentelemetry.sdk.resources import Resource
@@ -130,3 +131,17 @@ def test_json_logs_carry_the_trace_of_the_instance_being_worked_on(exported):
         entry = json.loads(formatter.format(record))
     assert (entry["trace_id"], entry["span_id"]) == (f"{0xAB:032x}", f"{0xCD:016x}")
     assert "trace_id" not in json.loads(formatter.format(record))
+
+
+def test_the_last_flush_does_not_hold_up_the_exit_when_the_collector_is_away(monkeypatch):
+    stuck = threading.Event()
+
+    class Unreachable:  # a span processor whose export never returns
+        def shutdown(self):
+            stuck.wait()
+
+    monkeypatch.setattr(tracing, "SHUTDOWN_SECONDS", 0.05)
+    tracing.active = tracing.Tracing(Unreachable(), Resource.create(), ALWAYS_ON)
+    tracing.shutdown()  # returns although the flush is still stuck
+    assert tracing.active is None
+    stuck.set()
