@@ -16,7 +16,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from . import errors, ports
+from . import errors, ports, tracing
 from ._proto import orchestrator_service_pb2 as pb
 from .api.auth import Authenticator
 from .api.tokens import TokenFile, TokensFileError
@@ -172,6 +172,7 @@ class App:
         shared = self.config.process > 0
         if not shared and (problem := ports.taken(self.config)):
             raise StartupError(problem)
+        tracing.configure(self.config.traces_exporter, self.config.traces_protocol)
         try:
             await self.store.load_scripts()
             await self.store.check_dataset()
@@ -287,6 +288,7 @@ class App:
         await self.engine.hubs.stop()
         await self.engine.wakeups.stop()
         await self.store.aclose()
+        await asyncio.to_thread(tracing.shutdown)  # the spans still batched go out
 
     # -- background ------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ class Limits:
     max_work_item_bytes: int = DEFAULT_MAX_MESSAGE_BYTES - MESSAGE_HEADROOM_BYTES  # history + pending events
     max_state_bytes: int = DEFAULT_MAX_MESSAGE_BYTES - REPLY_HEADROOM_BYTES  # input + output + custom status + failure
 
+TRACE_EXPORTERS = ("otlp", "console", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_PROCESSES = 64  # --processes: far more than the cores of any pod
 
@@ -95,6 +96,10 @@ class Config:
     # reflection too); a client's calls past it wait in the client until one ends, they do not fail.
     max_streams_per_connection: int = 100
 
+    # -- tracing: OpenTelemetry's standard variables, not flags (see tracing.py) --
+    traces_exporter: str | None = None  # OTEL_TRACES_EXPORTER: otlp, console, none (or a comma list); unset: off
+    traces_protocol: str | None = None  # OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or _PROTOCOL: grpc (default), http/protobuf
+
     def __post_init__(self) -> None:
         if self.max_payload_bytes is None:
             object.__setattr__(self, "max_payload_bytes", self.max_message_bytes - MESSAGE_HEADROOM_BYTES)
@@ -158,6 +163,7 @@ class Config:
             if path is not None and not os.path.isfile(path):
                 raise ValueError(f"{_flag(name)}: no such file {path!r}")
         self._check_jwt()
+        self._check_tracing()
         if self.shutdown_grace_seconds < 0:
             raise ValueError(f"{_flag('shutdown_grace_seconds')} must not be negative, got {self.shutdown_grace_seconds}")
         if self.log_format not in ("text", "json"):
@@ -198,6 +204,13 @@ class Config:
             with open(self.redis_sentinel_password_file, encoding="utf-8") as file:
                 return file.readline().rstrip("\r\n")
         return self.redis_sentinel_password
+
+    def _check_tracing(self) -> None:
+        for name in (self.traces_exporter or "").split(","):
+            if name.strip() and name.strip() not in TRACE_EXPORTERS:
+                raise ValueError(f"OTEL_TRACES_EXPORTER: {name.strip()!r} is not one of {', '.join(TRACE_EXPORTERS)}")
+        if self.traces_protocol not in (None, "grpc", "http/protobuf"):
+            raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL: {self.traces_protocol!r} is not grpc or http/protobuf")
 
     def _check_jwt(self) -> None:
         jwt_flags = ("auth_jwt_audience", "auth_jwt_issuer")
@@ -390,4 +403,8 @@ def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -
         name = _field(flag)
         values[name] = bool(getattr(args, name, None)) or environ.get(env, "").lower() in ("1", "true", "yes")
     values["log_level"] = str(values["log_level"]).upper()
+    if environ.get("OTEL_SDK_DISABLED", "").lower() != "true":
+        values["traces_exporter"] = environ.get("OTEL_TRACES_EXPORTER") or None
+    values["traces_protocol"] = (environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                                 or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or None)
     return Config(**values)

@@ -292,24 +292,29 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, Quer
     # -- scheduler worker ------------------------------------------------------------------
 
     @unavailable_on_redis_errors
-    async def promote_due(self, hub: keys.HubKeys, limit: int, partitions: Iterable[int] | None = None) -> Promotion:
-        """Promote what is due in the given partitions (default: all) of the hub.
+    async def promote_due(self, hub: keys.HubKeys, limit: int, partitions: Iterable[int] | None = None,
+                          members: bool = False) -> Promotion:
+        """Promote what is due in the given partitions (default: all) of the hub; with ``members``, say
+        which entries moved (``Promotion.promoted``).
 
         The per-partition calls are issued together, so they share one round trip."""
         parts = list(range(hub.partitions)) if partitions is None else list(partitions)
         calls = []
         for p in parts:
             pk = hub.partition(p)
-            calls.append(self._write("promote_due", hub, pk, [pk.due, pk.ready, pk.entities], [limit]))
+            calls.append(self._write("promote_due", hub, pk, [pk.due, pk.ready, pk.entities],
+                                     [limit, "1"] if members else [limit]))
         results = [self._outcome(reply, hub.hub)[1] for reply in await asyncio.gather(*calls)]
         heads = {p: (score(r[1]) if score(r[1]) >= 0 else None) for p, r in zip(parts, results)}
         known = [h for h in heads.values() if h is not None]
+        step = 2 if members else 1
         return Promotion(
             now_ms=max(int(r[0]) for r in results),
             next_due_ms=min(known) if known else None,
-            promoted_due_ms=[score(s) for r in results for s in r[2:]],
-            more=any(len(r) - 2 >= limit for r in results),
+            promoted_due_ms=[score(s) for r in results for s in r[2::step]],
+            more=any((len(r) - 2) // step >= limit for r in results),
             heads=heads,
+            promoted=[(m.decode(), score(s)) for r in results for s, m in zip(r[2::2], r[3::2])] if members else [],
         )
 
     # -- operator view ---------------------------------------------------------------------
