@@ -13,7 +13,8 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlparse
 
-from .redis_options import check_sentinels, redacted, sentinel_addresses  # noqa: F401 (re-exported)
+from . import tracing
+from .redis_options import check_sentinels, first_line, redacted, sentinel_addresses  # noqa: F401 (re-exported)
 
 # gRPC clients refuse messages over 4 MiB by default. A message carries more than its payloads
 # (ids, timestamps, status, the framing of each event): payloads keep 64 KiB of headroom below it.
@@ -31,7 +32,6 @@ class Limits:
     max_work_item_bytes: int = DEFAULT_MAX_MESSAGE_BYTES - MESSAGE_HEADROOM_BYTES  # history + pending events
     max_state_bytes: int = DEFAULT_MAX_MESSAGE_BYTES - REPLY_HEADROOM_BYTES  # input + output + custom status + failure
 
-TRACE_EXPORTERS = ("otlp", "console", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_PROCESSES = 64  # --processes: far more than the cores of any pod
 
@@ -163,7 +163,7 @@ class Config:
             if path is not None and not os.path.isfile(path):
                 raise ValueError(f"{_flag(name)}: no such file {path!r}")
         self._check_jwt()
-        self._check_tracing()
+        tracing.check_settings(self.traces_exporter, self.traces_protocol)
         if self.shutdown_grace_seconds < 0:
             raise ValueError(f"{_flag('shutdown_grace_seconds')} must not be negative, got {self.shutdown_grace_seconds}")
         if self.log_format not in ("text", "json"):
@@ -200,17 +200,7 @@ class Config:
     @property
     def sentinel_password(self) -> str | None:
         """The Sentinels' password, from the variable or the file (its first line)."""
-        if self.redis_sentinel_password_file is not None:
-            with open(self.redis_sentinel_password_file, encoding="utf-8") as file:
-                return file.readline().rstrip("\r\n")
-        return self.redis_sentinel_password
-
-    def _check_tracing(self) -> None:
-        for name in (self.traces_exporter or "").split(","):
-            if name.strip() and name.strip() not in TRACE_EXPORTERS:
-                raise ValueError(f"OTEL_TRACES_EXPORTER: {name.strip()!r} is not one of {', '.join(TRACE_EXPORTERS)}")
-        if self.traces_protocol not in (None, "grpc", "http/protobuf"):
-            raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL: {self.traces_protocol!r} is not grpc or http/protobuf")
+        return first_line(self.redis_sentinel_password_file) or self.redis_sentinel_password
 
     def _check_jwt(self) -> None:
         jwt_flags = ("auth_jwt_audience", "auth_jwt_issuer")

@@ -62,3 +62,11 @@ def redacted(url: str | None) -> str | None:
     query = "&".join("password=***" if unquote(option.partition("=")[0]) == "password" else option
                      for option in options)
     return urlunparse(parsed._replace(netloc=netloc, query=query))
+
+
+def first_line(path: str | None) -> str | None:
+    """The first line of the file at ``path`` (a mounted secret), None without a path."""
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as file:
+        return file.readline().rstrip("\r\n")

@@ -28,6 +28,18 @@ from dataclasses import dataclass
 
 from . import logs
 
+TRACE_EXPORTERS = ("otlp", "console", "none")
+
+
+def check_settings(exporter: str | None, protocol: str | None) -> None:
+    """ValueError naming the variable unless OTEL_TRACES_EXPORTER and the OTLP protocol are ones we serve."""
+    for name in (exporter or "").split(","):
+        if name.strip() and name.strip() not in TRACE_EXPORTERS:
+            raise ValueError(f"OTEL_TRACES_EXPORTER: {name.strip()!r} is not one of {', '.join(TRACE_EXPORTERS)}")
+    if protocol not in (None, "grpc", "http/protobuf"):
+        raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not grpc or http/protobuf")
+
+
 log = logging.getLogger(__name__)
 
 TRACER_NAME = "dt-scheduler"
