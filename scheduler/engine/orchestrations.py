@@ -228,10 +228,11 @@ class Orchestrations:
             h = await self._claimed_instance(hub, instance_id)
         ref = tracing.ref_of(h)
         with tracing.logged(ref):
-            await self._apply_episode(hub, instance_id, token, h, ref, response)
+            await self._apply_episode(hub, instance_id, token, h, ref, response, extra_events)
 
     async def _apply_episode(self, hub: HubKeys, instance_id: str, token: str, h: dict[str, bytes],
-                             ref: tracing.SpanRef | None, response: pb.OrchestratorResponse) -> None:
+                             ref: tracing.SpanRef | None, response: pb.OrchestratorResponse,
+                             extra_events: list[bytes] = ()) -> None:
         custom = response.customStatus.value if response.HasField("customStatus") else None
         episode = interpret(response, instance_id, h.get("execution_id", b"").decode(), h["name"].decode(), ref)
         episode.events[:0] = extra_events
