@@ -1,5 +1,5 @@
 """Run the benchmarks and print a summary table:
-``python -m benchmarks [--quick] [--only rpc,promotion,memory,e2e,timers,idle,scale,fleet,pending,entities,chaos]``.
+``python -m benchmarks [--quick] [--only rpc,promotion,memory,e2e,timers,idle,scale,fleet,pending,entities,chaos,wait]``.
 
 Results also go to ``benchmarks/results/latest.json`` (git-ignored).
 """
@@ -15,7 +15,7 @@ import time
 
 from .common import PartResult, log, summary_table
 
-PARTS = ("rpc", "promotion", "memory", "e2e", "timers", "idle", "scale", "fleet", "pending", "entities", "chaos")
+PARTS = ("rpc", "promotion", "memory", "e2e", "timers", "idle", "scale", "fleet", "pending", "entities", "chaos", "wait")
 # A million delayed starts take 10-40 minutes per Redis topology to create on 2 cores: named, not by default.
 DEFAULT_PARTS = tuple(p for p in PARTS if p != "pending")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latest.json")
@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "entities":
             from . import entities
             results.append(entities.run(quick=args.quick))
+        elif part == "wait":
+            from . import wait
+            results.append(wait.run(quick=args.quick, duration=args.rpc_duration, rounds=args.rpc_rounds))
         elif part == "chaos":
             from . import chaos
             results.append(chaos.run(quick=args.quick))

@@ -5,8 +5,9 @@ import asyncio
 import logging
 import os
 import platform
-from importlib import metadata
+import time
 from collections.abc import Awaitable, Callable
+from importlib import metadata
 from typing import TYPE_CHECKING
 
 import grpc
@@ -15,7 +16,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from . import errors, ports
+from . import errors, ports, tracing
 from ._proto import orchestrator_service_pb2 as pb
 from .api.auth import Authenticator
 from .api.tokens import TokenFile, TokensFileError
@@ -29,7 +30,7 @@ from .engine import Engine
 from .engine.hubs import SAFETY_SWEEP_SECONDS
 from .protocol import STATUS_PREFIX
 from .store import Store
-from .store.connection import connect, connect_fast
+from .store.connection import Sentinels, connect, connect_fast
 
 if TYPE_CHECKING:
     from .api.dashboard import Dashboard
@@ -43,6 +44,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TaskHubSidecarService"].full_name
 # Liveness: the process and its event loop answer (a Redis outage must not restart every pod).
 READINESS, LIVENESS = "readiness", "liveness"
 HUB_REFRESH_SECONDS = 2.0
+REPLICATED_CONNECTIONS = 4  # pipelined request connections with --redis-min-replica-acks (else 1)
 HEALTH_CHECK_SECONDS = 1.0
 DEPTH_SAMPLE_SECONDS = 5.0  # only with --metrics-port
 SAFETY_LOOK_SECONDS = 10.0  # behind the wake-ups: streams of a hub with queued work look there
@@ -66,6 +68,9 @@ INSTANCES = prometheus_client.Gauge("dt_instances", "Instances by status", ["hub
                                     multiprocess_mode=HUB_SAMPLE)
 STREAMS = prometheus_client.Gauge("dt_work_streams", "Work streams (connected workers) of this replica",
                                   multiprocess_mode=PER_PROCESS)
+DATASET_LOST = prometheus_client.Gauge("dt_redis_dataset_lost", "1 while this replica finds the dataset identity in "
+                                       "Redis missing or changed (writes refused until adopted), else 0",
+                                       multiprocess_mode="livemax")
 HELD = prometheus_client.Gauge("dt_work_items_held", "Work items this replica's streams handed out, not yet reported",
                                multiprocess_mode=PER_PROCESS)
 BUILD_INFO = prometheus_client.Gauge("dt_build_info", "Always 1: the version of the service, the source revision it "
@@ -117,11 +122,18 @@ class App:
         self.config = config
         BUILD_INFO.labels(**build_info()).set(1)
         self.tokens = _tokens_file(config)  # first: a bad tokens file stops the start before anything is built
+        sentinels = Sentinels.of(config)
         self.redis = redis if redis is not None else connect(config.redis_url, config.redis_cluster,
-                                                             config.redis_max_connections)
-        fast = connect_fast(config.redis_url, config.redis_cluster) if redis is None else None
+                                                             config.redis_max_connections, sentinels)
+        # With --redis-min-replica-acks a write's WAIT holds its connection for a replica's round trip: a few
+        # pipelined connections let those overlap (store/spread.py).
+        fast = connect_fast(config.redis_url, config.redis_cluster, sentinels,
+                            connections=REPLICATED_CONNECTIONS if config.redis_min_replica_acks else 1) \
+            if redis is None else None
         self.store = Store(self.redis, config.key_prefix, config.partitions, fast=fast, limits=config.limits,
-                           max_hubs=config.max_task_hubs)
+                           max_hubs=config.max_task_hubs, replica_acks=config.redis_min_replica_acks,
+                           replica_ack_timeout_ms=config.redis_replica_ack_timeout_ms, replica_name=config.replica)
+        self.redis_away_since: float | None = None  # monotonic time Redis stopped answering, or None
         self.engine = Engine.build(self.store, config)
         self.health = health.aio.HealthServicer()
         self.housekeeping = AsyncIOScheduler()
@@ -160,13 +172,16 @@ class App:
         shared = self.config.process > 0
         if not shared and (problem := ports.taken(self.config)):
             raise StartupError(problem)
+        tracing.configure(self.config.traces_exporter, self.config.traces_protocol)
         try:
             await self.store.load_scripts()
+            await self.store.check_dataset()
             await self.engine.hubs.get(self.config.task_hub)
             if self.config.dapr_port is not None:
                 await self.engine.hubs.get(dapr.twin(self.config.task_hub))
         except errors.StoreError as exc:
             log.warning("Redis is not reachable yet (%s); serving UNAVAILABLE until it is", exc)
+            self.redis_away_since = time.monotonic()
         if self.config.tls_cert_file:
             self.certificates = ServerCertificates(self.config.tls_cert_file, self.config.tls_key_file,
                                                    self.config.tls_client_ca_file)
@@ -273,6 +288,7 @@ class App:
         await self.engine.hubs.stop()
         await self.engine.wakeups.stop()
         await self.store.aclose()
+        await asyncio.to_thread(tracing.shutdown)  # the spans still batched go out
 
     # -- background ------------------------------------------------------------------------
 
@@ -332,15 +348,28 @@ class App:
                 INSTANCES.labels(hub.hub, status).set(stats.statuses.get(status, 0))
 
     async def _check_health(self) -> None:
-        """Readiness: SERVING while Redis answers through the connections requests use, unless draining."""
+        """Readiness: SERVING while Redis answers through the connections requests use and holds the
+        dataset this replica knows, unless draining. Logs one line when Redis stops answering and one when
+        it is back."""
         if self.draining:
             return
         try:
             await self.store.ping()
-            status = health_pb2.HealthCheckResponse.SERVING
-        except errors.StoreError:
-            status = health_pb2.HealthCheckResponse.NOT_SERVING
-        await self._set_readiness(status)
+            await self.store.check_dataset()
+            reachable = True
+        except errors.StoreError as exc:
+            reachable = False
+            if self.redis_away_since is None:
+                self.redis_away_since = time.monotonic()
+                log.warning("Redis unreachable (%s): calls get UNAVAILABLE and readiness is NOT_SERVING until it "
+                            "answers", exc)
+        if reachable and self.redis_away_since is not None:
+            log.info("Redis reachable again after %.1f s away", time.monotonic() - self.redis_away_since)
+            self.redis_away_since = None
+        DATASET_LOST.set(1 if self.store.dataset_lost else 0)
+        serving = reachable and not self.store.dataset_lost
+        await self._set_readiness(health_pb2.HealthCheckResponse.SERVING if serving
+                                  else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def _set_readiness(self, status) -> None:
         for service in ("", SERVICE_NAME, READINESS):

@@ -9,7 +9,7 @@ import sys
 
 from . import config as config_mod
 from . import logs, stopping
-from .inspector import configure_hub, inspect_hubs
+from .inspector import adopt_dataset, configure_hub, inspect_hubs
 from .runner import serve, use_uvloop
 
 
@@ -30,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
                             "whatever --retention-seconds the replicas have")
     which.add_argument("--clear-hub-retention", action="store_true",
                        help="the hub follows the replicas' --retention-seconds again")
+    data = sub.add_parser("dataset", help="the dataset identity: `dataset adopt` accepts what Redis holds now "
+                                          "after replicas found it lost (emptied, replaced)")
+    config_mod.add_arguments(data)
+    data.add_argument("action", choices=["adopt"], help="adopt: give Redis a new identity that every replica takes, "
+                                                        "so they write again")
     sub.add_parser("hash-token", help="print the SHA-256 hash of a token read from standard input, for "
                                       "--auth-tokens-file")
     return parser
@@ -65,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     use_uvloop()
     if args.command == "serve":
         return asyncio.run(serve(cfg))
+    if args.command == "dataset":
+        return asyncio.run(adopt_dataset(cfg))
     if args.command == "configure-hub":
         retention = None if args.clear_hub_retention else args.hub_retention_seconds
         return asyncio.run(configure_hub(cfg, retention))

@@ -11,7 +11,10 @@ import os
 import re
 import socket
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote, urlparse, urlunparse
+from urllib.parse import parse_qsl, urlparse
+
+from . import tracing
+from .redis_options import check_sentinels, first_line, redacted, sentinel_addresses  # noqa: F401 (re-exported)
 
 # gRPC clients refuse messages over 4 MiB by default. A message carries more than its payloads
 # (ids, timestamps, status, the framing of each event): payloads keep 64 KiB of headroom below it.
@@ -44,6 +47,14 @@ class Config:
     port: int = 4001  # where the DurableTask SDKs look by default
     redis_url: str | None = None  # None: the embedded in-process store
     redis_cluster: bool = False
+    # -- Redis under Sentinel, replication, dataset identity (see README "Redis and durability") --
+    redis_sentinels: str | None = None  # HOST:PORT[,HOST:PORT...]: find the primary through these Sentinels
+    redis_sentinel_master: str | None = None  # the name the Sentinels monitor the primary under
+    redis_sentinel_username: str | None = None  # ACL user of the Sentinels (their own, not the data's)
+    redis_sentinel_password: str | None = None  # password of the Sentinels (DT_REDIS_SENTINEL_PASSWORD)
+    redis_sentinel_password_file: str | None = None  # ... or read from this file (a mounted Secret)
+    redis_min_replica_acks: int = 0  # every acknowledged write waits for this many replicas (WAIT)
+    redis_replica_ack_timeout_ms: int = 1000  # how long WAIT waits for them
     task_hub: str = "default"
     partitions: int = 16
     key_prefix: str = "dt"
@@ -84,6 +95,10 @@ class Config:
     # Streams (calls) one HTTP/2 connection may have open at once, for every service (health Watch,
     # reflection too); a client's calls past it wait in the client until one ends, they do not fail.
     max_streams_per_connection: int = 100
+
+    # -- tracing: OpenTelemetry's standard variables, not flags (see tracing.py) --
+    traces_exporter: str | None = None  # OTEL_TRACES_EXPORTER: otlp, console, none (or a comma list); unset: off
+    traces_protocol: str | None = None  # OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or _PROTOCOL: grpc (default), http/protobuf
 
     def __post_init__(self) -> None:
         if self.max_payload_bytes is None:
@@ -126,8 +141,18 @@ class Config:
                 raise ValueError(f"{_flag(name)} must be positive, got {getattr(self, name)}")
         if self.retention_seconds < 0:
             raise ValueError(f"{_flag('retention_seconds')} must not be negative (0: off), got {self.retention_seconds}")
+        self._check_sentinels()
         if self.redis_url is not None:
             check_redis_url(self.redis_url)
+        if self.redis_min_replica_acks < 0:
+            raise ValueError(f"{_flag('redis_min_replica_acks')} must not be negative, got "
+                             f"{self.redis_min_replica_acks}")
+        if self.redis_min_replica_acks and self.redis_url is None:
+            raise ValueError(f"{_flag('redis_min_replica_acks')} needs a Redis ({_flag('redis_url')} or "
+                             f"{_flag('redis_sentinels')}): the embedded store has no replicas")
+        if not 1 <= self.redis_replica_ack_timeout_ms <= 60000:
+            raise ValueError(f"{_flag('redis_replica_ack_timeout_ms')} must be between 1 and 60000, got "
+                             f"{self.redis_replica_ack_timeout_ms}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError(f"{_flag('tls_cert_file')} and {_flag('tls_key_file')} go together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
@@ -138,6 +163,7 @@ class Config:
             if path is not None and not os.path.isfile(path):
                 raise ValueError(f"{_flag(name)}: no such file {path!r}")
         self._check_jwt()
+        tracing.check_settings(self.traces_exporter, self.traces_protocol)
         if self.shutdown_grace_seconds < 0:
             raise ValueError(f"{_flag('shutdown_grace_seconds')} must not be negative, got {self.shutdown_grace_seconds}")
         if self.log_format not in ("text", "json"):
@@ -166,7 +192,15 @@ class Config:
             raise ValueError(
                 f"{_flag('host')} {self.host} listens beyond this machine on the embedded in-process store (no "
                 f"{_flag('redis_url')}): each replica would keep its own world and lose it on restart. Give "
-                f"{_flag('redis_url')}")
+                f"{_flag('redis_url')} or {_flag('redis_sentinels')}")
+
+    def _check_sentinels(self) -> None:
+        check_sentinels(self, _flag)
+
+    @property
+    def sentinel_password(self) -> str | None:
+        """The Sentinels' password, from the variable or the file (its first line)."""
+        return first_line(self.redis_sentinel_password_file) or self.redis_sentinel_password
 
     def _check_jwt(self) -> None:
         jwt_flags = ("auth_jwt_audience", "auth_jwt_issuer")
@@ -203,7 +237,22 @@ _OPTIONS = [
     ("--host", "DT_HOST", str, "address to listen on"),
     ("--port", "DT_PORT", int, "gRPC port (0 picks a free one)"),
     ("--redis-url", "DT_REDIS_URL", str,
-     "redis:// or rediss:// URL; unset runs the embedded in-process store (nothing survives a restart)"),
+     "redis:// or rediss:// URL; unset runs the embedded in-process store (nothing survives a restart). With "
+     "--redis-sentinels it gives only the database, credentials and TLS options: its host and port are not used"),
+    ("--redis-sentinels", "DT_REDIS_SENTINELS", str,
+     "HOST:PORT[,HOST:PORT...] of Redis Sentinels: every connection finds the primary through them and follows "
+     "a failover (with --redis-sentinel-master; not with --redis-cluster)"),
+    ("--redis-sentinel-master", "DT_REDIS_SENTINEL_MASTER", str, "the name the Sentinels monitor the primary under"),
+    ("--redis-sentinel-username", "DT_REDIS_SENTINEL_USERNAME", str, "ACL user name on the Sentinels"),
+    ("--redis-sentinel-password", "DT_REDIS_SENTINEL_PASSWORD", str,
+     "password of the Sentinels (prefer the variable or the file to a flag)"),
+    ("--redis-sentinel-password-file", "DT_REDIS_SENTINEL_PASSWORD_FILE", str,
+     "file holding the Sentinels' password (e.g. a mounted Secret)"),
+    ("--redis-min-replica-acks", "DT_REDIS_MIN_REPLICA_ACKS", int,
+     "every write a caller is answered for waits (Redis WAIT) until this many replicas have it; fewer in time: "
+     "UNAVAILABLE, saying the write may have been applied (0: off)"),
+    ("--redis-replica-ack-timeout-ms", "DT_REDIS_REPLICA_ACK_TIMEOUT_MS", int,
+     "how long a write waits for --redis-min-replica-acks replicas"),
     ("--task-hub", "DT_TASK_HUB", str, "default task hub (clients may name one with the 'taskhub' metadata key)"),
     ("--partitions", "DT_PARTITIONS", int, "partitions of a task hub created by this replica"),
     ("--key-prefix", "DT_KEY_PREFIX", str, "prefix of every Redis key"),
@@ -318,22 +367,6 @@ def check_redis_url(url: str) -> None:
             raise ValueError(f"{what}: ssl_cert_reqs must be none, optional or required, got {value!r}")
 
 
-def redacted(url: str | None) -> str | None:
-    """The URL without its password, for logs: the password of the user info and every ``password``
-    option of the query become ``***`` (the user name, host and other options stay)."""
-    if url is None:
-        return None
-    parsed = urlparse(url)
-    netloc = parsed.netloc
-    userinfo, at, host = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = userinfo.split(":", 1)[0] + ":***@" + host
-    options = parsed.query.split("&") if parsed.query else []
-    query = "&".join("password=***" if unquote(option.partition("=")[0]) == "password" else option
-                     for option in options)
-    return urlunparse(parsed._replace(netloc=netloc, query=query))
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every option; each flag falls back to its environment variable, then to its default."""
     for flag, env, typ, help_text in _OPTIONS:
@@ -360,4 +393,8 @@ def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -
         name = _field(flag)
         values[name] = bool(getattr(args, name, None)) or environ.get(env, "").lower() in ("1", "true", "yes")
     values["log_level"] = str(values["log_level"]).upper()
+    if environ.get("OTEL_SDK_DISABLED", "").lower() != "true":
+        values["traces_exporter"] = environ.get("OTEL_TRACES_EXPORTER") or None
+    values["traces_protocol"] = (environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                                 or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or None)
     return Config(**values)

@@ -133,6 +133,16 @@ class StoreOutcomeUnknown(StoreError):
     been applied."""
 
 
+class NotReplicated(StoreOutcomeUnknown):
+    """A write was applied on the Redis primary, but fewer replicas than --redis-min-replica-acks
+    acknowledged it in time: it may have been applied (and may be lost if the primary fails now)."""
+
+
+class DatasetLost(StoreUnavailable):
+    """Redis does not hold the dataset identity this replica knows (emptied, replaced, failed over to a
+    replica that never had it): nothing is written until an operator adopts the dataset."""
+
+
 class RedisOutOfMemory(StoreError):
     """Redis refused a write: it is at its maxmemory. Nothing was written."""
 

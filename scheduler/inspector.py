@@ -7,7 +7,26 @@ from datetime import datetime, timezone
 from .config import Config
 from .errors import StoreError, StoreUnavailable
 from .store import HubStats, Store
-from .store.connection import connect
+from .store.connection import Sentinels, connect
+
+
+def _store(cfg: Config) -> Store:
+    """A Store on the configured Redis (through the Sentinels when given), for the tools."""
+    return Store(connect(cfg.redis_url, cfg.redis_cluster, sentinels=Sentinels.of(cfg)), cfg.key_prefix,
+                 cfg.partitions)
+
+
+def render_dataset(info: dict[str, str], lost: dict[str, int], now_ms: int) -> str:
+    """The dataset identity and the replicas that find it lost."""
+    if not info.get("id"):
+        line = "dataset identity: MISSING (emptied or replaced Redis, or no replica has started on it yet)"
+    else:
+        adopted = f", adopted {_when(int(info['adopted_ms']), now_ms)}" if info.get("adopted_ms") else ""
+        line = f"dataset identity: {info['id']}{adopted}"
+    if lost:
+        names = ", ".join(f"{name} (since {_when(ms, now_ms)})" for name, ms in sorted(lost.items()))
+        line += (f"\n  LOST according to replicas: {names}; they refuse writes until `dt-scheduler dataset adopt`")
+    return line
 
 
 def _when(ms: int | None, now_ms: int) -> str:
@@ -33,10 +52,11 @@ async def inspect_hubs(cfg: Config, all_hubs: bool = False, watch: float | None 
     if cfg.redis_url is None:
         print("inspect needs --redis-url (the embedded store lives inside the serving process)")
         return 2
-    redis = connect(cfg.redis_url, cfg.redis_cluster)
-    store = Store(redis, cfg.key_prefix, cfg.partitions)
+    store = _store(cfg)
     try:
         while True:
+            info, lost = await store.dataset_info()
+            print(render_dataset(info, lost, await store.server_time_ms()), flush=True)
             names = await store.known_hubs() if all_hubs else [cfg.task_hub]
             for name in names:
                 hub = await store.find_hub(name)  # looking never creates a hub
@@ -52,7 +72,7 @@ async def inspect_hubs(cfg: Config, all_hubs: bool = False, watch: float | None 
     except (KeyboardInterrupt, asyncio.CancelledError):
         return 0
     finally:
-        await redis.aclose()
+        await store.aclose()
 
 
 async def configure_hub(cfg: Config, retention_seconds: float | None) -> int:
@@ -63,8 +83,7 @@ async def configure_hub(cfg: Config, retention_seconds: float | None) -> int:
     if retention_seconds is not None and retention_seconds < 0:
         print("configure-hub: --hub-retention-seconds must not be negative (0 keeps finished instances)")
         return 2
-    redis = connect(cfg.redis_url, cfg.redis_cluster)
-    store = Store(redis, cfg.key_prefix, cfg.partitions)
+    store = _store(cfg)
     try:
         hub = await store.find_hub(cfg.task_hub)
         if hub is None:
@@ -80,4 +99,21 @@ async def configure_hub(cfg: Config, retention_seconds: float | None) -> int:
         print(f"configure-hub: {exc}")
         return 1
     finally:
-        await redis.aclose()
+        await store.aclose()
+
+
+async def adopt_dataset(cfg: Config) -> int:
+    """Give Redis a new dataset identity, marked adopted: every replica takes it and writes again."""
+    if cfg.redis_url is None:
+        print("dataset needs --redis-url or --redis-sentinels (the embedded store lives inside the serving process)")
+        return 2
+    store = _store(cfg)
+    try:
+        fresh = await store.adopt_dataset()
+        print(f"dataset identity {fresh} adopted: the replicas take it within a second or two and write again")
+        return 0
+    except StoreError as exc:
+        print(f"dataset adopt: {exc}")
+        return 1
+    finally:
+        await store.aclose()

@@ -1,6 +1,7 @@
 """Logging: plain text or one JSON object per line, with the replica, the process (with --processes N > 1:
 0 the supervisor, 1..N the server processes), and the task hub and instance of the request being served
-(set by the gRPC surface for the task that serves it)."""
+(set by the gRPC surface for the task that serves it); with tracing on, the trace and span ids of the
+instance's orchestration span while the engine works on it (see tracing.py)."""
 from __future__ import annotations
 
 import contextvars
@@ -12,6 +13,8 @@ import time
 
 hub: contextvars.ContextVar[str | None] = contextvars.ContextVar("hub", default=None)
 instance: contextvars.ContextVar[str | None] = contextvars.ContextVar("instance", default=None)
+# (trace id, span id) in hex, of the orchestration span of the instance being worked on (tracing on)
+trace: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("trace", default=None)
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 READY = "READY"  # the line that says a replica serves: "READY host:port" (stdout)
@@ -47,6 +50,9 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, field, None) or var.get()
             if value is not None:
                 entry[field] = value
+        ids = getattr(record, "trace", None) or trace.get()
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

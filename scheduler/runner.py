@@ -78,6 +78,12 @@ async def serve(cfg: config_mod.Config, supervisor: Connection | None = None) ->
     gc.collect()
     gc.freeze()
     store = f"Redis at {config_mod.redacted(cfg.redis_url)}" if cfg.redis_url else "the EMBEDDED store"
+    if cfg.redis_sentinels:
+        store = (f"the primary {cfg.redis_sentinel_master!r} of Sentinels {cfg.redis_sentinels} "
+                 f"(options of {config_mod.redacted(cfg.redis_url)})")
+    if cfg.redis_min_replica_acks:
+        store += (f", writes acknowledged once {cfg.redis_min_replica_acks} replica(s) have them "
+                  f"(within {cfg.redis_replica_ack_timeout_ms} ms)")
     security = ("mutual TLS" if cfg.tls_client_ca_file else "TLS") if cfg.tls_cert_file else "plaintext"
     auth = "bearer tokens" if cfg.authenticates else "NO authentication"
     if cfg.auth_jwks_file:

@@ -78,43 +78,92 @@ def _free_cluster_port() -> int:
 @contextlib.contextmanager
 def redis_cluster(nodes: int = 3, startup_timeout: float = 20.0) -> Iterator[str]:
     """A throwaway Redis Cluster of ``nodes`` primaries (1, or 3 and more) on free ports; yields a URL of one node."""
+    with redis_cluster_nodes(nodes, 0, startup_timeout, node_timeout_ms=15000) as cluster:
+        yield cluster.url
+
+
+@dataclass
+class ClusterTopology:
+    """A Redis Cluster the tests started: its nodes by port (which are masters changes on failover)."""
+
+    url: str
+    nodes: dict[int, RedisNode]
+
+    def masters(self) -> list[int]:
+        """The ports of the masters that answer, as the first node that answers says."""
+        for port, node in self.nodes.items():
+            if node.proc is None or node.proc.poll() is not None:
+                continue
+            text = _redis_cli(port, "cluster", "nodes")
+            if text:  # a master another node suspects (fail?) or knows has failed is not counted
+                return sorted(int(line.split()[1].split("@")[0].rsplit(":", 1)[1]) for line in text.splitlines()
+                              if "master" in line.split()[2] and "fail" not in line.split()[2])
+        return []
+
+    def kill_master(self) -> int:
+        """SIGKILL one master (the one with the lowest port); returns its port."""
+        port = self.masters()[0]
+        self.nodes[port].kill()
+        return port
+
+    def wait_for_failover(self, old_port: int, masters: int, timeout: float = 30.0) -> None:
+        """Wait until a replica has taken over from the master on ``old_port`` (it is no master any more)
+        and the Cluster is ok again."""
+        _wait_until(lambda: old_port not in self.masters() and len(self.masters()) == masters,
+                    f"no replica took over from {old_port}", timeout)
+        self.wait_until_ok(masters, timeout)
+
+    def wait_until_ok(self, masters: int, timeout: float = 30.0) -> None:
+        """Wait until ``masters`` masters answer and every node that runs says cluster_state:ok."""
+        def ok() -> bool:
+            alive = [p for p, n in self.nodes.items() if n.proc is not None and n.proc.poll() is None]
+            return len(self.masters()) == masters and all(
+                "cluster_state:ok" in _redis_cli(p, "cluster", "info") for p in alive)
+        _wait_until(ok, "the Redis Cluster did not reach state ok", timeout)
+
+
+@contextlib.contextmanager
+def redis_cluster_nodes(masters: int = 3, replicas: int = 0, startup_timeout: float = 20.0,
+                        node_timeout_ms: int = 1000) -> Iterator[ClusterTopology]:
+    """A throwaway Redis Cluster of ``masters`` primaries, each with ``replicas`` replicas, on free ports
+    (a replica takes over ~``node_timeout_ms`` after its master stops answering). A killed node started
+    again (``nodes[port].start()``) rejoins with its nodes.conf, as a replica if it was failed over."""
     executable = shutil.which("redis-server") or "/usr/bin/redis-server"
     cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
     ports: list[int] = []
-    while len(ports) < nodes:
+    while len(ports) < masters * (1 + replicas):
         port = _free_cluster_port()
         if port not in ports:
             ports.append(port)
     with tempfile.TemporaryDirectory(prefix="dt-cluster-") as workdir:
-        procs = [subprocess.Popen(
-            [executable, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-             "--cluster-config-file", f"{workdir}/nodes-{port}.conf", "--dir", workdir,
-             "--save", "", "--appendonly", "no", "--logfile", f"{workdir}/{port}.log"])
-            for port in ports]
+        nodes = {port: RedisNode(port, [
+            executable, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+            "--cluster-config-file", f"{workdir}/nodes-{port}.conf", "--dir", workdir,
+            "--dbfilename", f"dump-{port}.rdb", "--cluster-node-timeout", str(node_timeout_ms),
+            "--save", "", "--appendonly", "no", "--logfile", f"{workdir}/{port}.log"]) for port in ports}
+        topology = ClusterTopology(f"redis://127.0.0.1:{ports[0]}/0", nodes)
         try:
-            deadline = time.monotonic() + startup_timeout
+            for node in nodes.values():
+                node.start()
             for port in ports:
-                while subprocess.run([cli, "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() != "PONG":
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"cluster node on port {port} did not start")
-                    time.sleep(0.05)
-            if nodes == 1:  # redis-cli --cluster create wants three masters: one node takes every slot itself
+                _wait_until(lambda p=port: _redis_cli(p, "ping") == "PONG", f"cluster node on port {port} did not "
+                            f"start", startup_timeout)
+            if masters == 1 and not replicas:  # redis-cli --cluster create wants three masters: one takes every slot
                 subprocess.run([cli, "-p", str(ports[0]), "cluster", "addslotsrange", "0", "16383"], check=True,
                                capture_output=True)
             else:
                 subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas",
-                                "0", "--cluster-yes"], check=True, capture_output=True)
-            while "cluster_state:ok" not in subprocess.run([cli, "-p", str(ports[0]), "cluster", "info"],
-                                                           capture_output=True, text=True).stdout:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the Redis Cluster did not reach state ok")
-                time.sleep(0.05)
-            yield f"redis://127.0.0.1:{ports[0]}/0"
+                                str(replicas), "--cluster-yes"], check=True, capture_output=True)
+            topology.wait_until_ok(masters, startup_timeout)
+            if replicas:
+                def synced() -> bool:
+                    return all("master_link_status:up" in _redis_cli(p, "info", "replication")
+                               for p in ports if p not in topology.masters())
+                _wait_until(synced, "the Cluster's replicas did not sync", startup_timeout)
+            yield topology
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait(10)
+            for node in nodes.values():
+                node.stop()
 
 
 @dataclass
@@ -184,3 +233,160 @@ def start_server(redis_url: str | None, *extra_args: str, env: dict[str, str] | 
             return ServerProcess(proc, *addresses)
     proc.kill()
     raise RuntimeError(f"server not ready within {startup_timeout}s")
+
+
+@dataclass
+class RedisNode:
+    """One redis-server (or Sentinel) subprocess the tests started, on 127.0.0.1:``port``."""
+
+    port: int
+    args: list[str]
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, start_new_session=True)
+
+    def kill(self) -> None:
+        """SIGKILL: Redis gets no chance to save or to tell its replicas."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def _redis_cli(port: int, *command: str) -> str:
+    cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+    # (the password of a test's topology, if any, from the environment: not on the command line)
+    env = {**os.environ, "REDISCLI_AUTH": _CLI_AUTH[port]} if port in _CLI_AUTH else None
+    return subprocess.run([cli, "-p", str(port), "--no-auth-warning", *command], capture_output=True, text=True,
+                          timeout=10, env=env).stdout.strip()
+
+
+_CLI_AUTH: dict[int, str] = {}  # port -> password of the topologies that have one
+
+
+def _wait_until(check, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} within {timeout:g} s")
+        time.sleep(0.05)
+
+
+@dataclass
+class SentinelTopology:
+    """A primary, its replicas and three Sentinels that monitor it as ``master`` (all on 127.0.0.1)."""
+
+    master: str
+    servers: dict[int, RedisNode]  # by port: the primary and its replicas (which is which changes on failover)
+    sentinels: list[RedisNode]
+
+    @property
+    def sentinel_addresses(self) -> str:
+        """The value of --redis-sentinels."""
+        return ",".join(f"127.0.0.1:{node.port}" for node in self.sentinels)
+
+    def primary_port(self) -> int | None:
+        """The primary's port as the first Sentinel that answers says."""
+        for node in self.sentinels:
+            reply = _redis_cli(node.port, "sentinel", "get-master-addr-by-name", self.master).split()
+            if len(reply) == 2:
+                return int(reply[1])
+        return None
+
+    def kill_primary(self) -> int:
+        """SIGKILL the current primary; returns its port."""
+        port = self.primary_port()
+        self.servers[port].kill()
+        return port
+
+    def restart_as_replica(self, port: int) -> None:
+        """Start the server on ``port`` again as a replica of the current primary (as a StatefulSet's
+        start script that asks the Sentinels does; left to itself, a returning old primary is made a
+        replica by the Sentinels only after ~10-20 s)."""
+        node = self.servers[port]
+        primary = self.primary_port()
+        if "--replicaof" in node.args:
+            i = node.args.index("--replicaof")
+            del node.args[i:i + 3]
+        node.args += ["--replicaof", "127.0.0.1", str(primary)]
+        node.start()
+
+    def wait_for_new_primary(self, old_port: int, timeout: float = 30.0) -> int:
+        """Wait until the Sentinels name another primary and it says it is one; returns its port."""
+        def switched() -> bool:
+            port = self.primary_port()
+            return port is not None and port != old_port and _redis_cli(port, "role").startswith("master")
+        _wait_until(switched, "the Sentinels did not fail over", timeout)
+        return self.primary_port()
+
+    def wait_for_replicas(self, count: int, timeout: float = 30.0) -> None:
+        """Wait until the primary has ``count`` replicas in sync (connected_slaves with state online)."""
+        def synced() -> bool:
+            port = self.primary_port()
+            info = _redis_cli(port, "info", "replication") if port else ""
+            return sum("state=online" in line for line in info.splitlines() if line.startswith("slave")) >= count
+        _wait_until(synced, f"the primary did not get {count} replica(s) in sync", timeout)
+
+
+@contextlib.contextmanager
+def redis_sentinels(replicas: int = 1, down_after_ms: int = 1000, failover_timeout_ms: int = 3000,
+                    master: str = "dtmaster", password: str | None = None,
+                    sentinel_password: str | None = None) -> Iterator[SentinelTopology]:
+    """A throwaway primary with ``replicas`` replicas and three Sentinels (Debian's ``redis-server
+    --sentinel``), on free ports; a replica is promoted ~``down_after_ms`` after the primary stops
+    answering. Killed servers stay down until a test starts them again (``servers[port].start()``: the
+    Sentinels make a returning old primary a replica of the new one). ``password``: the servers require it
+    (and the replicas and Sentinels use it); ``sentinel_password``: the Sentinels require it."""
+    executable = shutil.which("redis-server") or "/usr/bin/redis-server"
+    with tempfile.TemporaryDirectory(prefix="dt-sentinel-") as workdir:
+        ports = [free_port() for _ in range(1 + replicas)]
+        servers = {}
+        for i, port in enumerate(ports):
+            args = [executable, "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir,
+                    "--dbfilename", f"dump-{port}.rdb", "--save", "", "--appendonly", "no",
+                    "--logfile", f"{workdir}/redis-{port}.log"]
+            if password:
+                args += ["--requirepass", password, "--masterauth", password]
+            if i:
+                args += ["--replicaof", "127.0.0.1", str(ports[0])]
+            servers[port] = RedisNode(port, args)
+        sentinels = []
+        for _ in range(3):
+            port = free_port()
+            conf = f"{workdir}/sentinel-{port}.conf"
+            with open(conf, "w", encoding="ascii") as f:
+                f.write(f"port {port}\nbind 127.0.0.1\ndir {workdir}\nlogfile {workdir}/sentinel-{port}.log\n"
+                        f"sentinel monitor {master} 127.0.0.1 {ports[0]} 2\n"
+                        f"sentinel down-after-milliseconds {master} {down_after_ms}\n"
+                        f"sentinel failover-timeout {master} {failover_timeout_ms}\n"
+                        f"sentinel parallel-syncs {master} 1\n"
+                        + (f"sentinel auth-pass {master} {password}\n" if password else "")
+                        + (f"requirepass {sentinel_password}\nsentinel sentinel-pass {sentinel_password}\n"
+                           if sentinel_password else ""))
+            sentinels.append(RedisNode(port, [executable, conf, "--sentinel"]))
+        topology = SentinelTopology(master, servers, sentinels)
+        _CLI_AUTH.update({port: password for port in servers if password})
+        _CLI_AUTH.update({node.port: sentinel_password for node in sentinels if sentinel_password})
+        try:
+            for node in [*servers.values(), *sentinels]:
+                node.start()
+            for node in [*servers.values(), *sentinels]:
+                _wait_until(lambda n=node: _redis_cli(n.port, "ping") == "PONG", f"port {node.port} did not answer", 20)
+            topology.wait_for_replicas(replicas)
+
+            def all_seen() -> bool:  # each Sentinel knows the two others (a failover needs a quorum of 2)
+                return all("num-other-sentinels\n2" in _redis_cli(s.port, "sentinel", "master", master)
+                           for s in sentinels)
+            _wait_until(all_seen, "the Sentinels did not find each other", 20)
+            yield topology
+        finally:
+            for node in [*sentinels, *servers.values()]:
+                node.stop()

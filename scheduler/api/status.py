@@ -32,6 +32,8 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, errors.FailedPrecondition):
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, errors.NotReplicated):  # applied on the primary: must not say nothing was written
+        return grpc.StatusCode.UNAVAILABLE, f"{exc}; read before retrying a change that is not idempotent"
     if isinstance(exc, (errors.StoreUnavailable, errors.HubDeleting, errors.HubGone, errors.Draining, StreamStalled)):
         return grpc.StatusCode.UNAVAILABLE, f"{exc}; nothing was written, retry later"
     if isinstance(exc, errors.StoreOutcomeUnknown):

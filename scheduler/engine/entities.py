@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Iterator
 
-from .. import errors
+from .. import errors, tracing
 from .._proto import orchestrator_service_pb2 as pb
 from ..config import Limits
 from ..protocol import (CALL, ENTITY, LOCK, SIGNAL, TERMINAL, UNLOCK, EntityMessage, OutboxMessage, due_ms,
@@ -24,7 +24,7 @@ from ..protocol import (CALL, ENTITY, LOCK, SIGNAL, TERMINAL, UNLOCK, EntityMess
 from ..store import Store
 from ..store.keys import HubKeys
 from ..store.scripts import Code
-from . import events
+from . import events, spans
 from .dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,25 @@ class Entities:
             if failure is None:
                 messages += _actions(hub, entity_id, result.actions)
             await self.store.complete_entity(hub, entity_id, token, done, state, [m.encode() for m in messages])
+        if tracing.active is not None:
+            await self._trace(hub, entity_id, batch[:done], results, failure)
+
+    async def _trace(self, hub: HubKeys, entity_id: str, done: list[EntityMessage], results: list[pb.OperationResult],
+                     failure: pb.TaskFailureDetails | None) -> None:
+        """Emit the spans of the calls among the operations ``done``, each a child of its calling orchestration's
+        span (one read of the callers' ``trace`` fields; signals carry no trace context in this contract)."""
+        calls = [(i, m) for i, m in enumerate(done) if m.kind == CALL and m.parent]
+        if not calls:
+            return
+        try:
+            traces = await self.store.instance_fields(hub, [m.parent for _, m in calls], ("trace",))
+        except errors.StoreError:
+            return  # the batch is applied; its spans are not worth an error
+        for (i, message), (raw,) in zip(calls, traces):
+            ref = None if raw is None else tracing.SpanRef.decode(raw)
+            if ref is not None:
+                spans.entity_call(ref, entity_id, message.parent, pb.HistoryEvent.FromString(message.payload),
+                                  failure is not None or results[i].HasField("failure"))
 
     async def fail_batch(self, hub: HubKeys, entity_id: str, token: str, batch: list[EntityMessage],
                          failure: pb.TaskFailureDetails) -> None:

@@ -16,7 +16,9 @@ from .. import errors
 from .._proto import orchestrator_service_pb2 as pb
 from ..config import Limits
 from ..protocol import OutboxMessage, activity_item, due_ms, is_valid_id, new_id, quote
+from ..tracing import SpanRef
 from .entities import from_orchestration as entity_message
+from .spans import activity_context, trace_context
 from .events import copy_set, execution_completed, history_event, status_name, sub_orchestration_failed
 
 _FINAL = (pb.ORCHESTRATION_STATUS_COMPLETED, pb.ORCHESTRATION_STATUS_FAILED, pb.ORCHESTRATION_STATUS_TERMINATED)
@@ -45,8 +47,10 @@ def failed(event_id: int, error_type: str, message: str) -> Episode:
                    status="FAILED", failure=failure.SerializeToString())
 
 
-def interpret(response: pb.OrchestratorResponse, instance_id: str, execution_id: str, name: str) -> Episode:
-    """Translate a worker's actions into history events, work and messages.
+def interpret(response: pb.OrchestratorResponse, instance_id: str, execution_id: str, name: str,
+              trace: SpanRef | None = None) -> Episode:
+    """Translate a worker's actions into history events, work and messages (with ``trace``, the
+    orchestration's span, each activity request names its activity's span: see spans.py).
 
     An unknown action fails the instance with a failure saying so, rather than being dropped
     silently; so does an action that names an invalid instance or entity. A rewind (the history
@@ -57,9 +61,9 @@ def interpret(response: pb.OrchestratorResponse, instance_id: str, execution_id:
         if kind == "scheduleTask":
             scheduled = _scheduled(action.scheduleTask)
             episode.events.append(history_event(action.id, taskScheduled=scheduled))
-            episode.activities.append(activity(scheduled, action.id, instance_id, execution_id))
+            episode.activities.append(activity(scheduled, action.id, instance_id, execution_id, trace))
         elif kind in _CROSS_INSTANCE:
-            event, message = _cross_instance(action, instance_id, execution_id, name)
+            event, message = _cross_instance(action, instance_id, execution_id, name, trace)
             if not is_valid_id(message.target) or message.target.startswith("@"):
                 return failed(action.id, "InvalidArgument", f"{kind} names an invalid instance id {quote(message.target)}"
                                                             " (ids starting with '@' are entities')")
@@ -106,12 +110,15 @@ def _scheduled(task: pb.ScheduleTaskAction) -> pb.TaskScheduledEvent:
     return scheduled
 
 
-def activity(scheduled: pb.TaskScheduledEvent, task_id: int, instance_id: str, execution_id: str) -> tuple[str, bytes]:
+def activity(scheduled: pb.TaskScheduledEvent, task_id: int, instance_id: str, execution_id: str,
+             trace: SpanRef | None = None) -> tuple[str, bytes]:
     """(work item, serialized ActivityRequest) of the activity task ``task_id`` that ``scheduled`` records."""
     request = pb.ActivityRequest(name=scheduled.name, taskId=task_id, tags=scheduled.tags,
                                  orchestrationInstance=pb.OrchestrationInstance(
                                      instanceId=instance_id, executionId=wrappers_pb2.StringValue(value=execution_id)))
     copy_set(scheduled, request)
+    if trace is not None:
+        request.parentTraceContext.CopyFrom(activity_context(trace, execution_id, task_id))
     return activity_item(instance_id, execution_id, task_id), request.SerializeToString()
 
 
@@ -123,8 +130,9 @@ def timer(fire_at: timestamp_pb2.Timestamp, timer_id: int) -> tuple[int, bytes]:
 
 
 def _cross_instance(action: pb.OrchestratorAction, instance_id: str, execution_id: str,
-                    name: str) -> tuple[bytes | None, OutboxMessage]:
-    """(history event for the sender, outbox message) of an action that reaches another instance."""
+                    name: str, trace: SpanRef | None = None) -> tuple[bytes | None, OutboxMessage]:
+    """(history event for the sender, outbox message) of an action that reaches another instance (with
+    ``trace``, a sub-orchestration's span is a child of this orchestration's)."""
     kind = action.WhichOneof("orchestratorActionType")
     message_id = f"{instance_id}:{execution_id}:{action.id}"
     if kind == "createSubOrchestration":
@@ -139,6 +147,8 @@ def _cross_instance(action: pb.OrchestratorAction, instance_id: str, execution_i
                 orchestrationInstance=pb.OrchestrationInstance(
                     instanceId=instance_id, executionId=wrappers_pb2.StringValue(value=execution_id))))
         copy_set(sub, created, started)
+        if trace is not None:
+            started.parentTraceContext.CopyFrom(trace_context(trace))
         return history_event(action.id, subOrchestrationInstanceCreated=created), \
             OutboxMessage(message_id, "create", sub.instanceId, history_event(executionStarted=started))
     if kind == "sendEvent":

@@ -18,13 +18,13 @@ from collections.abc import Awaitable, Callable
 
 from google.protobuf import timestamp_pb2, wrappers_pb2
 
-from .. import errors
+from .. import errors, tracing
 from .._proto import orchestrator_service_pb2 as pb
 from ..protocol import ACTIVITY, ORCHESTRATION, TERMINAL, claim_token, due_ms, instance_of, new_id
 from ..store import Claim, NewInstance, Store
 from ..store.keys import HubKeys, partition_of
 from ..store.scripts import Code
-from . import events, rewind, subtree
+from . import events, rewind, spans, subtree
 from .dispatcher import Dispatcher
 from .episodes import (Episode, failed, interpret, limit_failure, next_execution, overflow_failure,
                        parent_notification)
@@ -62,6 +62,11 @@ def instance_record(event: pb.HistoryEvent, at: timestamp_pb2.Timestamp | None =
         fields.update(parent_instance_id=parent.orchestrationInstance.instanceId,
                       parent_execution_id=parent.orchestrationInstance.executionId.value,
                       parent_task_id=str(parent.taskScheduledId))
+    if tracing.active is not None:  # the orchestration's span: its ids now, the span when it ends
+        parent = started.parentTraceContext.traceParent if started.HasField("parentTraceContext") else None
+        ref = tracing.active.new_orchestration(started.name, parent)
+        if ref is not None:
+            fields["trace"] = ref.encode()
     if at is not None:
         event.timestamp.CopyFrom(at)
     else:
@@ -171,6 +176,9 @@ class Orchestrations:
             if code is not Code.CHANGED:
                 if force and code is Code.OK:
                     self.waiters.status_changed(hub.hub, instance_id)
+                if code is Code.OK and (before == "PENDING" or force and before not in TERMINAL) and \
+                        (ref := tracing.ref_of(h)) is not None:  # it ended at once
+                    spans.orchestration_ended(ref, instance_id, h, "TERMINATED")
                 return before
         raise errors.StoreUnavailable(f"orchestration instance '{instance_id}' kept changing while it was being "
                                       "terminated; nothing was written, try again")
@@ -218,8 +226,15 @@ class Orchestrations:
         h = self.dispatcher.claimed_fields(token)  # claimed through this replica: no read needed
         if h is None:
             h = await self._claimed_instance(hub, instance_id)
+        ref = tracing.ref_of(h)
+        with tracing.logged(ref):
+            await self._apply_episode(hub, instance_id, token, h, ref, response, extra_events)
+
+    async def _apply_episode(self, hub: HubKeys, instance_id: str, token: str, h: dict[str, bytes],
+                             ref: tracing.SpanRef | None, response: pb.OrchestratorResponse,
+                             extra_events: list[bytes] = ()) -> None:
         custom = response.customStatus.value if response.HasField("customStatus") else None
-        episode = interpret(response, instance_id, h.get("execution_id", b"").decode(), h["name"].decode())
+        episode = interpret(response, instance_id, h.get("execution_id", b"").decode(), h["name"].decode(), ref)
         episode.events[:0] = extra_events
         try:
             if episode.continue_as_new is not None:
@@ -285,6 +300,8 @@ class Orchestrations:
                 for (item, payload), claim in zip(episode.activities, tokens)])
         if episode.status is not None:
             self.waiters.status_changed(hub.hub, instance_id, completion.state)
+            if (ref := tracing.ref_of(h)) is not None:
+                spans.orchestration_ended(ref, instance_id, h, episode.status, episode.failure)
 
     async def _apply_rewind(self, hub: HubKeys, instance_id: str, token: str, h: dict[str, bytes],
                             action: pb.RewindOrchestrationAction) -> None:

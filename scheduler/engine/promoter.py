@@ -14,14 +14,18 @@ call after the script that added the entry, so its reply accounts for the entry.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
 
 from prometheus_client import Counter, Histogram
 
+from .. import tracing
+from ..protocol import due_ms, ts_from_text
 from ..store import Promotion, Store
 from ..store.keys import HubKeys
+from . import spans
 from .loops import Loop
 
 log = logging.getLogger(__name__)
@@ -61,12 +65,15 @@ class Promoter:
         self._loop = Loop(f"promoter[{hub.hub}]", self._step, MAX_SLEEP_SECONDS)
         self._lag = PROMOTION_LAG.labels(hub.hub)
         self._count = PROMOTED.labels(hub.hub)
+        self._tracing: set[asyncio.Task] = set()  # spans of promotions being emitted (tracing on)
 
     def start(self) -> None:
         self._loop.start()
 
     async def stop(self) -> None:
         await self._loop.stop()
+        for task in list(self._tracing):
+            task.cancel()
 
     def due_at(self, due_ms: int, partition: int | None = None) -> None:
         """An entry due at ``due_ms`` was added (to ``partition``, if known): remember it, and wake now
@@ -113,7 +120,10 @@ class Promoter:
             return self._delay(*self._clock)
         hints_before = self._hint_count
         try:
-            result = await self.store.promote_due(self.hub, self.batch, partitions)
+            if tracing.active is None:
+                result = await self.store.promote_due(self.hub, self.batch, partitions)
+            else:  # which entries moved, for the spans of delayed starts
+                result = await self.store.promote_due(self.hub, self.batch, partitions, members=True)
         except Exception:
             self._sweep_all = True
             raise
@@ -129,9 +139,28 @@ class Promoter:
             self._report(len(result.promoted_due_ms), result.now_ms - min(result.promoted_due_ms))
             if self.on_promoted is not None:
                 self.on_promoted(result)
+            if result.promoted:
+                task = asyncio.create_task(self._trace(result.promoted, result.now_ms))
+                self._tracing.add(task)
+                task.add_done_callback(self._tracing.discard)
         if result.more:
             return 0
         return self._delay(*self._clock)
+
+    async def _trace(self, promoted: list[tuple[str, int]], now_ms: int) -> None:
+        """Emit the promotion span of each delayed start among ``promoted`` (timers and delayed signals
+        have none): read apart, so the promoter does not wait for it."""
+        starts = [(member, due) for member, due in promoted if not member.startswith("@")]  # "@": entities
+        try:
+            values = await self.store.instance_fields(self.hub, [member for member, _ in starts],
+                                                      ("trace", "name", "scheduled_start"))
+        except Exception as exc:  # noqa: BLE001 - a span is not worth an error in the loop
+            log.debug("task hub %r: no promotion spans: %s", self.hub.hub, exc)
+            return
+        for (instance_id, due), (trace, name, scheduled) in zip(starts, values):
+            ref = None if trace is None or tracing.active is None else tracing.SpanRef.decode(trace)
+            if ref is not None and scheduled is not None and due_ms(ts_from_text(scheduled)) == due:
+                spans.promoted(ref, instance_id, (name or b"").decode(), due, now_ms)
 
     def _report(self, count: int, lag_ms: int) -> None:
         """Log promotions at most every LOG_EVERY_SECONDS (the first one after a quiet spell at once)."""

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from .. import tracing
 from .._proto import orchestrator_service_pb2 as pb
 from ..protocol import ACTIVITY, ENTITY, ORCHESTRATION, EntityMessage, entity_name
 from ..store import Claim, Store
 from ..store.keys import HubKeys
-from . import events
+from . import events, spans
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,12 @@ class OrchestrationWork(WorkKind):
         new_events = [claim.fields["episode_start"], *claim.new_events]
         work_item = events.orchestrator_work_item(item, claim.fields.get("execution_id"), claim.past_events,
                                                   new_events, token)
+        if (ref := tracing.ref_of(claim.fields)) is not None:
+            spans.handed_out(work_item.orchestratorRequest, ref, claim.fields)
         problem = self._unsendable(claim.fields, work_item)
         if problem is not None:
-            log.warning("task hub %r: orchestration %r fails: %s", hub.hub, item, problem[1])
+            with tracing.logged(ref):
+                log.warning("task hub %r: orchestration %r fails: %s", hub.hub, item, problem[1])
             await self.fail_claimed(hub, item, token, claim.fields, *problem)
             return None
         return work_item, claim.fields

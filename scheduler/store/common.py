@@ -10,7 +10,7 @@ import prometheus_client
 import redis.exceptions as rexc
 
 from .. import errors
-from .pipelining import CommandNotSent, ReplyLost
+from .pipelining import CommandNotSent, NotReplicated, ReplyLost
 
 
 def unavailable_on_redis_errors(fn):
@@ -26,7 +26,13 @@ def unavailable_on_redis_errors(fn):
             if isinstance(exc, rexc.OutOfMemoryError) or str(exc).startswith("OOM"):
                 raise errors.RedisOutOfMemory(
                     "Redis is out of memory (maxmemory reached) and refused the write; nothing was written") from exc
+            if isinstance(exc, (rexc.ReadOnlyError, rexc.ClusterDownError, rexc.TryAgainError)) or \
+                    str(exc).startswith("READONLY"):
+                raise store_failure(exc) from exc  # a demoted primary, a Cluster in failover refused it: not applied
             raise
+        except NotReplicated as exc:
+            REDIS_ERRORS.labels("not_replicated").inc()
+            raise errors.NotReplicated(str(exc)) from exc
         except (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, rexc.ClusterDownError,
                 rexc.TryAgainError, rexc.MaxConnectionsError, OSError) as exc:
             raise store_failure(exc) from exc
@@ -35,7 +41,8 @@ def unavailable_on_redis_errors(fn):
 
 
 # What redis-py (and fakeredis, the embedded store) say when a command could not be sent at all.
-_NOT_SENT = ("connecting", "No connection available", "Too many connections", "emulating a connection error")
+_NOT_SENT = ("connecting", "No connection available", "Too many connections", "emulating a connection error",
+             "previous master is now a slave", "No master found")
 
 
 REDIS_ERRORS = prometheus_client.Counter("dt_redis_errors_total", "Failed Redis calls, by what they mean",
@@ -47,7 +54,7 @@ def store_failure(exc: Exception) -> errors.StoreError:
     text = str(exc)
     not_applied = (
         isinstance(exc, (CommandNotSent, rexc.BusyLoadingError, rexc.ClusterDownError, rexc.TryAgainError,
-                         rexc.MaxConnectionsError))  # never sent, or refused by Redis
+                         rexc.MaxConnectionsError, rexc.ReadOnlyError))  # never sent, or refused by Redis
         or (isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError)) and not isinstance(exc, ReplyLost)
             and any(sign in text for sign in _NOT_SENT)))
     if not_applied:

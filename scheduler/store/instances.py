@@ -57,7 +57,8 @@ class InstanceOps:
         ExecutionStarted event of its current execution (input, tags); None if there is no such instance."""
         pk = hub.for_instance(instance_id)
         reply = await self._run("get_instance", hub.hub, hub.generation,
-                                [pk.instance(instance_id), pk.inbox(instance_id), pk.history(instance_id)], ())
+                                [pk.instance(instance_id), pk.inbox(instance_id), pk.history(instance_id)], (),
+                                write=False)
         code, values = self._outcome(reply, instance_id, Code.NOT_FOUND)
         return None if code is Code.NOT_FOUND else state_of(*values)
 

@@ -266,3 +266,13 @@ def generations_key(prefix: str) -> str:
 
 def events_channel(prefix: str) -> str:
     return f"{prefix}:events"
+
+
+def dataset_key(prefix: str) -> str:
+    """The dataset's identity (hash: ``id``, ``created_ms``, ``adopted_ms``; see store/dataset.py)."""
+    return f"{prefix}:dataset"
+
+
+def dataset_lost_key(prefix: str) -> str:
+    """Replicas that find the dataset's identity missing or changed (hash: replica -> since ms)."""
+    return f"{prefix}:dataset:lost"

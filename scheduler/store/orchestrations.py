@@ -193,9 +193,15 @@ class OrchestrationOps:
     @unavailable_on_redis_errors
     async def instance_names(self, hub: keys.HubKeys, instance_ids: list[str]) -> list[tuple[str | None, str]]:
         """(name, version or "") of each instance, (None, "") for one that is gone; one round trip."""
-        replies = await asyncio.gather(*(
-            self._execute("HMGET", hub.for_instance(iid).instance(iid), "name", "version") for iid in instance_ids))
+        replies = await self.instance_fields(hub, instance_ids, ("name", "version"))
         return [(None if name is None else name.decode(), (version or b"").decode()) for name, version in replies]
+
+    @unavailable_on_redis_errors
+    async def instance_fields(self, hub: keys.HubKeys, instance_ids: list[str],
+                              names: tuple[str, ...]) -> list[list[bytes | None]]:
+        """The values of the fields ``names`` of each instance's hash (None where absent); one round trip."""
+        return list(await asyncio.gather(*(
+            self._execute("HMGET", hub.for_instance(iid).instance(iid), *names) for iid in instance_ids)))
 
     # -- the outbox ----------------------------------------------------------------------------
 

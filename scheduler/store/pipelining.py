@@ -23,33 +23,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ssl
 import time
-from collections.abc import Callable
-from urllib.parse import parse_qs, unquote, urlparse
+from collections.abc import Awaitable, Callable
+from urllib.parse import unquote, urlparse
 
 import hiredis
 import redis.exceptions as rexc
 
+from .wire import (CommandNotSent, NotReplicated, NotThePrimary, ReplyLost, _reply_error,  # noqa: F401 (re-exported)
+                   not_replicated_message, ssl_context, url_options)
+
 CONNECT_TIMEOUT = 2.0
 REPLY_TIMEOUT = 5.0
 HEALTH_SECONDS = 2.0  # a subscribed connection silent this long is asked for a PING
-
-
-class CommandNotSent(rexc.ConnectionError):
-    """The command was not written to Redis: it was not applied."""
-
-
-class ReplyLost(rexc.TimeoutError):
-    """The command was written to Redis but its reply did not come back: it may have been applied."""
-
-
-def _reply_error(message: str) -> Exception:
-    if message.startswith("NOSCRIPT"):
-        return rexc.NoScriptError(message)
-    if message.startswith(("LOADING", "BUSY ")):
-        return rexc.BusyLoadingError(message)
-    return rexc.ResponseError(message)
 
 
 class _Protocol(asyncio.Protocol):
@@ -59,6 +45,9 @@ class _Protocol(asyncio.Protocol):
         self.reader = hiredis.Reader(replyError=_reply_error)
         self.waiting: collections.deque[asyncio.Future] = collections.deque()
         self.buffer: list[bytes] = []  # packed commands not written yet (written once per loop turn)
+        # Writes that wait for replicas: (the command's reply, the caller's future), not yet covered by a WAIT.
+        self.acked: list[tuple[asyncio.Future, asyncio.Future]] = []
+        self.waiting_for_replicas = False  # a WAIT is out: the buffer is held until it answers
         self.transport: asyncio.Transport | None = None
         self.last_reply = time.monotonic()
         # set on a subscribed connection: takes every reply (none has a caller waiting), and None when
@@ -78,14 +67,18 @@ class _Protocol(asyncio.Protocol):
                 self.pushes(reply)
                 reply = gets()
             return
+        demoted = False
         while reply is not False:
             future = waiting.popleft()
             if not future.done():
                 if isinstance(reply, Exception):
+                    demoted = demoted or isinstance(reply, rexc.ReadOnlyError)
                     future.set_exception(reply)
                 else:
                     future.set_result(reply)
             reply = gets()
+        if demoted and self.transport is not None:  # the next command finds the primary again
+            self.transport.abort()
 
     def connection_lost(self, exc) -> None:
         self.owner._lost(self)
@@ -100,30 +93,26 @@ class _Protocol(asyncio.Protocol):
             if not future.done():
                 future.set_exception(lost if n < sent else unsent)
         self.buffer = []
-
-
-def url_options(query: str) -> dict[str, str]:
-    """The options of a Redis URL's query, decoded, the first of each name (as redis-py reads them)."""
-    return {name: values[0] for name, values in parse_qs(query).items() if values}
-
-
-def ssl_context(params: dict[str, str]) -> ssl.SSLContext:
-    """The TLS context of a rediss:// URL's options, as redis-py reads them: ssl_ca_certs (CA bundle),
-    ssl_certfile and ssl_keyfile (a client certificate, for mutual TLS), ssl_cert_reqs (none, optional,
-    required: the default) and ssl_check_hostname (default true)."""
-    context = ssl.create_default_context(cafile=params.get("ssl_ca_certs"))
-    if params.get("ssl_certfile"):
-        context.load_cert_chain(params["ssl_certfile"], params.get("ssl_keyfile"))
-    reqs = params.get("ssl_cert_reqs", "required")
-    context.check_hostname = reqs == "required" and params.get("ssl_check_hostname", "true").lower() != "false"
-    context.verify_mode = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL}.get(reqs, ssl.CERT_REQUIRED)
-    return context
+        acked, self.acked = self.acked, []
+        for reply, caller in acked:  # never covered by a WAIT: the caller learns what its command learnt
+            if not caller.done():
+                caller.set_exception(reply.exception() if reply.done() and not reply.cancelled() and
+                                     reply.exception() else lost)
 
 
 class PipelinedConnection:
     """``await conn.execute(*args)`` returns the raw reply (bytes, int, list) or raises."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, locate: Callable[[], Awaitable[tuple[str, int]]] | None = None,
+                 replica_acks: int = 0, replica_ack_timeout_ms: int = 1000) -> None:
+        """``locate``: where the primary is now (the Sentinels), asked on each (re)connection instead of
+        the URL's host and port. ``replica_acks``: writes sent with :meth:`execute_replicated` are
+        answered once that many replicas have them (one WAIT per round trip)."""
+        self.locate = locate
+        self.replica_acks = replica_acks
+        self.replica_ack_timeout_ms = replica_ack_timeout_ms
+        # (key, field, value) a new connection must find before it is used (the dataset's identity), or None
+        self.identity: tuple[str, str, bytes] | None = None
         parsed = urlparse(url)
         if parsed.scheme not in ("redis", "rediss"):
             raise ValueError(f"unsupported Redis URL scheme {parsed.scheme!r}")
@@ -155,11 +144,26 @@ class PipelinedConnection:
         protocol.waiting.append(future)
         return future
 
-    async def _connect_then(self, args):
+    async def _connect_then(self, args, replicated: bool = False):
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.ensure_future(self._connect())
         await asyncio.shield(self._connecting)
-        return await self.execute(*args)
+        return await (self.execute_replicated(*args) if replicated else self.execute(*args))
+
+    def execute_replicated(self, *args) -> asyncio.Future:
+        """Like :meth:`execute`, for a write: its reply comes once ``replica_acks`` replicas have it. One
+        WAIT follows the writes of a round trip on the same connection (it covers every earlier write of
+        the connection); while it is out, later commands wait in the buffer (group commit). Fewer
+        replicas in time: :class:`NotReplicated` (the write was applied on the primary)."""
+        if not self.replica_acks:
+            return self.execute(*args)
+        protocol = self._protocol
+        if protocol is None:
+            return asyncio.ensure_future(self._connect_then(args, replicated=True))
+        reply = self.execute(*args)
+        caller = protocol.loop.create_future()
+        protocol.acked.append((reply, caller))
+        return caller
 
     async def _connect(self) -> None:
         protocol = await self._open()
@@ -167,8 +171,15 @@ class PipelinedConnection:
         self._watchdog = asyncio.get_running_loop().call_later(1.0, self._watch, protocol)
 
     async def _open(self) -> _Protocol:
-        """A new connection that Redis answered a PING on (after AUTH and SELECT when the URL has them)."""
+        """A new connection that Redis answered a PING on (after AUTH and SELECT when the URL has them);
+        with ``locate``, to the primary the Sentinels name, which must say it is the primary (ROLE); with
+        ``identity``, to a Redis that holds the dataset's identity."""
         loop = asyncio.get_running_loop()
+        if self.locate is not None:
+            try:
+                self.host, self.port = await self.locate()
+            except (rexc.RedisError, OSError) as exc:
+                raise CommandNotSent(f"the Sentinels name no primary: {exc}") from exc
         try:
             _, protocol = await asyncio.wait_for(
                 loop.create_connection(lambda: _Protocol(self, loop), self.host, self.port, ssl=self.ssl),
@@ -182,6 +193,10 @@ class PipelinedConnection:
             setup.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
         if self.db:
             setup.append(("SELECT", self.db))
+        if self.locate is not None:
+            setup.append(("ROLE",))
+        if self.identity is not None:
+            setup.append(("HGET", self.identity[0], self.identity[1]))
         setup.append(("PING",))
         futures = []
         for command in setup:
@@ -204,6 +219,20 @@ class PipelinedConnection:
         except BaseException:
             protocol.transport.abort()
             raise
+        replies = [future.result() for future in futures]
+        at = 0 if self.password is None else 1
+        at += 1 if self.db else 0
+        if self.locate is not None:
+            role = replies[at][0] if replies[at] else b"?"
+            at += 1
+            if role != b"master":
+                protocol.transport.abort()
+                raise NotThePrimary(f"Redis at {self.host}:{self.port} is a {role.decode(errors='replace')}, not "
+                                    f"the primary (the Sentinels have not switched yet)")
+        if self.identity is not None and replies[at] != self.identity[2]:
+            protocol.transport.abort()
+            raise CommandNotSent(f"Redis at {self.host}:{self.port} does not hold this dataset's identity "
+                                 f"(emptied or replaced): nothing is written until an operator adopts it")
         return protocol
 
     async def subscribe(self, channel: str) -> Subscription:
@@ -213,18 +242,46 @@ class PipelinedConnection:
         await subscription.listen(channel)
         return subscription
 
-    @staticmethod
-    def _flush(protocol: _Protocol) -> None:
+    def _flush(self, protocol: _Protocol) -> None:
         if protocol.transport is None or protocol.transport.is_closing():
             return  # connection_lost fails what is buffered as not sent
+        if protocol.waiting_for_replicas:
+            return  # written once the WAIT out answers (see execute_replicated)
+        if protocol.acked:
+            wait = protocol.loop.create_future()
+            protocol.buffer.append(hiredis.pack_command(("WAIT", self.replica_acks, self.replica_ack_timeout_ms)))
+            protocol.waiting.append(wait)
+            batch, protocol.acked = protocol.acked, []
+            protocol.waiting_for_replicas = True
+            wait.add_done_callback(lambda done: self._replicated(protocol, done, batch))
         data, protocol.buffer = b"".join(protocol.buffer), []
         protocol.transport.write(data)
+
+    def _replicated(self, protocol: _Protocol, wait: asyncio.Future,
+                    batch: list[tuple[asyncio.Future, asyncio.Future]]) -> None:
+        """A WAIT answered (or its connection was lost): answer the writes it covers, write what waited."""
+        protocol.waiting_for_replicas = False
+        failure = None if wait.cancelled() else wait.exception()
+        count = None if failure is not None or wait.cancelled() else wait.result()
+        for reply, caller in batch:
+            if caller.done():
+                continue
+            if reply.cancelled() or reply.exception() is not None:  # the command itself failed: its error
+                caller.set_exception(reply.exception() if not reply.cancelled() else CommandNotSent("cancelled"))
+            elif failure is not None or count < self.replica_acks:
+                caller.set_exception(NotReplicated(not_replicated_message(
+                    failure if failure is not None else count, self.replica_acks, self.replica_ack_timeout_ms)))
+            else:
+                caller.set_result(reply.result())
+        if protocol.buffer:
+            self._flush(protocol)
 
     def _watch(self, protocol: _Protocol) -> None:
         """Close a connection whose replies stall, so callers fail fast and the next command reconnects."""
         if protocol is not self._protocol:
             return
-        if protocol.waiting and time.monotonic() - protocol.last_reply > REPLY_TIMEOUT:
+        patience = REPLY_TIMEOUT + (self.replica_ack_timeout_ms / 1000 if self.replica_acks else 0)
+        if protocol.waiting and time.monotonic() - protocol.last_reply > patience:
             protocol.transport.abort()
             return
         self._watchdog = asyncio.get_running_loop().call_later(1.0, self._watch, protocol)

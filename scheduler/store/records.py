@@ -68,6 +68,7 @@ class Promotion:
     promoted_due_ms: list[int]
     more: bool  # a partition filled its batch: call again at once
     heads: dict[int, int | None] = field(default_factory=dict)  # next due ms of each partition called
+    promoted: list[tuple[str, int]] = field(default_factory=list)  # (entry, due ms), when asked for
 
 
 @dataclass

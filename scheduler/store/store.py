@@ -19,6 +19,7 @@ from . import keys, notify
 from .activities import ActivityOps
 from .common import score, unavailable_on_redis_errors
 from .connection import Batcher
+from .dataset import DatasetOps
 from .entities import EntityOps
 from .instances import InstanceOps
 from .notify import Wakeup
@@ -35,20 +36,24 @@ _DELETE_BATCH = 500
 _TOMBSTONE_MS = 24 * 3600 * 1000
 
 
-class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, QueryOps):
+class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, QueryOps, DatasetOps):
     """Domain operations over one Redis; every other layer reaches Redis only through it."""
 
     SCRIPTS = (("register_hub", "ensure_hub", "mark_hub_deleting", "retire_partition", "promote_due") + InstanceOps.SCRIPTS + OrchestrationOps.SCRIPTS
                + ActivityOps.SCRIPTS + EntityOps.SCRIPTS + QueryOps.SCRIPTS)
 
     def __init__(self, redis, prefix: str = "dt", default_partitions: int = 16, fast=None,
-                 limits: Limits = Limits(), clock_key: str | None = None, max_hubs: int = 1000) -> None:
+                 limits: Limits = Limits(), clock_key: str | None = None, max_hubs: int = 1000,
+                 replica_acks: int = 0, replica_ack_timeout_ms: int = 1000, replica_name: str = "") -> None:
         """``fast``: a :class:`~scheduler.store.pipelining.PipelinedConnection` for the request path of a
         standalone Redis; without one (embedded store, Cluster) requests are batched over ``redis``.
         ``limits``: the bounds of one instance that the scripts check when it grows.
         ``clock_key`` (tests only): the scripts' clock and :meth:`server_time_ms` read the epoch ms from
         this key, which the test moves, instead of Redis TIME. The key is undeclared in the scripts'
-        KEYS, so only on a standalone Redis or fakeredis, never on a Cluster."""
+        KEYS, so only on a standalone Redis or fakeredis, never on a Cluster.
+        ``replica_acks``: every script that writes is answered once that many replicas have its write
+        (Redis WAIT, ``replica_ack_timeout_ms``); NotReplicated when fewer did. ``replica_name``: how this
+        replica reports itself when it finds the dataset lost (dataset.py)."""
         self.redis = redis
         self.prefix = prefix
         self.default_partitions = default_partitions
@@ -58,23 +63,36 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, Quer
         self.clock_key = clock_key
         self._scripts = {name: redis.register_script(source(name, clock_key)) for name in self.SCRIPTS}
         self._hubs: dict[str, keys.HubKeys] = {}
-        self._execute = fast.execute if fast is not None else Batcher(redis).execute
         self._fast = fast
+        if fast is not None:
+            fast.replica_acks, fast.replica_ack_timeout_ms = replica_acks, replica_ack_timeout_ms
+            self._execute, self._execute_write = fast.execute, fast.execute_replicated
+        else:
+            batcher = Batcher(redis, replica_acks=replica_acks, replica_ack_timeout_ms=replica_ack_timeout_ms)
+            self._execute, self._execute_write = batcher.execute, batcher.execute_replicated
+        self.replica_name = replica_name
 
-    async def _run(self, name: str, hub: str, generation: int, keys_: list[str], args: list):
+    async def _run(self, name: str, hub: str, generation: int, keys_: list[str], args: list, write: bool = True):
         """Run script ``name`` (its first arguments: the wake-up channel, the task hub and its
-        generation, see lua/prelude.lua); reload it once if Redis lost it (restart, flush)."""
+        generation, see lua/prelude.lua); reload it once if Redis lost it (restart, flush). A script
+        that may write is refused while the dataset is lost, and answered once the replicas asked for
+        have its write (``replica_acks``)."""
         script = self._scripts[name]
         command = ("EVALSHA", script.sha, len(keys_), *keys_, self.channel, hub, generation, *args)
+        execute = self._execute
+        if write:
+            self.refuse_if_lost()
+            execute = self._execute_write
         try:
-            return await self._execute(*command)
+            return await execute(*command)
         except rexc.NoScriptError:
             await self.redis.script_load(script.script)
-            return await self._execute(*command)
+            return await execute(*command)
 
     def _eval(self, name: str, hub: keys.HubKeys, keys_: list[str], args: list) -> Awaitable:
-        """Run a script that only reads the hub's keys."""
-        return self._run(name, hub.hub, hub.generation, keys_, args)
+        """Run a script that only reads the hub's keys (or, as the relay's outbox turn, writes nothing a
+        caller is answered for)."""
+        return self._run(name, hub.hub, hub.generation, keys_, args, write=False)
 
     def _write(self, name: str, hub: keys.HubKeys, pk: keys.PartitionKeys, keys_: list[str], args: list) -> Awaitable:
         """Run a script that writes to partition ``pk``: its first key is the partition's generation key,
@@ -137,7 +155,8 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, Quer
         # hub's metadata on a Cluster, hence two scripts; a name admitted whose metadata never came
         # (the replica died in between) is dropped by the hubs' refresh (engine/hubs.py).
         self._outcome(await self._run("register_hub", name, 0, [keys.hubs_key(self.prefix)], [self.max_hubs]), name)
-        generation = await self.redis.incr(keys.generations_key(self.prefix))
+        # (through the request path: the WAIT after ensure_hub covers this write too)
+        generation = await self._execute("INCR", keys.generations_key(self.prefix))
         reply = await self._run("ensure_hub", name, generation, [keys.meta_key(self.prefix, name)],
                                 [self.default_partitions, SCHEMA_VERSION])
         _, (partitions, _, generation, _, schema) = self._outcome(reply, name)
@@ -197,12 +216,14 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, Quer
     @unavailable_on_redis_errors
     async def unregister_hubs(self, names: list[str]) -> None:
         """Drop names from the registry whose hub was never made (see ensure_hub)."""
+        self.refuse_if_lost()
         if names:
             await self.redis.srem(keys.hubs_key(self.prefix), *names)
 
     @unavailable_on_redis_errors
     async def register_hubs(self, names: list[str]) -> None:
         """Keep hubs in the registry (idempotent; heals a registration lost to a concurrent deletion)."""
+        self.refuse_if_lost()
         if names:
             await self.redis.sadd(keys.hubs_key(self.prefix), *names)
 
@@ -222,6 +243,7 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, Quer
         meanwhile), (2) every partition is sealed with a tombstone generation (from then on no
         write of the hub's generation lands), (3) its keys are removed in bounded batches, (4) its
         metadata goes. Deleting a hub whose deletion a replica left unfinished finishes it."""
+        self.refuse_if_lost()
         self._hubs.pop(name, None)
         meta = keys.meta_key(self.prefix, name)
         tombstone = await self.redis.incr(keys.generations_key(self.prefix))
@@ -270,24 +292,29 @@ class Store(InstanceOps, WorkOps, OrchestrationOps, ActivityOps, EntityOps, Quer
     # -- scheduler worker ------------------------------------------------------------------
 
     @unavailable_on_redis_errors
-    async def promote_due(self, hub: keys.HubKeys, limit: int, partitions: Iterable[int] | None = None) -> Promotion:
-        """Promote what is due in the given partitions (default: all) of the hub.
+    async def promote_due(self, hub: keys.HubKeys, limit: int, partitions: Iterable[int] | None = None,
+                          members: bool = False) -> Promotion:
+        """Promote what is due in the given partitions (default: all) of the hub; with ``members``, say
+        which entries moved (``Promotion.promoted``).
 
         The per-partition calls are issued together, so they share one round trip."""
         parts = list(range(hub.partitions)) if partitions is None else list(partitions)
         calls = []
         for p in parts:
             pk = hub.partition(p)
-            calls.append(self._write("promote_due", hub, pk, [pk.due, pk.ready, pk.entities], [limit]))
+            calls.append(self._write("promote_due", hub, pk, [pk.due, pk.ready, pk.entities],
+                                     [limit, "1"] if members else [limit]))
         results = [self._outcome(reply, hub.hub)[1] for reply in await asyncio.gather(*calls)]
         heads = {p: (score(r[1]) if score(r[1]) >= 0 else None) for p, r in zip(parts, results)}
         known = [h for h in heads.values() if h is not None]
+        step = 2 if members else 1
         return Promotion(
             now_ms=max(int(r[0]) for r in results),
             next_due_ms=min(known) if known else None,
-            promoted_due_ms=[score(s) for r in results for s in r[2:]],
-            more=any(len(r) - 2 >= limit for r in results),
+            promoted_due_ms=[score(s) for r in results for s in r[2::step]],
+            more=any((len(r) - 2) // step >= limit for r in results),
             heads=heads,
+            promoted=[(m.decode(), score(s)) for r in results for s, m in zip(r[2::2], r[3::2])] if members else [],
         )
 
     # -- operator view ---------------------------------------------------------------------

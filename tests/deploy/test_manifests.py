@@ -29,12 +29,6 @@ def rendered() -> dict[str, list[dict]]:
     return {k: render(k) for k in KUSTOMIZATIONS}
 
 
-# The Sentinel settings of the overlays/sentinel manifests, named as the service's Sentinel support (a
-# parallel change) reads them; accepted here until `serve --help` names them itself.
-SENTINEL_ENV = {"DT_REDIS_SENTINELS", "DT_REDIS_SENTINEL_MASTER", "DT_REDIS_SENTINEL_PASSWORD_FILE",
-                "DT_REDIS_MIN_REPLICA_ACKS"}
-
-
 @pytest.fixture(scope="module")
 def known_env() -> set[str]:
     """The DT_* variables `dt-scheduler serve` reads (its --help names each one)."""
@@ -42,7 +36,7 @@ def known_env() -> set[str]:
                          check=True).stdout
     names = set(re.findall(r"\bDT_[A-Z_]+", out))
     assert {"DT_PORT", "DT_REDIS_URL", "DT_SHUTDOWN_GRACE_SECONDS"} <= names
-    return names | SENTINEL_ENV
+    return names
 
 
 @pytest.mark.parametrize("version", VERSIONS)

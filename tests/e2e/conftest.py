@@ -55,13 +55,13 @@ class Replicas:
         self.started: list[ServerProcess] = []
         self.metrics_ports: dict[int, int] = {}  # pid -> metrics port
 
-    def start(self, *extra: str, metrics: bool = False) -> ServerProcess:
+    def start(self, *extra: str, metrics: bool = False, env: dict[str, str] | None = None) -> ServerProcess:
         args = [*self.common, *extra]
         port = None
         if metrics:
             port = free_port()
             args += ["--metrics-port", str(port)]
-        server = start_server(self.redis_url, *args)
+        server = start_server(self.redis_url, *args, env=env)
         self.started.append(server)
         if port is not None:
             self.metrics_ports[server.pid] = port

@@ -21,9 +21,10 @@ def _inspect(redis_url: str, key_prefix: str, hub_name: str) -> dict[str, str]:
         capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0] == f"task hub {hub_name!r} (4 partitions)", out.stdout
+    assert lines[0].startswith("dataset identity: ") and "LOST" not in out.stdout, out.stdout
+    assert lines[1] == f"task hub {hub_name!r} (4 partitions)", out.stdout
     view = {}
-    for line in lines[1:]:
+    for line in lines[2:]:
         name, _, rest = line.strip().partition(": ")
         view[name] = rest
     return view
@@ -72,7 +73,7 @@ def test_inspect_never_creates_the_hub_it_is_asked_about(redis_url, key_prefix, 
          "--key-prefix", key_prefix, "--task-hub", hub_name + "-typo", "--log-level", "WARNING"],
         capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.strip() == f"task hub {hub_name + '-typo'!r}: no such hub"
+    assert out.stdout.splitlines()[-1] == f"task hub {hub_name + '-typo'!r}: no such hub", out.stdout
     assert list(rds.scan_iter(match=f"{key_prefix}:*")) == []
 
 

@@ -68,8 +68,9 @@ async def prefix_keys(redis, prefix: str) -> set[str]:
 
 
 def bookkeeping_keys(prefix: str, *hubs: str) -> set[str]:
-    """Keys that exist without any instance: hub metadata and the hub registry."""
-    return {keys.hubs_key(prefix), keys.generations_key(prefix)} | {keys.meta_key(prefix, h) for h in hubs}
+    """Keys that exist without any instance: hub metadata, the hub registry and the dataset identity."""
+    return {keys.hubs_key(prefix), keys.generations_key(prefix), keys.dataset_key(prefix)} | \
+        {keys.meta_key(prefix, h) for h in hubs}
 
 
 @contextlib.contextmanager

@@ -134,7 +134,50 @@ def test_the_embedded_store_serves_loopback_only():
             Config(host=host, allow_unauthenticated=True)
         assert "embedded" in str(refused.value)
         assert Config(host=host, allow_unauthenticated=True, redis_url="redis://r:6379/0").host == host
+        # Sentinels are a Redis too: the URL (only options then) may be left out
+        assert Config(host=host, allow_unauthenticated=True, redis_sentinels="s1:26379",
+                      redis_sentinel_master="m").host == host
     assert Config(host="127.0.0.1").redis_url is None
+
+
+def test_sentinel_flags_and_variables():
+    c = parse(["--redis-sentinels", "s1:26379,[::1]:26380", "--redis-sentinel-master", "mymaster",
+               "--redis-min-replica-acks", "1"], {"DT_REDIS_SENTINEL_PASSWORD": "pw",
+                                                  "DT_REDIS_REPLICA_ACK_TIMEOUT_MS": "250"})
+    assert cfg.sentinel_addresses(c.redis_sentinels) == [("s1", 26379), ("::1", 26380)]
+    assert (c.redis_sentinel_master, c.sentinel_password, c.redis_min_replica_acks, c.redis_replica_ack_timeout_ms) \
+        == ("mymaster", "pw", 1, 250)
+    assert c.redis_url == "redis://localhost/0"  # only options: database 0, no credentials, no TLS
+    c = parse([], {"DT_REDIS_SENTINELS": "s:1", "DT_REDIS_SENTINEL_MASTER": "m", "DT_REDIS_URL": "rediss://:p@x/3"})
+    assert (c.redis_sentinels, c.redis_sentinel_master, c.redis_url) == ("s:1", "m", "rediss://:p@x/3")
+    assert c.redis_min_replica_acks == 0
+
+
+def test_the_sentinel_password_may_come_from_a_file(tmp_path):
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    c = Config(redis_sentinels="s:1", redis_sentinel_master="m", redis_sentinel_password_file=str(secret))
+    assert c.sentinel_password == "s3cret"
+
+
+@pytest.mark.parametrize("options, named", [
+    ({"redis_sentinels": "s:1"}, "--redis-sentinel-master"),
+    ({"redis_sentinels": "s:1", "redis_sentinel_master": "m", "redis_cluster": True, "redis_url": "redis://r/0"},
+     "--redis-cluster"),
+    ({"redis_sentinels": "s", "redis_sentinel_master": "m"}, "not HOST:PORT"),
+    ({"redis_sentinels": "s:99999", "redis_sentinel_master": "m"}, "not HOST:PORT"),
+    ({"redis_sentinel_master": "m"}, "only apply with --redis-sentinels"),
+    ({"redis_sentinels": "s:1", "redis_sentinel_master": "m", "redis_sentinel_password": "a",
+      "redis_sentinel_password_file": "/etc/hostname"}, "not both"),
+    ({"redis_sentinels": "s:1", "redis_sentinel_master": "m", "redis_sentinel_password_file": "/no/such"},
+     "no such file"),
+    ({"redis_min_replica_acks": 1}, "embedded store has no replicas"),
+    ({"redis_url": "redis://r/0", "redis_min_replica_acks": -1}, "must not be negative"),
+    ({"redis_url": "redis://r/0", "redis_replica_ack_timeout_ms": 0}, "between 1 and 60000"),
+])
+def test_sentinel_and_replica_options_that_do_not_go_together(options, named):
+    with pytest.raises(ValueError, match=named):
+        Config(**options)
 
 
 @pytest.mark.parametrize("env, value, named", [("DT_PORT", "abc", "DT_PORT"), ("DT_LEASE_SECONDS", "soon", "DT_LEASE_SECONDS"),

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "scheduler"
 # Higher layers may import lower ones, never the reverse. The shared vocabulary sits below the three;
 # the composition root and the tools around it sit above them.
 LAYERS = {"api": 3, "engine": 2, "store": 1}
-BOTTOM = {"_proto", "protocol", "errors", "config", "logs"}
+BOTTOM = {"_proto", "protocol", "errors", "config", "redis_options", "logs", "tracing"}
 TOP = {"app", "cli", "runner", "stopping", "inspector", "testing", "processes", "ports", "__main__", "__init__"}
 REDIS_CLIENTS = {"redis", "hiredis", "fakeredis"}
 MAX_LINES = 400

@@ -14,9 +14,11 @@
 -- KEYS[3] ready       partition ready zset (score = ready since, ms)
 -- KEYS[4] entities    partition queue of entities to dispatch (score = ready since, ms)
 -- ARGV[4] limit       most entries to move
--- Returns {OK, now_ms, next_due_ms or -1, due_ms of each promoted entry...}, or {HUB_GONE}.
+-- ARGV[5] members     '1': name each promoted entry too (for tracing), '0' or absent: only its due time
+-- Returns {OK, now_ms, next_due_ms or -1, due_ms of each promoted entry...} (with members: due_ms, member
+-- of each), or {HUB_GONE}.
 local due_key, ready_key, entities_key = KEYS[2], KEYS[3], KEYS[4]
-local limit = tonumber(ARGV[4])
+local limit, with_members = tonumber(ARGV[4]), ARGV[5] == '1'
 
 if not hub_is_current(KEYS[1]) then return {CODE.HUB_GONE} end
 local now = now_ms()
@@ -30,6 +32,7 @@ if #entries > 0 then
     scored[queue][#scored[queue] + 1] = entries[i + 1]
     scored[queue][#scored[queue] + 1] = entries[i]
     result[#result + 1] = entries[i + 1]
+    if with_members then result[#result + 1] = entries[i] end
   end
   in_chunks(members, function(...) redis.call('ZREM', due_key, ...) end)
   for _, queue in ipairs({ready_key, entities_key}) do
