@@ -35,8 +35,8 @@ def sockets_on(port: int) -> list[tuple[int, int, str]]:
     return found
 
 
-@pytest.mark.parametrize("args", [[], ["--processes", "2"]], ids=["one-process", "processes"])
-async def test_a_replica_starts_again_on_its_port_while_a_connection_there_is_in_time_wait(redis_url, args):
+async def killed_with_time_wait(redis_url: str, args: list[str]) -> tuple[int, list[tuple[int, int, str]]]:
+    """Start a server, call it, SIGKILL it: (its port, the sockets left there)."""
     first = start_server(redis_url, *args)
     port = int(first.address.rsplit(":", 1)[1])
     try:
@@ -50,6 +50,8 @@ async def test_a_replica_starts_again_on_its_port_while_a_connection_there_is_in
             await asyncio.sleep(0.5)
             pids = first.server_processes()  # with --processes: the one that serves the call among them
             assert len(pids) == (2 if args else 0)
+            if pids:  # the supervisor must not act (stop the others) while they are killed here
+                os.kill(first.proc.pid, signal.SIGSTOP)
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
             first.kill()
@@ -60,7 +62,17 @@ async def test_a_replica_starts_again_on_its_port_while_a_connection_there_is_in
                 await asyncio.sleep(0.01)
     finally:
         first.kill()
-    sockets = sockets_on(port)
+    return port, sockets_on(port)
+
+
+@pytest.mark.parametrize("args", [[], ["--processes", "2"]], ids=["one-process", "processes"])
+async def test_a_replica_starts_again_on_its_port_while_a_connection_there_is_in_time_wait(redis_url, args):
+    # Which side closes first is the kernel's doing, not ours: on a loaded machine the client's side now
+    # and then does, and leaves the TIME_WAIT on its own port. Arranged again, at most three times.
+    for _ in range(3):
+        port, sockets = await killed_with_time_wait(redis_url, args)
+        if any(local == port and state == TIME_WAIT for local, _, state in sockets):
+            break
     assert any(local == port and state == TIME_WAIT for local, _, state in sockets), \
         f"the test needs a TIME_WAIT socket on the port; there are {sockets}"
     second = start_server(redis_url, *args, "--port", str(port))

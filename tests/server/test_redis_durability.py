@@ -111,7 +111,7 @@ async def test_with_replica_acks_a_write_waits_for_a_replica_and_says_when_none_
                                                                                      hub_name):
     with redis_sentinels(replicas=1) as topology:
         app = await start_app(redis_sentinels=topology.sentinel_addresses, redis_sentinel_master=topology.master,
-                              redis_min_replica_acks=1, redis_replica_ack_timeout_ms=300, key_prefix=key_prefix,
+                              redis_min_replica_acks=1, redis_replica_ack_timeout_ms=3000, key_prefix=key_prefix,
                               task_hub=hub_name, partitions=PARTITIONS)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             stub = pb_grpc.TaskHubSidecarServiceStub(channel)
