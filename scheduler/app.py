@@ -373,4 +373,6 @@ class App:
 
     async def _set_readiness(self, status) -> None:
         for service in ("", SERVICE_NAME, READINESS):
+            if self.draining and status == health_pb2.HealthCheckResponse.SERVING:
+                return  # a health check that began before stop() must not undo its NOT_SERVING
             await self.health.set(service, status)

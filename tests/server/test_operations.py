@@ -48,6 +48,40 @@ async def test_readiness_follows_redis_and_liveness_does_not(start_app, key_pref
             await eventually(ready, timeout=15)
 
 
+async def test_a_health_check_under_way_when_the_drain_starts_does_not_make_the_replica_ready_again(
+        start_app, redis_url, key_prefix, hub_name):
+    """Found by the rolling-restart test under load: a health check that had read Redis before stop() set
+    NOT_SERVING wrote SERVING after it, and the draining replica stayed ready."""
+    app = await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS)
+    answered, proceed = asyncio.Event(), asyncio.Event()
+    ping = app.store.ping
+
+    async def slow_ping():
+        await ping()
+        answered.set()
+        await proceed.wait()  # Redis answered; the check has not written readiness yet
+
+    app.store.ping = slow_ping
+    drain, drained = app.engine.dispatcher.drain, asyncio.Event()
+
+    async def draining(grace):  # handed-out work still running: the drain is under way
+        await drained.wait()
+        await drain(grace)
+
+    app.engine.dispatcher.drain = draining
+    check = asyncio.create_task(app._check_health())
+    await answered.wait()
+    stopping = asyncio.create_task(app.stop(grace=0))
+    await eventually(lambda: asyncio.sleep(0, app.draining), timeout=5)
+    proceed.set()
+    await check
+    for service in ("readiness", ""):
+        reply = await app.health.Check(health_pb2.HealthCheckRequest(service=service), None)
+        assert reply.status == NOT_SERVING, service
+    drained.set()
+    await stopping
+
+
 def done(token: str) -> pb.OrchestratorResponse:
     action = pb.OrchestratorAction(id=1, completeOrchestration=pb.CompleteOrchestrationAction(
         orchestrationStatus=pb.ORCHESTRATION_STATUS_COMPLETED))
