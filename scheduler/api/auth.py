@@ -61,13 +61,12 @@ class Authenticator:
         """The caller's identity; Unauthenticated without a valid bearer token (when tokens are required)."""
         if self.tokens is None:
             return ANONYMOUS
-        header = next((value for key, value in metadata or () if key == "authorization"), None)
+        header = _authorization(metadata)
         if header is None:
             raise Unauthenticated("this server requires a bearer token: send 'authorization: Bearer <token>' "
                                   "metadata")
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:  # an empty token is never one, whatever the file holds
+        token = _bearer(header)
+        if token is None:
             raise Unauthenticated("the authorization metadata is not 'Bearer <token>'")
         if self.jwt is not None and looks_like_jwt(token):
             return self._identify_jwt(token)
@@ -101,7 +100,8 @@ class Authenticator:
         credentials are no longer valid) or PermissionDenied (the role or the task hub was taken away)."""
         held = _LongCall(metadata, method, hub, asyncio.current_task())
         if self.jwt is not None:
-            token = _bearer(held.metadata)
+            header = _authorization(held.metadata)
+            token = None if header is None else _bearer(header)
             if token is not None and looks_like_jwt(token):
                 held.ends_at = self.jwt.ends_at(token)
         self._long_calls.add(held)
@@ -162,13 +162,17 @@ class _LongCall:
             self.task.cancel()
 
 
-def _bearer(metadata) -> str | None:
-    """The token of the ``authorization: Bearer <token>`` metadata, if any."""
-    header = next((value for key, value in metadata or () if key == "authorization"), None)
-    if header is None:
-        return None
+def _authorization(metadata) -> str | None:
+    """The value of the ``authorization`` metadata, if any."""
+    return next((value for key, value in metadata or () if key == "authorization"), None)
+
+
+def _bearer(header: str) -> str | None:
+    """The token of an ``authorization: Bearer <token>`` value; None when it is not one (an empty token is
+    never one, whatever the file holds)."""
     scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
 
 
 def token_hub(request) -> str | None:
