@@ -27,6 +27,7 @@ from scheduler.app import App, StartupError
 from scheduler.config import Config
 from scheduler.engine import Engine
 from scheduler.store import Store
+from scheduler.testing import free_port
 from scheduler.store.connection import connect
 from server_helpers import PARTITIONS, eventually
 
@@ -132,7 +133,7 @@ async def test_https_with_the_grpc_certificates_re_read_when_they_change(start_a
     cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
     cert_file.write_bytes(certs.server.cert_bytes())
     key_file.write_bytes(certs.server.key_bytes())
-    port = _free_port()
+    port = free_port()
     await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS,
                     tls_cert_file=str(cert_file), tls_key_file=str(key_file), dashboard_port=port)
     trusted = ssl.create_default_context(cafile=str(certs.ca.cert))
@@ -168,12 +169,6 @@ def test_the_dashboard_port_with_processes_must_be_named():
         Config(dashboard_port=0, processes=2, redis_url="redis://127.0.0.1:1")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _peer_serial(port: int, certs: Certs) -> int:
     context = ssl.create_default_context(cafile=str(certs.ca.cert))
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
@@ -185,7 +180,7 @@ async def test_with_tokens_who_asks_comes_first(start_app, redis_url, key_prefix
     tokens = tmp_path / "tokens.json"
     tokens.write_text(json.dumps({"tokens": [{"name": "viewer", "sha256": hashlib.sha256(b"viewer-token").hexdigest(),
                                               "role": "reader", "hubs": [hub_name]}]}))
-    port = _free_port()
+    port = free_port()
     await start_app(redis_url=redis_url, key_prefix=key_prefix, task_hub=hub_name, partitions=PARTITIONS,
                     auth_tokens_file=str(tokens), dashboard_port=port)
     url, viewer = f"http://127.0.0.1:{port}", {"Authorization": "Bearer viewer-token"}
